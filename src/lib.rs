@@ -1,0 +1,36 @@
+//! robotd: the robot side of "call your robot from your phone".
+//!
+//! A phone calls the robot over MQTT 5, sees through its camera and drives it.
+//! This crate is the daemon (`robotd`) and the reference phone-side client
+//! (`robotctl`); both binaries are thin shells over this library so that the
+//! integration tests exercise exactly the code that ships.
+//!
+//! # Layout
+//! Protocol and policy know nothing about pins or sockets; hardware knows
+//! nothing about MQTT.
+//!
+//! - [`config`]: the TOML configuration, loaded and validated; errors name the key.
+//! - [`identity`]: client IDs (random robot ID, md5 of E.164 phone numbers, keyed variant).
+//! - [`fsutil`]: durable state files (temp file, fsync, rename, fsync dir).
+//! - [`protocol`]: topic builders/parsers and payload types; nothing else formats topics.
+//! - [`auth`]: message MACs, HKDF key derivation, freshness and replay windows, the owners store.
+//! - [`pairing`]: pairing windows (pure state machine), the pairing URI and its QR code.
+//! - [`link`]: the one task that owns the MQTT event loop; presence, reconnects, routing.
+//! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
+//! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
+//! - [`motion`]: motor drivers, differential drive math and the deadman.
+//! - [`app`]: wires the tasks together and owns the ordered shutdown.
+//! - [`logging`]: journal under systemd, stderr otherwise.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod fsutil;
+pub mod hal;
+pub mod identity;
+pub mod link;
+pub mod logging;
+pub mod motion;
+pub mod pairing;
+pub mod protocol;
