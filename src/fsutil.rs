@@ -1,1 +1,98 @@
-//! TODO
+//! Durable state files.
+//!
+//! A robot loses power without warning, so every state file (robot ID, owners,
+//! last known place) is replaced atomically: write a temporary file in the same
+//! directory, fsync it, rename it over the old one, then fsync the directory so
+//! the rename itself survives a power cut. A reader therefore always sees either
+//! the complete old file or the complete new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Failure to write or read a state file; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// The file could not be written. Check that the state directory exists
+    /// and is writable by the robotd user (systemd's `StateDirectory=` does this).
+    #[error("cannot write state file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    /// The file exists but could not be read.
+    #[error("cannot read state file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    /// The file was read but its contents are not valid. robotd never resets a
+    /// corrupt file silently: move it away (or restore a backup) and restart.
+    #[error("state file {path} is corrupt ({detail}); move it away or restore a backup, robotd will not overwrite it")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// Atomically replace `path` with `contents`, created with permission `mode`
+/// (e.g. `0o600` for files holding keys).
+pub fn write_durable(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateFileError> {
+    let err = |source| StateFileError::Write { path: path.to_path_buf(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Read a state file; `Ok(None)` when it does not exist yet.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateFileError::Read { path: path.to_path_buf(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_contents_with_mode_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("owners.json");
+        write_durable(&p, b"one", 0o600).unwrap();
+        write_durable(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("owners.json")]);
+    }
+
+    #[test]
+    fn missing_file_reads_as_none_and_unwritable_dir_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_optional(&dir.path().join("nope")).unwrap().is_none());
+        let bad = dir.path().join("no/such/dir/file");
+        let e = write_durable(&bad, b"x", 0o600).unwrap_err();
+        assert!(e.to_string().contains("no/such/dir/file"), "{e}");
+    }
+}
