@@ -1,0 +1,98 @@
+//! Key derivation (HKDF-SHA256, RFC 5869).
+//!
+//! - `K` (owner key) = HKDF(ikm = S, salt = pairing nonce, info = "robotd owner v1\n" + robotId + "\n" + phoneId)
+//! - `Ks` (session key) = HKDF(ikm = K, salt = sessionId bytes || robotNonce, info = "robotd session v1")
+//! - SRTP master key||salt = HKDF(ikm = K, same salt, info = "robotd srtp v1" / "robotd srtp audio v1")
+//!
+//! Binding both IDs into `K` means a key learnt for one robot/phone pair is
+//! useless for any other; a fresh robot nonce per call means session and media
+//! keys are never reused across calls.
+
+use hkdf::Hkdf;
+use sha2::Sha256;
+
+/// A pairing secret `S` (16 random bytes, shown only in the QR code).
+pub type PairingSecret = [u8; 16];
+/// An owner key `K` or session key `Ks`.
+pub type Key32 = [u8; 32];
+/// SRTP master key (16 bytes) followed by master salt (14 bytes).
+pub type SrtpKey = [u8; 30];
+
+fn expand<const N: usize>(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> [u8; N] {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut out = [0u8; N];
+    hk.expand_multi_info(info, &mut out).expect("N <= 255 * 32");
+    out
+}
+
+/// The owner key `K`, derived at pairing by both sides.
+pub fn owner_key(secret: &PairingSecret, nonce: &[u8; 16], robot_id: &str, phone_id: &str) -> Key32 {
+    expand(
+        secret,
+        nonce,
+        &[b"robotd owner v1\n", robot_id.as_bytes(), b"\n", phone_id.as_bytes()],
+    )
+}
+
+fn call_salt(session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> [u8; 32] {
+    let mut salt = [0u8; 32];
+    salt[..16].copy_from_slice(session_id);
+    salt[16..].copy_from_slice(robot_nonce);
+    salt
+}
+
+/// The session key `Ks` for one call.
+pub fn session_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> Key32 {
+    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd session v1"])
+}
+
+/// The SRTP master key and salt of a call's video stream.
+pub fn srtp_video_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> SrtpKey {
+    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp v1"])
+}
+
+/// The SRTP master key and salt of a call's audio stream.
+pub fn srtp_audio_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> SrtpKey {
+    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp audio v1"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h<const N: usize>(s: &str) -> [u8; N] {
+        hex::decode(s).unwrap().try_into().unwrap()
+    }
+
+    #[test]
+    fn protocol_vectors() {
+        let s: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let nonce: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
+        let k = owner_key(&s, &nonce, "0123456789abcdef0123456789abcdef", "36940d0ece18aebf69d0ef6825534e24");
+        assert_eq!(hex::encode(k), "a0369cd9bece6225fa9218e192b9d2f976f5e830a3dc8d76060f9ba004da8f0f");
+        let sid: [u8; 16] = h("00112233445566778899aabbccddeeff");
+        let rn: [u8; 16] = h("ffeeddccbbaa99887766554433221100");
+        assert_eq!(
+            hex::encode(session_key(&k, &sid, &rn)),
+            "61edd9aca22ea26a0234b90e26ea7a69e592d8b50fa7b4d1ddbe38c2d10458b8"
+        );
+        assert_eq!(
+            hex::encode(srtp_video_key(&k, &sid, &rn)),
+            "149ffed491d44212d2672dae6389779a919e58f9d95716ab76edadfb00b6"
+        );
+        assert_eq!(
+            hex::encode(srtp_audio_key(&k, &sid, &rn)),
+            "65532e412027e9558121d11c6189bd91739cfb7fe969b8e46f8c1ef78c44"
+        );
+    }
+
+    #[test]
+    fn keys_are_bound_to_ids_and_nonces() {
+        let s = [1u8; 16];
+        let n = [2u8; 16];
+        let a = owner_key(&s, &n, "0123456789abcdef0123456789abcdef", "36940d0ece18aebf69d0ef6825534e24");
+        let b = owner_key(&s, &n, "0123456789abcdef0123456789abcdef", "36940d0ece18aebf69d0ef6825534e25");
+        assert_ne!(a, b);
+        assert_ne!(session_key(&a, &[0; 16], &[1; 16]), session_key(&a, &[0; 16], &[2; 16]));
+    }
+}
