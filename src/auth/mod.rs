@@ -4,5 +4,6 @@
 //! message after pairing carries `from`, `seq`, `ts` and `mac` user properties
 //! and is checked here before any handler sees it.
 
+pub mod freshness;
 pub mod keys;
 pub mod mac;
