@@ -1,1 +1,350 @@
-//! TODO
+//! Configuration: `/etc/robotd/robotd.toml` by default.
+//!
+//! Every field has a default, so an empty file is a working configuration for
+//! the simulated robot on a local broker. Unknown keys are errors (a typo must
+//! not silently fall back to a default on a machine that drives motors), and
+//! every error names the key and what is allowed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/robotd/robotd.toml";
+
+/// A configuration problem, naming the file and key with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}; pass another file with --config")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML or a key has the wrong type or name.
+    #[error("config file {path}: key `{key}`: {message}")]
+    Parse { path: PathBuf, key: String, message: String },
+    /// A value is well-formed but not allowed.
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub robot: RobotConfig,
+    pub mqtt: MqttConfig,
+    pub pairing: PairingConfig,
+    pub call: CallConfig,
+    pub control: ControlConfig,
+}
+
+/// `[robot]`: who the robot is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RobotConfig {
+    /// Name shown to phones in the profile and the pairing reply.
+    pub nickname: String,
+    /// Optional URL of a photo for the profile.
+    pub photo: Option<String>,
+    /// Model string for the profile.
+    pub model: String,
+    /// Where the robot ID, owners and last place are kept.
+    pub state_dir: PathBuf,
+}
+
+impl Default for RobotConfig {
+    fn default() -> Self {
+        RobotConfig {
+            nickname: "Rover".into(),
+            photo: None,
+            model: "robotd sim".into(),
+            state_dir: "/var/lib/robotd".into(),
+        }
+    }
+}
+
+/// `[mqtt]`: the broker connection.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (plain, default port 1883) or `mqtts://host[:port]` (TLS, 8883).
+    pub url: String,
+    /// PEM file of CA certificates to trust for `mqtts://`; the system's
+    /// roots (webpki-roots are not bundled) are not used when this is empty,
+    /// so set it for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Broker user name.
+    pub username: Option<String>,
+    /// File holding the broker password (kept out of the config so the config can be world-readable).
+    pub password_file: Option<PathBuf>,
+    /// MQTT keep-alive in seconds; the broker fires the will after 1.5x this without traffic.
+    pub keep_alive_s: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            username: None,
+            password_file: None,
+            keep_alive_s: 5,
+        }
+    }
+}
+
+impl fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key.as_ref().map(|_| "<redacted path>"))
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .finish()
+    }
+}
+
+/// Transport of a broker URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
+/// A parsed broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parse `mqtt://host[:port]` or `mqtts://host[:port]`.
+pub fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
+    let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e}); use mqtt://host:1883 or mqtts://host:8883"))?;
+    let (transport, default_port) = match u.scheme() {
+        "mqtt" | "tcp" => (Transport::Tcp, 1883),
+        "mqtts" | "ssl" => (Transport::Tls, 8883),
+        other => return Err(format!("scheme {other:?} is not supported; use mqtt:// or mqtts://")),
+    };
+    let host = match u.host() {
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        Some(h) => h.to_string(),
+        None => return Err(format!("{url:?} has no host; use e.g. mqtt://127.0.0.1:1883")),
+    };
+    if !(u.path().is_empty() || u.path() == "/") || u.query().is_some() || !u.username().is_empty() {
+        return Err(format!(
+            "{url:?} may hold only scheme, host and port; put credentials in mqtt.username and mqtt.password_file"
+        ));
+    }
+    Ok(BrokerAddr { transport, host, port: u.port().unwrap_or(default_port) })
+}
+
+/// `[pairing]`: how phones pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairingConfig {
+    /// How long a pairing window stays open, in seconds (1..=600).
+    pub window_s: u64,
+    /// Open a window at start when there is no owner yet.
+    pub open_when_unowned: bool,
+    /// Optional GPIO (BCM number) of a pairing push button.
+    pub button_pin: Option<u8>,
+    /// Level of `button_pin` while pressed: "low" (button to ground, pull-up) or "high".
+    pub button_active: ActiveLevel,
+}
+
+impl Default for PairingConfig {
+    fn default() -> Self {
+        PairingConfig { window_s: 600, open_when_unowned: true, button_pin: None, button_active: ActiveLevel::Low }
+    }
+}
+
+/// Which level of an input means "active".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActiveLevel {
+    Low,
+    High,
+}
+
+/// `[call]`: call behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConfig {
+    /// A call ends when no request arrived for this many seconds (phones send `ping`).
+    pub timeout_s: u64,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig { timeout_s: 15 }
+    }
+}
+
+/// `[control]`: the local admin socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the Unix socket used by `robotd pair`, `robotd owners`, `robotd status`.
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: "/run/robotd/control.sock".into() }
+    }
+}
+
+impl Config {
+    /// Load and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parse and validate configuration text; `path` is used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: "(syntax)".into(),
+            message: e.to_string().trim().to_string(),
+        })?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: e.path().to_string(),
+            message: e.inner().message().to_string(),
+        })?;
+        cfg.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
+        Ok(cfg)
+    }
+
+    /// Check values that serde's types cannot express. Returns (key, message).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        let nick = self.robot.nickname.trim();
+        if nick.is_empty() || nick.chars().count() > 64 || nick.chars().any(char::is_control) {
+            return bad("robot.nickname", "must be 1 to 64 printable characters".into());
+        }
+        if !self.robot.state_dir.is_absolute() {
+            return bad("robot.state_dir", format!("{:?} must be an absolute path", self.robot.state_dir));
+        }
+        let addr = parse_broker_url(&self.mqtt.url).map_err(|m| ("mqtt.url".to_string(), m))?;
+        if !(1..=600).contains(&self.mqtt.keep_alive_s) {
+            return bad("mqtt.keep_alive_s", format!("{} is outside 1..=600 seconds", self.mqtt.keep_alive_s));
+        }
+        if addr.transport == Transport::Tcp && (self.mqtt.ca_file.is_some() || self.mqtt.client_cert.is_some()) {
+            return bad("mqtt.ca_file", "TLS files are set but mqtt.url is mqtt://; use mqtts://".into());
+        }
+        if addr.transport == Transport::Tls && self.mqtt.ca_file.is_none() {
+            return bad("mqtt.ca_file", "mqtts:// needs the PEM file of the CA that signed the broker's certificate".into());
+        }
+        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
+            return bad("mqtt.client_key", "client_cert and client_key go together; set both or neither".into());
+        }
+        if self.mqtt.password_file.is_some() && self.mqtt.username.is_none() {
+            return bad("mqtt.username", "password_file is set without a username".into());
+        }
+        if !(1..=600).contains(&self.pairing.window_s) {
+            return bad("pairing.window_s", format!("{} is outside 1..=600 seconds (10 minutes at most)", self.pairing.window_s));
+        }
+        if let Some(p) = self.pairing.button_pin {
+            if p > 27 {
+                return bad("pairing.button_pin", format!("GPIO {p} does not exist; use a BCM number 0..=27"));
+            }
+        }
+        if !(1..=3600).contains(&self.call.timeout_s) {
+            return bad("call.timeout_s", format!("{} is outside 1..=3600 seconds", self.call.timeout_s));
+        }
+        if !self.control.socket.is_absolute() {
+            return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));
+        }
+        Ok(())
+    }
+
+    /// The parsed broker address (validated at load).
+    pub fn broker(&self) -> BrokerAddr {
+        parse_broker_url(&self.mqtt.url).expect("validated at load")
+    }
+
+    /// Keep-alive as a duration.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.mqtt.keep_alive_s.into())
+    }
+
+    /// The effective configuration as TOML, for `robotd check-config`.
+    /// Holds no secrets: passwords live in files and only paths are printed.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("/etc/robotd/robotd.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.robot.nickname, "Rover");
+        assert_eq!(c.broker(), BrokerAddr { transport: Transport::Tcp, host: "127.0.0.1".into(), port: 1883 });
+        assert_eq!(c.keep_alive(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn example_config_in_repo_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/robotd.toml");
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[mqtt]\nkeep_alive_s = \"x\"", "mqtt.keep_alive_s"),
+            ("[mqtt]\nkeep_alive_s = 0", "mqtt.keep_alive_s"),
+            ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtts://x\"", "mqtt.ca_file"),
+            ("[robot]\nnickame = \"x\"", "robot.nickame"),
+            ("[robot]\nstate_dir = \"rel\"", "robot.state_dir"),
+            ("[pairing]\nwindow_s = 601", "pairing.window_s"),
+            ("[pairing]\nbutton_pin = 40", "pairing.button_pin"),
+            ("[pairing]\nbutton_active = \"sideways\"", "pairing.button_active"),
+            ("[wat]\n", "wat"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text:?} gave {e}");
+            assert!(e.contains("/etc/robotd/robotd.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let e = parse("[robot]\nnickname = \n").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(parse_broker_url("mqtts://b.example:1234").unwrap().transport, Transport::Tls);
+        assert_eq!(parse_broker_url("mqtts://b.example").unwrap().port, 8883);
+        assert_eq!(parse_broker_url("mqtt://[::1]:1").unwrap().host, "::1");
+        assert!(parse_broker_url("mqtt://u:p@host").is_err());
+        assert!(parse_broker_url("mqtt://host/path").is_err());
+    }
+}
