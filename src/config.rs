@@ -85,7 +85,8 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// File holding the broker password (kept out of the config so the config can be world-readable).
     pub password_file: Option<PathBuf>,
-    /// MQTT keep-alive in seconds; the broker fires the will after 1.5x this without traffic.
+    /// MQTT keep-alive in seconds (5..=600; rumqttc does not allow less); the
+    /// broker fires the will after 1.5x this without traffic.
     pub keep_alive_s: u16,
 }
 
@@ -243,8 +244,9 @@ impl Config {
             return bad("robot.state_dir", format!("{:?} must be an absolute path", self.robot.state_dir));
         }
         let addr = parse_broker_url(&self.mqtt.url).map_err(|m| ("mqtt.url".to_string(), m))?;
-        if !(1..=600).contains(&self.mqtt.keep_alive_s) {
-            return bad("mqtt.keep_alive_s", format!("{} is outside 1..=600 seconds", self.mqtt.keep_alive_s));
+        // rumqttc refuses (panics on) keep-alives under 5 s.
+        if !(5..=600).contains(&self.mqtt.keep_alive_s) {
+            return bad("mqtt.keep_alive_s", format!("{} is outside 5..=600 seconds", self.mqtt.keep_alive_s));
         }
         if addr.transport == Transport::Tcp && (self.mqtt.ca_file.is_some() || self.mqtt.client_cert.is_some()) {
             return bad("mqtt.ca_file", "TLS files are set but mqtt.url is mqtt://; use mqtts://".into());
