@@ -18,9 +18,12 @@ pub const DEFAULT_PATH: &str = "/etc/robotd/robotd.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config file {path}: {source}; pass another file with --config")]
-    Read { path: PathBuf, source: std::io::Error },
-    /// The file is not valid TOML or a key has the wrong type or name.
+    #[error("cannot read config file {path}: {cause}; pass another file with --config")]
+    Read { path: PathBuf, cause: std::io::Error },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A key has the wrong type or is not a known key.
     #[error("config file {path}: key `{key}`: {message}")]
     Parse { path: PathBuf, key: String, message: String },
     /// A value is well-formed but not allowed.
@@ -210,15 +213,14 @@ impl Config {
     /// Load and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            .map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         Self::from_toml(&text, path)
     }
 
     /// Parse and validate configuration text; `path` is used in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
-            key: "(syntax)".into(),
             message: e.to_string().trim().to_string(),
         })?;
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {

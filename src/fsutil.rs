@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 pub enum StateFileError {
     /// The file could not be written. Check that the state directory exists
     /// and is writable by the robotd user (systemd's `StateDirectory=` does this).
-    #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write state file {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
     /// The file exists but could not be read.
-    #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read state file {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
     /// The file was read but its contents are not valid. robotd never resets a
     /// corrupt file silently: move it away (or restore a backup) and restart.
     #[error("state file {path} is corrupt ({detail}); move it away or restore a backup, robotd will not overwrite it")]
@@ -30,7 +30,7 @@ pub enum StateFileError {
 /// Atomically replace `path` with `contents`, created with permission `mode`
 /// (e.g. `0o600` for files holding keys).
 pub fn write_durable(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateFileError> {
-    let err = |source| StateFileError::Write { path: path.to_path_buf(), source };
+    let err = |cause| StateFileError::Write { path: path.to_path_buf(), cause };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -66,7 +66,7 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateFileError::Read { path: path.to_path_buf(), source }),
+        Err(cause) => Err(StateFileError::Read { path: path.to_path_buf(), cause }),
     }
 }
 

@@ -1,1 +1,346 @@
-//! TODO
+//! The MQTT link: the one task that owns rumqttc's event loop.
+//!
+//! Keep-alive and reconnects happen only inside `EventLoop::poll()`, so this
+//! task never blocks: it parses nothing deeper than the topic, hands messages
+//! to the application through a bounded channel (dropping, and counting, when
+//! the application is behind rather than stalling the connection), and talks
+//! to rumqttc's request channel only with non-blocking `try_*` calls.
+//!
+//! rumqttc does not re-subscribe after a reconnect, and with a clean start the
+//! broker forgets everything, so after every CONNACK this task subscribes to
+//! the robot's filters and the topics of a call in progress, then announces
+//! presence and the profile again (PROTOCOL: Connection, presence, profile).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Transport};
+use crate::identity::ClientId;
+use crate::protocol::{self, topics};
+
+/// Failure to set up the link (before any network I/O).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A TLS or credential file named in `[mqtt]` could not be read.
+    #[error("cannot read {key} file {path}: {cause}")]
+    File { key: &'static str, path: std::path::PathBuf, cause: std::io::Error },
+    /// A TLS file was read but holds no usable PEM item.
+    #[error("{key} file {path}: {detail}")]
+    Pem { key: &'static str, path: std::path::PathBuf, detail: String },
+}
+
+/// A message received from the broker whose topic passed the grammar check.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: topics::Topic,
+    pub topic_str: String,
+    pub payload: Bytes,
+    pub props: Option<PublishProperties>,
+}
+
+/// What the link tells the application.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    /// CONNACK received; subscriptions and presence have been re-sent.
+    Connected,
+    /// The connection was lost (the application stops the motors).
+    Disconnected,
+    /// A message on one of our subscriptions.
+    Message(Inbound),
+}
+
+/// Counters for `robotd status`.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub connects: AtomicU64,
+    pub dropped_topic: AtomicU64,
+    pub dropped_size: AtomicU64,
+    pub dropped_backlog: AtomicU64,
+    pub publish_failed: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+/// A cloneable handle used by everything else to publish and (un)subscribe.
+#[derive(Clone)]
+pub struct LinkHandle {
+    client: AsyncClient,
+    robot: ClientId,
+    /// Subscriptions beyond the robot's own filters (a call's topics); kept
+    /// so they can be re-sent after every CONNACK.
+    extra: Arc<Mutex<BTreeSet<String>>>,
+    stats: Arc<LinkStats>,
+}
+
+impl LinkHandle {
+    /// Publish QoS 1. Never blocks: if rumqttc's request queue is full the
+    /// message is dropped and counted (a response to a phone that is not
+    /// being read is worth less than a responsive link).
+    pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool, props: Option<PublishProperties>) {
+        let r = match props {
+            Some(p) => self.client.try_publish_with_properties(topic.clone(), QoS::AtLeastOnce, retain, payload, p),
+            None => self.client.try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload),
+        };
+        if let Err(e) = r {
+            self.stats.publish_failed.fetch_add(1, Ordering::Relaxed);
+            warn!(%topic, error = %e, "publish dropped");
+        }
+    }
+
+    /// Subscribe QoS 1 now and after every reconnect.
+    pub fn subscribe(&self, filter: String) {
+        self.extra.lock().unwrap().insert(filter.clone());
+        if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+            warn!(%filter, error = %e, "subscribe request dropped; it is re-sent on reconnect");
+        }
+    }
+
+    /// Unsubscribe now and forget the filter for reconnects.
+    pub fn unsubscribe(&self, filter: &str) {
+        self.extra.lock().unwrap().remove(filter);
+        if let Err(e) = self.client.try_unsubscribe(filter.to_owned()) {
+            warn!(%filter, error = %e, "unsubscribe request dropped");
+        }
+    }
+
+    /// The robot's client ID.
+    pub fn robot(&self) -> &ClientId {
+        &self.robot
+    }
+
+    /// Link counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
+    }
+
+    /// Whether the link currently has a CONNACKed connection.
+    pub fn is_connected(&self) -> bool {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the link task needs, built from the config.
+pub struct Link {
+    eventloop: EventLoop,
+    handle: LinkHandle,
+    profile: Vec<u8>,
+}
+
+/// Capacity of rumqttc's request channel. After a CONNACK the link queues
+/// the subscriptions and two presence publishes at once, and responses may
+/// burst during a goto; large enough that `try_*` calls do not fail in
+/// normal operation, small enough to bound memory.
+const REQUEST_CAPACITY: usize = 256;
+
+/// Build rumqttc options exactly as the protocol asks: MQTT 5, clean start,
+/// session expiry 0, the will `false` retained QoS 1, client ID = robot ID.
+pub fn mqtt_options(cfg: &Config, robot: &ClientId) -> Result<MqttOptions, LinkError> {
+    let addr = cfg.broker();
+    let mut o = MqttOptions::new(robot.as_str(), addr.host.clone(), addr.port);
+    o.set_keep_alive(cfg.keep_alive())
+        .set_clean_start(true)
+        .set_session_expiry_interval(Some(0))
+        .set_max_packet_size(Some(protocol::MAX_PACKET))
+        .set_request_channel_capacity(REQUEST_CAPACITY)
+        .set_connection_timeout(5)
+        .set_last_will(LastWill::new(topics::is_connected(robot), "false", QoS::AtLeastOnce, true, None));
+    if let Some(user) = &cfg.mqtt.username {
+        let password = match &cfg.mqtt.password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|cause| LinkError::File { key: "mqtt.password_file", path: p.clone(), cause })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if addr.transport == Transport::Tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(tls_config(cfg)?.into()));
+    }
+    Ok(o)
+}
+
+fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, LinkError> {
+    std::fs::read(path).map_err(|cause| LinkError::File { key, path: path.to_path_buf(), cause })
+}
+
+/// rustls client config with the `ring` provider (no aws-lc: it needs cmake
+/// and a C toolchain per target, which makes Pi cross builds fragile).
+fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, LinkError> {
+    let ca_path = cfg.mqtt.ca_file.as_ref().expect("validated: mqtts needs ca_file");
+    let ca = read_pem("mqtt.ca_file", ca_path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut ca.as_slice()).filter_map(Result::ok).collect();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(LinkError::Pem { key: "mqtt.ca_file", path: ca_path.clone(), detail: "holds no PEM certificate".into() });
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots);
+    match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
+        (Some(cp), Some(kp)) => {
+            let chain: Vec<_> =
+                rustls_pemfile::certs(&mut read_pem("mqtt.client_cert", cp)?.as_slice()).filter_map(Result::ok).collect();
+            let key = rustls_pemfile::private_key(&mut read_pem("mqtt.client_key", kp)?.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| LinkError::Pem { key: "mqtt.client_key", path: kp.clone(), detail: "holds no PEM private key".into() })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| LinkError::Pem { key: "mqtt.client_cert", path: cp.clone(), detail: e.to_string() })
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+impl Link {
+    /// Create the client and its event loop; nothing is sent until [`Link::run`].
+    pub fn new(cfg: &Config, robot: ClientId, profile: Vec<u8>) -> Result<Link, LinkError> {
+        let (client, eventloop) = AsyncClient::new(mqtt_options(cfg, &robot)?, REQUEST_CAPACITY);
+        let handle = LinkHandle { client, robot, extra: Default::default(), stats: Default::default() };
+        Ok(Link { eventloop, handle, profile })
+    }
+
+    /// A handle for publishing and subscribing.
+    pub fn handle(&self) -> LinkHandle {
+        self.handle.clone()
+    }
+
+    fn on_connack(&self) {
+        let h = &self.handle;
+        let robot = h.robot.clone();
+        let mut filters = vec![topics::invite_filter(&robot), topics::pair_filter(&robot)];
+        filters.extend(h.extra.lock().unwrap().iter().cloned());
+        for f in filters {
+            if let Err(e) = h.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                warn!(filter = %f, error = %e, "subscribe failed");
+            }
+        }
+        h.publish(topics::is_connected(&robot), b"true".to_vec(), true, None);
+        h.publish(topics::profile(&robot), self.profile.clone(), true, None);
+    }
+
+    /// Route one incoming publish: topic grammar and size are checked here so
+    /// junk costs the application nothing.
+    fn route(&self, p: rumqttc::v5::mqttbytes::v5::Publish, events: &mpsc::Sender<LinkEvent>) {
+        let stats = &self.handle.stats;
+        let Ok(topic_str) = std::str::from_utf8(&p.topic).map(str::to_owned) else {
+            stats.dropped_topic.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(topic) = topics::parse(&topic_str) else {
+            stats.dropped_topic.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %topic_str, "dropped: topic outside the protocol");
+            return;
+        };
+        if p.payload.len() > protocol::MAX_PAYLOAD {
+            stats.dropped_size.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %topic_str, len = p.payload.len(), "dropped: payload over 16 KiB");
+            return;
+        }
+        let msg = Inbound { topic, topic_str, payload: p.payload, props: p.properties };
+        if events.try_send(LinkEvent::Message(msg)).is_err() {
+            stats.dropped_backlog.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Run until `shutdown` turns true: poll, reconnect with capped
+    /// exponential backoff (100 ms doubling to 2 s, with jitter, forever),
+    /// route messages. On shutdown publish presence `false` (retained) and
+    /// DISCONNECT with reason 0 so the broker discards the will.
+    pub async fn run(mut self, events: mpsc::Sender<LinkEvent>, mut shutdown: watch::Receiver<bool>) {
+        let backoff = || {
+            backon::ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
+        let mut was_connected = false;
+        loop {
+            let polled = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                ev = self.eventloop.poll() => ev,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    info!(code = ?ack.code, "connected to broker");
+                    delays = backoff();
+                    was_connected = true;
+                    self.handle.stats.connected.store(true, Ordering::Relaxed);
+                    self.handle.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    self.on_connack();
+                    // Connected/Disconnected must not be lost: they gate the motors.
+                    let _ = events.send(LinkEvent::Connected).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => self.route(p, &events),
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if was_connected {
+                        warn!(error = %e, "connection to broker lost; reconnecting");
+                        was_connected = false;
+                        self.handle.stats.connected.store(false, Ordering::Relaxed);
+                        let _ = events.send(LinkEvent::Disconnected).await;
+                    } else {
+                        debug!(error = %e, "connect failed");
+                    }
+                    let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.graceful_stop(was_connected).await;
+    }
+
+    async fn graceful_stop(&mut self, connected: bool) {
+        if !connected {
+            return;
+        }
+        let robot = self.handle.robot.clone();
+        self.handle.publish(topics::is_connected(&robot), b"false".to_vec(), true, None);
+        if self.handle.client.try_disconnect().is_err() {
+            return;
+        }
+        // Drive the event loop until the DISCONNECT has been written (the
+        // broker handles packets of one connection in order, so `false` is
+        // stored before the disconnect), bounded so a dead link cannot hang us.
+        let drained = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+        self.handle.stats.connected.store(false, Ordering::Relaxed);
+        if drained.is_err() {
+            warn!("broker did not take the DISCONNECT in time");
+        } else {
+            info!("disconnected from broker");
+        }
+    }
+}

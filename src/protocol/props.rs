@@ -1,0 +1,160 @@
+//! The authentication user properties (`from`, `seq`, `ts`, `mac`) and
+//! correlation data carried by every message after pairing.
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+use crate::auth::mac::{self, MacInput};
+
+/// The authentication fields of a received message, as found (unchecked).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFields {
+    pub from: Option<String>,
+    pub seq: Option<u64>,
+    pub ts_ms: Option<u64>,
+    pub mac: Option<String>,
+    pub correlation: Option<Bytes>,
+}
+
+/// Why a message's authentication fields could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldError {
+    /// A field is missing, repeated, or not a decimal u64.
+    Malformed,
+}
+
+impl AuthFields {
+    /// Pull the fields out of a message's properties. Repeated keys make the
+    /// field unusable (`None`) rather than picking one: an attacker must not be
+    /// able to choose which copy is checked and which is used.
+    pub fn from_properties(props: Option<&PublishProperties>) -> Self {
+        let mut out = AuthFields::default();
+        let Some(p) = props else { return out };
+        let mut seen = [0u8; 4];
+        for (k, v) in &p.user_properties {
+            let i = match k.as_str() {
+                "from" => 0,
+                "seq" => 1,
+                "ts" => 2,
+                "mac" => 3,
+                _ => continue,
+            };
+            seen[i] += 1;
+            match i {
+                0 => out.from = Some(v.clone()),
+                1 => out.seq = parse_decimal(v),
+                2 => out.ts_ms = parse_decimal(v),
+                _ => out.mac = Some(v.clone()),
+            }
+        }
+        if seen[0] > 1 {
+            out.from = None;
+        }
+        if seen[1] > 1 {
+            out.seq = None;
+        }
+        if seen[2] > 1 {
+            out.ts_ms = None;
+        }
+        if seen[3] > 1 {
+            out.mac = None;
+        }
+        out.correlation = p.correlation_data.clone();
+        out
+    }
+
+    /// The (from, seq, ts, mac) quadruple, if all are present and well-formed.
+    pub fn complete(&self) -> Result<(&str, u64, u64, &str), FieldError> {
+        match (&self.from, self.seq, self.ts_ms, &self.mac) {
+            (Some(f), Some(s), Some(t), Some(m)) => Ok((f, s, t, m)),
+            _ => Err(FieldError::Malformed),
+        }
+    }
+}
+
+/// Strict decimal u64: digits only, no sign, no leading `+`, at most 20 chars.
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Properties for an outgoing authenticated message: MACs `payload` under
+/// `key` and adds `from`, `seq`, `ts`, `mac`, plus correlation data if given.
+pub fn signed(
+    key: &[u8],
+    topic: &str,
+    from: &str,
+    seq: u64,
+    ts_ms: u64,
+    payload: &[u8],
+    correlation: Option<Bytes>,
+) -> PublishProperties {
+    let m = mac::compute(key, &MacInput { topic, from, seq, ts_ms, payload });
+    PublishProperties {
+        user_properties: vec![
+            ("from".into(), from.into()),
+            ("seq".into(), seq.to_string()),
+            ("ts".into(), ts_ms.to_string()),
+            ("mac".into(), m),
+        ],
+        correlation_data: correlation,
+        ..Default::default()
+    }
+}
+
+/// Properties for an unauthenticated message (pairing rejections), carrying
+/// only `from`, `seq` and `ts`.
+pub fn unsigned(from: &str, seq: u64, ts_ms: u64) -> PublishProperties {
+    PublishProperties {
+        user_properties: vec![
+            ("from".into(), from.into()),
+            ("seq".into(), seq.to_string()),
+            ("ts".into(), ts_ms.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Verify a received message's MAC under `key`; returns the checked fields.
+pub fn verify<'a>(key: &[u8], topic: &str, payload: &[u8], f: &'a AuthFields) -> Option<(&'a str, u64, u64)> {
+    let (from, seq, ts_ms, m) = f.complete().ok()?;
+    mac::verify(key, &MacInput { topic, from, seq, ts_ms, payload }, m).then_some((from, seq, ts_ms))
+}
+
+/// Unix time in milliseconds from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_roundtrip_and_tamper() {
+        let key = [3u8; 32];
+        let p = signed(&key, "t/x", "36940d0ece18aebf69d0ef6825534e24", 9, 1000, b"{}", Some(Bytes::from_static(b"c")));
+        let f = AuthFields::from_properties(Some(&p));
+        assert_eq!(f.correlation.as_deref(), Some(&b"c"[..]));
+        assert_eq!(verify(&key, "t/x", b"{}", &f), Some(("36940d0ece18aebf69d0ef6825534e24", 9, 1000)));
+        assert_eq!(verify(&key, "t/y", b"{}", &f), None);
+        assert_eq!(verify(&key, "t/x", b"{ }", &f), None);
+    }
+
+    #[test]
+    fn duplicate_or_malformed_fields_are_unusable() {
+        let mut p = signed(&[1; 32], "t", "a", 1, 2, b"", None);
+        p.user_properties.push(("seq".into(), "3".into()));
+        assert_eq!(AuthFields::from_properties(Some(&p)).seq, None);
+        for bad in ["", "-1", "+1", "1.0", "0x10", "99999999999999999999999", " 1"] {
+            assert_eq!(parse_decimal(bad), None, "{bad}");
+        }
+        assert_eq!(parse_decimal("18446744073709551615"), Some(u64::MAX));
+        assert!(AuthFields::from_properties(None).complete().is_err());
+    }
+}
