@@ -29,6 +29,7 @@ use crate::auth::keys::{Key32, PairingSecret, owner_key};
 use crate::auth::mac::{self, MacInput};
 use crate::fsutil::{self, StateFileError};
 use crate::identity::{ClientId, is_client_id};
+use crate::protocol::topics;
 
 /// The longest a pairing window may stay open (protocol limit). Longer requests
 /// are capped: the secret is on a screen, and every minute it stays valid is a
@@ -419,16 +420,6 @@ pub fn write_png(data: &str, path: &Path) -> Result<(), PairingError> {
 // ---------------------------------------------------------------------------
 // Topics and payloads
 // ---------------------------------------------------------------------------
-
-/// `pair/{robotId}/{phoneId}`: where a phone sends its pairing request.
-pub fn pair_topic(robot: &ClientId, phone: &ClientId) -> String {
-    format!("pair/{robot}/{phone}")
-}
-
-/// `pair/{robotId}/{phoneId}/response`: where the robot answers.
-pub fn pair_response_topic(robot: &ClientId, phone: &ClientId) -> String {
-    format!("pair/{robot}/{phone}/response")
-}
 
 /// The pairing request payload, in the protocol's field order.
 #[derive(Serialize, Deserialize)]
@@ -871,7 +862,7 @@ fn check_request(
 ) -> Result<(String, [u8; 16]), Reject> {
     // A topic that is not pair/{robot}/{phone} means the caller mixed up its
     // inputs; refuse rather than derive a key for IDs the phone did not sign.
-    if req.topic != pair_topic(req.robot_id, req.phone_id) {
+    if req.topic != topics::pair_request(req.robot_id, req.phone_id) {
         return Err(Reject::Malformed);
     }
     let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) =
@@ -921,7 +912,7 @@ pub fn build_pair_request(
         found: nickname.to_owned(),
         detail,
     })?;
-    let topic = pair_topic(&uri.robot, phone_id);
+    let topic = topics::pair_request(&uri.robot, phone_id);
     let payload = serde_json::to_vec(&PairPayload {
         nickname: nick.to_owned(),
         nonce: hex::encode(nonce),
@@ -987,7 +978,7 @@ pub struct PairResponseMessage<'a> {
     pub payload: &'a [u8],
 }
 
-/// Check and read the robot's answer on [`pair_response_topic`]. A `paired`
+/// Check and read the robot's answer on [`topics::pair_response`]. A `paired`
 /// answer must come `from` the robot, name it, and carry a valid MAC under
 /// `key` (the phone's [`derive_owner_key`]); only then may the phone store `K`.
 /// Freshness is not checked: the answer is bound to this pairing by `K`, which
@@ -1006,7 +997,7 @@ pub fn check_pair_response(
         mac: mac_hex,
         payload,
     } = *msg;
-    if topic != pair_response_topic(&uri.robot, phone_id) {
+    if topic != topics::pair_response(&uri.robot, phone_id) {
         return Err(PairingError::BadResponse("it arrived on another topic"));
     }
     let p: ResponsePayload = serde_json::from_slice(payload)

@@ -389,7 +389,7 @@ fn phone_accepts_the_robots_maced_reply_and_refuses_a_forged_one() {
     let uri = uri_with(vector_secret());
     let phone = id(PHONE);
     let key = derive_owner_key(&uri, &phone, &vector_nonce());
-    let topic = pair_response_topic(&uri.robot, &phone);
+    let topic = topics::pair_response(&uri.robot, &phone);
     let payload = paired_reply(&uri.robot, "Rover");
     let mac_hex = mac::compute(
         &key,
