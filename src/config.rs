@@ -135,7 +135,8 @@ pub struct BrokerAddr {
 
 /// Parse `mqtt://host[:port]` or `mqtts://host[:port]`.
 pub fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
-    let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e}); use mqtt://host:1883 or mqtts://host:8883"))?;
+    let u = url::Url::parse(url)
+        .map_err(|e| format!("{url:?} is not a URL ({e}); use mqtt://host:1883 or mqtts://host:8883"))?;
     let (transport, default_port) = match u.scheme() {
         "mqtt" | "tcp" => (Transport::Tcp, 1883),
         "mqtts" | "ssl" => (Transport::Tls, 8883),
@@ -213,17 +214,15 @@ impl Default for ControlConfig {
 impl Config {
     /// Load and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         Self::from_toml(&text, path)
     }
 
     /// Parse and validate configuration text; `path` is used in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            message: e.to_string().trim().to_string(),
-        })?;
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string().trim().to_string() })?;
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             key: e.path().to_string(),
@@ -252,7 +251,10 @@ impl Config {
             return bad("mqtt.ca_file", "TLS files are set but mqtt.url is mqtt://; use mqtts://".into());
         }
         if addr.transport == Transport::Tls && self.mqtt.ca_file.is_none() {
-            return bad("mqtt.ca_file", "mqtts:// needs the PEM file of the CA that signed the broker's certificate".into());
+            return bad(
+                "mqtt.ca_file",
+                "mqtts:// needs the PEM file of the CA that signed the broker's certificate".into(),
+            );
         }
         if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
             return bad("mqtt.client_key", "client_cert and client_key go together; set both or neither".into());
@@ -261,7 +263,10 @@ impl Config {
             return bad("mqtt.username", "password_file is set without a username".into());
         }
         if !(1..=600).contains(&self.pairing.window_s) {
-            return bad("pairing.window_s", format!("{} is outside 1..=600 seconds (10 minutes at most)", self.pairing.window_s));
+            return bad(
+                "pairing.window_s",
+                format!("{} is outside 1..=600 seconds (10 minutes at most)", self.pairing.window_s),
+            );
         }
         if let Some(p) = self.pairing.button_pin {
             if p > 27 {

@@ -58,11 +58,7 @@ pub fn is_client_id(s: &str) -> bool {
 impl FromStr for ClientId {
     type Err = InvalidClientId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if is_client_id(s) {
-            Ok(ClientId(s.to_owned()))
-        } else {
-            Err(InvalidClientId(s.to_owned()))
-        }
+        if is_client_id(s) { Ok(ClientId(s.to_owned())) } else { Err(InvalidClientId(s.to_owned())) }
     }
 }
 
@@ -109,10 +105,8 @@ pub enum PhoneNumberError {
 /// regex, so national prefixes and per-country lengths are handled. Numbers
 /// without a country code are rejected: the robot has no home region to guess.
 pub fn normalize_e164(input: &str) -> Result<String, PhoneNumberError> {
-    let parsed = phonenumber::parse(None, input).map_err(|e| PhoneNumberError::Unparsable {
-        input: input.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let parsed = phonenumber::parse(None, input)
+        .map_err(|e| PhoneNumberError::Unparsable { input: input.to_owned(), reason: e.to_string() })?;
     if !phonenumber::is_valid(&parsed) {
         return Err(PhoneNumberError::Invalid { input: input.to_owned() });
     }
@@ -151,10 +145,7 @@ pub fn read_robot_id(state_dir: &Path) -> Result<Option<ClientId>, StateFileErro
     let path = robot_id_path(state_dir);
     let Some(bytes) = fsutil::read_optional(&path)? else { return Ok(None) };
     let text = String::from_utf8_lossy(&bytes);
-    text.trim()
-        .parse()
-        .map(Some)
-        .map_err(|e: InvalidClientId| StateFileError::Corrupt { path, detail: e.to_string() })
+    text.trim().parse().map(Some).map_err(|e: InvalidClientId| StateFileError::Corrupt { path, detail: e.to_string() })
 }
 
 /// The robot ID, made (16 random bytes) and stored durably on first start.

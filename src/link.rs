@@ -56,7 +56,7 @@ pub enum LinkEvent {
     /// The connection was lost (the application stops the motors).
     Disconnected,
     /// A message on one of our subscriptions.
-    Message(Inbound),
+    Message(Box<Inbound>),
 }
 
 /// Counters for `robotd status`.
@@ -182,7 +182,11 @@ fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, LinkError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut ca.as_slice()).filter_map(Result::ok).collect();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(LinkError::Pem { key: "mqtt.ca_file", path: ca_path.clone(), detail: "holds no PEM certificate".into() });
+        return Err(LinkError::Pem {
+            key: "mqtt.ca_file",
+            path: ca_path.clone(),
+            detail: "holds no PEM certificate".into(),
+        });
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -191,15 +195,22 @@ fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, LinkError> {
         .with_root_certificates(roots);
     match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
         (Some(cp), Some(kp)) => {
-            let chain: Vec<_> =
-                rustls_pemfile::certs(&mut read_pem("mqtt.client_cert", cp)?.as_slice()).filter_map(Result::ok).collect();
+            let chain: Vec<_> = rustls_pemfile::certs(&mut read_pem("mqtt.client_cert", cp)?.as_slice())
+                .filter_map(Result::ok)
+                .collect();
             let key = rustls_pemfile::private_key(&mut read_pem("mqtt.client_key", kp)?.as_slice())
                 .ok()
                 .flatten()
-                .ok_or_else(|| LinkError::Pem { key: "mqtt.client_key", path: kp.clone(), detail: "holds no PEM private key".into() })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| LinkError::Pem { key: "mqtt.client_cert", path: cp.clone(), detail: e.to_string() })
+                .ok_or_else(|| LinkError::Pem {
+                    key: "mqtt.client_key",
+                    path: kp.clone(),
+                    detail: "holds no PEM private key".into(),
+                })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| LinkError::Pem {
+                key: "mqtt.client_cert",
+                path: cp.clone(),
+                detail: e.to_string(),
+            })
         }
         _ => Ok(builder.with_no_client_auth()),
     }
@@ -251,7 +262,7 @@ impl Link {
             return;
         }
         let msg = Inbound { topic, topic_str, payload: p.payload, props: p.properties };
-        if events.try_send(LinkEvent::Message(msg)).is_err() {
+        if events.try_send(LinkEvent::Message(Box::new(msg))).is_err() {
             stats.dropped_backlog.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -58,9 +58,7 @@ const URI_PREFIX: &str = "robotd://pair?";
 pub enum PairingError {
     /// The text is not a robotd pairing URI at all (another scheme, or truncated
     /// before the query). Copy the whole text shown under the robot's QR code.
-    #[error(
-        "not a robotd pairing URI: it must start with {URI_PREFIX:?}; copy the whole text shown by `robotd pair`"
-    )]
+    #[error("not a robotd pairing URI: it must start with {URI_PREFIX:?}; copy the whole text shown by `robotd pair`")]
     NotPairingUri,
     /// The URI was made by a newer (or older) robotd speaking another pairing
     /// version. Update robotctl / the phone app to match the robot.
@@ -80,9 +78,7 @@ pub enum PairingError {
     },
     /// A field appears twice. Refused because the two readings could differ
     /// between implementations; the robot never writes such a URI.
-    #[error(
-        "pairing URI has the {field:?} field twice; the robot never writes that, so the URI was altered"
-    )]
+    #[error("pairing URI has the {field:?} field twice; the robot never writes that, so the URI was altered")]
     DuplicateField {
         /// The repeated field name.
         field: &'static str,
@@ -102,17 +98,13 @@ pub enum PairingError {
     },
     /// The secret is not RFC 4648 base32 (upper case, no padding) of exactly
     /// 16 bytes. The value is not repeated here so the error can be logged.
-    #[error(
-        "pairing URI secret is invalid ({detail}); expected 26 base32 characters (A-Z, 2-7) encoding 16 bytes"
-    )]
+    #[error("pairing URI secret is invalid ({detail}); expected 26 base32 characters (A-Z, 2-7) encoding 16 bytes")]
     BadSecret {
         /// What is wrong with it.
         detail: String,
     },
     /// The broker is not an absolute URL with a host, e.g. `mqtt://broker.local:1883`.
-    #[error(
-        "pairing URI broker {found:?} is not a broker URL ({detail}); expected e.g. mqtt://broker.local:1883"
-    )]
+    #[error("pairing URI broker {found:?} is not a broker URL ({detail}); expected e.g. mqtt://broker.local:1883")]
     BadBroker {
         /// The decoded value found.
         found: String,
@@ -209,10 +201,7 @@ impl PairingUri {
     /// robotd can add optional hints without breaking v1 phones; anything a v1
     /// phone must understand would bump `v`.
     pub fn parse(text: &str) -> Result<Self, PairingError> {
-        let query = text
-            .trim()
-            .strip_prefix(URI_PREFIX)
-            .ok_or(PairingError::NotPairingUri)?;
+        let query = text.trim().strip_prefix(URI_PREFIX).ok_or(PairingError::NotPairingUri)?;
         let (mut v, mut robot, mut secret, mut broker) = (None, None, None, None);
         for param in query.split('&') {
             let (name, raw) = param.split_once('=').unwrap_or((param, ""));
@@ -235,41 +224,28 @@ impl PairingUri {
             return Err(PairingError::UnsupportedVersion { found: v });
         }
         let robot = robot.ok_or(PairingError::MissingField { field: "robot" })?;
-        let robot: ClientId = robot
-            .parse()
-            .map_err(|_| PairingError::BadRobotId { found: robot })?;
+        let robot: ClientId = robot.parse().map_err(|_| PairingError::BadRobotId { found: robot })?;
         let secret = secret.ok_or(PairingError::MissingField { field: "secret" })?;
         let secret = decode_secret(&secret)?;
         let broker = broker.ok_or(PairingError::MissingField { field: "broker" })?;
         check_broker(&broker)?;
-        Ok(PairingUri {
-            robot,
-            secret,
-            broker,
-        })
+        Ok(PairingUri { robot, secret, broker })
     }
 }
 
 fn decode_secret(text: &str) -> Result<PairingSecret, PairingError> {
     let bytes = BASE32_NOPAD
         .decode(text.as_bytes())
-        .map_err(|e| PairingError::BadSecret {
-            detail: format!("not base32: {}", e.kind),
-        })?;
+        .map_err(|e| PairingError::BadSecret { detail: format!("not base32: {}", e.kind) })?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| PairingError::BadSecret {
-            detail: format!("{} bytes instead of 16", b.len()),
-        })
+        .map_err(|b: Vec<u8>| PairingError::BadSecret { detail: format!("{} bytes instead of 16", b.len()) })
 }
 
 /// Only the shape is checked here; which schemes the MQTT client supports is
 /// the connecting code's business, and it reports that with its own message.
 fn check_broker(broker: &str) -> Result<(), PairingError> {
-    let bad = |detail: String| PairingError::BadBroker {
-        found: broker.to_owned(),
-        detail,
-    };
+    let bad = |detail: String| PairingError::BadBroker { found: broker.to_owned(), detail };
     let url = url::Url::parse(broker).map_err(|e| bad(e.to_string()))?;
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host".into()));
@@ -301,9 +277,7 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
+            let hex = s.get(i + 1..i + 3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -359,11 +333,7 @@ pub fn render_plain(data: &str) -> Result<String, PairingError> {
     render_half_blocks(data, "", "")
 }
 
-fn render_half_blocks(
-    data: &str,
-    line_start: &str,
-    line_end: &str,
-) -> Result<String, PairingError> {
+fn render_half_blocks(data: &str, line_start: &str, line_end: &str) -> Result<String, PairingError> {
     let (grid, side) = qr_modules(data)?;
     let dark = |x: usize, y: usize| y < side && grid[y * side + x];
     let mut out = String::new();
@@ -391,11 +361,7 @@ pub fn png_bytes(data: &str) -> Result<Vec<u8>, PairingError> {
     let mut pixels = Vec::with_capacity(px * px);
     for y in 0..px {
         for x in 0..px {
-            pixels.push(if grid[(y / PNG_SCALE) * side + x / PNG_SCALE] {
-                0
-            } else {
-                255
-            });
+            pixels.push(if grid[(y / PNG_SCALE) * side + x / PNG_SCALE] { 0 } else { 255 });
         }
     }
     let mut out = Vec::new();
@@ -445,21 +411,14 @@ struct RejectedReply {
 /// the robot's answer on success. The caller MACs it with the new `K` (that
 /// proves to the phone the robot derived the same key).
 pub fn paired_reply(robot: &ClientId, robot_nickname: &str) -> Vec<u8> {
-    let reply = PairedReply {
-        status: "paired",
-        robot: robot.as_str(),
-        nickname: robot_nickname,
-    };
+    let reply = PairedReply { status: "paired", robot: robot.as_str(), nickname: robot_nickname };
     serde_json::to_vec(&reply).expect("strings always serialize")
 }
 
 /// `{"status":"rejected","reason":"..."}`, sent without a MAC: the robot shares
 /// no key with a phone that failed to pair.
 pub fn rejected_reply(reason: Reject) -> Vec<u8> {
-    let reply = RejectedReply {
-        status: "rejected",
-        reason: reason.as_str(),
-    };
+    let reply = RejectedReply { status: "rejected", reason: reason.as_str() };
     serde_json::to_vec(&reply).expect("strings always serialize")
 }
 
@@ -591,9 +550,7 @@ pub enum PairOutcome {
 impl fmt::Debug for PairOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PairOutcome::Paired {
-                phone_id, nickname, ..
-            } => f
+            PairOutcome::Paired { phone_id, nickname, .. } => f
                 .debug_struct("Paired")
                 .field("phone_id", phone_id)
                 .field("nickname", nickname)
@@ -647,24 +604,14 @@ impl fmt::Display for WindowStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WindowStatus::NeverOpened => f.write_str("closed (no window opened since start)"),
-            WindowStatus::Open {
-                expires_at_ms,
-                failures,
-                max_failures,
-                ..
-            } => {
-                write!(
-                    f,
-                    "open until {expires_at_ms} (unix ms), {failures}/{max_failures} failed attempts"
-                )
+            WindowStatus::Open { expires_at_ms, failures, max_failures, .. } => {
+                write!(f, "open until {expires_at_ms} (unix ms), {failures}/{max_failures} failed attempts")
             }
             WindowStatus::Closed(CloseReason::Expired) => f.write_str("closed (expired)"),
             WindowStatus::Closed(CloseReason::Paired { phone_id }) => {
                 write!(f, "closed (paired {phone_id})")
             }
-            WindowStatus::Closed(CloseReason::TooManyAttempts) => {
-                f.write_str("closed (too many failed attempts)")
-            }
+            WindowStatus::Closed(CloseReason::TooManyAttempts) => f.write_str("closed (too many failed attempts)"),
             WindowStatus::Closed(CloseReason::ByAdmin) => f.write_str("closed (by admin)"),
         }
     }
@@ -741,12 +688,7 @@ impl PairingWindows {
     /// person.
     pub fn open(&mut self, now_ms: u64, secret: PairingSecret) -> u64 {
         let expires_at_ms = now_ms.saturating_add(self.max_duration_ms);
-        self.state = State::Open(OpenWindow {
-            secret,
-            opened_at_ms: now_ms,
-            expires_at_ms,
-            failures: 0,
-        });
+        self.state = State::Open(OpenWindow { secret, opened_at_ms: now_ms, expires_at_ms, failures: 0 });
         expires_at_ms
     }
 
@@ -777,9 +719,7 @@ impl PairingWindows {
     pub fn status(&self, now_ms: u64) -> WindowStatus {
         match &self.state {
             State::NeverOpened => WindowStatus::NeverOpened,
-            State::Open(w) if now_ms >= w.expires_at_ms => {
-                WindowStatus::Closed(CloseReason::Expired)
-            }
+            State::Open(w) if now_ms >= w.expires_at_ms => WindowStatus::Closed(CloseReason::Expired),
             State::Open(w) => WindowStatus::Open {
                 opened_at_ms: w.opened_at_ms,
                 expires_at_ms: w.expires_at_ms,
@@ -815,21 +755,10 @@ impl PairingWindows {
         };
         match check_request(&window.secret, &mut self.seqs, now_ms, req) {
             Ok((nickname, nonce)) => {
-                let key = owner_key(
-                    &window.secret,
-                    &nonce,
-                    req.robot_id.as_str(),
-                    req.phone_id.as_str(),
-                );
+                let key = owner_key(&window.secret, &nonce, req.robot_id.as_str(), req.phone_id.as_str());
                 let phone_id = req.phone_id.clone();
-                self.state = State::Closed(CloseReason::Paired {
-                    phone_id: phone_id.clone(),
-                });
-                PairOutcome::Paired {
-                    phone_id,
-                    nickname,
-                    key,
-                }
+                self.state = State::Closed(CloseReason::Paired { phone_id: phone_id.clone() });
+                PairOutcome::Paired { phone_id, nickname, key }
             }
             Err(reason) => {
                 window.failures += 1;
@@ -865,21 +794,13 @@ fn check_request(
     if req.topic != topics::pair_request(req.robot_id, req.phone_id) {
         return Err(Reject::Malformed);
     }
-    let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) =
-        (req.from, req.seq, req.ts_ms, req.mac)
-    else {
+    let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) = (req.from, req.seq, req.ts_ms, req.mac) else {
         return Err(Reject::BadMac);
     };
     if from != req.phone_id.as_str() {
         return Err(Reject::BadMac);
     }
-    let input = MacInput {
-        topic: req.topic,
-        from,
-        seq,
-        ts_ms,
-        payload: req.payload,
-    };
+    let input = MacInput { topic: req.topic, from, seq, ts_ms, payload: req.payload };
     if !mac::verify(secret, &input, mac_hex) {
         return Err(Reject::BadMac);
     }
@@ -908,26 +829,13 @@ pub fn build_pair_request(
     seq: u64,
     ts_ms: u64,
 ) -> Result<(String, Vec<u8>, String), PairingError> {
-    let nick = clean_nickname(nickname).map_err(|detail| PairingError::BadNickname {
-        found: nickname.to_owned(),
-        detail,
-    })?;
+    let nick =
+        clean_nickname(nickname).map_err(|detail| PairingError::BadNickname { found: nickname.to_owned(), detail })?;
     let topic = topics::pair_request(&uri.robot, phone_id);
-    let payload = serde_json::to_vec(&PairPayload {
-        nickname: nick.to_owned(),
-        nonce: hex::encode(nonce),
-    })
-    .expect("strings always serialize");
-    let mac_hex = mac::compute(
-        &uri.secret,
-        &MacInput {
-            topic: &topic,
-            from: phone_id.as_str(),
-            seq,
-            ts_ms,
-            payload: &payload,
-        },
-    );
+    let payload = serde_json::to_vec(&PairPayload { nickname: nick.to_owned(), nonce: hex::encode(nonce) })
+        .expect("strings always serialize");
+    let mac_hex =
+        mac::compute(&uri.secret, &MacInput { topic: &topic, from: phone_id.as_str(), seq, ts_ms, payload: &payload });
     Ok((topic, payload, mac_hex))
 }
 
@@ -989,54 +897,28 @@ pub fn check_pair_response(
     key: &Key32,
     msg: &PairResponseMessage<'_>,
 ) -> Result<PairResponse, PairingError> {
-    let PairResponseMessage {
-        topic,
-        from,
-        seq,
-        ts_ms,
-        mac: mac_hex,
-        payload,
-    } = *msg;
+    let PairResponseMessage { topic, from, seq, ts_ms, mac: mac_hex, payload } = *msg;
     if topic != topics::pair_response(&uri.robot, phone_id) {
         return Err(PairingError::BadResponse("it arrived on another topic"));
     }
-    let p: ResponsePayload = serde_json::from_slice(payload)
-        .map_err(|_| PairingError::BadResponse("payload is not the expected JSON"))?;
+    let p: ResponsePayload =
+        serde_json::from_slice(payload).map_err(|_| PairingError::BadResponse("payload is not the expected JSON"))?;
     match p.status.as_str() {
         "rejected" => {
-            let reason = p
-                .reason
-                .ok_or(PairingError::BadResponse("rejected without a reason"))?;
+            let reason = p.reason.ok_or(PairingError::BadResponse("rejected without a reason"))?;
             Ok(PairResponse::Rejected { reason })
         }
         "paired" => {
-            let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) = (from, seq, ts_ms, mac_hex)
-            else {
-                return Err(PairingError::BadResponse(
-                    "paired answer lacks from/seq/ts/mac",
-                ));
+            let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) = (from, seq, ts_ms, mac_hex) else {
+                return Err(PairingError::BadResponse("paired answer lacks from/seq/ts/mac"));
             };
             if from != uri.robot.as_str() || p.robot.as_deref() != Some(uri.robot.as_str()) {
-                return Err(PairingError::BadResponse(
-                    "paired answer names another robot",
-                ));
+                return Err(PairingError::BadResponse("paired answer names another robot"));
             }
-            if !mac::verify(
-                key,
-                &MacInput {
-                    topic,
-                    from,
-                    seq,
-                    ts_ms,
-                    payload,
-                },
-                mac_hex,
-            ) {
+            if !mac::verify(key, &MacInput { topic, from, seq, ts_ms, payload }, mac_hex) {
                 return Err(PairingError::BadResponse("paired answer has a bad MAC"));
             }
-            let robot_nickname = p.nickname.ok_or(PairingError::BadResponse(
-                "paired answer lacks the nickname",
-            ))?;
+            let robot_nickname = p.nickname.ok_or(PairingError::BadResponse("paired answer lacks the nickname"))?;
             Ok(PairResponse::Paired { robot_nickname })
         }
         _ => Err(PairingError::BadResponse("unknown status")),

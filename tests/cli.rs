@@ -7,7 +7,11 @@ use std::process::Command;
 
 fn run(bin: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -24,7 +28,8 @@ fn robotctl_id_prints_md5_of_e164() {
 fn robotd_id_is_stable_and_check_config_prints_effective_values() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("r.toml");
-    std::fs::write(&cfg, format!("[robot]\nnickname = \"Bob\"\nstate_dir = \"{}\"\n", dir.path().join("s").display())).unwrap();
+    std::fs::write(&cfg, format!("[robot]\nnickname = \"Bob\"\nstate_dir = \"{}\"\n", dir.path().join("s").display()))
+        .unwrap();
     let c = cfg.to_str().unwrap();
     let (ok, a, err) = run(robotd_bin(), &["-c", c, "id"]);
     assert!(ok, "{err}");

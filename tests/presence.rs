@@ -78,7 +78,9 @@ async fn reconnects_after_broker_restart_and_reannounces() {
         // persistence is off: the restarted broker has no retained messages,
         // so `true` can only come from the robot re-announcing itself.
         let mut probe = Probe::connect(&broker, &[&topic]).await;
-        probe.expect(&format!("presence after restart {round}"), SOON, |m| m.topic == topic && m.text() == "true").await;
+        probe
+            .expect(&format!("presence after restart {round}"), SOON, |m| m.topic == topic && m.text() == "true")
+            .await;
         let mut late = Probe::connect(&broker, &[&topic]).await;
         let m = late.expect("retained presence", SOON, |m| m.topic == topic).await;
         assert!(m.retain && m.text() == "true", "{m:?}");
@@ -92,9 +94,7 @@ async fn assert_subscribed(broker: &Broker, robot: &Robot) {
     let phone = "36940d0ece18aebf69d0ef6825534e24";
     let resp = format!("pair/{}/{phone}/response", robot.id);
     let mut probe = Probe::connect(broker, &[&resp]).await;
-    probe
-        .publish(&format!("pair/{}/{phone}", robot.id), br#"{"nickname":"x","nonce":"00"}"#, false, None)
-        .await;
+    probe.publish(&format!("pair/{}/{phone}", robot.id), br#"{"nickname":"x","nonce":"00"}"#, false, None).await;
     let m = probe.expect("pairing rejection", SOON, |m| m.topic == resp).await;
     let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(v["status"], "rejected", "{v}");

@@ -27,11 +27,7 @@ fn expand<const N: usize>(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> [u8; N] {
 
 /// The owner key `K`, derived at pairing by both sides.
 pub fn owner_key(secret: &PairingSecret, nonce: &[u8; 16], robot_id: &str, phone_id: &str) -> Key32 {
-    expand(
-        secret,
-        nonce,
-        &[b"robotd owner v1\n", robot_id.as_bytes(), b"\n", phone_id.as_bytes()],
-    )
+    expand(secret, nonce, &[b"robotd owner v1\n", robot_id.as_bytes(), b"\n", phone_id.as_bytes()])
 }
 
 fn call_salt(session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> [u8; 32] {

@@ -21,11 +21,7 @@ fn vector_nonce() -> [u8; 16] {
 }
 
 fn uri_with(secret: PairingSecret) -> PairingUri {
-    PairingUri {
-        robot: id(ROBOT),
-        secret,
-        broker: BROKER.into(),
-    }
+    PairingUri { robot: id(ROBOT), secret, broker: BROKER.into() }
 }
 
 /// A received message, owning what a [`PairRequest`] borrows.
@@ -58,15 +54,8 @@ impl Msg {
 /// A request from `phone` as the phone side builds it.
 fn request(secret: PairingSecret, phone: &str, seq: u64, ts_ms: u64) -> Msg {
     let phone = id(phone);
-    let (topic, payload, mac) = build_pair_request(
-        &uri_with(secret),
-        &phone,
-        "Alice",
-        vector_nonce(),
-        seq,
-        ts_ms,
-    )
-    .unwrap();
+    let (topic, payload, mac) =
+        build_pair_request(&uri_with(secret), &phone, "Alice", vector_nonce(), seq, ts_ms).unwrap();
     Msg {
         robot: id(ROBOT),
         from: Some(phone.to_string()),
@@ -83,16 +72,7 @@ fn request(secret: PairingSecret, phone: &str, seq: u64, ts_ms: u64) -> Msg {
 fn signed(secret: PairingSecret, payload: &[u8], seq: u64, ts_ms: u64) -> Msg {
     let mut m = request(secret, PHONE, seq, ts_ms);
     m.payload = payload.to_vec();
-    m.mac = Some(mac::compute(
-        &secret,
-        &MacInput {
-            topic: &m.topic,
-            from: PHONE,
-            seq,
-            ts_ms,
-            payload,
-        },
-    ));
+    m.mac = Some(mac::compute(&secret, &MacInput { topic: &m.topic, from: PHONE, seq, ts_ms, payload }));
     m
 }
 
@@ -112,26 +92,15 @@ fn rejected(r: Reject) -> PairOutcome {
 fn uri_matches_the_fixed_expected_string_and_protocol_base32_vector() {
     let uri = uri_with(vector_secret());
     assert_eq!(uri.to_string(), VECTOR_URI);
-    assert!(
-        uri.to_string()
-            .contains("&secret=AAAQEAYEAUDAOCAJBIFQYDIOB4&")
-    );
+    assert!(uri.to_string().contains("&secret=AAAQEAYEAUDAOCAJBIFQYDIOB4&"));
     assert_eq!(PairingUri::parse(VECTOR_URI).unwrap(), uri);
 }
 
 #[test]
 fn uri_roundtrips_awkward_brokers_and_random_secrets() {
-    for broker in [
-        "mqtts://[::1]:8883",
-        "mqtt://b.example/~x?a=b&c=d#f",
-        "mqtt://hôte.example:1",
-        "mqtt://a+b.example",
-    ] {
-        let uri = PairingUri {
-            robot: ClientId::random(),
-            secret: rand::random(),
-            broker: broker.into(),
-        };
+    for broker in ["mqtts://[::1]:8883", "mqtt://b.example/~x?a=b&c=d#f", "mqtt://hôte.example:1", "mqtt://a+b.example"]
+    {
+        let uri = PairingUri { robot: ClientId::random(), secret: rand::random(), broker: broker.into() };
         let text = uri.to_string();
         let query = text.strip_prefix(URI_PREFIX).unwrap();
         assert_eq!(query.matches('&').count(), 3, "{text}");
@@ -150,118 +119,46 @@ fn uri_parse_rejects_with_a_reason() {
     let good_secret = "AAAQEAYEAUDAOCAJBIFQYDIOB4";
     let b = "mqtt%3A%2F%2Fbroker.local%3A1883";
     let cases: &[(String, &str)] = &[
+        (format!("https://pair?v=1&robot={ROBOT}&secret={good_secret}&broker={b}"), "must start with"),
+        (format!("robotd://other?v=1&robot={ROBOT}&secret={good_secret}&broker={b}"), "must start with"),
+        (format!("robotd://pair?v=2&robot={ROBOT}&secret={good_secret}&broker={b}"), "version \"2\""),
+        (format!("robotd://pair?robot={ROBOT}&secret={good_secret}&broker={b}"), "no \"v\""),
+        (format!("robotd://pair?v=1&secret={good_secret}&broker={b}"), "no \"robot\""),
+        (format!("robotd://pair?v=1&robot={ROBOT}&broker={b}"), "no \"secret\""),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}"), "no \"broker\""),
+        (format!("robotd://pair?v=1&v=1&robot={ROBOT}&secret={good_secret}&broker={b}"), "\"v\" field twice"),
         (
-            format!("https://pair?v=1&robot={ROBOT}&secret={good_secret}&broker={b}"),
-            "must start with",
-        ),
-        (
-            format!("robotd://other?v=1&robot={ROBOT}&secret={good_secret}&broker={b}"),
-            "must start with",
-        ),
-        (
-            format!("robotd://pair?v=2&robot={ROBOT}&secret={good_secret}&broker={b}"),
-            "version \"2\"",
-        ),
-        (
-            format!("robotd://pair?robot={ROBOT}&secret={good_secret}&broker={b}"),
-            "no \"v\"",
-        ),
-        (
-            format!("robotd://pair?v=1&secret={good_secret}&broker={b}"),
-            "no \"robot\"",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&broker={b}"),
-            "no \"secret\"",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}"),
-            "no \"broker\"",
-        ),
-        (
-            format!("robotd://pair?v=1&v=1&robot={ROBOT}&secret={good_secret}&broker={b}"),
-            "\"v\" field twice",
-        ),
-        (
-            format!(
-                "robotd://pair?v=1&robot={}&secret={good_secret}&broker={b}",
-                ROBOT.to_uppercase()
-            ),
+            format!("robotd://pair?v=1&robot={}&secret={good_secret}&broker={b}", ROBOT.to_uppercase()),
             "not a client ID",
         ),
-        (
-            format!("robotd://pair?v=1&robot=0123&secret={good_secret}&broker={b}"),
-            "not a client ID",
-        ),
-        (
-            format!(
-                "robotd://pair?v=1&robot={ROBOT}&secret={}&broker={b}",
-                good_secret.to_lowercase()
-            ),
-            "not base32",
-        ),
-        (
-            format!(
-                "robotd://pair?v=1&robot={ROBOT}&secret=AAAQEAYEAUDAOCAJBIFQYDIOB4======&broker={b}"
-            ),
-            "not base32",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret=AAAQEAYEAUDAOCAJBIFQYDIO&broker={b}"),
-            "15 bytes",
-        ),
-        (
-            format!(
-                "robotd://pair?v=1&robot={ROBOT}&secret=AAAQEAYEAUDAOCAJBIFQYDIOB4AA&broker={b}"
-            ),
-            "17 bytes",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=mqtt%3"),
-            "percent-encoded",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=%ZZ"),
-            "percent-encoded",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=%FF"),
-            "percent-encoded",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=broker.local"),
-            "not a broker URL",
-        ),
-        (
-            format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=mqtt%3Ax"),
-            "no host",
-        ),
+        (format!("robotd://pair?v=1&robot=0123&secret={good_secret}&broker={b}"), "not a client ID"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={}&broker={b}", good_secret.to_lowercase()), "not base32"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret=AAAQEAYEAUDAOCAJBIFQYDIOB4======&broker={b}"), "not base32"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret=AAAQEAYEAUDAOCAJBIFQYDIO&broker={b}"), "15 bytes"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret=AAAQEAYEAUDAOCAJBIFQYDIOB4AA&broker={b}"), "17 bytes"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=mqtt%3"), "percent-encoded"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=%ZZ"), "percent-encoded"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=%FF"), "percent-encoded"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=broker.local"), "not a broker URL"),
+        (format!("robotd://pair?v=1&robot={ROBOT}&secret={good_secret}&broker=mqtt%3Ax"), "no host"),
     ];
     for (text, want) in cases {
         let e = PairingUri::parse(text).unwrap_err().to_string();
         assert!(e.contains(want), "{text}: {e}");
-        assert!(
-            !e.contains("AAAQEAYEAUDAOCAJBIFQYDIO"),
-            "error leaks the secret: {e}"
-        );
+        assert!(!e.contains("AAAQEAYEAUDAOCAJBIFQYDIO"), "error leaks the secret: {e}");
     }
 }
 
 #[test]
 fn uri_debug_redacts_the_secret() {
     let dbg = format!("{:?}", uri_with(vector_secret()));
-    assert!(
-        dbg.contains("redacted") && !dbg.contains("AAAQ") && !dbg.contains("[0, 1, 2"),
-        "{dbg}"
-    );
+    assert!(dbg.contains("redacted") && !dbg.contains("AAAQ") && !dbg.contains("[0, 1, 2"), "{dbg}");
 }
 
 // --- QR ---------------------------------------------------------------------
 
 fn qr_width(data: &str) -> usize {
-    QrCode::with_error_correction_level(data.as_bytes(), EcLevel::M)
-        .unwrap()
-        .width()
+    QrCode::with_error_correction_level(data.as_bytes(), EcLevel::M).unwrap().width()
 }
 
 #[test]
@@ -276,18 +173,11 @@ fn terminal_rendering_has_two_modules_per_line_and_a_quiet_zone() {
     assert!(lines.iter().all(|l| l.chars().count() == side));
     // Quiet zone: first two lines blank, each line starts with 4 light columns.
     assert!(lines[..2].iter().all(|l| l.trim().is_empty()));
-    assert!(
-        lines
-            .iter()
-            .all(|l| l.starts_with("    ") && l.ends_with("    "))
-    );
+    assert!(lines.iter().all(|l| l.starts_with("    ") && l.ends_with("    ")));
     // Top-left finder pattern: its dark top row (row 4) over the row with the
     // light ring (row 5) shows as a full block, upper halves, a full block.
     let finder: String = lines[2].chars().skip(4).take(7).collect();
-    assert_eq!(
-        finder,
-        "\u{2588}\u{2580}\u{2580}\u{2580}\u{2580}\u{2580}\u{2588}"
-    );
+    assert_eq!(finder, "\u{2588}\u{2580}\u{2580}\u{2580}\u{2580}\u{2580}\u{2588}");
 
     let ansi = render_terminal(data).unwrap();
     let ansi_lines: Vec<&str> = ansi.lines().collect();
@@ -303,10 +193,7 @@ fn png_decodes_with_expected_size_and_is_private() {
     let path = dir.path().join("pairing-qr.png");
     write_png(VECTOR_URI, &path).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 
     let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
     let mut reader = decoder.read_info().unwrap();
@@ -315,21 +202,11 @@ fn png_decodes_with_expected_size_and_is_private() {
     let px = (qr_width(VECTOR_URI) + 2 * QR_QUIET_ZONE) * PNG_SCALE;
     assert_eq!((info.width as usize, info.height as usize), (px, px));
     assert_eq!(px, 53 * 8);
-    assert_eq!(
-        (info.color_type, info.bit_depth),
-        (png::ColorType::Grayscale, png::BitDepth::Eight)
-    );
+    assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Grayscale, png::BitDepth::Eight));
     let at = |x: usize, y: usize| buf[y * info.line_size + x];
     assert_eq!(at(0, 0), 255, "quiet zone is light");
-    assert_eq!(
-        at(QR_QUIET_ZONE * PNG_SCALE - 1, QR_QUIET_ZONE * PNG_SCALE - 1),
-        255
-    );
-    assert_eq!(
-        at(QR_QUIET_ZONE * PNG_SCALE, QR_QUIET_ZONE * PNG_SCALE),
-        0,
-        "finder corner is dark"
-    );
+    assert_eq!(at(QR_QUIET_ZONE * PNG_SCALE - 1, QR_QUIET_ZONE * PNG_SCALE - 1), 255);
+    assert_eq!(at(QR_QUIET_ZONE * PNG_SCALE, QR_QUIET_ZONE * PNG_SCALE), 0, "finder corner is dark");
     assert_eq!(at(px - 1, px - 1), 255);
 }
 
@@ -345,32 +222,18 @@ fn oversized_data_is_a_qr_error_not_a_panic() {
 fn phone_request_matches_protocol_vector_and_robot_derives_the_same_key() {
     let uri = PairingUri::parse(VECTOR_URI).unwrap();
     let phone = id(PHONE);
-    let (topic, payload, mac_hex) =
-        build_pair_request(&uri, &phone, "Alice", vector_nonce(), T0, T0).unwrap();
+    let (topic, payload, mac_hex) = build_pair_request(&uri, &phone, "Alice", vector_nonce(), T0, T0).unwrap();
     assert_eq!(topic, format!("pair/{ROBOT}/{PHONE}"));
-    assert_eq!(
-        payload,
-        br#"{"nickname":"Alice","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}"#
-    );
-    assert_eq!(
-        mac_hex,
-        "ee1e50b7af85f38e6850f1163f0dce2142c56230324a2f851184846a601679c7"
-    );
+    assert_eq!(payload, br#"{"nickname":"Alice","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}"#);
+    assert_eq!(mac_hex, "ee1e50b7af85f38e6850f1163f0dce2142c56230324a2f851184846a601679c7");
 
     let phone_key = derive_owner_key(&uri, &phone, &vector_nonce());
-    assert_eq!(
-        hex::encode(phone_key),
-        "a0369cd9bece6225fa9218e192b9d2f976f5e830a3dc8d76060f9ba004da8f0f"
-    );
+    assert_eq!(hex::encode(phone_key), "a0369cd9bece6225fa9218e192b9d2f976f5e830a3dc8d76060f9ba004da8f0f");
 
     let mut windows = opened(T0 - 1000);
     let m = request(vector_secret(), PHONE, T0, T0);
     match windows.handle(T0, &m.req()) {
-        PairOutcome::Paired {
-            phone_id,
-            nickname,
-            key,
-        } => {
+        PairOutcome::Paired { phone_id, nickname, key } => {
             assert_eq!(phone_id, phone);
             assert_eq!(nickname, "Alice");
             assert_eq!(key, phone_key);
@@ -378,10 +241,7 @@ fn phone_request_matches_protocol_vector_and_robot_derives_the_same_key() {
         other => panic!("{other:?}"),
     }
     assert!(!windows.is_open(T0));
-    assert_eq!(
-        windows.status(T0),
-        WindowStatus::Closed(CloseReason::Paired { phone_id: phone })
-    );
+    assert_eq!(windows.status(T0), WindowStatus::Closed(CloseReason::Paired { phone_id: phone }));
 }
 
 #[test]
@@ -391,45 +251,19 @@ fn phone_accepts_the_robots_maced_reply_and_refuses_a_forged_one() {
     let key = derive_owner_key(&uri, &phone, &vector_nonce());
     let topic = topics::pair_response(&uri.robot, &phone);
     let payload = paired_reply(&uri.robot, "Rover");
-    let mac_hex = mac::compute(
-        &key,
-        &MacInput {
-            topic: &topic,
-            from: ROBOT,
-            seq: 5,
-            ts_ms: T0,
-            payload: &payload,
-        },
-    );
+    let mac_hex = mac::compute(&key, &MacInput { topic: &topic, from: ROBOT, seq: 5, ts_ms: T0, payload: &payload });
     fn msg<'a>(
         topic: &'a str,
         from: Option<&'a str>,
         mac_hex: Option<&'a str>,
         payload: &'a [u8],
     ) -> PairResponseMessage<'a> {
-        PairResponseMessage {
-            topic,
-            from,
-            seq: Some(5),
-            ts_ms: Some(T0),
-            mac: mac_hex,
-            payload,
-        }
+        PairResponseMessage { topic, from, seq: Some(5), ts_ms: Some(T0), mac: mac_hex, payload }
     }
     let check = |key: &Key32, from: &str, mac_hex: &str| {
-        check_pair_response(
-            &uri,
-            &phone,
-            key,
-            &msg(&topic, Some(from), Some(mac_hex), &payload),
-        )
+        check_pair_response(&uri, &phone, key, &msg(&topic, Some(from), Some(mac_hex), &payload))
     };
-    assert_eq!(
-        check(&key, ROBOT, &mac_hex).unwrap(),
-        PairResponse::Paired {
-            robot_nickname: "Rover".into()
-        }
-    );
+    assert_eq!(check(&key, ROBOT, &mac_hex).unwrap(), PairResponse::Paired { robot_nickname: "Rover".into() });
     let e = check(&[0; 32], ROBOT, &mac_hex).unwrap_err().to_string();
     assert!(e.contains("bad MAC"), "{e}");
     let e = check(&key, PHONE, &mac_hex).unwrap_err().to_string();
@@ -438,17 +272,13 @@ fn phone_accepts_the_robots_maced_reply_and_refuses_a_forged_one() {
     let rej = rejected_reply(Reject::BadMac);
     assert_eq!(
         check_pair_response(&uri, &phone, &key, &msg(&topic, None, None, &rej)).unwrap(),
-        PairResponse::Rejected {
-            reason: "bad_mac".into()
-        }
+        PairResponse::Rejected { reason: "bad_mac".into() }
     );
     // A "paired" answer without a MAC is refused.
     assert!(check_pair_response(&uri, &phone, &key, &msg(&topic, None, None, &payload)).is_err());
     // So is one on another phone's topic.
-    let other = PairResponseMessage {
-        topic: "pair/x/y/response",
-        ..msg(&topic, Some(ROBOT), Some(&mac_hex), &payload)
-    };
+    let other =
+        PairResponseMessage { topic: "pair/x/y/response", ..msg(&topic, Some(ROBOT), Some(&mac_hex), &payload) };
     assert!(check_pair_response(&uri, &phone, &key, &other).is_err());
 }
 
@@ -458,10 +288,7 @@ fn replies_have_the_protocol_bytes() {
         paired_reply(&id(ROBOT), "Rover"),
         br#"{"status":"paired","robot":"0123456789abcdef0123456789abcdef","nickname":"Rover"}"#
     );
-    assert_eq!(
-        rejected_reply(Reject::Stale),
-        br#"{"status":"rejected","reason":"stale"}"#
-    );
+    assert_eq!(rejected_reply(Reject::Stale), br#"{"status":"rejected","reason":"stale"}"#);
     let all = [
         (Reject::WindowClosed, "window_closed"),
         (Reject::BadMac, "bad_mac"),
@@ -480,15 +307,10 @@ fn phone_side_refuses_nicknames_the_robot_would_refuse_and_trims() {
     let uri = uri_with(vector_secret());
     for bad in ["", "   ", "a\u{1b}[2J", &"x".repeat(65)] {
         let e = build_pair_request(&uri, &id(PHONE), bad, [0; 16], 1, T0).unwrap_err();
-        assert!(
-            matches!(e, PairingError::BadNickname { .. }),
-            "{bad:?}: {e}"
-        );
+        assert!(matches!(e, PairingError::BadNickname { .. }), "{bad:?}: {e}");
     }
     let (_, payload, _) = build_pair_request(&uri, &id(PHONE), "  Zoë  ", [0; 16], 1, T0).unwrap();
-    assert!(
-        payload.starts_with(br#"{"nickname":"Zo"#) && !payload.starts_with(br#"{"nickname":" "#)
-    );
+    assert!(payload.starts_with(br#"{"nickname":"Zo"#) && !payload.starts_with(br#"{"nickname":" "#));
     assert!(build_pair_request(&uri, &id(PHONE), &"é".repeat(64), [0; 16], 1, T0).is_ok());
 }
 
@@ -510,24 +332,15 @@ fn window_expires_after_its_duration_and_duration_is_capped_at_ten_minutes() {
     assert_eq!(w.expires_at_ms(), Some(T0 + 30_000));
     assert!(w.is_open(T0 + 29_999));
     assert!(!w.is_open(T0 + 30_000));
-    assert_eq!(
-        w.status(T0 + 30_000),
-        WindowStatus::Closed(CloseReason::Expired)
-    );
+    assert_eq!(w.status(T0 + 30_000), WindowStatus::Closed(CloseReason::Expired));
     let late = request(vector_secret(), PHONE, T0 + 30_000, T0 + 30_000);
-    assert_eq!(
-        w.handle(T0 + 30_000, &late.req()),
-        rejected(Reject::WindowClosed)
-    );
+    assert_eq!(w.handle(T0 + 30_000, &late.req()), rejected(Reject::WindowClosed));
     assert_eq!(w.expires_at_ms(), None);
 
     let mut w = PairingWindows::new(Duration::from_secs(3600), DEFAULT_MAX_FAILURES);
     assert_eq!(w.open(T0, vector_secret()), T0 + 600_000);
     let m = request(vector_secret(), PHONE, T0 + 599_999, T0 + 599_999);
-    assert!(matches!(
-        w.handle(T0 + 599_999, &m.req()),
-        PairOutcome::Paired { .. }
-    ));
+    assert!(matches!(w.handle(T0 + 599_999, &m.req()), PairOutcome::Paired { .. }));
 }
 
 #[test]
@@ -535,10 +348,7 @@ fn wrong_secret_is_bad_mac() {
     let mut w = opened(T0);
     let m = request([0xee; 16], PHONE, T0, T0);
     assert_eq!(w.handle(T0, &m.req()), rejected(Reject::BadMac));
-    assert!(matches!(
-        w.status(T0),
-        WindowStatus::Open { failures: 1, .. }
-    ));
+    assert!(matches!(w.status(T0), WindowStatus::Open { failures: 1, .. }));
 }
 
 #[test]
@@ -546,41 +356,20 @@ fn twenty_failures_close_the_window_with_too_many_attempts_until_a_new_one() {
     let mut w = opened(T0);
     for i in 0..19 {
         let m = request([0xee; 16], PHONE, T0 + i, T0);
-        assert_eq!(
-            w.handle(T0, &m.req()),
-            rejected(Reject::BadMac),
-            "attempt {}",
-            i + 1
-        );
+        assert_eq!(w.handle(T0, &m.req()), rejected(Reject::BadMac), "attempt {}", i + 1);
     }
-    assert!(matches!(
-        w.status(T0),
-        WindowStatus::Open {
-            failures: 19,
-            max_failures: 20,
-            ..
-        }
-    ));
+    assert!(matches!(w.status(T0), WindowStatus::Open { failures: 19, max_failures: 20, .. }));
     let twentieth = signed(vector_secret(), b"not json", T0 + 100, T0);
-    assert_eq!(
-        w.handle(T0, &twentieth.req()),
-        rejected(Reject::TooManyAttempts)
-    );
+    assert_eq!(w.handle(T0, &twentieth.req()), rejected(Reject::TooManyAttempts));
     assert!(!w.is_open(T0));
-    assert_eq!(
-        w.status(T0),
-        WindowStatus::Closed(CloseReason::TooManyAttempts)
-    );
+    assert_eq!(w.status(T0), WindowStatus::Closed(CloseReason::TooManyAttempts));
     // Even a perfect request now gets too_many_attempts, not window_closed.
     let good = request(vector_secret(), PHONE, T0 + 200, T0);
     assert_eq!(w.handle(T0, &good.req()), rejected(Reject::TooManyAttempts));
     // A new window starts afresh.
     w.open(T0, [0x42; 16]);
     let good = request([0x42; 16], PHONE, T0 + 300, T0);
-    assert!(matches!(
-        w.handle(T0, &good.req()),
-        PairOutcome::Paired { .. }
-    ));
+    assert!(matches!(w.handle(T0, &good.req()), PairOutcome::Paired { .. }));
 }
 
 #[test]
@@ -592,18 +381,9 @@ fn every_failure_kind_counts_but_window_closed_does_not() {
         assert_eq!(closed.handle(T0, &m.req()), rejected(Reject::WindowClosed));
     }
     w.open(T0, vector_secret());
-    assert_eq!(
-        w.handle(T0, &request([1; 16], PHONE, T0, T0).req()),
-        rejected(Reject::BadMac)
-    );
-    assert_eq!(
-        w.handle(T0, &request(vector_secret(), PHONE, T0, T0 + 61_000).req()),
-        rejected(Reject::Stale)
-    );
-    assert_eq!(
-        w.handle(T0, &signed(vector_secret(), b"[]", T0 + 1, T0).req()),
-        rejected(Reject::TooManyAttempts)
-    );
+    assert_eq!(w.handle(T0, &request([1; 16], PHONE, T0, T0).req()), rejected(Reject::BadMac));
+    assert_eq!(w.handle(T0, &request(vector_secret(), PHONE, T0, T0 + 61_000).req()), rejected(Reject::Stale));
+    assert_eq!(w.handle(T0, &signed(vector_secret(), b"[]", T0 + 1, T0).req()), rejected(Reject::TooManyAttempts));
 }
 
 #[test]
@@ -613,30 +393,18 @@ fn a_new_window_voids_the_old_secret() {
     let old = request(vector_secret(), PHONE, T0, T0);
     assert_eq!(w.handle(T0 + 1000, &old.req()), rejected(Reject::BadMac));
     let new = request([0x42; 16], PHONE, T0 + 1, T0);
-    assert!(matches!(
-        w.handle(T0 + 1000, &new.req()),
-        PairOutcome::Paired { .. }
-    ));
+    assert!(matches!(w.handle(T0 + 1000, &new.req()), PairOutcome::Paired { .. }));
 }
 
 #[test]
 fn second_pairing_with_a_used_secret_fails() {
     let mut w = opened(T0);
     let first = request(vector_secret(), PHONE, T0, T0);
-    assert!(matches!(
-        w.handle(T0, &first.req()),
-        PairOutcome::Paired { .. }
-    ));
+    assert!(matches!(w.handle(T0, &first.req()), PairOutcome::Paired { .. }));
     let second = request(vector_secret(), OTHER_PHONE, T0 + 1, T0 + 1);
-    assert_eq!(
-        w.handle(T0 + 1, &second.req()),
-        rejected(Reject::WindowClosed)
-    );
+    assert_eq!(w.handle(T0 + 1, &second.req()), rejected(Reject::WindowClosed));
     // Nor does a QoS 1 redelivery of the successful request pair again.
-    assert_eq!(
-        w.handle(T0 + 2, &first.req()),
-        rejected(Reject::WindowClosed)
-    );
+    assert_eq!(w.handle(T0 + 2, &first.req()), rejected(Reject::WindowClosed));
 }
 
 #[test]
@@ -644,39 +412,22 @@ fn close_by_admin_closes_and_keeps_earlier_reasons() {
     let mut w = opened(T0);
     w.close();
     assert_eq!(w.status(T0), WindowStatus::Closed(CloseReason::ByAdmin));
-    assert_eq!(
-        w.handle(T0, &request(vector_secret(), PHONE, T0, T0).req()),
-        rejected(Reject::WindowClosed)
-    );
+    assert_eq!(w.handle(T0, &request(vector_secret(), PHONE, T0, T0).req()), rejected(Reject::WindowClosed));
     let mut w = PairingWindows::new(MAX_WINDOW, 1);
     w.open(T0, vector_secret());
-    assert_eq!(
-        w.handle(T0, &request([1; 16], PHONE, T0, T0).req()),
-        rejected(Reject::TooManyAttempts)
-    );
+    assert_eq!(w.handle(T0, &request([1; 16], PHONE, T0, T0).req()), rejected(Reject::TooManyAttempts));
     w.close();
-    assert_eq!(
-        w.status(T0),
-        WindowStatus::Closed(CloseReason::TooManyAttempts)
-    );
+    assert_eq!(w.status(T0), WindowStatus::Closed(CloseReason::TooManyAttempts));
 }
 
 #[test]
 fn stale_timestamps_in_both_directions() {
-    for (ts, ok) in [
-        (T0 - 60_001, false),
-        (T0 + 60_001, false),
-        (T0 - 60_000, true),
-        (T0 + 60_000, true),
-    ] {
+    for (ts, ok) in [(T0 - 60_001, false), (T0 + 60_001, false), (T0 - 60_000, true), (T0 + 60_000, true)] {
         let mut w = opened(T0);
         let m = request(vector_secret(), PHONE, T0, ts);
         let out = w.handle(T0, &m.req());
         if ok {
-            assert!(
-                matches!(out, PairOutcome::Paired { .. }),
-                "ts {ts}: {out:?}"
-            );
+            assert!(matches!(out, PairOutcome::Paired { .. }), "ts {ts}: {out:?}");
         } else {
             assert_eq!(out, rejected(Reject::Stale), "ts {ts}");
         }
@@ -690,23 +441,14 @@ fn replayed_or_lower_seq_is_stale_even_across_windows() {
     let first = signed(vector_secret(), b"{}", 10, T0);
     assert_eq!(w.handle(T0, &first.req()), rejected(Reject::Malformed));
     assert_eq!(w.handle(T0, &first.req()), rejected(Reject::Stale));
-    assert_eq!(
-        w.handle(T0, &request(vector_secret(), PHONE, 9, T0).req()),
-        rejected(Reject::Stale)
-    );
+    assert_eq!(w.handle(T0, &request(vector_secret(), PHONE, 9, T0).req()), rejected(Reject::Stale));
     // Captured in one window, replayed into the next: the seq memory outlives windows.
     let captured = request([0x42; 16], PHONE, 20, T0);
     w.open(T0, [0x42; 16]);
-    assert_eq!(
-        w.handle(T0, &signed([0x42; 16], b"{}", 20, T0).req()),
-        rejected(Reject::Malformed)
-    );
+    assert_eq!(w.handle(T0, &signed([0x42; 16], b"{}", 20, T0).req()), rejected(Reject::Malformed));
     assert_eq!(w.handle(T0, &captured.req()), rejected(Reject::Stale));
     // Another phone has its own counter.
-    assert!(matches!(
-        w.handle(T0, &request([0x42; 16], OTHER_PHONE, 1, T0).req()),
-        PairOutcome::Paired { .. }
-    ));
+    assert!(matches!(w.handle(T0, &request([0x42; 16], OTHER_PHONE, 1, T0).req()), PairOutcome::Paired { .. }));
 }
 
 #[test]
@@ -716,22 +458,13 @@ fn forged_requests_do_not_advance_the_seq() {
     assert_eq!(w.handle(T0, &forged.req()), rejected(Reject::BadMac));
     let stale_ts = request(vector_secret(), PHONE, 1000, T0 - 120_000);
     assert_eq!(w.handle(T0, &stale_ts.req()), rejected(Reject::Stale));
-    assert!(matches!(
-        w.handle(T0, &request(vector_secret(), PHONE, 5, T0).req()),
-        PairOutcome::Paired { .. }
-    ));
+    assert!(matches!(w.handle(T0, &request(vector_secret(), PHONE, 5, T0).req()), PairOutcome::Paired { .. }));
 }
 
 #[test]
 fn malformed_payloads() {
-    let long_nick = format!(
-        r#"{{"nickname":"{}","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}}"#,
-        "x".repeat(65)
-    );
-    let huge_nick = format!(
-        r#"{{"nickname":"{}","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}}"#,
-        "x".repeat(16_000)
-    );
+    let long_nick = format!(r#"{{"nickname":"{}","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}}"#, "x".repeat(65));
+    let huge_nick = format!(r#"{{"nickname":"{}","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}}"#, "x".repeat(16_000));
     let cases: Vec<&[u8]> = vec![
         b"not json",
         b"",
@@ -788,13 +521,7 @@ fn from_must_be_the_phone_in_the_topic() {
     m.from = Some(OTHER_PHONE.into());
     m.mac = Some(mac::compute(
         &vector_secret(),
-        &MacInput {
-            topic: &m.topic,
-            from: OTHER_PHONE,
-            seq: T0,
-            ts_ms: T0,
-            payload: &m.payload,
-        },
+        &MacInput { topic: &m.topic, from: OTHER_PHONE, seq: T0, ts_ms: T0, payload: &m.payload },
     ));
     assert_eq!(w.handle(T0, &m.req()), rejected(Reject::BadMac));
     m.from = None;
@@ -810,10 +537,7 @@ fn missing_authentication_properties_are_bad_mac() {
         let mut m = request(vector_secret(), PHONE, T0, T0);
         f(&mut m);
         assert_eq!(w.handle(T0, &m.req()), rejected(Reject::BadMac));
-        assert!(matches!(
-            w.handle(T0, &good.req()),
-            PairOutcome::Paired { .. }
-        ));
+        assert!(matches!(w.handle(T0, &good.req()), PairOutcome::Paired { .. }));
     }
 }
 
@@ -829,21 +553,10 @@ fn a_topic_that_does_not_match_the_ids_is_refused() {
 fn status_reports_the_open_window_and_secrets_stay_out_of_debug() {
     let mut w = opened(T0);
     let s = w.status(T0 + 5);
-    assert_eq!(
-        s,
-        WindowStatus::Open {
-            opened_at_ms: T0,
-            expires_at_ms: T0 + 600_000,
-            failures: 0,
-            max_failures: 20
-        }
-    );
+    assert_eq!(s, WindowStatus::Open { opened_at_ms: T0, expires_at_ms: T0 + 600_000, failures: 0, max_failures: 20 });
     assert!(s.to_string().contains("0/20"), "{s}");
     assert_eq!(
-        serde_json::to_string(&WindowStatus::Closed(CloseReason::Paired {
-            phone_id: id(PHONE)
-        }))
-        .unwrap(),
+        serde_json::to_string(&WindowStatus::Closed(CloseReason::Paired { phone_id: id(PHONE) })).unwrap(),
         format!(r#"{{"state":"closed","reason":"paired","phone_id":"{PHONE}"}}"#)
     );
     let out = w.handle(T0, &request(vector_secret(), PHONE, T0, T0).req());

@@ -58,6 +58,8 @@ mod tests {
             format!(r#"{{"nickname":"Rover","kind":"robot","model":"sim","software":"{SOFTWARE}"}}"#)
         );
         let p = Profile::robot("Rover", Some("https://x/p.jpg"), "sim");
-        assert!(String::from_utf8(p.to_json()).unwrap().contains(r#""kind":"robot","photo":"https://x/p.jpg","model""#));
+        assert!(
+            String::from_utf8(p.to_json()).unwrap().contains(r#""kind":"robot","photo":"https://x/p.jpg","model""#)
+        );
     }
 }

@@ -125,10 +125,7 @@ pub fn verify<'a>(key: &[u8], topic: &str, payload: &[u8], f: &'a AuthFields) ->
 
 /// Unix time in milliseconds from the system clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

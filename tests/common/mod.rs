@@ -69,11 +69,8 @@ impl Broker {
             ),
         )
         .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("mosquitto.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
@@ -342,11 +339,9 @@ impl Probe {
 
     pub async fn publish(&self, topic: &str, payload: &[u8], retain: bool, props: Option<PublishProperties>) {
         match props {
-            Some(p) => self
-                .client
-                .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload.to_vec(), p)
-                .await
-                .unwrap(),
+            Some(p) => {
+                self.client.publish_with_properties(topic, QoS::AtLeastOnce, retain, payload.to_vec(), p).await.unwrap()
+            }
             None => self.client.publish(topic, QoS::AtLeastOnce, retain, payload.to_vec()).await.unwrap(),
         }
     }
