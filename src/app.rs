@@ -62,7 +62,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
 
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             ev = events.recv() => match ev {
                 Some(LinkEvent::Connected) => info!("presence announced"),
                 Some(LinkEvent::Disconnected) => warn!("broker connection lost"),

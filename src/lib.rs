@@ -19,6 +19,7 @@
 //! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
+//! - [`shutdown`]: the shutdown signal every loop selects on.
 //! - [`app`]: wires the tasks together and owns the ordered shutdown.
 //! - [`logging`]: journal under systemd, stderr otherwise.
 
@@ -34,3 +35,4 @@ pub mod logging;
 pub mod motion;
 pub mod pairing;
 pub mod protocol;
+pub mod shutdown;

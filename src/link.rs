@@ -286,7 +286,7 @@ impl Link {
         loop {
             let polled = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = crate::shutdown::stopped(&mut shutdown) => break,
                 ev = self.eventloop.poll() => ev,
             };
             match polled {
@@ -316,7 +316,7 @@ impl Link {
                     }
                     let delay = delays.next().unwrap_or(Duration::from_secs(2));
                     tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = crate::shutdown::stopped(&mut shutdown) => break,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
