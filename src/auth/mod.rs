@@ -6,3 +6,4 @@
 
 pub mod keys;
 pub mod mac;
+pub mod owners;
