@@ -9,13 +9,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tracing::info;
 
 use crate::config::Config;
 use crate::identity::{self, ClientId};
-use crate::link::{Link, LinkEvent};
+use crate::control;
+use crate::link::Link;
 use crate::protocol::Profile;
+use crate::service::Service;
+use crate::shutdown;
 
 /// Tell systemd something, if we run under it (no-op otherwise).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -43,32 +46,41 @@ pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Run the daemon until `shutdown` turns true.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<()> {
     ensure_state_dir(&cfg.robot.state_dir)?;
     let robot: ClientId = identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
     info!(robot = %robot, "robot identity");
 
     let profile = Profile::robot(&cfg.robot.nickname, cfg.robot.photo.as_deref(), &cfg.robot.model).to_json();
     let link = Link::new(&cfg, robot.clone(), profile)?;
-    let _handle = link.handle();
+    let mut service = Service::new(cfg.clone(), robot, link.handle())?;
+
+    let (link_stop, link_stop_rx) = shutdown::channel();
     let (events_tx, mut events) = mpsc::channel(256);
-    let (link_stop_tx, link_stop_rx) = watch::channel(false);
     let link_task = tokio::spawn(link.run(events_tx, link_stop_rx));
+
+    let (admin_tx, mut admin) = mpsc::channel(16);
+    let listener = control::bind(&cfg.control.socket)?;
+    let control_task = tokio::spawn(control::serve(listener, admin_tx, shutdown.clone()));
 
     // Config loaded, hardware safe: ready (not gated on the broker, so a
     // robot without network still boots and keeps its motors stopped).
     notify(&[sd_notify::NotifyState::Ready]);
     let mut watchdog = watchdog_period().map(tokio::time::interval);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
-            _ = crate::shutdown::stopped(&mut shutdown) => break,
+            _ = shutdown::stopped(&mut shutdown) => break,
             ev = events.recv() => match ev {
-                Some(LinkEvent::Connected) => info!("presence announced"),
-                Some(LinkEvent::Disconnected) => warn!("broker connection lost"),
-                Some(LinkEvent::Message(m)) => tracing::debug!(topic = %m.topic_str, "message"),
+                Some(ev) => service.on_link(ev),
                 None => break,
             },
+            Some((req, reply)) = admin.recv() => {
+                let _ = reply.send(service.on_admin(req));
+            }
+            _ = tick.tick() => service.tick(),
+            // Pinged from this loop, not a side timer, so a stuck loop is caught.
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
@@ -77,8 +89,11 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
 
     info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
-    let _ = link_stop_tx.send(true);
+    service.shutdown();
+    let _ = link_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&cfg.control.socket);
     info!("stopped");
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
 //! - [`shutdown`]: the shutdown signal every loop selects on.
+//! - [`service`]: the protocol brain: authentication gate, pairing, owners, admin requests.
 //! - [`app`]: wires the tasks together and owns the ordered shutdown.
 //! - [`logging`]: journal under systemd, stderr otherwise.
 
@@ -35,4 +36,5 @@ pub mod logging;
 pub mod motion;
 pub mod pairing;
 pub mod protocol;
+pub mod service;
 pub mod shutdown;

@@ -99,10 +99,7 @@ fn owners_survive_sigkill_during_rewrites() {
         std::thread::sleep(Duration::from_micros(rand::random_range(200..15_000)));
         child.kill().unwrap(); // SIGKILL on Unix
         let status = child.wait().unwrap();
-        assert!(
-            !status.success(),
-            "iteration {i}: child should have been killed, got {status}"
-        );
+        assert!(!status.success(), "iteration {i}: child should have been killed, got {status}");
 
         let loaded = OwnerStore::load(dir.path())
             .unwrap_or_else(|e| panic!("iteration {i}: owners file does not load after SIGKILL: {e}"));
@@ -111,24 +108,15 @@ fn owners_survive_sigkill_during_rewrites() {
         } else if loaded.list() == new_set.as_slice() {
             seen_new += 1;
         } else {
-            panic!(
-                "iteration {i}: owners file holds neither the old nor the new set: {:?}",
-                loaded.list()
-            );
+            panic!("iteration {i}: owners file holds neither the old nor the new set: {:?}", loaded.list());
         }
         let mode = std::fs::metadata(owners_path(dir.path())).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "iteration {i}");
         // load() removed whatever temporary file the kill left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [OWNERS_FILE], "iteration {i}");
     }
-    eprintln!(
-        "{ITERATIONS} kills in {:?}: old set {seen_old} times, new set {seen_new} times",
-        started.elapsed()
-    );
+    eprintln!("{ITERATIONS} kills in {:?}: old set {seen_old} times, new set {seen_new} times", started.elapsed());
     // Both outcomes must occur, or the child was not really writing when killed.
     assert!(seen_old > 0 && seen_new > 0, "old {seen_old}, new {seen_new}");
 }

@@ -94,10 +94,7 @@ impl fmt::Debug for Owner {
 /// another), trim surrounding whitespace and keep at most
 /// [`NICKNAME_MAX_CHARS`] characters. May return an empty string.
 pub fn sanitize_nickname(raw: &str) -> String {
-    let cleaned: String = raw
-        .chars()
-        .filter(|&c| !c.is_control() && !is_bidi_control(c))
-        .collect();
+    let cleaned: String = raw.chars().filter(|&c| !c.is_control() && !is_bidi_control(c)).collect();
     let truncated: String = cleaned.trim().chars().take(NICKNAME_MAX_CHARS).collect();
     truncated.trim_end().to_owned()
 }
@@ -144,10 +141,7 @@ impl OwnerStore {
         remove_stale_temp_files(state_dir);
         let owners = match fsutil::read_optional(&path)? {
             None => Vec::new(),
-            Some(bytes) => parse(&bytes).map_err(|detail| StateFileError::Corrupt {
-                path: path.clone(),
-                detail,
-            })?,
+            Some(bytes) => parse(&bytes).map_err(|detail| StateFileError::Corrupt { path: path.clone(), detail })?,
         };
         warn_if_readable_by_others(&path);
         Ok(OwnerStore { path, owners })
@@ -210,10 +204,7 @@ impl OwnerStore {
     }
 
     fn persist(&mut self, owners: Vec<Owner>) -> Result<(), StateFileError> {
-        let file = OwnersFile {
-            version: FORMAT_VERSION,
-            owners,
-        };
+        let file = OwnersFile { version: FORMAT_VERSION, owners };
         let mut bytes = serde_json::to_vec_pretty(&file).expect("owners serialise to JSON");
         bytes.push(b'\n');
         fsutil::write_durable(&self.path, &bytes, OWNERS_FILE_MODE)?;
@@ -227,10 +218,7 @@ impl OwnerStore {
 fn parse(bytes: &[u8]) -> Result<Vec<Owner>, String> {
     let header: VersionOnly = serde_json::from_slice(bytes).map_err(|e| format!("not an owners file: {e}"))?;
     if header.version != FORMAT_VERSION {
-        return Err(format!(
-            "unsupported version {} (this robotd reads version {FORMAT_VERSION})",
-            header.version
-        ));
+        return Err(format!("unsupported version {} (this robotd reads version {FORMAT_VERSION})", header.version));
     }
     let file: OwnersFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let mut seen = HashSet::new();
@@ -317,10 +305,7 @@ mod tests {
         let err = OwnerStore::load(dir).unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, StateFileError::Corrupt { .. }), "{err:?}");
-        assert!(
-            text.contains(&owners_path(dir).display().to_string()),
-            "error must name the file: {text}"
-        );
+        assert!(text.contains(&owners_path(dir).display().to_string()), "error must name the file: {text}");
         text
     }
 
@@ -379,11 +364,7 @@ mod tests {
         let mut store = OwnerStore::load(dir.path()).unwrap();
         store.add(owner(1, "Alice")).unwrap();
         store.add(owner(2, "Bob")).unwrap();
-        let new = Owner {
-            key: [9; 32],
-            paired_at_ms: 5,
-            ..owner(1, "Alice 2")
-        };
+        let new = Owner { key: [9; 32], paired_at_ms: 5, ..owner(1, "Alice 2") };
         assert!(store.add(new.clone()).unwrap());
         assert_eq!(store.list(), &[new.clone(), owner(2, "Bob")]);
         assert_eq!(OwnerStore::load(dir.path()).unwrap().list(), &[new, owner(2, "Bob")]);
@@ -402,10 +383,7 @@ mod tests {
         let again = OwnerStore::load(dir.path()).unwrap();
         assert_eq!(again.list(), &[owner(2, "Bob")]);
         let text = fs::read_to_string(owners_path(dir.path())).unwrap();
-        assert!(
-            !text.contains(&hex::encode(owner(1, "").key)),
-            "removed key must be gone from disk"
-        );
+        assert!(!text.contains(&hex::encode(owner(1, "").key)), "removed key must be gone from disk");
     }
 
     #[test]
@@ -446,10 +424,7 @@ mod tests {
     #[test]
     fn duplicate_id_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let file = OwnersFile {
-            version: 1,
-            owners: vec![owner(1, "Alice"), owner(1, "Alice again")],
-        };
+        let file = OwnersFile { version: 1, owners: vec![owner(1, "Alice"), owner(1, "Alice again")] };
         let text = corrupt_detail(dir.path(), &serde_json::to_string(&file).unwrap());
         assert!(text.contains("listed twice"), "{text}");
     }
@@ -458,17 +433,9 @@ mod tests {
     fn bad_key_is_corrupt_and_not_echoed() {
         let dir = tempfile::tempdir().unwrap();
         let entry = |key: &str| {
-            format!(
-                r#"{{"version":1,"owners":[{{"id":"{}","nickname":"A","key":"{key}","paired_at_ms":1}}]}}"#,
-                id(1)
-            )
+            format!(r#"{{"version":1,"owners":[{{"id":"{}","nickname":"A","key":"{key}","paired_at_ms":1}}]}}"#, id(1))
         };
-        for key in [
-            "ab".repeat(31),
-            "ab".repeat(33),
-            format!("{}zz", "ab".repeat(31)),
-            String::new(),
-        ] {
+        for key in ["ab".repeat(31), "ab".repeat(33), format!("{}zz", "ab".repeat(31)), String::new()] {
             let text = corrupt_detail(dir.path(), &entry(&key));
             assert!(text.contains("64 hex"), "{text}");
             if !key.is_empty() {
@@ -520,17 +487,8 @@ mod tests {
 
     #[test]
     fn debug_never_prints_the_key() {
-        let o = Owner {
-            key: [0xab; 32],
-            ..owner(1, "Alice")
-        };
-        let text = format!(
-            "{o:?} {:?}",
-            OwnerStore {
-                path: PathBuf::from("x"),
-                owners: vec![o.clone()]
-            }
-        );
+        let o = Owner { key: [0xab; 32], ..owner(1, "Alice") };
+        let text = format!("{o:?} {:?}", OwnerStore { path: PathBuf::from("x"), owners: vec![o.clone()] });
         assert!(!text.contains("abab"), "{text}");
         assert!(!text.contains("171"), "{text}");
         assert!(text.contains("<redacted>") && text.contains("Alice"), "{text}");
