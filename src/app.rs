@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::Config;
-use crate::identity::{self, ClientId};
 use crate::control;
+use crate::identity::{self, ClientId};
 use crate::link::Link;
 use crate::protocol::Profile;
 use crate::service::Service;

@@ -17,6 +17,7 @@
 //! - [`pairing`]: pairing windows (pure state machine), the pairing URI and its QR code.
 //! - [`link`]: the one task that owns the MQTT event loop; presence, reconnects, routing.
 //! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
+//! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl` and the tests.
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
 //! - [`shutdown`]: the shutdown signal every loop selects on.
@@ -35,6 +36,7 @@ pub mod link;
 pub mod logging;
 pub mod motion;
 pub mod pairing;
+pub mod phone;
 pub mod protocol;
 pub mod service;
 pub mod shutdown;

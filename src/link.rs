@@ -256,6 +256,12 @@ impl Link {
             debug!(topic = %topic_str, "dropped: topic outside the protocol");
             return;
         };
+        // A retained request would be delivered again on every reconnect.
+        if p.retain && !matches!(topic, topics::Topic::IsConnected { .. }) {
+            stats.dropped_topic.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %topic_str, "dropped: retained request");
+            return;
+        }
         if p.payload.len() > protocol::MAX_PAYLOAD {
             stats.dropped_size.fetch_add(1, Ordering::Relaxed);
             debug!(topic = %topic_str, len = p.payload.len(), "dropped: payload over 16 KiB");

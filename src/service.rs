@@ -26,26 +26,34 @@ use crate::protocol::topics::{self, Topic};
 /// File name of the pairing QR code PNG in the state directory.
 pub const PAIRING_PNG: &str = "pairing-qr.png";
 
-/// Counts dropped messages by reason and logs at most one warning a second,
-/// so a flood of junk cannot flood the journal (or slow the loop with I/O).
+/// Counts dropped messages by reason and logs at most one warning per
+/// reason every 10 s (with how many were dropped since), so a flood of junk
+/// cannot flood the journal or slow the loop with I/O.
 #[derive(Debug, Default)]
 pub struct DropLog {
     counts: BTreeMap<&'static str, u64>,
-    last_warn: Option<Instant>,
-    suppressed: u64,
+    /// Per reason: when it was last logged and how many were dropped since.
+    last: BTreeMap<&'static str, (Instant, u64)>,
 }
 
 impl DropLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
     /// Count a drop and maybe log it.
     pub fn drop(&mut self, reason: &'static str, topic: &str) {
         *self.counts.entry(reason).or_default() += 1;
         let now = Instant::now();
-        if self.last_warn.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-            warn!(reason, topic, suppressed = self.suppressed, "dropped message");
-            self.last_warn = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
+        match self.last.get_mut(reason) {
+            Some((t, since)) if now.duration_since(*t) < Self::EVERY => *since += 1,
+            Some((t, since)) => {
+                warn!(reason, topic, dropped_since_last = *since + 1, "dropped message");
+                *t = now;
+                *since = 0;
+            }
+            None => {
+                warn!(reason, topic, "dropped message");
+                self.last.insert(reason, (now, 0));
+            }
         }
     }
 
@@ -174,6 +182,13 @@ impl Service {
                 if let Err(e) = self.owners.add(owner) {
                     // Not stored: do not tell the phone it is paired.
                     error!(error = %e, phone = %phone_id, "pairing succeeded but the owner could not be stored");
+                    self.finish_pairing();
+                    let topic = topics::pair_response(&self.robot, &phone_id);
+                    let seq = self.seq();
+                    let mut p = props::unsigned(self.robot.as_str(), seq, now_ms());
+                    p.correlation_data = f.correlation;
+                    let payload = serde_json::to_vec(&json!({"status":"rejected","reason":"internal_error"})).unwrap();
+                    self.link.publish(topic, payload, false, Some(p));
                     return;
                 }
                 info!(phone = %phone_id, "paired a new owner");
@@ -204,7 +219,8 @@ impl Service {
     /// fresh `ts`, increasing `seq`. Non-owners are dropped with no answer.
     fn on_invite(&mut self, session: &ClientId, m: &Inbound) {
         let f = AuthFields::from_properties(m.props.as_ref());
-        let Some(owner) = f.from.as_deref().and_then(|s| s.parse::<ClientId>().ok()).and_then(|id| self.owners.get(&id))
+        let Some(owner) =
+            f.from.as_deref().and_then(|s| s.parse::<ClientId>().ok()).and_then(|id| self.owners.get(&id))
         else {
             return self.drops.drop("not_owner", &m.topic_str);
         };
