@@ -15,6 +15,7 @@
 //!
 //! This module knows nothing about MQTT or the protocol.
 
+#![warn(missing_docs)]
 pub mod config;
 pub mod rppal;
 pub mod sim;

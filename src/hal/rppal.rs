@@ -185,7 +185,7 @@ impl HardPwm {
     /// Sets the duty as a fraction of [`PWM_MAX_DUTY`].
     pub fn set_duty_cycle(&mut self, duty: u16) -> Result<(), HalError> {
         self.pwm
-            .set_duty_cycle(f64::from(duty.min(PWM_MAX_DUTY)) / f64::from(PWM_MAX_DUTY))
+            .set_duty_cycle(f64::from(duty) / f64::from(PWM_MAX_DUTY))
             .map_err(|e| pwm_err(self.pin, self.channel, e))
     }
 }
@@ -212,7 +212,7 @@ impl SoftPwm {
     /// Sets the duty as a fraction of [`PWM_MAX_DUTY`].
     pub fn set_duty_cycle(&mut self, duty: u16) -> Result<(), HalError> {
         let pin = self.pin;
-        if duty == 0 || duty >= PWM_MAX_DUTY {
+        if duty == 0 || duty == PWM_MAX_DUTY {
             self.out.clear_pwm().map_err(|e| gpio_err(pin, e))?;
             if duty == 0 {
                 self.out.set_low();

@@ -691,7 +691,7 @@ pub struct SimPwm {
 impl SimPwm {
     /// Sets the duty as a fraction of [`PWM_MAX_DUTY`].
     pub fn set_duty_cycle(&mut self, duty: u16) -> Result<(), HalError> {
-        let duty = f64::from(duty.min(PWM_MAX_DUTY)) / f64::from(PWM_MAX_DUTY);
+        let duty = f64::from(duty) / f64::from(PWM_MAX_DUTY);
         self.sim.set(
             self.pin,
             PinState::Pwm {
@@ -775,7 +775,7 @@ impl embedded_hal::digital::InputPin for SimInput {
 mod tests {
     use super::*;
     use crate::hal::config::{EncodersConfig, InputConfig, Pull};
-    use crate::hal::{BinarySensor, Encoder, Hardware, OutputPin, SetDutyCycle};
+    use crate::hal::{BinarySensor, Encoder, Hardware, SetDutyCycle};
 
     const MS5: Duration = Duration::from_millis(5);
 
