@@ -330,8 +330,12 @@ impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Drop for Tb6612fng<O, P, S> {
 /// | brake   | IN1 max, IN2 max | same               |
 /// | coast   | IN1 0, IN2 0    | same                |
 ///
-/// The pin going to its idle value (0 in fast decay, max in slow) is written
-/// first, so a reversal passes through coast or brake, never through drive.
+/// The two inputs are written one after the other, so for a moment the
+/// chip sees the new value on one and the old on the other. The order is
+/// chosen so that moment is coast/brake where possible (every reversal) and
+/// otherwise drives the way the motor was or will be going, never against
+/// both: between coast and brake a brief drive one way cannot be avoided
+/// with two independent PWM inputs.
 #[derive(Debug)]
 pub struct Drv8833<P: SetDutyCycle> {
     in1: P,
@@ -339,6 +343,8 @@ pub struct Drv8833<P: SetDutyCycle> {
     max1: u16,
     max2: u16,
     settings: MotorSettings,
+    /// Last written fractions of full duty.
+    current: (f64, f64),
 }
 
 impl<P: SetDutyCycle> Drv8833<P> {
@@ -353,22 +359,43 @@ impl<P: SetDutyCycle> Drv8833<P> {
             max1,
             max2,
             settings,
+            current: (0.0, 0.0),
         };
         d.coast()?;
         Ok(d)
     }
 
-    /// Writes both inputs as fractions of full duty, idle-valued pin first.
-    fn write(&mut self, f1: f64, f2: f64, idle: f64) -> Result<(), MotionError> {
+    /// Writes both inputs as fractions of full duty, in the safer order.
+    fn write(&mut self, f1: f64, f2: f64) -> Result<(), MotionError> {
+        let (c1, c2) = self.current;
+        let (before, after) = (c1 - c2, f1 - f2);
+        // Drive seen between the two writes, for either order, scored:
+        // off is best, then the smaller drive in a direction that is the old
+        // or the new one; a drive against both is worst.
+        let score = |mid: f64| {
+            let along = |end: f64| end != 0.0 && mid.signum() == end.signum();
+            if mid == 0.0 {
+                0.0
+            } else if along(before) || along(after) {
+                mid.abs()
+            } else {
+                10.0 + mid.abs()
+            }
+        };
+        let in1_first = score(f1 - c2) <= score(c1 - f2);
         let d1 = (f1 * f64::from(self.max1)).round() as u16;
         let d2 = (f2 * f64::from(self.max2)).round() as u16;
-        if f2 == idle && f1 != idle {
-            self.in2.set_duty_cycle(d2).map_err(pin_err("in2"))?;
-            self.in1.set_duty_cycle(d1).map_err(pin_err("in1"))
-        } else {
+        if in1_first {
             self.in1.set_duty_cycle(d1).map_err(pin_err("in1"))?;
-            self.in2.set_duty_cycle(d2).map_err(pin_err("in2"))
+            self.current.0 = f1;
+            self.in2.set_duty_cycle(d2).map_err(pin_err("in2"))?;
+        } else {
+            self.in2.set_duty_cycle(d2).map_err(pin_err("in2"))?;
+            self.current.1 = f2;
+            self.in1.set_duty_cycle(d1).map_err(pin_err("in1"))?;
         }
+        self.current = (f1, f2);
+        Ok(())
     }
 }
 
@@ -377,21 +404,21 @@ impl<P: SetDutyCycle> Motor for Drv8833<P> {
         let speed = self.settings.oriented(check_speed(speed)?);
         // Work in fractions of full duty; both pins may differ in resolution.
         let d = f64::from(self.settings.duty(speed.abs(), u16::MAX)) / f64::from(u16::MAX);
-        let (f1, f2, idle) = match (self.settings.decay, speed < 0.0) {
-            (Decay::Fast, false) => (d, 0.0, 0.0),
-            (Decay::Fast, true) => (0.0, d, 0.0),
-            (Decay::Slow, false) => (1.0, 1.0 - d, 1.0),
-            (Decay::Slow, true) => (1.0 - d, 1.0, 1.0),
+        let (f1, f2) = match (self.settings.decay, speed < 0.0) {
+            (Decay::Fast, false) => (d, 0.0),
+            (Decay::Fast, true) => (0.0, d),
+            (Decay::Slow, false) => (1.0, 1.0 - d),
+            (Decay::Slow, true) => (1.0 - d, 1.0),
         };
-        self.write(f1, f2, idle)
+        self.write(f1, f2)
     }
 
     fn brake(&mut self) -> Result<(), MotionError> {
-        self.write(1.0, 1.0, 1.0)
+        self.write(1.0, 1.0)
     }
 
     fn coast(&mut self) -> Result<(), MotionError> {
-        self.write(0.0, 0.0, 0.0)
+        self.write(0.0, 0.0)
     }
 }
 
@@ -715,5 +742,214 @@ mod tests {
         in1.done();
         in2.done();
         en.done();
+    }
+
+    // --- cross-pin order ---
+    //
+    // Per-pin mocks cannot see the order of writes across pins, so these
+    // tests log every write to one list and replay it through a model of the
+    // board: while a command is being applied, the bridge may keep doing the
+    // old thing or be off, but never anything else (no pulse of "full speed
+    // the wrong way" during a reversal).
+
+    use std::cell::RefCell;
+    use std::convert::Infallible;
+    use std::rc::Rc;
+
+    type Log = Rc<RefCell<Vec<(&'static str, u16)>>>;
+
+    struct LogPin(&'static str, Log);
+
+    impl embedded_hal::digital::ErrorType for LogPin {
+        type Error = Infallible;
+    }
+    impl OutputPin for LogPin {
+        fn set_low(&mut self) -> Result<(), Infallible> {
+            self.1.borrow_mut().push((self.0, 0));
+            Ok(())
+        }
+        fn set_high(&mut self) -> Result<(), Infallible> {
+            self.1.borrow_mut().push((self.0, 100));
+            Ok(())
+        }
+    }
+    impl embedded_hal::pwm::ErrorType for LogPin {
+        type Error = Infallible;
+    }
+    impl SetDutyCycle for LogPin {
+        fn max_duty_cycle(&self) -> u16 {
+            100
+        }
+        fn set_duty_cycle(&mut self, duty: u16) -> Result<(), Infallible> {
+            self.1.borrow_mut().push((self.0, duty));
+            Ok(())
+        }
+    }
+
+    type Levels = std::collections::HashMap<&'static str, u16>;
+
+    /// What the bridge does with these levels: -100..=100, 0 for off or brake.
+    fn l298n_drive(p: &Levels) -> i32 {
+        let en = i32::from(p["en"]);
+        match (p["in1"] > 0, p["in2"] > 0) {
+            (true, false) => en,
+            (false, true) => -en,
+            _ => 0,
+        }
+    }
+
+    fn tb6612_drive(p: &Levels) -> i32 {
+        if p["stby"] == 0 {
+            return 0;
+        }
+        l298n_drive(&Levels::from([
+            ("in1", p["in1"]),
+            ("in2", p["in2"]),
+            ("en", p["pwm"]),
+        ]))
+    }
+
+    fn drv8833_drive(p: &Levels) -> i32 {
+        i32::from(p["in1"]) - i32::from(p["in2"])
+    }
+
+    enum Op {
+        Speed(f64),
+        Brake,
+        Coast,
+    }
+
+    /// Applies every op after every other op and checks each transition.
+    fn check_transitions(
+        strict: bool,
+        pins: &[&'static str],
+        mut build: impl FnMut(&Log) -> Box<dyn Motor>,
+        drive: fn(&Levels) -> i32,
+    ) {
+        let ops = || {
+            [
+                Op::Speed(1.0),
+                Op::Speed(0.3),
+                Op::Speed(0.0),
+                Op::Speed(-0.6),
+                Op::Speed(-1.0),
+                Op::Brake,
+                Op::Coast,
+            ]
+        };
+        let apply = |m: &mut Box<dyn Motor>, op: &Op| match *op {
+            Op::Speed(s) => m.set_speed(s).unwrap(),
+            Op::Brake => m.brake().unwrap(),
+            Op::Coast => m.coast().unwrap(),
+        };
+        for first in ops() {
+            for second in ops() {
+                let log: Log = Rc::default();
+                let mut m = build(&log);
+                apply(&mut m, &first);
+                let mut levels: Levels = pins.iter().map(|&p| (p, 0)).collect();
+                for (pin, v) in log.borrow_mut().drain(..) {
+                    levels.insert(pin, v);
+                }
+                let before = drive(&levels);
+                apply(&mut m, &second);
+                let writes: Vec<_> = log.borrow_mut().drain(..).collect();
+                let mut seen = Vec::new();
+                for (pin, v) in &writes {
+                    levels.insert(pin, *v);
+                    seen.push(drive(&levels));
+                }
+                let after = *seen.last().unwrap_or(&before);
+                let along = |d: i32, end: i32| end != 0 && d.signum() == end.signum();
+                for &d in &seen[..seen.len().saturating_sub(1)] {
+                    let ok = if strict {
+                        d == before || d == 0
+                    } else {
+                        // Between coast (both low) and brake (both high) one
+                        // input must change first: a momentary drive is unavoidable.
+                        let coast_brake = before == 0 && after == 0;
+                        d == 0 || along(d, before) || along(d, after) || coast_brake
+                    };
+                    assert!(
+                        ok,
+                        "passing through drive {d} between {before} and {after}: {writes:?}"
+                    );
+                }
+                drop(m);
+                let mut end: Levels = levels.clone();
+                for (pin, v) in log.borrow_mut().drain(..) {
+                    end.insert(pin, v);
+                }
+                assert!(
+                    end.values().all(|&v| v == 0),
+                    "not all low after drop: {end:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn l298n_never_passes_through_a_wrong_drive() {
+        check_transitions(
+            true,
+            &["in1", "in2", "en"],
+            |log| {
+                Box::new(
+                    L298n::new(
+                        LogPin("in1", log.clone()),
+                        LogPin("in2", log.clone()),
+                        LogPin("en", log.clone()),
+                        MotorSettings::default(),
+                    )
+                    .unwrap(),
+                )
+            },
+            l298n_drive,
+        );
+    }
+
+    #[test]
+    fn tb6612_never_passes_through_a_wrong_drive() {
+        check_transitions(
+            true,
+            &["in1", "in2", "pwm", "stby"],
+            |log| {
+                Box::new(
+                    Tb6612fng::new(
+                        LogPin("in1", log.clone()),
+                        LogPin("in2", log.clone()),
+                        LogPin("pwm", log.clone()),
+                        Some(LogPin("stby", log.clone())),
+                        MotorSettings::default(),
+                    )
+                    .unwrap(),
+                )
+            },
+            tb6612_drive,
+        );
+    }
+
+    #[test]
+    fn drv8833_never_passes_through_a_wrong_drive() {
+        for decay in [Decay::Fast, Decay::Slow] {
+            check_transitions(
+                false,
+                &["in1", "in2"],
+                |log| {
+                    Box::new(
+                        Drv8833::new(
+                            LogPin("in1", log.clone()),
+                            LogPin("in2", log.clone()),
+                            MotorSettings {
+                                decay,
+                                ..MotorSettings::default()
+                            },
+                        )
+                        .unwrap(),
+                    )
+                },
+                drv8833_drive,
+            );
+        }
     }
 }
