@@ -4,7 +4,7 @@
 //! ([`OutputPin`], [`SetDutyCycle`], [`InputPin`]) plus two small traits of our
 //! own ([`Encoder`], [`BinarySensor`]), so the same driver code runs on:
 //!
-//! - [`rppal`](self::rppal): real GPIO and PWM on a Raspberry Pi;
+//! - [`rppal`]: real GPIO and PWM on a Raspberry Pi;
 //! - [`sim`]: simulated pins feeding a small physics world, so the whole robot
 //!   runs (and is tested) on a laptop;
 //! - embedded-hal-mock pins in the drivers' unit tests.

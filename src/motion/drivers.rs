@@ -155,7 +155,8 @@ impl<O: OutputPin, P: SetDutyCycle> L298n<O, P> {
             Bridge::Reverse => (false, true),
             Bridge::Brake | Bridge::Coast => (false, false),
         };
-        // Lower the pin that goes low first: never IN1 = IN2 = H.
+        // Lower before raising, so IN1 = IN2 = H (a brake through the high
+        // side) never appears; EN is already off when the direction changes.
         if a {
             self.in2.set_low().map_err(pin_err("in2"))?;
             self.in1.set_high().map_err(pin_err("in1"))?;
