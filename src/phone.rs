@@ -32,7 +32,9 @@ pub enum PhoneError {
     #[error("cannot connect to the broker at {url}: {detail}; is it running and reachable?")]
     Connect { url: String, detail: String },
     /// No answer in time.
-    #[error("no answer from robot {robot} within {secs} s; is it online (robotd status) and is the pairing window open?")]
+    #[error(
+        "no answer from robot {robot} within {secs} s; is it online (robotd status) and is the pairing window open?"
+    )]
     Timeout { robot: String, secs: u64 },
     /// The robot refused.
     #[error("robot refused: {0}")]
@@ -107,8 +109,7 @@ impl Keys {
     /// Save durably with mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|cause| StateFileError::Write { path: path.to_path_buf(), cause })?;
+            std::fs::create_dir_all(dir).map_err(|cause| StateFileError::Write { path: path.to_path_buf(), cause })?;
         }
         let text = serde_json::to_vec_pretty(self).expect("keys serialise");
         fsutil::write_durable(path, &text, 0o600)
@@ -117,7 +118,9 @@ impl Keys {
     /// The stored entry for `robot`, or the only one when `robot` is None.
     pub fn robot(&self, robot: Option<&str>) -> Result<&PairedRobot, PhoneError> {
         match robot {
-            Some(r) => self.robots.iter().find(|p| p.robot.as_str() == r).ok_or_else(|| PhoneError::NotPaired(r.into())),
+            Some(r) => {
+                self.robots.iter().find(|p| p.robot.as_str() == r).ok_or_else(|| PhoneError::NotPaired(r.into()))
+            }
             None if self.robots.len() == 1 => Ok(&self.robots[0]),
             None => Err(PhoneError::NotPaired("(none or several paired: pass --robot ID)".into())),
         }
@@ -252,7 +255,12 @@ impl Phone {
     }
 
     /// Pair with the robot named in `uri`; returns the stored entry on success.
-    pub async fn pair(&mut self, uri: &PairingUri, nickname: &str, timeout: Duration) -> Result<PairedRobot, PhoneError> {
+    pub async fn pair(
+        &mut self,
+        uri: &PairingUri,
+        nickname: &str,
+        timeout: Duration,
+    ) -> Result<PairedRobot, PhoneError> {
         let resp_topic = topics::pair_response(&uri.robot, &self.id);
         self.subscribe(&resp_topic).await?;
         let nonce: [u8; 16] = rand::random();

@@ -29,10 +29,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -362,9 +359,7 @@ fn check_pin(key: &str, pin: u8) -> Result<(), ConfigError> {
     if pin > MAX_BCM_PIN {
         return Err(ConfigError::new(
             key,
-            format!(
-                "GPIO {pin} does not exist (BCM 0-{MAX_BCM_PIN}); use the BCM number, not the header pin number"
-            ),
+            format!("GPIO {pin} does not exist (BCM 0-{MAX_BCM_PIN}); use the BCM number, not the header pin number"),
         ));
     }
     Ok(())
@@ -372,10 +367,7 @@ fn check_pin(key: &str, pin: u8) -> Result<(), ConfigError> {
 
 fn check_positive(key: &str, value: f64) -> Result<(), ConfigError> {
     if !value.is_finite() || value <= 0.0 {
-        return Err(ConfigError::new(
-            key,
-            format!("must be a positive number, got {value}"),
-        ));
+        return Err(ConfigError::new(key, format!("must be a positive number, got {value}")));
     }
     Ok(())
 }
@@ -410,8 +402,7 @@ fn check_motor(side: &str, m: &MotorConfig) -> Result<(), ConfigError> {
             format!("only the tb6612fng has a STBY input, not {kind}; remove it"),
         ));
     }
-    if !m.pwm_frequency_hz.is_finite() || m.pwm_frequency_hz < 1.0 || m.pwm_frequency_hz > 100_000.0
-    {
+    if !m.pwm_frequency_hz.is_finite() || m.pwm_frequency_hz < 1.0 || m.pwm_frequency_hz > 100_000.0 {
         return Err(ConfigError::new(
             key("pwm_frequency_hz"),
             format!("must be 1-100000 Hz, got {}", m.pwm_frequency_hz),
@@ -419,10 +410,7 @@ fn check_motor(side: &str, m: &MotorConfig) -> Result<(), ConfigError> {
     }
     let duty_ok = |d: f64| d.is_finite() && (0.0..=1.0).contains(&d);
     if !duty_ok(m.min_duty) {
-        return Err(ConfigError::new(
-            key("min_duty"),
-            format!("must be within 0.0-1.0, got {}", m.min_duty),
-        ));
+        return Err(ConfigError::new(key("min_duty"), format!("must be within 0.0-1.0, got {}", m.min_duty)));
     }
     if !duty_ok(m.max_duty) || m.max_duty <= 0.0 {
         return Err(ConfigError::new(
@@ -497,15 +485,11 @@ impl HardwareConfig {
         let mut seen: BTreeMap<u8, String> = BTreeMap::new();
         for (key, pin) in self.pin_roles() {
             if let Some(first) = seen.get(&pin) {
-                let both_stby = shared_stby == Some(pin)
-                    && first.ends_with(".stby_pin")
-                    && key.ends_with(".stby_pin");
+                let both_stby = shared_stby == Some(pin) && first.ends_with(".stby_pin") && key.ends_with(".stby_pin");
                 if !both_stby {
                     return Err(ConfigError::new(
                         key,
-                        format!(
-                            "GPIO {pin} is already used by {first}; give each role its own pin"
-                        ),
+                        format!("GPIO {pin} is already used by {first}; give each role its own pin"),
                     ));
                 }
             } else {
@@ -546,16 +530,10 @@ impl HardwareConfig {
             ));
         }
         if s.start.iter().any(|v| !v.is_finite()) {
-            return Err(ConfigError::new(
-                "hardware.sim.start",
-                "must be three finite numbers [x, y, heading]",
-            ));
+            return Err(ConfigError::new("hardware.sim.start", "must be three finite numbers [x, y, heading]"));
         }
         if !(1..=100).contains(&s.step_ms) {
-            return Err(ConfigError::new(
-                "hardware.sim.step_ms",
-                format!("must be 1-100 ms, got {}", s.step_ms),
-            ));
+            return Err(ConfigError::new("hardware.sim.step_ms", format!("must be 1-100 ms, got {}", s.step_ms)));
         }
         for (i, o) in s.obstacles.iter().enumerate() {
             let key = format!("hardware.sim.obstacles[{i}]");
@@ -569,10 +547,7 @@ impl HardwareConfig {
                 Obstacle::Box { min, max } => {
                     let finite = min.iter().chain(max.iter()).all(|v| v.is_finite());
                     if !finite || min[0] >= max[0] || min[1] >= max[1] {
-                        return Err(ConfigError::new(
-                            key,
-                            "box needs finite corners with min < max on both axes",
-                        ));
+                        return Err(ConfigError::new(key, "box needs finite corners with min < max on both axes"));
                     }
                 }
             }
@@ -653,13 +628,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(parse("bakend = \"sim\"").is_err());
-        let e = parse("[left]\ndriver = \"l298n\"\nin1_pin = 1\nin2_pin = 2\nenable = 3\n")
-            .unwrap_err();
+        let e = parse("[left]\ndriver = \"l298n\"\nin1_pin = 1\nin2_pin = 2\nenable = 3\n").unwrap_err();
         assert!(e.to_string().contains("enable"), "{e}");
-        assert!(
-            parse("[[sim.obstacles]]\nkind = \"box\"\nmin=[0.0,0.0]\nmax=[1.0,1.0]\nr=1\n")
-                .is_err()
-        );
+        assert!(parse("[[sim.obstacles]]\nkind = \"box\"\nmin=[0.0,0.0]\nmax=[1.0,1.0]\nr=1\n").is_err());
     }
 
     fn err_of(c: &HardwareConfig) -> ConfigError {
@@ -672,21 +643,13 @@ mod tests {
         c.left.pwm_pin = Some(40);
         let e = err_of(&c);
         assert_eq!(e.key, "hardware.left.pwm_pin");
-        assert!(
-            e.to_string()
-                .starts_with("hardware.left.pwm_pin: GPIO 40 does not exist (BCM 0-27)"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("hardware.left.pwm_pin: GPIO 40 does not exist (BCM 0-27)"), "{e}");
     }
 
     #[test]
     fn duplicate_pins_are_rejected() {
         let mut c = HardwareConfig::default();
-        c.obstacle = Some(InputConfig {
-            pin: 17,
-            active: Level::Low,
-            pull: Pull::Up,
-        });
+        c.obstacle = Some(InputConfig { pin: 17, active: Level::Low, pull: Pull::Up });
         let e = err_of(&c);
         assert_eq!(e.key, "hardware.obstacle.pin");
         assert!(e.message.contains("hardware.left.in1_pin"), "{e}");
@@ -718,13 +681,7 @@ mod tests {
     #[test]
     fn drv8833_counts_both_inputs_as_pwm() {
         let mut c = HardwareConfig::default();
-        c.left = MotorConfig {
-            driver: DriverKind::Drv8833,
-            in1_pin: 12,
-            in2_pin: 18,
-            pwm_pin: None,
-            ..c.left.clone()
-        };
+        c.left = MotorConfig { driver: DriverKind::Drv8833, in1_pin: 12, in2_pin: 18, pwm_pin: None, ..c.left.clone() };
         c.right.pwm_pin = Some(19);
         assert_eq!(err_of(&c).key, "hardware.left.in2_pin");
     }
@@ -758,10 +715,7 @@ mod tests {
         c.wheel_base_m = -1.0;
         assert_eq!(err_of(&c).key, "hardware.wheel_base_m");
         let mut c = HardwareConfig::default();
-        c.sim.obstacles.push(Obstacle::Box {
-            min: [1.0, 1.0],
-            max: [0.0, 2.0],
-        });
+        c.sim.obstacles.push(Obstacle::Box { min: [1.0, 1.0], max: [0.0, 2.0] });
         assert_eq!(err_of(&c).key, "hardware.sim.obstacles[0]");
     }
 }

@@ -27,8 +27,8 @@ pub use embedded_hal::digital::{InputPin, OutputPin};
 pub use embedded_hal::pwm::SetDutyCycle;
 
 pub use config::{
-    Backend, ConfigError, Decay, DriverKind, EncodersConfig, HardwareConfig, InputConfig, Level,
-    MotorConfig, Obstacle, Pull, SimConfig, StopMode,
+    Backend, ConfigError, Decay, DriverKind, EncodersConfig, HardwareConfig, InputConfig, Level, MotorConfig, Obstacle,
+    Pull, SimConfig, StopMode,
 };
 
 /// The duty-cycle resolution of every backend PWM output ([`SetDutyCycle::max_duty_cycle`]).
@@ -123,9 +123,7 @@ pub enum HalError {
         what: &'static str,
     },
     /// The simulator's pin-state file could not be written or read.
-    #[error(
-        "simulated pin state file {path}: {source}; check hardware.sim.state_file and its directory"
-    )]
+    #[error("simulated pin state file {path}: {source}; check hardware.sim.state_file and its directory")]
     StateFile {
         /// The file.
         path: String,
@@ -175,10 +173,7 @@ pub struct Sensor<I> {
 impl<I: InputPin> Sensor<I> {
     /// Wraps `pin`; `active` is the level that reports the condition.
     pub fn new(pin: I, active: Level) -> Self {
-        Self {
-            pin,
-            active_high: active == Level::High,
-        }
+        Self { pin, active_high: active == Level::High }
     }
 
     /// Gives the pin back (tests use it to call `.done()` on mocks).
@@ -353,9 +348,7 @@ pub struct Hardware {
 
 impl std::fmt::Debug for Hardware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hardware")
-            .field("backend", &self.config.backend)
-            .finish_non_exhaustive()
+        f.debug_struct("Hardware").field("backend", &self.config.backend).finish_non_exhaustive()
     }
 }
 
@@ -367,10 +360,7 @@ impl Hardware {
             Backend::Rppal => BackendImpl::Rppal(rppal::RppalBackend::open(config)?),
             Backend::Sim => BackendImpl::Sim(sim::Sim::new(config)?),
         };
-        Ok(Self {
-            config: config.clone(),
-            backend,
-        })
+        Ok(Self { config: config.clone(), backend })
     }
 
     /// The configuration this hardware was opened with.

@@ -41,11 +41,7 @@ fn pwm_err(pin: u8, channel: u8, e: pwm::Error) -> HalError {
     match e {
         pwm::Error::UnknownModel => HalError::NotAPi { pin },
         pwm::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            HalError::PwmNotEnabled {
-                pin,
-                channel,
-                overlay: overlay_args(pin),
-            }
+            HalError::PwmNotEnabled { pin, channel, overlay: overlay_args(pin) }
         }
         pwm::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
             HalError::PwmPermission { pin, channel }
@@ -94,19 +90,12 @@ impl RppalBackend {
     /// one robotd would have touched.
     pub fn open(config: &HardwareConfig) -> Result<Self, HalError> {
         let gpio = Gpio::new().map_err(|e| gpio_err(config.left.in1_pin, e))?;
-        Ok(Self {
-            gpio,
-            pi5: is_pi5(),
-        })
+        Ok(Self { gpio, pi5: is_pi5() })
     }
 
     /// An output, driven low, that stays driven when dropped.
     pub fn output(&mut self, pin: u8) -> Result<gpio::OutputPin, HalError> {
-        let mut out = self
-            .gpio
-            .get(pin)
-            .map_err(|e| gpio_err(pin, e))?
-            .into_output_low();
+        let mut out = self.gpio.get(pin).map_err(|e| gpio_err(pin, e))?.into_output_low();
         out.set_reset_on_drop(false);
         Ok(out)
     }
@@ -123,10 +112,7 @@ impl RppalBackend {
 
     /// A hardware PWM channel routed to `pin`, enabled at duty 0.
     pub fn hard_pwm(&mut self, pin: u8, frequency_hz: f64) -> Result<HardPwm, HalError> {
-        let channel = channel_for(pin, self.pi5).ok_or(HalError::SimPin {
-            pin,
-            what: "not a hardware PWM pin",
-        })?;
+        let channel = channel_for(pin, self.pi5).ok_or(HalError::SimPin { pin, what: "not a hardware PWM pin" })?;
         let ch = Channel::try_from(channel).map_err(|e| pwm_err(pin, channel, e))?;
         let pwm = pwm::Pwm::with_frequency(ch, frequency_hz, 0.0, Polarity::Normal, true)
             .map_err(|e| pwm_err(pin, channel, e))?;
@@ -136,11 +122,7 @@ impl RppalBackend {
     /// Software PWM on any output, starting low.
     pub fn soft_pwm(&mut self, pin: u8, frequency_hz: f64) -> Result<SoftPwm, HalError> {
         let out = self.output(pin)?;
-        Ok(SoftPwm {
-            out,
-            pin,
-            frequency_hz,
-        })
+        Ok(SoftPwm { out, pin, frequency_hz })
     }
 
     /// Counts rising edges of `a` in rppal's interrupt thread. With `b`, the
@@ -308,15 +290,8 @@ mod tests {
         assert!(s.starts_with("GPIO 17: permission denied"), "{s}");
         assert!(s.contains("group `gpio`"), "{s}");
 
-        let e = pwm_err(
-            12,
-            0,
-            pwm::Error::Io(std::io::Error::from(std::io::ErrorKind::NotFound)),
-        );
-        assert!(
-            e.to_string().contains("dtoverlay=pwm-2chan,pin=12,func=4"),
-            "{e}"
-        );
+        let e = pwm_err(12, 0, pwm::Error::Io(std::io::Error::from(std::io::ErrorKind::NotFound)));
+        assert!(e.to_string().contains("dtoverlay=pwm-2chan,pin=12,func=4"), "{e}");
     }
 
     #[test]

@@ -148,26 +148,18 @@ fn distance(o: &Obstacle, p: [f64; 2]) -> f64 {
         Obstacle::Box { min, max } => {
             let dx = (min[0] - p[0]).max(p[0] - max[0]);
             let dy = (min[1] - p[1]).max(p[1] - max[1]);
-            if dx <= 0.0 && dy <= 0.0 {
-                dx.max(dy)
-            } else {
-                dx.max(0.0).hypot(dy.max(0.0))
-            }
+            if dx <= 0.0 && dy <= 0.0 { dx.max(dy) } else { dx.max(0.0).hypot(dy.max(0.0)) }
         }
     }
 }
 
 impl World {
     fn clearance(&self, p: [f64; 2]) -> f64 {
-        self.obstacles
-            .iter()
-            .map(|o| distance(o, p))
-            .fold(f64::INFINITY, f64::min)
+        self.obstacles.iter().map(|o| distance(o, p)).fold(f64::INFINITY, f64::min)
     }
 
     fn level(&self, pin: Option<u8>) -> f64 {
-        pin.and_then(|p| self.pins.get(&p))
-            .map_or(0.0, PinState::level)
+        pin.and_then(|p| self.pins.get(&p)).map_or(0.0, PinState::level)
     }
 
     /// What the board does with the motor: (command -1..=1, coasting).
@@ -250,10 +242,7 @@ impl World {
         }
         let tau = self.cfg.sim.time_constant_s;
         let vmax = self.cfg.max_speed_mps;
-        for (i, m) in [self.cfg.left.clone(), self.cfg.right.clone()]
-            .iter()
-            .enumerate()
-        {
+        for (i, m) in [self.cfg.left.clone(), self.cfg.right.clone()].iter().enumerate() {
             let (u, coast) = self.decode(m);
             self.command[i] = u;
             // Coasting motors spin down slower than driven or braked ones.
@@ -280,11 +269,7 @@ impl World {
             1.0
         } else if c0 < r {
             // Already touching: allow moves that back away only.
-            if self.clearance(at(1.0)) > c0 {
-                1.0
-            } else {
-                0.0
-            }
+            if self.clearance(at(1.0)) > c0 { 1.0 } else { 0.0 }
         } else {
             let (mut lo, mut hi) = (0.0, 1.0);
             for _ in 0..30 {
@@ -299,11 +284,7 @@ impl World {
         };
         self.blocked = t < 1.0;
         let p = at(t);
-        self.pose = Pose {
-            x: p[0],
-            y: p[1],
-            heading: wrap_angle(self.pose.heading + dtheta),
-        };
+        self.pose = Pose { x: p[0], y: p[1], heading: wrap_angle(self.pose.heading + dtheta) };
         // The wheels travel what the body did: translation cut short, rotation kept.
         let spin = w * b / 2.0 * dt;
         let travel = [t * ds - spin, t * ds + spin];
@@ -315,11 +296,7 @@ impl World {
         if let Some(e) = enc {
             let signed = [e.left_b_pin.is_some(), e.right_b_pin.is_some()];
             for i in 0..2 {
-                self.travel[i] += if signed[i] {
-                    travel[i]
-                } else {
-                    travel[i].abs()
-                };
+                self.travel[i] += if signed[i] { travel[i] } else { travel[i].abs() };
                 let ticks = (self.travel[i] * e.ticks_per_metre).trunc() as i64;
                 self.encoders[i].store(ticks, Ordering::Relaxed);
             }
@@ -349,20 +326,14 @@ impl Sim {
             forced_inputs: BTreeMap::new(),
             obstacles: config.sim.obstacles.clone(),
             time_s: 0.0,
-            pose: Pose {
-                x,
-                y,
-                heading: wrap_angle(heading),
-            },
+            pose: Pose { x, y, heading: wrap_angle(heading) },
             wheel: [0.0; 2],
             command: [0.0; 2],
             travel: [0.0; 2],
             encoders: [Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0))],
             blocked: false,
         };
-        Ok(Self {
-            world: Arc::new(Mutex::new(world)),
-        })
+        Ok(Self { world: Arc::new(Mutex::new(world)) })
     }
 
     fn lock(&self) -> MutexGuard<'_, World> {
@@ -393,10 +364,7 @@ impl Sim {
             time_s: w.time_s,
             pose: w.pose,
             wheel_speed_mps: w.wheel,
-            encoder_counts: [
-                w.encoders[0].load(Ordering::Relaxed),
-                w.encoders[1].load(Ordering::Relaxed),
-            ],
+            encoder_counts: [w.encoders[0].load(Ordering::Relaxed), w.encoders[1].load(Ordering::Relaxed)],
             motor_command: w.command,
             obstacle_detected: w.obstacle_detected(),
             blocked: w.blocked,
@@ -411,10 +379,7 @@ impl Sim {
 
     /// Moves the robot (for test set-up); wheel speeds are kept.
     pub fn set_pose(&self, pose: Pose) {
-        self.lock().pose = Pose {
-            heading: wrap_angle(pose.heading),
-            ..pose
-        };
+        self.lock().pose = Pose { heading: wrap_angle(pose.heading), ..pose };
     }
 
     /// Replaces the obstacles, e.g. to shut a door in the robot's path.
@@ -437,28 +402,15 @@ impl Sim {
         let mut w = self.lock();
         w.claim(pin)?;
         w.pins.insert(pin, PinState::Output { high: false });
-        Ok(SimOutput {
-            pin,
-            sim: self.clone(),
-        })
+        Ok(SimOutput { pin, sim: self.clone() })
     }
 
     /// A simulated PWM output at duty 0.
     pub fn pwm(&self, pin: u8, frequency_hz: f64) -> Result<SimPwm, HalError> {
         let mut w = self.lock();
         w.claim(pin)?;
-        w.pins.insert(
-            pin,
-            PinState::Pwm {
-                duty: 0.0,
-                frequency_hz,
-            },
-        );
-        Ok(SimPwm {
-            pin,
-            frequency_hz,
-            sim: self.clone(),
-        })
+        w.pins.insert(pin, PinState::Pwm { duty: 0.0, frequency_hz });
+        Ok(SimPwm { pin, frequency_hz, sim: self.clone() })
     }
 
     /// A simulated input: the obstacle sensor or e-stop named in the config,
@@ -468,30 +420,21 @@ impl Sim {
         w.claim(pin)?;
         let high = w.input_high(pin);
         w.pins.insert(pin, PinState::Input { high });
-        Ok(SimInput {
-            pin,
-            sim: self.clone(),
-        })
+        Ok(SimInput { pin, sim: self.clone() })
     }
 
     /// The encoder whose channel A is `pin` (as configured in `[hardware.encoders]`).
     pub fn encoder(&self, pin: u8) -> Result<EncoderCounter, HalError> {
         let mut w = self.lock();
         let Some(e) = w.cfg.encoders.clone() else {
-            return Err(HalError::SimPin {
-                pin,
-                what: "no [hardware.encoders] configured",
-            });
+            return Err(HalError::SimPin { pin, what: "no [hardware.encoders] configured" });
         };
         let side = if pin == e.left_pin {
             0
         } else if pin == e.right_pin {
             1
         } else {
-            return Err(HalError::SimPin {
-                pin,
-                what: "not an encoder pin",
-            });
+            return Err(HalError::SimPin { pin, what: "not an encoder pin" });
         };
         w.claim(pin)?;
         Ok(EncoderCounter::new(w.encoders[side].clone(), None))
@@ -507,10 +450,7 @@ impl Sim {
 
     /// The pin levels as they would go to the state file.
     pub fn pin_state(&self) -> PinStateFile {
-        PinStateFile {
-            pins: self.lock().pins.clone(),
-            safe_stopped: false,
-        }
+        PinStateFile { pins: self.lock().pins.clone(), safe_stopped: false }
     }
 
     /// Writes the pin levels to `hardware.sim.state_file`, if configured.
@@ -547,10 +487,7 @@ impl Sim {
                 sim.mirror(&mut written);
             })
             .expect("spawning the simulator thread");
-        SimRunner {
-            stop,
-            handle: Some(handle),
-        }
+        SimRunner { stop, handle: Some(handle) }
     }
 
     fn mirror(&self, written: &mut Option<BTreeMap<u8, PinState>>) {
@@ -593,10 +530,7 @@ impl Drop for SimRunner {
 }
 
 fn state_err(path: &Path, source: std::io::Error) -> HalError {
-    HalError::StateFile {
-        path: path.display().to_string(),
-        source,
-    }
+    HalError::StateFile { path: path.display().to_string(), source }
 }
 
 fn write_state(path: &Path, state: &PinStateFile) -> Result<(), HalError> {
@@ -623,9 +557,7 @@ pub fn write_safe_state(config: &HardwareConfig) -> Result<Vec<u8>, HalError> {
     };
     let mut state = match read_state_file(path) {
         Ok(s) => s,
-        Err(HalError::StateFile { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        Err(HalError::StateFile { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             PinStateFile::default()
         }
         Err(e) => return Err(e),
@@ -635,10 +567,7 @@ pub fn write_safe_state(config: &HardwareConfig) -> Result<Vec<u8>, HalError> {
         let pwm: Vec<u8> = m.pwm_pins().into_iter().map(|(_, p)| p).collect();
         for (_, pin) in m.pins() {
             let safe = if pwm.contains(&pin) {
-                PinState::Pwm {
-                    duty: 0.0,
-                    frequency_hz: m.pwm_frequency_hz,
-                }
+                PinState::Pwm { duty: 0.0, frequency_hz: m.pwm_frequency_hz }
             } else {
                 PinState::Output { high: false }
             };
@@ -692,13 +621,7 @@ impl SimPwm {
     /// Sets the duty as a fraction of [`PWM_MAX_DUTY`].
     pub fn set_duty_cycle(&mut self, duty: u16) -> Result<(), HalError> {
         let duty = f64::from(duty) / f64::from(PWM_MAX_DUTY);
-        self.sim.set(
-            self.pin,
-            PinState::Pwm {
-                duty,
-                frequency_hz: self.frequency_hz,
-            },
-        );
+        self.sim.set(self.pin, PinState::Pwm { duty, frequency_hz: self.frequency_hz });
         Ok(())
     }
 }
@@ -788,11 +711,7 @@ mod tests {
                 right_b_pin: Some(8),
                 ticks_per_metre: 1000.0,
             }),
-            obstacle: Some(InputConfig {
-                pin: 4,
-                active: Level::Low,
-                pull: Pull::Up,
-            }),
+            obstacle: Some(InputConfig { pin: 4, active: Level::Low, pull: Pull::Up }),
             ..HardwareConfig::default()
         }
     }
@@ -884,11 +803,7 @@ mod tests {
         // ω = (vr - vl) / b = 0.5 / 0.15 rad/s, less the lag.
         let expected = 0.5 / cfg.wheel_base_m * (0.5 - cfg.sim.time_constant_s);
         assert!(s.pose.heading > 0.0, "counter-clockwise");
-        assert!(
-            (s.pose.heading - expected).abs() < 0.05,
-            "{}",
-            s.pose.heading
-        );
+        assert!((s.pose.heading - expected).abs() < 0.05, "{}", s.pose.heading);
         assert!(s.pose.x.abs() < 1e-9 && s.pose.y.abs() < 1e-9);
         assert!(s.encoder_counts[0] < 0 && s.encoder_counts[1] > 0);
     }
@@ -934,10 +849,7 @@ mod tests {
     fn door_trips_the_sensor_and_blocks_the_robot() {
         let mut cfg = config();
         // A shut door across the corridor 1 m ahead.
-        cfg.sim.obstacles = vec![Obstacle::Box {
-            min: [1.0, -1.0],
-            max: [1.05, 1.0],
-        }];
+        cfg.sim.obstacles = vec![Obstacle::Box { min: [1.0, -1.0], max: [1.05, 1.0] }];
         let mut hw = Hardware::open(&cfg).unwrap();
         let sim = hw.sim().unwrap().clone();
         let mut sensor = hw.obstacle_sensor().unwrap().unwrap();
@@ -983,10 +895,7 @@ mod tests {
     #[test]
     fn round_obstacle_blocks_too() {
         let mut cfg = config();
-        cfg.sim.obstacles = vec![Obstacle::Circle {
-            center: [0.0, 1.0],
-            radius: 0.2,
-        }];
+        cfg.sim.obstacles = vec![Obstacle::Circle { center: [0.0, 1.0], radius: 0.2 }];
         cfg.sim.start = [0.0, 0.0, std::f64::consts::FRAC_PI_2];
         let sim = Sim::new(&cfg).unwrap();
         let mut p = pins(&sim);
@@ -994,21 +903,14 @@ mod tests {
         wheel(&mut p, 1, 1.0);
         sim.run_for(Duration::from_secs(4), MS5);
         let y = sim.pose().y;
-        assert!(
-            (y - (1.0 - 0.2 - cfg.sim.robot_radius_m)).abs() < 0.01,
-            "y = {y}"
-        );
+        assert!((y - (1.0 - 0.2 - cfg.sim.robot_radius_m)).abs() < 0.01, "y = {y}");
         assert!(sim.snapshot().obstacle_detected);
     }
 
     #[test]
     fn forced_input_and_claims() {
         let mut cfg = config();
-        cfg.estop = Some(InputConfig {
-            pin: 25,
-            active: Level::High,
-            pull: Pull::Down,
-        });
+        cfg.estop = Some(InputConfig { pin: 25, active: Level::High, pull: Pull::Down });
         let mut hw = Hardware::open(&cfg).unwrap();
         let sim = hw.sim().unwrap().clone();
         let mut estop = hw.estop().unwrap().unwrap();
@@ -1017,10 +919,7 @@ mod tests {
         assert!(estop.is_active().unwrap());
         sim.set_input(25, None);
         assert!(!estop.is_active().unwrap());
-        assert!(matches!(
-            sim.encoder(9),
-            Err(HalError::SimPin { pin: 9, .. })
-        ));
+        assert!(matches!(sim.encoder(9), Err(HalError::SimPin { pin: 9, .. })));
         let (l, r) = hw.encoders().unwrap().unwrap();
         assert_eq!((l.count(), r.count()), (0, 0));
     }
@@ -1048,10 +947,7 @@ mod tests {
         };
         assert!(!state.pins[&12].is_safe());
         runner.stop();
-        assert!(
-            sim.snapshot().time_s > 0.0,
-            "real-time runner stepped the world"
-        );
+        assert!(sim.snapshot().time_s > 0.0, "real-time runner stepped the world");
 
         // As if the daemon was killed with the motor running:
         let written = write_safe_state(&cfg).unwrap();
@@ -1059,27 +955,17 @@ mod tests {
         let state = read_state_file(&path).unwrap();
         assert!(state.safe_stopped);
         for pin in written {
-            assert!(
-                state.pins[&pin].is_safe(),
-                "GPIO {pin}: {:?}",
-                state.pins[&pin]
-            );
+            assert!(state.pins[&pin].is_safe(), "GPIO {pin}: {:?}", state.pins[&pin]);
         }
     }
 
     #[test]
     fn distances() {
-        let b = Obstacle::Box {
-            min: [0.0, 0.0],
-            max: [1.0, 1.0],
-        };
+        let b = Obstacle::Box { min: [0.0, 0.0], max: [1.0, 1.0] };
         assert!((distance(&b, [2.0, 0.5]) - 1.0).abs() < 1e-12);
         assert!((distance(&b, [2.0, 2.0]) - 2f64.sqrt()).abs() < 1e-12);
         assert!((distance(&b, [0.5, 0.25]) + 0.25).abs() < 1e-12);
-        let c = Obstacle::Circle {
-            center: [0.0, 0.0],
-            radius: 1.0,
-        };
+        let c = Obstacle::Circle { center: [0.0, 0.0], radius: 1.0 };
         assert!((distance(&c, [3.0, 0.0]) - 2.0).abs() < 1e-12);
         assert!((wrap_angle(3.0 * std::f64::consts::PI) - std::f64::consts::PI).abs() < 1e-9);
     }

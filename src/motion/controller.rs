@@ -109,20 +109,8 @@ impl MotorController {
 impl<M: Motor, E: BinarySensor> MotorController<M, E> {
     /// Takes both motors (already stopped by their constructors) and
     /// stops them again the configured way.
-    pub fn new(
-        left: M,
-        right: M,
-        estop: Option<E>,
-        stop_mode: StopMode,
-    ) -> Result<Self, MotionError> {
-        let mut c = Self {
-            left,
-            right,
-            estop,
-            stop_mode,
-            deadline: None,
-            latched: false,
-        };
+    pub fn new(left: M, right: M, estop: Option<E>, stop_mode: StopMode) -> Result<Self, MotionError> {
+        let mut c = Self { left, right, estop, stop_mode, deadline: None, latched: false };
         c.stop()?;
         Ok(c)
     }
@@ -139,10 +127,7 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
             self.latch()?;
             return Err(MotionError::EstopLatched);
         }
-        let applied = self
-            .left
-            .set_speed(l)
-            .and_then(|()| self.right.set_speed(r));
+        let applied = self.left.set_speed(l).and_then(|()| self.right.set_speed(r));
         if let Err(e) = applied {
             // Half a command is worse than none.
             let _ = self.stop();
@@ -185,11 +170,7 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
 
     /// `driving` while a drive command is in force, else `idle`.
     pub fn state(&self) -> MotionState {
-        if self.deadline.is_some() {
-            MotionState::Driving
-        } else {
-            MotionState::Idle
-        }
+        if self.deadline.is_some() { MotionState::Driving } else { MotionState::Idle }
     }
 
     /// Whether the e-stop has fired and not been cleared.
@@ -215,9 +196,7 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
             Err(err) => {
                 // An unreadable e-stop is treated as pressed.
                 let _ = self.stop();
-                Err(MotionError::EstopUnreadable {
-                    detail: format!("{err:?}"),
-                })
+                Err(MotionError::EstopUnreadable { detail: format!("{err:?}") })
             }
         }
     }
@@ -279,37 +258,16 @@ mod tests {
         }
     }
 
-    fn rig(
-        estop: bool,
-    ) -> (
-        MotorController<FakeMotor, FakeSwitch>,
-        FakeMotor,
-        FakeMotor,
-        FakeSwitch,
-    ) {
-        let (l, r, s) = (
-            FakeMotor::default(),
-            FakeMotor::default(),
-            FakeSwitch::default(),
-        );
-        let c = MotorController::new(
-            l.clone(),
-            r.clone(),
-            estop.then(|| s.clone()),
-            StopMode::Brake,
-        )
-        .unwrap();
+    fn rig(estop: bool) -> (MotorController<FakeMotor, FakeSwitch>, FakeMotor, FakeMotor, FakeSwitch) {
+        let (l, r, s) = (FakeMotor::default(), FakeMotor::default(), FakeSwitch::default());
+        let c = MotorController::new(l.clone(), r.clone(), estop.then(|| s.clone()), StopMode::Brake).unwrap();
         assert_eq!(l.take(), vec![Call::Brake], "stopped on creation");
         r.take();
         (c, l, r, s)
     }
 
     fn cmd(linear: f64, angular: f64, ms: u32) -> DriveCommand {
-        DriveCommand {
-            linear,
-            angular,
-            ms,
-        }
+        DriveCommand { linear, angular, ms }
     }
 
     #[test]
@@ -333,14 +291,8 @@ mod tests {
         l.take();
         r.take();
         assert_eq!(c.poll(t0 + Duration::from_millis(499)).unwrap(), None);
-        assert!(
-            l.take().is_empty(),
-            "still driving just before the deadline"
-        );
-        assert_eq!(
-            c.poll(t0 + Duration::from_millis(500)).unwrap(),
-            Some(StopReason::Deadman)
-        );
+        assert!(l.take().is_empty(), "still driving just before the deadline");
+        assert_eq!(c.poll(t0 + Duration::from_millis(500)).unwrap(), Some(StopReason::Deadman));
         assert_eq!(l.take(), vec![Call::Brake]);
         assert_eq!(r.take(), vec![Call::Brake]);
         assert_eq!(c.state(), MotionState::Idle);
@@ -363,10 +315,7 @@ mod tests {
         assert!(l.take().is_empty());
         assert_eq!(c.deadline(), Some(t1 + Duration::from_millis(500)));
         // ...the renewed one stops.
-        assert_eq!(
-            c.poll(t1 + Duration::from_millis(500)).unwrap(),
-            Some(StopReason::Deadman)
-        );
+        assert_eq!(c.poll(t1 + Duration::from_millis(500)).unwrap(), Some(StopReason::Deadman));
         assert_eq!(l.take(), vec![Call::Brake]);
     }
 
@@ -391,10 +340,7 @@ mod tests {
             (cmd(1.5, 0.0, 100), "linear"),
         ] {
             let e = c.drive(bad, t0).unwrap_err();
-            assert!(
-                matches!(e, MotionError::InvalidCommand { field: f, .. } if f == field),
-                "{e}"
-            );
+            assert!(matches!(e, MotionError::InvalidCommand { field: f, .. } if f == field), "{e}");
         }
         assert!(l.take().is_empty() && r.take().is_empty());
         assert_eq!(c.state(), MotionState::Idle);
@@ -431,27 +377,18 @@ mod tests {
         c.drive(cmd(1.0, 0.0, 1000), t0).unwrap();
         l.take();
         *switch.0.lock().unwrap() = true;
-        assert_eq!(
-            c.poll(t0 + Duration::from_millis(20)).unwrap(),
-            Some(StopReason::Estop)
-        );
+        assert_eq!(c.poll(t0 + Duration::from_millis(20)).unwrap(), Some(StopReason::Estop));
         assert_eq!(l.take(), vec![Call::Brake]);
         assert!(c.estop_latched());
         assert_eq!(c.state(), MotionState::Idle);
 
         // Refused while latched, even after the switch is released...
         *switch.0.lock().unwrap() = false;
-        assert!(matches!(
-            c.drive(cmd(1.0, 0.0, 100), t0),
-            Err(MotionError::EstopLatched)
-        ));
+        assert!(matches!(c.drive(cmd(1.0, 0.0, 100), t0), Err(MotionError::EstopLatched)));
         assert!(l.take().is_empty());
         // ...and clearing needs the switch released.
         *switch.0.lock().unwrap() = true;
-        assert!(matches!(
-            c.clear_estop(),
-            Err(MotionError::EstopStillActive)
-        ));
+        assert!(matches!(c.clear_estop(), Err(MotionError::EstopStillActive)));
         *switch.0.lock().unwrap() = false;
         c.clear_estop().unwrap();
         c.drive(cmd(1.0, 0.0, 100), t0).unwrap();
@@ -462,10 +399,7 @@ mod tests {
     fn drive_with_estop_pressed_is_refused() {
         let (mut c, l, _r, switch) = rig(true);
         *switch.0.lock().unwrap() = true;
-        assert!(matches!(
-            c.drive(cmd(1.0, 0.0, 100), Instant::now()),
-            Err(MotionError::EstopLatched)
-        ));
+        assert!(matches!(c.drive(cmd(1.0, 0.0, 100), Instant::now()), Err(MotionError::EstopLatched)));
         assert_eq!(l.take(), vec![Call::Brake]);
         assert!(c.estop_latched());
     }
@@ -499,11 +433,7 @@ mod tests {
 
     fn sim_config() -> HardwareConfig {
         HardwareConfig {
-            estop: Some(InputConfig {
-                pin: 25,
-                active: Level::Low,
-                pull: Pull::Up,
-            }),
+            estop: Some(InputConfig { pin: 25, active: Level::Low, pull: Pull::Up }),
             ..HardwareConfig::default()
         }
     }
@@ -565,11 +495,7 @@ mod tests {
     fn every_board_stops_on_drop_in_the_sim() {
         use crate::hal::config::DriverKind;
         use crate::hal::sim::PinState;
-        for driver in [
-            DriverKind::L298n,
-            DriverKind::Tb6612fng,
-            DriverKind::Drv8833,
-        ] {
+        for driver in [DriverKind::L298n, DriverKind::Tb6612fng, DriverKind::Drv8833] {
             let mut cfg = HardwareConfig::default();
             for (m, stby) in [(&mut cfg.left, 22), (&mut cfg.right, 22)] {
                 m.driver = driver;
@@ -587,10 +513,7 @@ mod tests {
             c.drive(cmd(0.8, 0.0, 1000), Instant::now()).unwrap();
             sim.step(Duration::from_millis(5));
             let [l, r] = sim.snapshot().motor_command;
-            assert!(
-                (l - 0.8).abs() < 1e-3 && (r - 0.8).abs() < 1e-3,
-                "{driver:?}: {l} {r}"
-            );
+            assert!((l - 0.8).abs() < 1e-3 && (r - 0.8).abs() < 1e-3, "{driver:?}: {l} {r}");
             sim.run_for(Duration::from_millis(500), Duration::from_millis(5));
             assert!(sim.pose().x > 0.1, "{driver:?} did not move");
             drop(c);

@@ -17,10 +17,7 @@ use super::{MotionError, Motor};
 use crate::hal::config::{Decay, MotorConfig};
 
 fn pin_err<E: core::fmt::Debug>(pin: &'static str) -> impl FnOnce(E) -> MotionError {
-    move |e| MotionError::Pin {
-        pin,
-        detail: format!("{e:?}"),
-    }
+    move |e| MotionError::Pin { pin, detail: format!("{e:?}") }
 }
 
 /// Rejects NaN, infinities and anything outside -1..=1.
@@ -47,23 +44,13 @@ pub struct MotorSettings {
 
 impl Default for MotorSettings {
     fn default() -> Self {
-        Self {
-            invert: false,
-            min_duty: 0.0,
-            max_duty: 1.0,
-            decay: Decay::Fast,
-        }
+        Self { invert: false, min_duty: 0.0, max_duty: 1.0, decay: Decay::Fast }
     }
 }
 
 impl From<&MotorConfig> for MotorSettings {
     fn from(c: &MotorConfig) -> Self {
-        Self {
-            invert: c.invert,
-            min_duty: c.min_duty,
-            max_duty: c.max_duty,
-            decay: c.decay,
-        }
+        Self { invert: c.invert, min_duty: c.min_duty, max_duty: c.max_duty, decay: c.decay }
     }
 }
 
@@ -74,10 +61,7 @@ impl MotorSettings {
             Ok(())
         } else {
             Err(MotionError::InvalidSettings {
-                detail: format!(
-                    "need 0 <= min_duty < max_duty <= 1, got {} and {}",
-                    self.min_duty, self.max_duty
-                ),
+                detail: format!("need 0 <= min_duty < max_duty <= 1, got {} and {}", self.min_duty, self.max_duty),
             })
         }
     }
@@ -107,11 +91,7 @@ enum Bridge {
 }
 
 fn direction(speed: f64) -> Bridge {
-    if speed < 0.0 {
-        Bridge::Reverse
-    } else {
-        Bridge::Forward
-    }
+    if speed < 0.0 { Bridge::Reverse } else { Bridge::Forward }
 }
 
 /// One channel of an L298N: IN1/IN2 set the direction, EN carries the PWM.
@@ -137,14 +117,7 @@ impl<O: OutputPin, P: SetDutyCycle> L298n<O, P> {
     pub fn new(in1: O, in2: O, en: P, settings: MotorSettings) -> Result<Self, MotionError> {
         settings.check()?;
         let max = en.max_duty_cycle();
-        let mut d = Self {
-            in1,
-            in2,
-            en,
-            max,
-            settings,
-            bridge: Bridge::Coast,
-        };
+        let mut d = Self { in1, in2, en, max, settings, bridge: Bridge::Coast };
         d.coast()?;
         Ok(d)
     }
@@ -231,25 +204,10 @@ pub struct Tb6612fng<O: OutputPin, P: SetDutyCycle, S: OutputPin> {
 
 impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Tb6612fng<O, P, S> {
     /// Takes the pins and stops the motor (all low, chip in standby).
-    pub fn new(
-        in1: O,
-        in2: O,
-        pwm: P,
-        stby: Option<S>,
-        settings: MotorSettings,
-    ) -> Result<Self, MotionError> {
+    pub fn new(in1: O, in2: O, pwm: P, stby: Option<S>, settings: MotorSettings) -> Result<Self, MotionError> {
         settings.check()?;
         let max = pwm.max_duty_cycle();
-        let mut d = Self {
-            in1,
-            in2,
-            pwm,
-            stby,
-            max,
-            settings,
-            bridge: Bridge::Coast,
-            awake: true,
-        };
+        let mut d = Self { in1, in2, pwm, stby, max, settings, bridge: Bridge::Coast, awake: true };
         d.standby()?;
         Ok(d)
     }
@@ -354,14 +312,7 @@ impl<P: SetDutyCycle> Drv8833<P> {
         settings.check()?;
         let max1 = in1.max_duty_cycle();
         let max2 = in2.max_duty_cycle();
-        let mut d = Self {
-            in1,
-            in2,
-            max1,
-            max2,
-            settings,
-            current: (0.0, 0.0),
-        };
+        let mut d = Self { in1, in2, max1, max2, settings, current: (0.0, 0.0) };
         d.coast()?;
         Ok(d)
     }
@@ -474,21 +425,11 @@ mod tests {
             let mut e = vec![0];
             e.extend_from_slice(en);
             e.push(0);
-            Self {
-                in1: Pin::new(&wrap_d(in1)),
-                in2: Pin::new(&wrap_d(in2)),
-                en: Pwm::new(&duty(&e)),
-            }
+            Self { in1: Pin::new(&wrap_d(in1)), in2: Pin::new(&wrap_d(in2)), en: Pwm::new(&duty(&e)) }
         }
 
         fn driver(&self, settings: MotorSettings) -> L298n<Pin, Pwm> {
-            L298n::new(
-                self.in1.clone(),
-                self.in2.clone(),
-                self.en.clone(),
-                settings,
-            )
-            .unwrap()
+            L298n::new(self.in1.clone(), self.in2.clone(), self.en.clone(), settings).unwrap()
         }
 
         fn done(mut self) {
@@ -532,12 +473,7 @@ mod tests {
 
     #[test]
     fn l298n_invert_and_duty_range() {
-        let settings = MotorSettings {
-            invert: true,
-            min_duty: 0.2,
-            max_duty: 0.8,
-            ..MotorSettings::default()
-        };
+        let settings = MotorSettings { invert: true, min_duty: 0.2, max_duty: 0.8, ..MotorSettings::default() };
         // Forward command on an inverted motor drives the bridge in reverse;
         // 0.5 maps to 0.2 + 0.5 × 0.6 = 0.5 and 1.0 to 0.8.
         let rig = L298nRig::new(&[L], &[H], &[0, 500, 800]);
@@ -563,11 +499,7 @@ mod tests {
     #[test]
     fn invalid_settings_are_rejected_before_any_pin() {
         let (mut a, mut b, mut e) = (Pin::new(&[]), Pin::new(&[]), Pwm::new(&[]));
-        let bad = MotorSettings {
-            min_duty: 0.9,
-            max_duty: 0.5,
-            ..MotorSettings::default()
-        };
+        let bad = MotorSettings { min_duty: 0.9, max_duty: 0.5, ..MotorSettings::default() };
         assert!(L298n::new(a.clone(), b.clone(), e.clone(), bad).is_err());
         a.done();
         b.done();
@@ -654,14 +586,8 @@ mod tests {
         let mut in1 = Pin::new(&set(&[L, H, L]));
         let mut in2 = Pin::new(&set(&[L, L, L]));
         let mut pwm = Pwm::new(&duty(&[0, 0, 1000, 0]));
-        let mut m: Tb6612fng<Pin, Pwm, Pin> = Tb6612fng::new(
-            in1.clone(),
-            in2.clone(),
-            pwm.clone(),
-            None,
-            MotorSettings::default(),
-        )
-        .unwrap();
+        let mut m: Tb6612fng<Pin, Pwm, Pin> =
+            Tb6612fng::new(in1.clone(), in2.clone(), pwm.clone(), None, MotorSettings::default()).unwrap();
         m.set_speed(1.0).unwrap();
         drop(m);
         in1.done();
@@ -679,10 +605,7 @@ mod tests {
         };
         let a = Pwm::new(&wrap(in1));
         let b = Pwm::new(&wrap(in2));
-        let settings = MotorSettings {
-            decay,
-            ..MotorSettings::default()
-        };
+        let settings = MotorSettings { decay, ..MotorSettings::default() };
         (Drv8833::new(a.clone(), b.clone(), settings).unwrap(), a, b)
     }
 
@@ -723,20 +646,10 @@ mod tests {
     #[test]
     fn pin_errors_are_reported_with_the_pin() {
         use embedded_hal_mock::eh1::MockError;
-        let mut in1 = Pin::new(&[
-            D::set(L),
-            D::set(H).with_error(MockError::Io(std::io::ErrorKind::Other)),
-            D::set(L),
-        ]);
+        let mut in1 = Pin::new(&[D::set(L), D::set(H).with_error(MockError::Io(std::io::ErrorKind::Other)), D::set(L)]);
         let mut in2 = Pin::new(&set(&[L, L, L]));
         let mut en = Pwm::new(&duty(&[0, 0, 0]));
-        let mut m = L298n::new(
-            in1.clone(),
-            in2.clone(),
-            en.clone(),
-            MotorSettings::default(),
-        )
-        .unwrap();
+        let mut m = L298n::new(in1.clone(), in2.clone(), en.clone(), MotorSettings::default()).unwrap();
         let e = m.set_speed(0.5).unwrap_err();
         assert!(matches!(e, MotionError::Pin { pin: "in1", .. }), "{e}");
         drop(m);
@@ -803,11 +716,7 @@ mod tests {
         if p["stby"] == 0 {
             return 0;
         }
-        l298n_drive(&Levels::from([
-            ("in1", p["in1"]),
-            ("in2", p["in2"]),
-            ("en", p["pwm"]),
-        ]))
+        l298n_drive(&Levels::from([("in1", p["in1"]), ("in2", p["in2"]), ("en", p["pwm"])]))
     }
 
     fn drv8833_drive(p: &Levels) -> i32 {
@@ -827,17 +736,8 @@ mod tests {
         mut build: impl FnMut(&Log) -> Box<dyn Motor>,
         drive: fn(&Levels) -> i32,
     ) {
-        let ops = || {
-            [
-                Op::Speed(1.0),
-                Op::Speed(0.3),
-                Op::Speed(0.0),
-                Op::Speed(-0.6),
-                Op::Speed(-1.0),
-                Op::Brake,
-                Op::Coast,
-            ]
-        };
+        let ops =
+            || [Op::Speed(1.0), Op::Speed(0.3), Op::Speed(0.0), Op::Speed(-0.6), Op::Speed(-1.0), Op::Brake, Op::Coast];
         let apply = |m: &mut Box<dyn Motor>, op: &Op| match *op {
             Op::Speed(s) => m.set_speed(s).unwrap(),
             Op::Brake => m.brake().unwrap(),
@@ -871,20 +771,14 @@ mod tests {
                         let coast_brake = before == 0 && after == 0;
                         d == 0 || along(d, before) || along(d, after) || coast_brake
                     };
-                    assert!(
-                        ok,
-                        "passing through drive {d} between {before} and {after}: {writes:?}"
-                    );
+                    assert!(ok, "passing through drive {d} between {before} and {after}: {writes:?}");
                 }
                 drop(m);
                 let mut end: Levels = levels.clone();
                 for (pin, v) in log.borrow_mut().drain(..) {
                     end.insert(pin, v);
                 }
-                assert!(
-                    end.values().all(|&v| v == 0),
-                    "not all low after drop: {end:?}"
-                );
+                assert!(end.values().all(|&v| v == 0), "not all low after drop: {end:?}");
             }
         }
     }
@@ -941,10 +835,7 @@ mod tests {
                         Drv8833::new(
                             LogPin("in1", log.clone()),
                             LogPin("in2", log.clone()),
-                            MotorSettings {
-                                decay,
-                                ..MotorSettings::default()
-                            },
+                            MotorSettings { decay, ..MotorSettings::default() },
                         )
                         .unwrap(),
                     )

@@ -42,9 +42,7 @@ pub enum MotionError {
         value: String,
     },
     /// Duty limits that cannot work; fix `min_duty`/`max_duty` in `[hardware.left|right]`.
-    #[error(
-        "motor settings: {detail}; fix min_duty/max_duty in [hardware.left] or [hardware.right]"
-    )]
+    #[error("motor settings: {detail}; fix min_duty/max_duty in [hardware.left] or [hardware.right]")]
     InvalidSettings {
         /// What is wrong.
         detail: String,
@@ -57,9 +55,7 @@ pub enum MotionError {
     #[error("e-stop switch is still active; release it before clearing")]
     EstopStillActive,
     /// The e-stop input could not be read; the motors were stopped to be safe.
-    #[error(
-        "cannot read the e-stop input ({detail}); motors stopped, check [hardware.estop] wiring"
-    )]
+    #[error("cannot read the e-stop input ({detail}); motors stopped, check [hardware.estop] wiring")]
     EstopUnreadable {
         /// The pin error.
         detail: String,
@@ -130,11 +126,7 @@ impl Motor for AnyMotor {
     }
 }
 
-fn open_motor(
-    hw: &mut Hardware,
-    m: &MotorConfig,
-    stby: Option<SharedOutput<Output>>,
-) -> Result<AnyMotor, MotionError> {
+fn open_motor(hw: &mut Hardware, m: &MotorConfig, stby: Option<SharedOutput<Output>>) -> Result<AnyMotor, MotionError> {
     let settings = MotorSettings::from(m);
     let f = m.pwm_frequency_hz;
     Ok(match m.driver {
@@ -172,11 +164,7 @@ fn pwm_pin(m: &MotorConfig) -> Result<u8, MotionError> {
 /// each stopped. A TB6612FNG STBY named by both sides is opened once and shared.
 pub fn open_motors(hw: &mut Hardware) -> Result<(AnyMotor, AnyMotor), MotionError> {
     let cfg = hw.config().clone();
-    let left_stby = cfg
-        .left
-        .stby_pin
-        .map(|p| hw.output(p).map(SharedOutput::new))
-        .transpose()?;
+    let left_stby = cfg.left.stby_pin.map(|p| hw.output(p).map(SharedOutput::new)).transpose()?;
     let right_stby = match (cfg.right.stby_pin, &left_stby) {
         (Some(p), Some(shared)) if cfg.left.stby_pin == Some(p) => Some(shared.clone()),
         (Some(p), _) => Some(SharedOutput::new(hw.output(p)?)),
@@ -199,11 +187,7 @@ pub fn mix(linear: f64, angular: f64) -> Result<(f64, f64), MotionError> {
         if v.is_finite() && (-1.0..=1.0).contains(&v) {
             Ok(v)
         } else {
-            Err(MotionError::InvalidCommand {
-                field,
-                expected: "a number within -1..=1",
-                value: v.to_string(),
-            })
+            Err(MotionError::InvalidCommand { field, expected: "a number within -1..=1", value: v.to_string() })
         }
     };
     let linear = check("linear", linear)?;
@@ -322,10 +306,7 @@ mod tests {
 
     #[test]
     fn safe_stop_sim_without_state_file_is_a_no_op() {
-        assert_eq!(
-            safe_stop(&HardwareConfig::default()).unwrap(),
-            Vec::<u8>::new()
-        );
+        assert_eq!(safe_stop(&HardwareConfig::default()).unwrap(), Vec::<u8>::new());
     }
 
     #[test]
