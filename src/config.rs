@@ -40,6 +40,7 @@ pub struct Config {
     pub pairing: PairingConfig,
     pub call: CallConfig,
     pub control: ControlConfig,
+    pub hardware: crate::hal::HardwareConfig,
 }
 
 /// `[robot]`: who the robot is.
@@ -279,6 +280,12 @@ impl Config {
         if !self.control.socket.is_absolute() {
             return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));
         }
+        self.hardware.validate().map_err(|e| (e.key, e.message))?;
+        if let Some(p) = self.pairing.button_pin {
+            if let Some((role, _)) = self.hardware.pin_roles().into_iter().find(|(_, q)| *q == p) {
+                return bad("pairing.button_pin", format!("GPIO {p} is already used as {role}"));
+            }
+        }
         Ok(())
     }
 
@@ -334,6 +341,9 @@ mod tests {
             ("[pairing]\nbutton_pin = 40", "pairing.button_pin"),
             ("[pairing]\nbutton_active = \"sideways\"", "pairing.button_active"),
             ("[wat]\n", "wat"),
+            ("[hardware.left]\ndriver = \"l298n\"\nin1_pin = 17\nin2_pin = 27\npwm_pin = 40", "hardware.left.pwm_pin"),
+            ("[hardware]\nbackend = \"gpio\"", "hardware.backend"),
+            ("[pairing]\nbutton_pin = 17", "pairing.button_pin"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -15,6 +15,7 @@
 //! - [`protocol`]: topic builders/parsers and payload types; nothing else formats topics.
 //! - [`auth`]: message MACs, HKDF key derivation, freshness and replay windows, the owners store.
 //! - [`pairing`]: pairing windows (pure state machine), the pairing URI and its QR code.
+//! - [`call`]: the call state machine (no I/O): session keys, replay window, idle timeout.
 //! - [`link`]: the one task that owns the MQTT event loop; presence, reconnects, routing.
 //! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
 //! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl` and the tests.
@@ -27,6 +28,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod call;
 pub mod config;
 pub mod control;
 pub mod fsutil;
