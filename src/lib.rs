@@ -19,6 +19,8 @@
 //! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
+//! - [`video`]: camera discovery (v4l), the GStreamer sending pipeline (H.264/Opus over
+//!   SRTP) with its supervision, and the receiving pipeline `robotctl` uses.
 //! - [`app`]: wires the tasks together and owns the ordered shutdown.
 //! - [`logging`]: journal under systemd, stderr otherwise.
 
@@ -34,3 +36,4 @@ pub mod logging;
 pub mod motion;
 pub mod pairing;
 pub mod protocol;
+pub mod video;
