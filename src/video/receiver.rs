@@ -96,6 +96,9 @@ pub struct Receiver {
 
 impl Receiver {
     /// Build and start the pipeline, bound to `params.bind`.
+    ///
+    /// Blocks briefly (plugin loading, state change); from async code call it
+    /// inside `spawn_blocking`, as [`Receiver::stop`].
     pub fn start(params: ReceiverParams) -> Result<Self, VideoError> {
         super::ensure_init()?;
         let decoder = ["avdec_h264", "openh264dec"]
@@ -112,6 +115,8 @@ impl Receiver {
             element("udpsrc", &n("udp"))?
                 .property("address", params.bind.ip().to_string())
                 .property("port", i32::from(params.bind.port()))
+                // Never share a port with another listener: packets would go astray.
+                .property("reuse", false)
                 .property("caps", &key_caps),
         )?;
         let srtpdec = build("srtpdec", element("srtpdec", &n("srtp"))?)?;

@@ -102,6 +102,9 @@ pub struct VideoSender {
 impl VideoSender {
     /// Build and start the pipeline. Fails if an element is missing, the camera
     /// cannot be opened, or the parameters are out of range.
+    ///
+    /// Blocking (camera probing, plugin loading, state change): from async code
+    /// call it inside `tokio::task::spawn_blocking`, like [`VideoSender::stop`].
     pub fn start(params: SenderParams) -> Result<Self, VideoError> {
         super::validate_format(params.width, params.height, params.fps)?;
         super::validate_kbps(params.kbps)?;
@@ -323,7 +326,8 @@ impl VideoSender {
     }
 
     /// Stop the pipeline and free everything (threads, socket), within
-    /// [`super::STOP_TIMEOUT`].
+    /// [`super::STOP_TIMEOUT`]; on timeout the stuck threads are abandoned and
+    /// [`VideoError::StopTimeout`] is returned. Blocking: use `spawn_blocking`.
     pub fn stop(mut self) -> Result<(), VideoError> {
         let r = self.run.shutdown(super::STOP_TIMEOUT);
         tracing::info!("video sender stopped");

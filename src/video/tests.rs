@@ -480,6 +480,132 @@ fn stop_leaves_no_threads_pipelines_or_sockets() {
 }
 
 #[test]
+fn late_receiver_decodes_within_a_keyframe_interval() {
+    // SPS/PPS travel with every IDR and an IDR comes at least every 2 s, so a
+    // receiver that joins a running stream starts decoding within about 2 s.
+    let _g = pipeline_lock();
+    let port = UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sender = VideoSender::start(sender_params(port, 2024, 320, 240, 30)).unwrap();
+    std::thread::sleep(Duration::from_millis(2500)); // the stream is well past its first IDR
+    let rx = Receiver::start(ReceiverParams::new(
+        SocketAddr::new(LOCALHOST, port),
+        2024,
+        SrtpKey(KEY),
+    ))
+    .expect("port still free");
+    let t = Instant::now();
+    assert!(
+        rx.wait_frames(1, FRAMES_TIMEOUT),
+        "a late receiver never decoded"
+    );
+    // 2 s keyframe interval plus jitter buffer and a busy machine's scheduling.
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "first frame after {:?}",
+        t.elapsed()
+    );
+    sender.stop().unwrap();
+    rx.stop().unwrap();
+}
+
+/// NAL unit types in one H.264 access unit, byte-stream (start codes) or avc
+/// (4-byte lengths).
+fn nal_types(data: &[u8], avc: bool) -> Vec<u8> {
+    let mut types = Vec::new();
+    if avc {
+        let mut i = 0;
+        while i + 4 < data.len() {
+            let len = u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]) as usize;
+            types.push(data[i + 4] & 0x1f);
+            i += 4 + len;
+        }
+    } else {
+        for i in 0..data.len().saturating_sub(3) {
+            if data[i..i + 3] == [0, 0, 1] {
+                types.push(data[i + 3] & 0x1f);
+            }
+        }
+    }
+    types
+}
+
+#[test]
+fn every_idr_carries_sps_pps_and_comes_within_two_seconds() {
+    let _g = pipeline_lock();
+    let rx = receiver(8080, SrtpKey(KEY));
+    let sender = VideoSender::start(sender_params(rx.port(), 8080, 320, 240, 30)).unwrap();
+    let pipeline = sender.pipeline_weak().upgrade().unwrap();
+    let pad = pipeline
+        .by_name(&format!("{}-parse", sender.name_prefix()))
+        .unwrap()
+        .static_pad("src")
+        .unwrap();
+    drop(pipeline);
+    // (pts, NAL types) of every keyframe leaving h264parse for the payloader.
+    let keyframes = std::sync::Arc::new(Mutex::new(Vec::<(gst::ClockTime, Vec<u8>)>::new()));
+    let seen = keyframes.clone();
+    let probe = pad
+        .add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            if let Some(buf) = info.buffer() {
+                if !buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                    let avc = pad
+                        .current_caps()
+                        .and_then(|c| {
+                            c.structure(0)
+                                .and_then(|s| s.get::<String>("stream-format").ok())
+                        })
+                        .is_some_and(|f| f == "avc");
+                    let map = buf.map_readable().unwrap();
+                    let pts = buf.pts().unwrap_or(gst::ClockTime::ZERO);
+                    seen.lock()
+                        .unwrap()
+                        .push((pts, nal_types(map.as_slice(), avc)));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        })
+        .unwrap();
+    // 5 s of video at 30 fps.
+    assert!(
+        rx.wait_frames(150, FRAMES_TIMEOUT),
+        "only {} frames",
+        rx.frames()
+    );
+    pad.remove_probe(probe);
+    let keys = keyframes.lock().unwrap().clone();
+    assert!(keys.len() >= 2, "keyframes: {keys:?}");
+    for (pts, types) in &keys {
+        for t in [7, 8, 5] {
+            assert!(
+                types.contains(&t),
+                "keyframe at {pts} lacks NAL type {t}: {types:?}"
+            );
+        }
+    }
+    for pair in keys.windows(2) {
+        let gap = pair[1].0.saturating_sub(pair[0].0);
+        assert!(
+            gap <= gst::ClockTime::from_mseconds(2050),
+            "keyframes {gap} apart"
+        );
+    }
+    sender.stop().unwrap();
+    rx.stop().unwrap();
+}
+
+#[test]
+fn media_handles_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<VideoSender>();
+    send_sync::<AudioSender>();
+    send_sync::<Receiver>();
+}
+
+#[test]
 fn pipeline_errors_are_reported_as_failures() {
     let _g = pipeline_lock();
     let sender = VideoSender::start(sender_params(9, 1, 160, 120, 15)).unwrap();
