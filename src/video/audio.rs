@@ -57,6 +57,8 @@ pub struct AudioParams {
 /// A running audio sender.
 pub struct AudioSender {
     run: Supervised,
+    #[cfg(test)]
+    udpsink: gst::Element,
 }
 
 impl AudioSender {
@@ -130,7 +132,11 @@ impl AudioSender {
         link_srtp(&chain[chain.len() - 1], &srtpenc, &udpsink)?;
         let run = Supervised::start("audio sender", format!("{p}-bus"), pipeline)?;
         tracing::info!(host = %params.host, port = params.port, ssrc = params.ssrc, "audio sender started");
-        Ok(AudioSender { run })
+        Ok(AudioSender {
+            run,
+            #[cfg(test)]
+            udpsink,
+        })
     }
 
     /// A receiver that turns `Some(reason)` when the pipeline fails.
@@ -141,5 +147,12 @@ impl AudioSender {
     /// Stop the pipeline within [`super::STOP_TIMEOUT`].
     pub fn stop(mut self) -> Result<(), VideoError> {
         self.run.shutdown(super::STOP_TIMEOUT)
+    }
+
+    /// Also send to `host:port` (tests: one stream to two receivers).
+    #[cfg(test)]
+    pub(crate) fn add_destination(&self, host: &str, port: u16) {
+        self.udpsink
+            .emit_by_name::<()>("add", &[&host, &i32::from(port)]);
     }
 }

@@ -15,7 +15,7 @@
 //! - [`audio`]: [`AudioSender`], microphone -> Opus -> RTP -> SRTP -> UDP.
 //! - [`receiver`]: [`Receiver`], UDP -> SRTP -> depay -> decode, counting frames,
 //!   optionally recording to Matroska and saving a PNG snapshot (used by `robotctl`
-//!   and by the tests).
+//!   and by the tests); [`AudioReceiver`] does the same for Opus.
 //!
 //! GStreamer is initialised lazily, by the first pipeline built, so an idle daemon
 //! never loads its plugins. Every pipeline is watched by a bus thread that turns an
@@ -39,7 +39,7 @@ use gstreamer as gst;
 pub use audio::{AudioParams, AudioSender, AudioSource};
 pub use camera::{CameraFormat, CameraInfo, CaptureKind, CaptureMode, FrameRate, FrameSize};
 pub use encoder::{Encoder, EncoderPreference};
-pub use receiver::{Receiver, ReceiverParams};
+pub use receiver::{AudioReceiver, AudioReceiverParams, Receiver, ReceiverParams};
 pub use sender::{SenderParams, VideoSender, VideoSettings, VideoSource};
 
 /// RTP payload type of the video stream (H.264), fixed by the protocol.

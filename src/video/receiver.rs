@@ -108,28 +108,11 @@ impl Receiver {
 
         let p = super::unique_prefix("vr");
         let n = |s: &str| format!("{p}-{s}");
-        let key_caps = srtp_caps(params.ssrc, &params.srtp_key);
-
-        let udpsrc = build(
-            "udpsrc",
-            element("udpsrc", &n("udp"))?
-                .property("address", params.bind.ip().to_string())
-                .property("port", i32::from(params.bind.port()))
-                // Never share a port with another listener: packets would go astray.
-                .property("reuse", false)
-                .property("caps", &key_caps),
+        let (udpsrc, srtpdec) = srtp_source(
+            &p,
+            params.bind,
+            srtp_caps(Media::Video, params.ssrc, &params.srtp_key),
         )?;
-        let srtpdec = build("srtpdec", element("srtpdec", &n("srtp"))?)?;
-        // Packets from an SSRC not in the caps make srtpdec ask for a key: give it
-        // ours for our SSRC, and nothing (drop) for any other.
-        let want_ssrc = params.ssrc;
-        let caps_for_signal = key_caps.clone();
-        srtpdec.connect("request-key", false, move |args| {
-            let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok());
-            let caps = (ssrc == Some(want_ssrc)).then(|| caps_for_signal.clone());
-            Some(caps.to_value())
-        });
-
         let mut front = vec![udpsrc.clone(), srtpdec];
         if params.jitter_ms > 0 {
             front.push(build(
@@ -280,16 +263,30 @@ impl Receiver {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Media {
+    Video,
+    Audio,
+}
+
 /// The caps that tell `srtpdec` how to decrypt our stream and the depayloader
 /// what it carries.
-fn srtp_caps(ssrc: u32, key: &SrtpKey) -> gst::Caps {
-    gst::Caps::builder("application/x-srtp")
-        .field("media", "video")
-        .field("payload", i32::from(super::VIDEO_PAYLOAD_TYPE))
-        .field("clock-rate", super::VIDEO_CLOCK_RATE as i32)
-        .field("encoding-name", "H264")
-        .field("packetization-mode", "1")
-        .field("ssrc", ssrc)
+fn srtp_caps(media: Media, ssrc: u32, key: &SrtpKey) -> gst::Caps {
+    let b = gst::Caps::builder("application/x-srtp");
+    let b = match media {
+        Media::Video => b
+            .field("media", "video")
+            .field("payload", i32::from(super::VIDEO_PAYLOAD_TYPE))
+            .field("clock-rate", super::VIDEO_CLOCK_RATE as i32)
+            .field("encoding-name", "H264")
+            .field("packetization-mode", "1"),
+        Media::Audio => b
+            .field("media", "audio")
+            .field("payload", i32::from(super::AUDIO_PAYLOAD_TYPE))
+            .field("clock-rate", super::AUDIO_CLOCK_RATE as i32)
+            .field("encoding-name", "OPUS"),
+    };
+    b.field("ssrc", ssrc)
         .field("srtp-key", key.to_buffer())
         .field("srtp-cipher", "aes-128-icm")
         .field("srtp-auth", "hmac-sha1-80")
@@ -297,6 +294,123 @@ fn srtp_caps(ssrc: u32, key: &SrtpKey) -> gst::Caps {
         .field("srtcp-auth", "hmac-sha1-80")
         .field("roc", 0u32)
         .build()
+}
+
+/// `udpsrc` bound to `bind` with the SRTP caps, and an `srtpdec` that knows the key.
+fn srtp_source(
+    prefix: &str,
+    bind: SocketAddr,
+    key_caps: gst::Caps,
+) -> Result<(gst::Element, gst::Element), VideoError> {
+    let udpsrc = build(
+        "udpsrc",
+        element("udpsrc", &format!("{prefix}-udp"))?
+            .property("address", bind.ip().to_string())
+            .property("port", i32::from(bind.port()))
+            // Never share a port with another listener: packets would go astray.
+            .property("reuse", false)
+            .property("caps", &key_caps),
+    )?;
+    let srtpdec = build("srtpdec", element("srtpdec", &format!("{prefix}-srtp"))?)?;
+    // Packets from an SSRC not in the caps make srtpdec ask for a key: give it
+    // ours for our SSRC, and nothing (drop) for any other.
+    let want_ssrc: u32 = key_caps
+        .structure(0)
+        .and_then(|s| s.get::<u32>("ssrc").ok())
+        .unwrap_or_default();
+    srtpdec.connect("request-key", false, move |args| {
+        let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok());
+        let caps = (ssrc == Some(want_ssrc)).then(|| key_caps.clone());
+        Some(caps.to_value())
+    });
+    Ok((udpsrc, srtpdec))
+}
+
+/// Parameters of an [`AudioReceiver`].
+#[derive(Debug, Clone)]
+pub struct AudioReceiverParams {
+    /// Address to listen on (port 0 picks a free one).
+    pub bind: SocketAddr,
+    /// The audio SSRC from the accept.
+    pub ssrc: u32,
+    /// SRTP master key || salt for audio.
+    pub srtp_key: SrtpKey,
+}
+
+/// Receives the robot's Opus audio and counts decoded packets (`robotctl`, tests).
+/// Playing the sound is left to the caller's application.
+pub struct AudioReceiver {
+    run: Supervised,
+    frames: Arc<Frames>,
+    port: u16,
+}
+
+impl AudioReceiver {
+    /// Build and start `udpsrc -> srtpdec -> rtpjitterbuffer -> rtpopusdepay ->
+    /// opusdec -> appsink`.
+    pub fn start(params: AudioReceiverParams) -> Result<Self, VideoError> {
+        super::ensure_init()?;
+        let p = super::unique_prefix("ar");
+        let n = |s: &str| format!("{p}-{s}");
+        let (udpsrc, srtpdec) = srtp_source(
+            &p,
+            params.bind,
+            srtp_caps(Media::Audio, params.ssrc, &params.srtp_key),
+        )?;
+        let frames = Arc::new(Frames::default());
+        let appsink = gst_app::AppSink::builder()
+            .name(n("sink"))
+            .sync(false)
+            .callbacks(frame_counter(frames.clone(), None))
+            .build();
+        let chain = [
+            udpsrc.clone(),
+            srtpdec,
+            build(
+                "rtpjitterbuffer",
+                element("rtpjitterbuffer", &n("jb"))?.property("latency", 60u32),
+            )?,
+            build("rtpopusdepay", element("rtpopusdepay", &n("depay"))?)?,
+            build("opusdec", element("opusdec", &n("dec"))?)?,
+            appsink.upcast::<gst::Element>(),
+        ];
+        let pipeline = gst::Pipeline::with_name(&p);
+        pipeline
+            .add_many(chain.iter())
+            .map_err(|e| VideoError::Start {
+                pipeline: "audio receiver",
+                detail: e.to_string(),
+            })?;
+        link_chain(&chain.iter().collect::<Vec<_>>())?;
+        let run = Supervised::start("audio receiver", format!("{p}-bus"), pipeline)?;
+        let port = u16::try_from(udpsrc.property::<i32>("port")).unwrap_or(0);
+        Ok(AudioReceiver { run, frames, port })
+    }
+
+    /// The UDP port the receiver is bound to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Decoded audio buffers so far (one per Opus packet, normally 20 ms).
+    pub fn packets(&self) -> u64 {
+        self.frames.lock().frames
+    }
+
+    /// Wait until at least `n` buffers have been decoded; `false` on timeout.
+    pub fn wait_packets(&self, n: u64, timeout: Duration) -> bool {
+        self.frames.wait_until(timeout, |s| s.frames >= n)
+    }
+
+    /// A receiver that turns `Some(reason)` when the pipeline fails.
+    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.run.failed()
+    }
+
+    /// Stop receiving, within [`super::STOP_TIMEOUT`].
+    pub fn stop(mut self) -> Result<(), VideoError> {
+        self.run.shutdown(super::STOP_TIMEOUT)
+    }
 }
 
 fn frame_counter(frames: Arc<Frames>, snapshot: Option<PathBuf>) -> gst_app::AppSinkCallbacks {

@@ -603,6 +603,7 @@ fn media_handles_can_move_between_threads() {
     send_sync::<VideoSender>();
     send_sync::<AudioSender>();
     send_sync::<Receiver>();
+    send_sync::<AudioReceiver>();
 }
 
 #[test]
@@ -698,47 +699,42 @@ fn openh264_encoder_works_when_forced() {
 #[test]
 fn audio_is_sent_as_srtp_opus() {
     let _g = pipeline_lock();
-    ensure_init().unwrap();
-    let key = hex::encode(KEY);
-    // A minimal Opus receiver for the test: decrypt, depayload, decode, count.
-    let rx = gst::parse::launch(&format!(
-        "udpsrc name=src address=127.0.0.1 port=0 caps=\"application/x-srtp,media=audio,payload=111,\
-         clock-rate=48000,encoding-name=OPUS,ssrc=(uint)23456,srtp-key=(buffer){key},\
-         srtp-cipher=aes-128-icm,srtp-auth=hmac-sha1-80,srtcp-cipher=aes-128-icm,\
-         srtcp-auth=hmac-sha1-80,roc=(uint)0\" ! srtpdec ! rtpopusdepay ! opusdec \
-         ! fakesink name=sink sync=false signal-handoffs=true"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
+    let rx = AudioReceiver::start(AudioReceiverParams {
+        bind: SocketAddr::new(LOCALHOST, 0),
+        ssrc: 23456,
+        srtp_key: SrtpKey(KEY),
+    })
     .unwrap();
-    // Signal once 50 Opus packets (1 s of sound at 20 ms each) have been decoded.
-    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let decoded = std::sync::atomic::AtomicU64::new(0);
-    rx.by_name("sink")
-        .unwrap()
-        .connect("handoff", false, move |_| {
-            if decoded.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 50 {
-                let _ = done_tx.try_send(());
-            }
-            None
-        });
-    rx.set_state(gst::State::Playing).unwrap();
-    let port = u16::try_from(rx.by_name("src").unwrap().property::<i32>("port")).unwrap();
-
+    let wrong = AudioReceiver::start(AudioReceiverParams {
+        bind: SocketAddr::new(LOCALHOST, 0),
+        ssrc: 23456,
+        srtp_key: wrong_key(),
+    })
+    .unwrap();
     let sender = AudioSender::start(AudioParams {
         host: LOCALHOST,
-        port,
+        port: rx.port(),
         ssrc: 23456,
         srtp_key: SrtpKey(KEY),
         bitrate: 32_000,
         source: AudioSource::Test,
     })
     .unwrap();
+    sender.add_destination("127.0.0.1", wrong.port());
+    // 50 Opus packets of 20 ms: one second of sound, then one more.
     assert!(
-        done_rx.recv_timeout(FRAMES_TIMEOUT).is_ok(),
-        "audio decoded"
+        rx.wait_packets(50, FRAMES_TIMEOUT),
+        "only {} packets",
+        rx.packets()
     );
+    assert!(
+        rx.wait_packets(100, FRAMES_TIMEOUT),
+        "only {} packets",
+        rx.packets()
+    );
+    assert_eq!(wrong.packets(), 0, "a wrong key must decode nothing");
     assert_eq!(*sender.failed().borrow(), None);
     sender.stop().unwrap();
-    rx.set_state(gst::State::Null).unwrap();
+    rx.stop().unwrap();
+    wrong.stop().unwrap();
 }
