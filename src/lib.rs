@@ -21,6 +21,8 @@
 //! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl` and the tests.
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
+//! - [`video`]: camera discovery (v4l), the GStreamer sending pipeline (H.264/Opus over
+//!   SRTP) with its supervision, and the receiving pipeline `robotctl` uses.
 //! - [`shutdown`]: the shutdown signal every loop selects on.
 //! - [`service`]: the protocol brain: authentication gate, pairing, owners, admin requests.
 //! - [`app`]: wires the tasks together and owns the ordered shutdown.
@@ -40,5 +42,6 @@ pub mod motion;
 pub mod pairing;
 pub mod phone;
 pub mod protocol;
+pub mod video;
 pub mod service;
 pub mod shutdown;
