@@ -146,6 +146,20 @@ pub fn list_cameras() -> Vec<CameraInfo> {
 
 /// Query one device. `Ok(None)` when it is not a video capture device.
 pub fn probe_camera(path: &Path) -> Result<Option<CameraInfo>, VideoError> {
+    // v4l 0.14 unwraps the driver's names and format descriptions as UTF-8; a
+    // camera with an odd name must not take the daemon down with it.
+    std::panic::catch_unwind(|| probe(path)).unwrap_or_else(|_| {
+        Err(VideoError::Camera {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the driver reported a name that is not UTF-8",
+            ),
+        })
+    })
+}
+
+fn probe(path: &Path) -> Result<Option<CameraInfo>, VideoError> {
     let err = |source| VideoError::Camera {
         path: path.to_path_buf(),
         source,
