@@ -14,8 +14,11 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::control;
+use crate::hal::Hardware;
 use crate::identity::{self, ClientId};
 use crate::link::Link;
+use crate::media::Media;
+use crate::motion::MotorController;
 use crate::protocol::Profile;
 use crate::service::Service;
 use crate::shutdown;
@@ -29,6 +32,14 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 fn watchdog_period() -> Option<Duration> {
     let mut usec = 0u64;
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Sleep until `t`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(t: Option<std::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Create the state directory if it does not exist (systemd's
@@ -52,8 +63,15 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
     info!(robot = %robot, "robot identity");
 
     let profile = Profile::robot(&cfg.robot.nickname, cfg.robot.photo.as_deref(), &cfg.robot.model).to_json();
+    // Hardware first: motors are stopped when their drivers are created.
+    let mut hw = Hardware::open(&cfg.hardware)?;
+    let motors = MotorController::from_config(&mut hw)?;
+    info!(backend = ?cfg.hardware.backend, "hardware ready, motors stopped");
+    let (media_tx, mut media_events) = mpsc::unbounded_channel();
+    let media = Media::new(cfg.video.clone(), cfg.audio.clone(), media_tx);
+
     let link = Link::new(&cfg, robot.clone(), profile)?;
-    let mut service = Service::new(cfg.clone(), robot, link.handle())?;
+    let mut service = Service::new(cfg.clone(), robot, link.handle(), hw, motors, media)?;
 
     let (link_stop, link_stop_rx) = shutdown::channel();
     let (events_tx, mut events) = mpsc::channel(256);
@@ -70,8 +88,11 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     loop {
+        let wakeup = service.next_wakeup();
         tokio::select! {
             _ = shutdown::stopped(&mut shutdown) => break,
+            _ = sleep_until_opt(wakeup) => service.on_timer(std::time::Instant::now()),
+            Some(ev) = media_events.recv() => service.on_media(ev),
             ev = events.recv() => match ev {
                 Some(ev) => service.on_link(ev),
                 None => break,
@@ -89,7 +110,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
 
     info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
-    service.shutdown();
+    service.shutdown().await;
     let _ = link_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
     let _ = control_task.await;

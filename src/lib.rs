@@ -20,6 +20,7 @@
 //! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
 //! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl` and the tests.
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
+//! - [`media`]: starts and stops the call's GStreamer senders off the main loop.
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
 //! - [`video`]: camera discovery (v4l), the GStreamer sending pipeline (H.264/Opus over
 //!   SRTP) with its supervision, and the receiving pipeline `robotctl` uses.
@@ -38,10 +39,11 @@ pub mod hal;
 pub mod identity;
 pub mod link;
 pub mod logging;
+pub mod media;
 pub mod motion;
 pub mod pairing;
 pub mod phone;
 pub mod protocol;
-pub mod video;
 pub mod service;
 pub mod shutdown;
+pub mod video;

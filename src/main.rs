@@ -39,6 +39,11 @@ enum Command {
     },
     /// Show the running daemon's status.
     Status,
+    /// Drive every configured motor pin to its safe level and disable PWM,
+    /// without the daemon (for systemd's ExecStopPost=, after any exit).
+    SafeStop,
+    /// List the cameras (V4L2 devices) with their formats, sizes and rates.
+    Cameras,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +123,20 @@ fn real_main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::SafeStop => {
+            let pins = robotd::motion::safe_stop(&cfg.hardware)?;
+            println!("motors safe: pins {pins:?} at their safe level, PWM disabled");
+            Ok(())
+        }
+        Command::Cameras => {
+            let cams = robotd::video::camera::list_cameras();
+            if cams.is_empty() {
+                println!("no V4L2 camera found; set video.device = \"test\" for a test pattern");
+            } else {
+                print!("{}", robotd::video::camera::format_cameras(&cams));
+            }
+            Ok(())
+        }
         Command::Status => {
             let data = admin(&cfg, Request::Status)?;
             println!("{}", serde_json::to_string_pretty(&data)?);

@@ -10,16 +10,24 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use bytes::Bytes;
+use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::auth::freshness::{SeqTracker, ts_is_fresh};
+use crate::auth::keys::Key32;
 use crate::auth::owners::{Owner, OwnerStore};
+use crate::call::{Call, EndReason};
 use crate::config::Config;
 use crate::control::{Request, Response};
+use crate::hal::Hardware;
+use crate::hal::sim::SimRunner;
 use crate::identity::ClientId;
 use crate::link::{Inbound, LinkEvent, LinkHandle};
+use crate::media::{Media, MediaEvent, MediaRequest};
+use crate::motion::{DriveCommand, MotorController, StopReason};
 use crate::pairing::{self, PairOutcome, PairRequest, PairingUri, PairingWindows, Reject};
+use crate::protocol::payloads::{self, Command, CommandError, Invite, VideoChange, VideoParams};
 use crate::protocol::props::{self, AuthFields, now_ms};
 use crate::protocol::topics::{self, Topic};
 
@@ -110,13 +118,30 @@ pub struct Service {
     drops: DropLog,
     reject_budget: Budget,
     started: Instant,
+    hw: Hardware,
+    motors: MotorController,
+    /// Keeps the simulated world stepping in real time (sim backend only).
+    _sim: Option<SimRunner>,
+    media: Media,
+    call: Option<Call>,
 }
+
+/// How often the e-stop input is polled when one is configured.
+const ESTOP_POLL: Duration = Duration::from_millis(20);
 
 impl Service {
     /// Load the owners and set up; opens a pairing window when the robot has
     /// no owner and the config allows it.
-    pub fn new(cfg: Config, robot: ClientId, link: LinkHandle) -> anyhow::Result<Service> {
+    pub fn new(
+        cfg: Config,
+        robot: ClientId,
+        link: LinkHandle,
+        hw: Hardware,
+        motors: MotorController,
+        media: Media,
+    ) -> anyhow::Result<Service> {
         let owners = OwnerStore::load(&cfg.robot.state_dir)?;
+        let sim = hw.sim().map(|s| s.run_realtime());
         let pairing = PairingWindows::new(Duration::from_secs(cfg.pairing.window_s), pairing::DEFAULT_MAX_FAILURES);
         let mut s = Service {
             cfg,
@@ -130,6 +155,11 @@ impl Service {
             drops: DropLog::default(),
             reject_budget: Budget::new(10.0, 20.0),
             started: Instant::now(),
+            hw,
+            motors,
+            _sim: sim,
+            media,
+            call: None,
         };
         info!(owners = s.owners.list().len(), "owners loaded");
         if s.owners.is_empty() && s.cfg.pairing.open_when_unowned {
@@ -150,7 +180,11 @@ impl Service {
     pub fn on_link(&mut self, ev: LinkEvent) {
         match ev {
             LinkEvent::Connected => info!("online"),
-            LinkEvent::Disconnected => warn!("offline; reconnecting"),
+            LinkEvent::Disconnected => {
+                // Nobody can renew or stop a drive while we are offline.
+                self.stop_motors("broker connection lost");
+                warn!("offline; reconnecting");
+            }
             LinkEvent::Message(m) => self.on_message(&m),
         }
     }
@@ -159,6 +193,8 @@ impl Service {
         match &m.topic {
             Topic::PairRequest { robot, phone } if *robot == self.robot => self.on_pair(phone, m),
             Topic::Invite { robot, session } if *robot == self.robot => self.on_invite(session, m),
+            Topic::SessionRequest { session, command } => self.on_session_request(session, command, m),
+            Topic::IsConnected { user } => self.on_presence(user, &m.payload),
             _ => self.drops.drop("unexpected_topic", &m.topic_str),
         }
     }
@@ -235,12 +271,233 @@ impl Service {
             return self.drops.drop("replayed", &m.topic_str);
         }
         let key = owner.key;
-        // Calls are not implemented yet: answer honestly so the phone does not wait.
-        let topic = topics::invite_response(&self.robot, session);
-        let payload = serde_json::to_vec(&json!({"status":"rejected","reason":"calls_unavailable"})).unwrap();
-        let seq = self.seq();
-        let p = props::signed(&key, &topic, self.robot.as_str(), seq, now_ms(), &payload, f.correlation);
+        let reply = |this: &mut Service, payload: Value| {
+            let topic = topics::invite_response(&this.robot, session);
+            let payload = serde_json::to_vec(&payload).expect("json");
+            let seq = this.seq();
+            let p = props::signed(&key, &topic, this.robot.as_str(), seq, now_ms(), &payload, f.correlation.clone());
+            this.link.publish(topic, payload, false, Some(p));
+        };
+        if self.call.is_some() {
+            info!(session = %session, caller = %owner_id, "busy: already in a call");
+            return reply(self, json!({"status":"busy"}));
+        }
+        let invite = match Invite::parse(&m.payload) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(session = %session, error = ?e, "invite rejected");
+                return reply(self, json!({"status":"rejected","reason":e.reason()}));
+            }
+        };
+        self.accept_call(session.clone(), owner_id, &key, invite, reply);
+    }
+
+    fn accept_call(
+        &mut self,
+        session: ClientId,
+        caller: ClientId,
+        key: &Key32,
+        invite: Invite,
+        reply: impl FnOnce(&mut Service, Value),
+    ) {
+        let v = &self.cfg.video;
+        let video = invite.negotiate(VideoParams { width: v.width, height: v.height, fps: v.fps, kbps: v.kbps });
+        let nonce: [u8; 16] = rand::random();
+        let video_ssrc = nonzero_ssrc();
+        let audio_ssrc = (invite.wants_audio() && self.media.has_audio()).then(nonzero_ssrc);
+        let call = Call::new(
+            session.clone(),
+            caller.clone(),
+            key,
+            invite,
+            video,
+            nonce,
+            video_ssrc,
+            audio_ssrc,
+            Instant::now(),
+        );
+        let media = MediaRequest {
+            session: session.clone(),
+            host: call.invite.media.host,
+            video_port: call.invite.media.port,
+            video_ssrc,
+            video_key: call.srtp_video,
+            video,
+            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio)),
+        };
+        self.link.subscribe(topics::session_request_filter(&session));
+        self.link.subscribe(topics::is_connected(&caller));
+        self.call = Some(call);
+        info!(session = %session, caller = %caller, ?video, "call accepted");
+        reply(self, payloads::accepted(&nonce, video_ssrc, video, audio_ssrc));
+        self.media.start(media);
+    }
+
+    /// A request in the call: sender, MAC under `Ks` and the replay window
+    /// first; only then is the payload parsed.
+    fn on_session_request(&mut self, session: &ClientId, command: &str, m: &Inbound) {
+        let Some(call) = self.call.as_mut().filter(|c| &c.session == session) else {
+            return self.drops.drop("no_such_call", &m.topic_str);
+        };
+        let f = AuthFields::from_properties(m.props.as_ref());
+        if f.from.as_deref() != Some(call.caller.as_str()) {
+            return self.drops.drop("not_caller", &m.topic_str);
+        }
+        let Some((_, seq, _)) = props::verify(&call.session_key, &m.topic_str, &m.payload, &f) else {
+            return self.drops.drop("bad_mac", &m.topic_str);
+        };
+        match call.accept_request(seq, Instant::now()) {
+            Ok(()) => {}
+            // QoS 1 redelivery: already handled, drop silently.
+            Err(crate::auth::freshness::ReplayError::Duplicate) => return,
+            Err(crate::auth::freshness::ReplayError::TooOld) => return self.drops.drop("stale", &m.topic_str),
+        }
+        let correlation = f.correlation.clone();
+        let session = session.clone();
+        let answer = match payloads::parse_command(command, &m.payload) {
+            Err(e) => e.response(),
+            Ok(cmd) => match self.run_command(&session, cmd) {
+                Some(v) => v,
+                None => return, // hangup: answered by end_call
+            },
+        };
+        self.respond(command, answer, seq, correlation);
+    }
+
+    /// Publish a response in the current call, MACed with `Ks`.
+    fn respond(&mut self, command: &str, mut payload: Value, re: u64, correlation: Option<Bytes>) {
+        let Some(call) = self.call.as_mut() else { return };
+        payload["re"] = json!(re);
+        let topic = topics::session_response(&call.session, command);
+        let bytes = serde_json::to_vec(&payload).expect("json");
+        let seq = call.next_seq();
+        let p = props::signed(&call.session_key, &topic, self.robot.as_str(), seq, now_ms(), &bytes, correlation);
+        self.link.publish(topic, bytes, false, Some(p));
+    }
+
+    fn run_command(&mut self, session: &ClientId, cmd: Command) -> Option<Value> {
+        Some(match cmd {
+            Command::Drive { linear, angular, ms } => {
+                match self.motors.drive(DriveCommand { linear, angular, ms }, Instant::now()) {
+                    Ok(()) => json!({"status":"ok"}),
+                    Err(crate::motion::MotionError::EstopLatched) => {
+                        json!({"status":"rejected","reason":"estop","detail":"the e-stop is latched; release and clear it"})
+                    }
+                    Err(e) => CommandError::Invalid(e.to_string()).response(),
+                }
+            }
+            Command::Stop => {
+                self.stop_motors("stop request");
+                json!({"status":"stopped"})
+            }
+            Command::Ping => json!({"status":"ok","motion":self.motors.state().as_str(),"at":"unknown"}),
+            Command::Hangup => {
+                self.end_call(EndReason::Hangup);
+                return None;
+            }
+            Command::Video(change) => {
+                let Some(sender) = self.media.video(session) else {
+                    return Some(
+                        json!({"status":"rejected","reason":"video_unavailable","detail":"video is not running yet"}),
+                    );
+                };
+                let r = match change {
+                    VideoChange::Bitrate(k) => sender.set_bitrate(k),
+                    VideoChange::Format { width, height, fps } => sender.set_format(width, height, fps),
+                };
+                match r {
+                    Ok(s) => {
+                        let video = VideoParams { width: s.width, height: s.height, fps: s.fps, kbps: s.kbps };
+                        if let Some(c) = self.call.as_mut() {
+                            c.video = video;
+                        }
+                        json!({"status":"ok","video":video})
+                    }
+                    Err(e) => CommandError::Invalid(e.to_string()).response(),
+                }
+            }
+            Command::Goto { destination } => {
+                json!({"destination":destination,"status":"rejected","reason":"no_map","detail":"navigation is not available on this robot yet"})
+            }
+            Command::Destinations => json!({"status":"ok","destinations":[],"at":"unknown"}),
+        })
+    }
+
+    /// The caller's presence: `false` ends its call.
+    fn on_presence(&mut self, user: &ClientId, payload: &[u8]) {
+        if self.call.as_ref().is_some_and(|c| &c.caller == user) && payload == b"false" {
+            self.end_call(EndReason::CallerOffline);
+        }
+    }
+
+    /// End the call: motors, video, subscriptions, then the `ended` response.
+    pub fn end_call(&mut self, reason: EndReason) {
+        if self.call.is_none() {
+            return;
+        }
+        self.stop_motors("call ended");
+        self.media.stop();
+        let call = self.call.as_ref().expect("checked");
+        self.link.unsubscribe(&topics::session_request_filter(&call.session));
+        self.link.unsubscribe(&topics::is_connected(&call.caller));
+        info!(session = %call.session, reason = reason.as_str(), "call ended");
+        let topic = topics::session_response(&call.session, "hangup");
+        let payload = serde_json::to_vec(&json!({"status":"ended","reason":reason.as_str()})).expect("json");
+        let call = self.call.as_mut().expect("checked");
+        let seq = call.next_seq();
+        let p = props::signed(&call.session_key, &topic, self.robot.as_str(), seq, now_ms(), &payload, None);
         self.link.publish(topic, payload, false, Some(p));
+        self.call = None;
+    }
+
+    /// Media reports.
+    pub fn on_media(&mut self, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Started { session, video, audio } => {
+                let current = self.call.as_ref().map(|c| c.session.clone());
+                self.media.on_started(current.as_ref(), session, video, audio);
+            }
+            MediaEvent::Failed { session, detail } => {
+                if self.call.as_ref().is_some_and(|c| c.session == session) {
+                    error!(session = %session, %detail, "video failed");
+                    self.end_call(EndReason::VideoFailed);
+                }
+            }
+        }
+    }
+
+    fn stop_motors(&mut self, why: &str) {
+        if let Err(e) = self.motors.stop() {
+            error!(error = %e, why, "cannot stop the motors");
+        }
+    }
+
+    /// The next instant [`Service::on_timer`] must run: deadman, call idle
+    /// timeout, e-stop polling.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let mut t = self.motors.deadline();
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        if let Some(c) = &self.call {
+            min(c.deadline(Duration::from_secs(self.cfg.call.timeout_s)));
+        }
+        if self.hw.config().estop.is_some() {
+            min(Instant::now() + ESTOP_POLL);
+        }
+        t
+    }
+
+    /// Run what is due at `now`.
+    pub fn on_timer(&mut self, now: Instant) {
+        match self.motors.poll(now) {
+            Ok(Some(StopReason::Deadman)) => info!("deadman: drive expired, motors stopped"),
+            Ok(Some(StopReason::Estop)) => warn!("e-stop pressed: motors stopped and latched"),
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "motor poll failed"),
+        }
+        let timeout = Duration::from_secs(self.cfg.call.timeout_s);
+        if self.call.as_ref().is_some_and(|c| c.timed_out(now, timeout)) {
+            self.end_call(EndReason::Timeout);
+        }
     }
 
     /// Open a new pairing window: fresh secret, URI and QR (logged, and
@@ -303,6 +560,9 @@ impl Service {
                 match self.owners.remove(&id) {
                     Ok(true) => {
                         info!(owner = %id, "owner removed");
+                        if self.call.as_ref().is_some_and(|c| c.caller == id) {
+                            self.end_call(EndReason::Revoked);
+                        }
                         Response::ok(json!({ "removed": id }))
                     }
                     Ok(false) => Response::err(format!("{id} is not an owner")),
@@ -321,6 +581,13 @@ impl Service {
                                 "connects": st.connects.load(Relaxed) },
                     "pairing": self.pairing.status(now_ms()).to_string(),
                     "owners": self.owners.list().len(),
+                    "call": self.call.as_ref().map(|c| json!({"session": c.session, "caller": c.caller, "video": c.video})),
+                    "motion": self.motors.state().as_str(),
+                    "sim": self.hw.sim().map(|s| {
+                        let snap = s.snapshot();
+                        json!({"x": snap.pose.x, "y": snap.pose.y, "heading": snap.pose.heading,
+                               "wheel_speed_mps": snap.wheel_speed_mps, "obstacle": snap.obstacle_detected})
+                    }),
                     "dropped": {
                         "topic": st.dropped_topic.load(Relaxed),
                         "size": st.dropped_size.load(Relaxed),
@@ -340,8 +607,22 @@ impl Service {
             .collect()
     }
 
-    /// Shutdown: nothing to persist yet beyond what is written eagerly.
-    pub fn shutdown(&mut self) {
+    /// Ordered shutdown, first part: motors, then the call (whose `ended`
+    /// goes out while the link is still up), then video.
+    pub async fn shutdown(&mut self) {
+        self.stop_motors("shutdown");
+        self.end_call(EndReason::Shutdown);
+        self.media.stop_and_wait().await;
         self.finish_pairing();
+    }
+}
+
+/// A random SSRC; 0 is avoided because some receivers treat it as unset.
+fn nonzero_ssrc() -> u32 {
+    loop {
+        let s: u32 = rand::random();
+        if s != 0 {
+            return s;
+        }
     }
 }

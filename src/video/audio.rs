@@ -29,11 +29,7 @@ pub enum AudioSource {
 impl AudioSource {
     /// `"test"` is the test tone; anything else is an ALSA device name.
     pub fn from_config(device: &str) -> Self {
-        if device == "test" {
-            AudioSource::Test
-        } else {
-            AudioSource::Alsa(device.to_string())
-        }
+        if device == "test" { AudioSource::Test } else { AudioSource::Alsa(device.to_string()) }
     }
 }
 
@@ -76,27 +72,18 @@ impl AudioSender {
         let src = match &params.source {
             AudioSource::Test => build(
                 "audiotestsrc",
-                element("audiotestsrc", &n("src"))?
-                    .property("is-live", true)
-                    .property("volume", 0.1f64),
+                element("audiotestsrc", &n("src"))?.property("is-live", true).property("volume", 0.1f64),
             )?,
-            AudioSource::Alsa(device) => build(
-                "alsasrc",
-                element("alsasrc", &n("src"))?.property("device", device.as_str()),
-            )?,
+            AudioSource::Alsa(device) => {
+                build("alsasrc", element("alsasrc", &n("src"))?.property("device", device.as_str()))?
+            }
         };
-        let caps = gst::Caps::builder("audio/x-raw")
-            .field("rate", 48_000i32)
-            .field("channels", 1i32)
-            .build();
+        let caps = gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 1i32).build();
         let chain = [
             src,
             build("audioconvert", element("audioconvert", &n("conv"))?)?,
             build("audioresample", element("audioresample", &n("res"))?)?,
-            build(
-                "capsfilter",
-                element("capsfilter", &n("caps"))?.property("caps", caps),
-            )?,
+            build("capsfilter", element("capsfilter", &n("caps"))?.property("caps", caps))?,
             build(
                 "queue",
                 element("queue", &n("q"))?
@@ -107,8 +94,7 @@ impl AudioSender {
             )?,
             build(
                 "opusenc",
-                element("opusenc", &n("enc"))?
-                    .property("bitrate", i32::try_from(params.bitrate).unwrap_or(32_000)),
+                element("opusenc", &n("enc"))?.property("bitrate", i32::try_from(params.bitrate).unwrap_or(32_000)),
             )?,
             build(
                 "rtpopuspay",
@@ -123,10 +109,7 @@ impl AudioSender {
         pipeline
             .add_many(chain.iter())
             .and_then(|_| pipeline.add_many([&srtpenc, &udpsink]))
-            .map_err(|e| VideoError::Start {
-                pipeline: "audio sender",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| VideoError::Start { pipeline: "audio sender", detail: e.to_string() })?;
         let refs: Vec<&gst::Element> = chain.iter().collect();
         link_chain(&refs)?;
         link_srtp(&chain[chain.len() - 1], &srtpenc, &udpsink)?;
@@ -152,7 +135,6 @@ impl AudioSender {
     /// Also send to `host:port` (tests: one stream to two receivers).
     #[cfg(test)]
     pub(crate) fn add_destination(&self, host: &str, port: u16) {
-        self.udpsink
-            .emit_by_name::<()>("add", &[&host, &i32::from(port)]);
+        self.udpsink.emit_by_name::<()>("add", &[&host, &i32::from(port)]);
     }
 }

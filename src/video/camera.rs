@@ -65,21 +65,13 @@ pub struct FrameRate {
 impl FrameRate {
     /// Frames per second as a float.
     pub fn fps(self) -> f64 {
-        if self.den == 0 {
-            0.0
-        } else {
-            f64::from(self.num) / f64::from(self.den)
-        }
+        if self.den == 0 { 0.0 } else { f64::from(self.num) / f64::from(self.den) }
     }
 }
 
 impl fmt::Display for FrameRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.den == 1 {
-            write!(f, "{}", self.num)
-        } else {
-            write!(f, "{:.2}", self.fps())
-        }
+        if self.den == 1 { write!(f, "{}", self.num) } else { write!(f, "{:.2}", self.fps()) }
     }
 }
 
@@ -126,10 +118,7 @@ impl CameraFormat {
 /// Nodes that are not capture devices (codecs, ISP, UVC metadata nodes) are left
 /// out; nodes that cannot be opened are logged and skipped.
 pub fn list_cameras() -> Vec<CameraInfo> {
-    let mut paths: Vec<PathBuf> = v4l::context::enum_devices()
-        .iter()
-        .map(|n| n.path().to_path_buf())
-        .collect();
+    let mut paths: Vec<PathBuf> = v4l::context::enum_devices().iter().map(|n| n.path().to_path_buf()).collect();
     paths.sort();
     paths
         .into_iter()
@@ -160,24 +149,16 @@ pub fn probe_camera(path: &Path) -> Result<Option<CameraInfo>, VideoError> {
 }
 
 fn probe(path: &Path) -> Result<Option<CameraInfo>, VideoError> {
-    let err = |source| VideoError::Camera {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| VideoError::Camera { path: path.to_path_buf(), source };
     let dev = v4l::Device::with_path(path).map_err(err)?;
     let caps = dev.query_caps().map_err(err)?;
-    if !caps
-        .capabilities
-        .contains(v4l::capability::Flags::VIDEO_CAPTURE)
-    {
+    if !caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE) {
         return Ok(None);
     }
     let mut formats = Vec::new();
     for desc in dev.enum_formats().map_err(err)? {
         let fourcc = desc.fourcc.str().unwrap_or("????").to_string();
-        let compressed = desc
-            .flags
-            .contains(v4l::format::description::Flags::COMPRESSED);
+        let compressed = desc.flags.contains(v4l::format::description::Flags::COMPRESSED);
         let mut sizes = Vec::new();
         for fs in dev.enum_framesizes(desc.fourcc).unwrap_or_default() {
             for (width, height) in size_candidates(&fs.size) {
@@ -185,27 +166,12 @@ fn probe(path: &Path) -> Result<Option<CameraInfo>, VideoError> {
                     .enum_frameintervals(desc.fourcc, width, height)
                     .map(|ivs| ivs.iter().flat_map(|iv| rates_of(&iv.interval)).collect())
                     .unwrap_or_default();
-                sizes.push(FrameSize {
-                    width,
-                    height,
-                    rates,
-                });
+                sizes.push(FrameSize { width, height, rates });
             }
         }
-        formats.push(CameraFormat {
-            fourcc,
-            description: desc.description.clone(),
-            compressed,
-            sizes,
-        });
+        formats.push(CameraFormat { fourcc, description: desc.description.clone(), compressed, sizes });
     }
-    Ok(Some(CameraInfo {
-        path: path.to_path_buf(),
-        card: caps.card,
-        driver: caps.driver,
-        bus: caps.bus,
-        formats,
-    }))
+    Ok(Some(CameraInfo { path: path.to_path_buf(), card: caps.card, driver: caps.driver, bus: caps.bus, formats }))
 }
 
 /// Sizes worth listing for a V4L2 frame-size entry: the discrete size, or for a
@@ -223,13 +189,7 @@ fn size_candidates(size: &v4l::framesize::FrameSizeEnum) -> Vec<(u32, u32)> {
                     && step_ok(h, s.min_height, s.step_height)
             };
             let mut out = vec![(s.min_width, s.min_height)];
-            for (w, h) in [
-                (320, 240),
-                (640, 360),
-                (640, 480),
-                (1280, 720),
-                (1920, 1080),
-            ] {
+            for (w, h) in [(320, 240), (640, 360), (640, 480), (1280, 720), (1920, 1080)] {
                 if fits(w, h) {
                     out.push((w, h));
                 }
@@ -244,10 +204,7 @@ fn size_candidates(size: &v4l::framesize::FrameSizeEnum) -> Vec<(u32, u32)> {
 fn rates_of(interval: &v4l::frameinterval::FrameIntervalEnum) -> Vec<FrameRate> {
     use v4l::frameinterval::FrameIntervalEnum;
     // An interval of n/d seconds is a rate of d/n frames per second.
-    let inv = |f: &v4l::fraction::Fraction| FrameRate {
-        num: f.denominator,
-        den: f.numerator,
-    };
+    let inv = |f: &v4l::fraction::Fraction| FrameRate { num: f.denominator, den: f.numerator };
     match interval {
         FrameIntervalEnum::Discrete(f) => vec![inv(f)],
         // The shortest interval is the highest rate.
@@ -265,14 +222,7 @@ pub fn format_cameras(cameras: &[CameraInfo]) -> String {
         return out;
     }
     for cam in cameras {
-        let _ = writeln!(
-            out,
-            "{}: {} (driver {}, bus {})",
-            cam.path.display(),
-            cam.card,
-            cam.driver,
-            cam.bus
-        );
+        let _ = writeln!(out, "{}: {} (driver {}, bus {})", cam.path.display(), cam.card, cam.driver, cam.bus);
         for f in &cam.formats {
             let how = match f.capture_kind() {
                 Some(CaptureKind::H264) => "native H.264, passed through",
@@ -283,13 +233,7 @@ pub fn format_cameras(cameras: &[CameraInfo]) -> String {
             let _ = writeln!(out, "  {} ({}): {}", f.fourcc, f.description, how);
             for s in &f.sizes {
                 let rates: Vec<String> = s.rates.iter().map(|r| r.to_string()).collect();
-                let _ = writeln!(
-                    out,
-                    "    {}x{} @ {} fps",
-                    s.width,
-                    s.height,
-                    rates.join(", ")
-                );
+                let _ = writeln!(out, "    {}x{} @ {} fps", s.width, s.height, rates.join(", "));
             }
         }
         match choose_capture(&cam.formats, 1280, 720, 30) {
@@ -314,39 +258,27 @@ pub fn format_cameras(cameras: &[CameraInfo]) -> String {
 ///   request with a rate of at least `fps` (then scaled down); failing that, the
 ///   largest size and fastest rate offered. MJPEG wins over raw when both cover the
 ///   request, because raw at large sizes is limited by USB bandwidth.
-pub fn choose_capture(
-    formats: &[CameraFormat],
-    width: u32,
-    height: u32,
-    fps: u32,
-) -> Option<CaptureMode> {
+pub fn choose_capture(formats: &[CameraFormat], width: u32, height: u32, fps: u32) -> Option<CaptureMode> {
     let want_fps = f64::from(fps);
     let modes = |kind: CaptureKind| {
-        formats
-            .iter()
-            .filter(move |f| f.capture_kind() == Some(kind))
-            .flat_map(move |f| {
-                f.sizes.iter().flat_map(move |s| {
-                    s.rates.iter().map(move |r| CaptureMode {
-                        kind,
-                        fourcc: f.fourcc.clone(),
-                        width: s.width,
-                        height: s.height,
-                        rate: *r,
-                    })
+        formats.iter().filter(move |f| f.capture_kind() == Some(kind)).flat_map(move |f| {
+            f.sizes.iter().flat_map(move |s| {
+                s.rates.iter().map(move |r| CaptureMode {
+                    kind,
+                    fourcc: f.fourcc.clone(),
+                    width: s.width,
+                    height: s.height,
+                    rate: *r,
                 })
             })
+        })
     };
     let area = |m: &CaptureMode| u64::from(m.width) * u64::from(m.height);
 
     // Native H.264: within the request.
     let h264 = modes(CaptureKind::H264)
         .filter(|m| m.width <= width && m.height <= height && m.rate.fps() <= want_fps + 0.5)
-        .max_by(|a, b| {
-            area(a)
-                .cmp(&area(b))
-                .then(a.rate.fps().total_cmp(&b.rate.fps()))
-        });
+        .max_by(|a, b| area(a).cmp(&area(b)).then(a.rate.fps().total_cmp(&b.rate.fps())));
     if h264.is_some() {
         return h264;
     }
@@ -355,23 +287,13 @@ pub fn choose_capture(
     let covering = |kind| {
         modes(kind)
             .filter(|m| m.width >= width && m.height >= height && m.rate.fps() >= want_fps - 0.5)
-            .min_by(|a, b| {
-                area(a)
-                    .cmp(&area(b))
-                    .then(a.rate.fps().total_cmp(&b.rate.fps()))
-            })
+            .min_by(|a, b| area(a).cmp(&area(b)).then(a.rate.fps().total_cmp(&b.rate.fps())))
     };
     if let Some(m) = covering(CaptureKind::Mjpeg).or_else(|| covering(CaptureKind::Raw)) {
         return Some(m);
     }
     // Best effort: the largest, then fastest, MJPEG or raw mode.
-    let best = |kind| {
-        modes(kind).max_by(|a, b| {
-            area(a)
-                .cmp(&area(b))
-                .then(a.rate.fps().total_cmp(&b.rate.fps()))
-        })
-    };
+    let best = |kind| modes(kind).max_by(|a, b| area(a).cmp(&area(b)).then(a.rate.fps().total_cmp(&b.rate.fps())));
     match (best(CaptureKind::Mjpeg), best(CaptureKind::Raw)) {
         (Some(m), Some(r)) if area(&r) > area(&m) => Some(r),
         (Some(m), _) => Some(m),

@@ -116,14 +116,8 @@ pub(crate) fn keyframe_interval(fps: u32) -> u32 {
 /// SPS/PPS repeated with every IDR.
 fn v4l2_controls(kbps: u32, fps: u32) -> gst::Structure {
     gst::Structure::builder("controls")
-        .field(
-            "video_bitrate",
-            i32::try_from(kbps.saturating_mul(1000)).unwrap_or(i32::MAX),
-        )
-        .field(
-            "h264_i_frame_period",
-            i32::try_from(keyframe_interval(fps)).unwrap_or(60),
-        )
+        .field("video_bitrate", i32::try_from(kbps.saturating_mul(1000)).unwrap_or(i32::MAX))
+        .field("h264_i_frame_period", i32::try_from(keyframe_interval(fps)).unwrap_or(60))
         .field("repeat_sequence_header", 1i32)
         .build()
 }
@@ -132,10 +126,7 @@ fn v4l2_controls(kbps: u32, fps: u32) -> gst::Structure {
 ///
 /// Pure, so the choice is testable without GStreamer: `installed` answers whether
 /// an element factory exists.
-pub fn choose_encoder(
-    pref: EncoderPreference,
-    installed: impl Fn(&str) -> bool,
-) -> Result<Encoder, VideoError> {
+pub fn choose_encoder(pref: EncoderPreference, installed: impl Fn(&str) -> bool) -> Result<Encoder, VideoError> {
     match pref {
         EncoderPreference::Force(enc) => {
             if installed(enc.element_name()) {
@@ -147,10 +138,9 @@ pub fn choose_encoder(
                 })
             }
         }
-        EncoderPreference::Auto => Encoder::AUTO_ORDER
-            .into_iter()
-            .find(|e| installed(e.element_name()))
-            .ok_or(VideoError::NoEncoder),
+        EncoderPreference::Auto => {
+            Encoder::AUTO_ORDER.into_iter().find(|e| installed(e.element_name())).ok_or(VideoError::NoEncoder)
+        }
     }
 }
 

@@ -61,9 +61,7 @@ pub enum VideoError {
     /// GStreamer itself could not be initialised (library missing or broken
     /// registry). Install `libgstreamer1.0-0` and the plugin packages, and check
     /// `GST_PLUGIN_PATH` / `GST_REGISTRY` if they are set.
-    #[error(
-        "GStreamer could not be initialised: {0}; install libgstreamer1.0-0 and gstreamer1.0-plugins-base"
-    )]
+    #[error("GStreamer could not be initialised: {0}; install libgstreamer1.0-0 and gstreamer1.0-plugins-base")]
     Init(String),
     /// A GStreamer element the pipeline needs is not installed. The message
     /// names the Debian package that provides it.
@@ -95,9 +93,7 @@ pub enum VideoError {
     /// Two elements could not be linked: their capabilities do not fit. This is a
     /// bug in robotd's pipeline or an unusual plugin version; run with
     /// `GST_DEBUG=3` and report it.
-    #[error(
-        "cannot link {from} -> {to}: {detail}; run with GST_DEBUG=3 and report this as a robotd bug"
-    )]
+    #[error("cannot link {from} -> {to}: {detail}; run with GST_DEBUG=3 and report this as a robotd bug")]
     Link {
         /// Upstream element name.
         from: String,
@@ -143,9 +139,7 @@ pub enum VideoError {
     /// The pipeline did not reach the NULL state in time, usually because a
     /// driver is stuck (camera unplugged). Its threads are abandoned; restarting
     /// robotd frees them.
-    #[error(
-        "{pipeline} pipeline did not stop within {secs} s (stuck camera driver?); restart robotd if this repeats"
-    )]
+    #[error("{pipeline} pipeline did not stop within {secs} s (stuck camera driver?); restart robotd if this repeats")]
     StopTimeout {
         /// Which pipeline.
         pipeline: &'static str,
@@ -190,26 +184,18 @@ impl SrtpKey {
 /// Initialise GStreamer once; later calls are free.
 pub(crate) fn ensure_init() -> Result<(), VideoError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| gst::init().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(VideoError::Init)
+    INIT.get_or_init(|| gst::init().map_err(|e| e.to_string())).clone().map_err(VideoError::Init)
 }
 
 /// The Debian package that ships a GStreamer element, for error messages (and
 /// for the project's setup script, which must install all of them).
 pub fn package_for(element: &str) -> &'static str {
     match element {
-        "videotestsrc" | "audiotestsrc" | "videoconvert" | "videoscale" | "videorate"
-        | "audioconvert" | "audioresample" | "opusenc" | "opusdec" | "appsink" => {
-            "gstreamer1.0-plugins-base"
-        }
-        "v4l2src" | "v4l2h264enc" | "jpegdec" | "rtph264pay" | "rtph264depay" | "rtpopuspay"
-        | "rtpopusdepay" | "udpsink" | "udpsrc" | "rtpjitterbuffer" | "matroskamux" | "pngenc" => {
-            "gstreamer1.0-plugins-good"
-        }
-        "h264parse" | "srtpenc" | "srtpdec" | "openh264enc" | "openh264dec" => {
-            "gstreamer1.0-plugins-bad"
-        }
+        "videotestsrc" | "audiotestsrc" | "videoconvert" | "videoscale" | "videorate" | "audioconvert"
+        | "audioresample" | "opusenc" | "opusdec" | "appsink" => "gstreamer1.0-plugins-base",
+        "v4l2src" | "v4l2h264enc" | "jpegdec" | "rtph264pay" | "rtph264depay" | "rtpopuspay" | "rtpopusdepay"
+        | "udpsink" | "udpsrc" | "rtpjitterbuffer" | "matroskamux" | "pngenc" => "gstreamer1.0-plugins-good",
+        "h264parse" | "srtpenc" | "srtpdec" | "openh264enc" | "openh264dec" => "gstreamer1.0-plugins-bad",
         "x264enc" => "gstreamer1.0-plugins-ugly",
         "avdec_h264" => "gstreamer1.0-libav",
         "alsasrc" => "gstreamer1.0-alsa",
@@ -229,10 +215,7 @@ pub(crate) fn element<'a>(
     name: &'a str,
 ) -> Result<gst::element_factory::ElementBuilder<'a>, VideoError> {
     if !has_element(factory) {
-        return Err(VideoError::MissingElement {
-            element: factory,
-            package: package_for(factory),
-        });
+        return Err(VideoError::MissingElement { element: factory, package: package_for(factory) });
     }
     Ok(gst::ElementFactory::make(factory).name(name))
 }
@@ -242,10 +225,7 @@ pub(crate) fn build(
     factory: &'static str,
     builder: gst::element_factory::ElementBuilder<'_>,
 ) -> Result<gst::Element, VideoError> {
-    builder.build().map_err(|e| VideoError::Element {
-        element: factory,
-        detail: e.to_string(),
-    })
+    builder.build().map_err(|e| VideoError::Element { element: factory, detail: e.to_string() })
 }
 
 /// Link a chain of elements, naming the pair that failed.
@@ -272,19 +252,13 @@ pub(crate) fn unique_prefix(kind: &str) -> String {
 /// Check a width/height/fps triple against the limits robotd supports.
 pub(crate) fn validate_format(width: u32, height: u32, fps: u32) -> Result<(), VideoError> {
     if !(16..=4096).contains(&width) || width % 2 != 0 {
-        return Err(VideoError::InvalidParams(format!(
-            "width {width} must be even and within 16..=4096"
-        )));
+        return Err(VideoError::InvalidParams(format!("width {width} must be even and within 16..=4096")));
     }
     if !(16..=4096).contains(&height) || height % 2 != 0 {
-        return Err(VideoError::InvalidParams(format!(
-            "height {height} must be even and within 16..=4096"
-        )));
+        return Err(VideoError::InvalidParams(format!("height {height} must be even and within 16..=4096")));
     }
     if !(1..=120).contains(&fps) {
-        return Err(VideoError::InvalidParams(format!(
-            "fps {fps} must be within 1..=120"
-        )));
+        return Err(VideoError::InvalidParams(format!("fps {fps} must be within 1..=120")));
     }
     Ok(())
 }
@@ -292,9 +266,7 @@ pub(crate) fn validate_format(width: u32, height: u32, fps: u32) -> Result<(), V
 /// Check a video bitrate in kbit/s.
 pub(crate) fn validate_kbps(kbps: u32) -> Result<(), VideoError> {
     if !(32..=50_000).contains(&kbps) {
-        return Err(VideoError::InvalidParams(format!(
-            "kbps {kbps} must be within 32..=50000"
-        )));
+        return Err(VideoError::InvalidParams(format!("kbps {kbps} must be within 32..=50000")));
     }
     Ok(())
 }

@@ -46,14 +46,7 @@ impl ReceiverParams {
     /// Listen on `bind` for `ssrc` with `key`, with a 100 ms jitter buffer, no
     /// recording and no snapshot.
     pub fn new(bind: SocketAddr, ssrc: u32, srtp_key: SrtpKey) -> Self {
-        ReceiverParams {
-            bind,
-            ssrc,
-            srtp_key,
-            jitter_ms: 100,
-            record: None,
-            snapshot: None,
-        }
+        ReceiverParams { bind, ssrc, srtp_key, jitter_ms: 100, record: None, snapshot: None }
     }
 }
 
@@ -77,10 +70,7 @@ impl Frames {
 
     fn wait_until(&self, timeout: Duration, done: impl Fn(&FrameState) -> bool) -> bool {
         let st = self.lock();
-        let (st, _) = self
-            .cond
-            .wait_timeout_while(st, timeout, |s| !done(s))
-            .unwrap_or_else(|e| e.into_inner());
+        let (st, _) = self.cond.wait_timeout_while(st, timeout, |s| !done(s)).unwrap_or_else(|e| e.into_inner());
         done(&st)
     }
 }
@@ -101,18 +91,12 @@ impl Receiver {
     /// inside `spawn_blocking`, as [`Receiver::stop`].
     pub fn start(params: ReceiverParams) -> Result<Self, VideoError> {
         super::ensure_init()?;
-        let decoder = ["avdec_h264", "openh264dec"]
-            .into_iter()
-            .find(|d| super::has_element(d))
-            .ok_or(VideoError::NoDecoder)?;
+        let decoder =
+            ["avdec_h264", "openh264dec"].into_iter().find(|d| super::has_element(d)).ok_or(VideoError::NoDecoder)?;
 
         let p = super::unique_prefix("vr");
         let n = |s: &str| format!("{p}-{s}");
-        let (udpsrc, srtpdec) = srtp_source(
-            &p,
-            params.bind,
-            srtp_caps(Media::Video, params.ssrc, &params.srtp_key),
-        )?;
+        let (udpsrc, srtpdec) = srtp_source(&p, params.bind, srtp_caps(Media::Video, params.ssrc, &params.srtp_key))?;
         let mut front = vec![udpsrc.clone(), srtpdec];
         if params.jitter_ms > 0 {
             front.push(build(
@@ -120,17 +104,12 @@ impl Receiver {
                 element("rtpjitterbuffer", &n("jb"))?.property("latency", params.jitter_ms),
             )?);
         }
-        front.push(build(
-            "rtph264depay",
-            element("rtph264depay", &n("depay"))?,
-        )?);
+        front.push(build("rtph264depay", element("rtph264depay", &n("depay"))?)?);
         front.push(build("h264parse", element("h264parse", &n("parse"))?)?);
 
         let frames = Arc::new(Frames::default());
         let sink_caps = if params.snapshot.is_some() {
-            gst::Caps::builder("video/x-raw")
-                .field("format", "RGB")
-                .build()
+            gst::Caps::builder("video/x-raw").field("format", "RGB").build()
         } else {
             gst::Caps::builder("video/x-raw").build()
         };
@@ -150,13 +129,8 @@ impl Receiver {
         ];
 
         let pipeline = gst::Pipeline::with_name(&p);
-        let add_err = |e: gst::glib::BoolError| VideoError::Start {
-            pipeline: "receiver",
-            detail: e.to_string(),
-        };
-        pipeline
-            .add_many(front.iter().chain(back.iter()))
-            .map_err(add_err)?;
+        let add_err = |e: gst::glib::BoolError| VideoError::Start { pipeline: "receiver", detail: e.to_string() };
+        pipeline.add_many(front.iter().chain(back.iter())).map_err(add_err)?;
         let front_refs: Vec<&gst::Element> = front.iter().collect();
         let back_refs: Vec<&gst::Element> = back.iter().collect();
         link_chain(&front_refs)?;
@@ -188,13 +162,7 @@ impl Receiver {
         // udpsrc binds when it goes to READY and writes the bound port back.
         let port = u16::try_from(udpsrc.property::<i32>("port")).unwrap_or(0);
         tracing::info!(bind = %params.bind, port, ssrc = params.ssrc, decoder, "receiver started");
-        Ok(Receiver {
-            run,
-            frames,
-            port,
-            recording: params.record.is_some(),
-            snapshot: params.snapshot,
-        })
+        Ok(Receiver { run, frames, port, recording: params.record.is_some(), snapshot: params.snapshot })
     }
 
     /// The UDP port the receiver is bound to (useful with port 0).
@@ -219,8 +187,7 @@ impl Receiver {
 
     /// Wait until a frame of `width`x`height` has been decoded; `false` on timeout.
     pub fn wait_frame_size(&self, width: u32, height: u32, timeout: Duration) -> bool {
-        self.frames
-            .wait_until(timeout, |s| s.size == Some((width, height)))
+        self.frames.wait_until(timeout, |s| s.size == Some((width, height)))
     }
 
     /// Wait until the snapshot (if asked for) has been written.
@@ -229,10 +196,7 @@ impl Receiver {
         match self.frames.lock().snapshot.clone() {
             None => Ok(false),
             Some(Ok(())) => Ok(true),
-            Some(Err(detail)) => Err(VideoError::Snapshot {
-                path: self.snapshot.clone().unwrap_or_default(),
-                detail,
-            }),
+            Some(Err(detail)) => Err(VideoError::Snapshot { path: self.snapshot.clone().unwrap_or_default(), detail }),
         }
     }
 
@@ -245,9 +209,7 @@ impl Receiver {
     /// muxer) so the file is complete and seekable.
     pub fn stop(mut self) -> Result<(), VideoError> {
         if self.recording && !self.run.drain(super::STOP_TIMEOUT) {
-            tracing::warn!(
-                "recording may be incomplete: end of stream did not reach the file in time"
-            );
+            tracing::warn!("recording may be incomplete: end of stream did not reach the file in time");
         }
         self.run.shutdown(super::STOP_TIMEOUT)
     }
@@ -314,10 +276,7 @@ fn srtp_source(
     let srtpdec = build("srtpdec", element("srtpdec", &format!("{prefix}-srtp"))?)?;
     // Packets from an SSRC not in the caps make srtpdec ask for a key: give it
     // ours for our SSRC, and nothing (drop) for any other.
-    let want_ssrc: u32 = key_caps
-        .structure(0)
-        .and_then(|s| s.get::<u32>("ssrc").ok())
-        .unwrap_or_default();
+    let want_ssrc: u32 = key_caps.structure(0).and_then(|s| s.get::<u32>("ssrc").ok()).unwrap_or_default();
     srtpdec.connect("request-key", false, move |args| {
         let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok());
         let caps = (ssrc == Some(want_ssrc)).then(|| key_caps.clone());
@@ -352,11 +311,7 @@ impl AudioReceiver {
         super::ensure_init()?;
         let p = super::unique_prefix("ar");
         let n = |s: &str| format!("{p}-{s}");
-        let (udpsrc, srtpdec) = srtp_source(
-            &p,
-            params.bind,
-            srtp_caps(Media::Audio, params.ssrc, &params.srtp_key),
-        )?;
+        let (udpsrc, srtpdec) = srtp_source(&p, params.bind, srtp_caps(Media::Audio, params.ssrc, &params.srtp_key))?;
         let frames = Arc::new(Frames::default());
         let appsink = gst_app::AppSink::builder()
             .name(n("sink"))
@@ -366,10 +321,7 @@ impl AudioReceiver {
         let chain = [
             udpsrc.clone(),
             srtpdec,
-            build(
-                "rtpjitterbuffer",
-                element("rtpjitterbuffer", &n("jb"))?.property("latency", 60u32),
-            )?,
+            build("rtpjitterbuffer", element("rtpjitterbuffer", &n("jb"))?.property("latency", 60u32))?,
             build("rtpopusdepay", element("rtpopusdepay", &n("depay"))?)?,
             build("opusdec", element("opusdec", &n("dec"))?)?,
             appsink.upcast::<gst::Element>(),
@@ -377,10 +329,7 @@ impl AudioReceiver {
         let pipeline = gst::Pipeline::with_name(&p);
         pipeline
             .add_many(chain.iter())
-            .map_err(|e| VideoError::Start {
-                pipeline: "audio receiver",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| VideoError::Start { pipeline: "audio receiver", detail: e.to_string() })?;
         link_chain(&chain.iter().collect::<Vec<_>>())?;
         let run = Supervised::start("audio receiver", format!("{p}-bus"), pipeline)?;
         let port = u16::try_from(udpsrc.property::<i32>("port")).unwrap_or(0);
@@ -418,12 +367,10 @@ fn frame_counter(frames: Arc<Frames>, snapshot: Option<PathBuf>) -> gst_app::App
     gst_app::AppSinkCallbacks::builder()
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-            let size = sample.caps().and_then(|c| c.structure(0)).and_then(|s| {
-                Some((
-                    s.get::<i32>("width").ok()? as u32,
-                    s.get::<i32>("height").ok()? as u32,
-                ))
-            });
+            let size = sample
+                .caps()
+                .and_then(|c| c.structure(0))
+                .and_then(|s| Some((s.get::<i32>("width").ok()? as u32, s.get::<i32>("height").ok()? as u32)));
             let snap = snapshot.take().map(|path| save_png(&path, &sample, size));
             let mut st = frames.lock();
             st.frames += 1;
@@ -439,27 +386,15 @@ fn frame_counter(frames: Arc<Frames>, snapshot: Option<PathBuf>) -> gst_app::App
 }
 
 /// Write an RGB sample as PNG. GStreamer pads RGB rows to 4 bytes.
-fn save_png(
-    path: &std::path::Path,
-    sample: &gst::Sample,
-    size: Option<(u32, u32)>,
-) -> Result<(), String> {
+fn save_png(path: &std::path::Path, sample: &gst::Sample, size: Option<(u32, u32)>) -> Result<(), String> {
     let (w, h) = size.ok_or("decoded frame without a size")?;
     let buffer = sample.buffer().ok_or("sample without a buffer")?;
     let map = buffer.map_readable().map_err(|e| e.to_string())?;
     let data = map.as_slice();
     let row = w as usize * 3;
-    let stride = if data.len() == row * h as usize {
-        row
-    } else {
-        (row + 3) & !3
-    };
+    let stride = if data.len() == row * h as usize { row } else { (row + 3) & !3 };
     if data.len() < stride * h as usize {
-        return Err(format!(
-            "frame has {} bytes, expected {} for {w}x{h} RGB",
-            data.len(),
-            stride * h as usize
-        ));
+        return Err(format!("frame has {} bytes, expected {} for {w}x{h} RGB", data.len(), stride * h as usize));
     }
     let mut pixels = Vec::with_capacity(row * h as usize);
     for y in 0..h as usize {
@@ -470,9 +405,7 @@ fn save_png(
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header().map_err(|e| e.to_string())?;
-    writer
-        .write_image_data(&pixels)
-        .map_err(|e| e.to_string())?;
+    writer.write_image_data(&pixels).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -38,11 +38,7 @@ pub enum VideoSource {
 impl VideoSource {
     /// `"test"` is the test pattern; anything else is a device path.
     pub fn from_config(device: &str) -> Self {
-        if device == "test" {
-            VideoSource::Test
-        } else {
-            VideoSource::Device(device.into())
-        }
+        if device == "test" { VideoSource::Test } else { VideoSource::Device(device.into()) }
     }
 }
 
@@ -112,22 +108,17 @@ impl VideoSender {
         let capture = match &params.source {
             VideoSource::Test => None,
             VideoSource::Device(path) => {
-                let info = camera::probe_camera(path)?
+                let info =
+                    camera::probe_camera(path)?.ok_or_else(|| VideoError::NoCaptureFormat { path: path.clone() })?;
+                let mode = camera::choose_capture(&info.formats, params.width, params.height, params.fps)
                     .ok_or_else(|| VideoError::NoCaptureFormat { path: path.clone() })?;
-                let mode =
-                    camera::choose_capture(&info.formats, params.width, params.height, params.fps)
-                        .ok_or_else(|| VideoError::NoCaptureFormat { path: path.clone() })?;
                 tracing::info!(device = %path.display(), fourcc = %mode.fourcc, width = mode.width,
                     height = mode.height, rate = %mode.rate, "camera capture mode");
                 Some((path.clone(), mode))
             }
         };
         let passthrough = matches!(&capture, Some((_, m)) if m.kind == CaptureKind::H264);
-        let encoder = if passthrough {
-            None
-        } else {
-            Some(encoder::available_encoder(params.encoder)?)
-        };
+        let encoder = if passthrough { None } else { Some(encoder::available_encoder(params.encoder)?) };
 
         let p = super::unique_prefix("vs");
         let n = |s: &str| format!("{p}-{s}");
@@ -135,36 +126,23 @@ impl VideoSender {
         let mut chain: Vec<gst::Element> = Vec::new();
 
         // Source (and camera caps / decoding).
-        let mut settings = VideoSettings {
-            width: params.width,
-            height: params.height,
-            fps: params.fps,
-            kbps: params.kbps,
-            encoder,
-        };
+        let mut settings =
+            VideoSettings { width: params.width, height: params.height, fps: params.fps, kbps: params.kbps, encoder };
         match &capture {
             None => {
                 chain.push(build(
                     "videotestsrc",
-                    element("videotestsrc", &n("src"))?
-                        .property("is-live", true)
-                        .property_from_str("pattern", "smpte"),
+                    element("videotestsrc", &n("src"))?.property("is-live", true).property_from_str("pattern", "smpte"),
                 )?);
             }
             Some((path, mode)) => {
                 chain.push(build(
                     "v4l2src",
-                    element("v4l2src", &n("src"))?
-                        .property("device", path.to_string_lossy().into_owned()),
+                    element("v4l2src", &n("src"))?.property("device", path.to_string_lossy().into_owned()),
                 )?);
-                chain.push(build(
-                    "capsfilter",
-                    element("capsfilter", &n("cam"))?.property("caps", camera_caps(mode)),
-                )?);
+                chain.push(build("capsfilter", element("capsfilter", &n("cam"))?.property("caps", camera_caps(mode)))?);
                 match mode.kind {
-                    CaptureKind::Mjpeg => {
-                        chain.push(build("jpegdec", element("jpegdec", &n("jpeg"))?)?)
-                    }
+                    CaptureKind::Mjpeg => chain.push(build("jpegdec", element("jpegdec", &n("jpeg"))?)?),
                     CaptureKind::Raw => {}
                     CaptureKind::H264 => {
                         settings.width = mode.width;
@@ -185,16 +163,11 @@ impl VideoSender {
         if let Some(enc) = encoder {
             chain.push(build("videoconvert", element("videoconvert", &n("conv"))?)?);
             chain.push(build("videoscale", element("videoscale", &n("scale"))?)?);
-            chain.push(build(
-                "videorate",
-                element("videorate", &n("rate"))?.property("drop-only", true),
-            )?);
+            chain.push(build("videorate", element("videorate", &n("rate"))?.property("drop-only", true))?);
             let caps_el = build(
                 "capsfilter",
-                element("capsfilter", &n("out"))?.property(
-                    "caps",
-                    raw_caps(settings.width, settings.height, settings.fps),
-                ),
+                element("capsfilter", &n("out"))?
+                    .property("caps", raw_caps(settings.width, settings.height, settings.fps)),
             )?;
             chain.push(caps_el.clone());
             out_caps = Some(caps_el);
@@ -211,19 +184,11 @@ impl VideoSender {
             encoder_element = Some(enc_el);
             if enc == Encoder::V4l2 {
                 // The Pi's encoder fails to negotiate without an explicit level.
-                let caps = gst::Caps::builder("video/x-h264")
-                    .field("level", "4")
-                    .build();
-                chain.push(build(
-                    "capsfilter",
-                    element("capsfilter", &n("lvl"))?.property("caps", caps),
-                )?);
+                let caps = gst::Caps::builder("video/x-h264").field("level", "4").build();
+                chain.push(build("capsfilter", element("capsfilter", &n("lvl"))?.property("caps", caps))?);
             }
         }
-        chain.push(build(
-            "h264parse",
-            element("h264parse", &n("parse"))?.property("config-interval", -1i32),
-        )?);
+        chain.push(build("h264parse", element("h264parse", &n("parse"))?.property("config-interval", -1i32))?);
         chain.push(build(
             "rtph264pay",
             element("rtph264pay", &n("pay"))?
@@ -238,16 +203,9 @@ impl VideoSender {
         pipeline
             .add_many(refs.iter().copied())
             .and_then(|_| pipeline.add_many([&srtpenc, &udpsink]))
-            .map_err(|e| VideoError::Start {
-                pipeline: "video sender",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| VideoError::Start { pipeline: "video sender", detail: e.to_string() })?;
         link_chain(&refs)?;
-        link_srtp(
-            chain.last().expect("chain is never empty"),
-            &srtpenc,
-            &udpsink,
-        )?;
+        link_srtp(chain.last().expect("chain is never empty"), &srtpenc, &udpsink)?;
 
         let run = Supervised::start("video sender", format!("{p}-bus"), pipeline)?;
         tracing::info!(host = %params.host, port = params.port, ssrc = params.ssrc,
@@ -286,18 +244,10 @@ impl VideoSender {
     /// Change size and frame rate while running: the output caps change, the
     /// scaler and rate converter renegotiate and the encoder restarts with a
     /// keyframe carrying the new SPS. Not possible with a native H.264 camera.
-    pub fn set_format(
-        &self,
-        width: u32,
-        height: u32,
-        fps: u32,
-    ) -> Result<VideoSettings, VideoError> {
+    pub fn set_format(&self, width: u32, height: u32, fps: u32) -> Result<VideoSettings, VideoError> {
         super::validate_format(width, height, fps)?;
-        let (Some(caps_el), Some(enc), Some(enc_el)) = (
-            &self.out_caps,
-            self.current().encoder,
-            &self.encoder_element,
-        ) else {
+        let (Some(caps_el), Some(enc), Some(enc_el)) = (&self.out_caps, self.current().encoder, &self.encoder_element)
+        else {
             return Err(VideoError::Unsupported(
                 "the camera sends H.264 itself: size and frame rate cannot change during a call; \
                  force re-encoding by choosing a camera format without H.264",
@@ -337,8 +287,7 @@ impl VideoSender {
     /// Also send to `host:port` (tests: one stream to two receivers).
     #[cfg(test)]
     pub(crate) fn add_destination(&self, host: &str, port: u16) {
-        self.udpsink
-            .emit_by_name::<()>("add", &[&host, &i32::from(port)]);
+        self.udpsink.emit_by_name::<()>("add", &[&host, &i32::from(port)]);
     }
 
     #[cfg(test)]
@@ -374,10 +323,7 @@ fn camera_caps(mode: &CaptureMode) -> gst::Caps {
     gst::Caps::builder(media)
         .field("width", mode.width as i32)
         .field("height", mode.height as i32)
-        .field(
-            "framerate",
-            gst::Fraction::new(mode.rate.num as i32, mode.rate.den.max(1) as i32),
-        )
+        .field("framerate", gst::Fraction::new(mode.rate.num as i32, mode.rate.den.max(1) as i32))
         .build()
 }
 
@@ -395,11 +341,7 @@ pub(crate) fn make_srtpenc(name: &str, key: &SrtpKey) -> Result<gst::Element, Vi
 }
 
 /// A `udpsink` to `host:port` that never waits for the clock or prerolls.
-pub(crate) fn make_udpsink(
-    name: &str,
-    host: IpAddr,
-    port: u16,
-) -> Result<gst::Element, VideoError> {
+pub(crate) fn make_udpsink(name: &str, host: IpAddr, port: u16) -> Result<gst::Element, VideoError> {
     build(
         "udpsink",
         element("udpsink", name)?
@@ -424,18 +366,14 @@ pub(crate) fn link_srtp(
     let sink = srtpenc
         .request_pad_simple("rtp_sink_0")
         .ok_or_else(|| link_err(payloader, srtpenc, "srtpenc gave no rtp_sink_0 pad".into()))?;
-    let src = payloader
-        .static_pad("src")
-        .ok_or_else(|| link_err(payloader, srtpenc, "payloader has no src pad".into()))?;
-    src.link(&sink)
-        .map_err(|e| link_err(payloader, srtpenc, e.to_string()))?;
+    let src =
+        payloader.static_pad("src").ok_or_else(|| link_err(payloader, srtpenc, "payloader has no src pad".into()))?;
+    src.link(&sink).map_err(|e| link_err(payloader, srtpenc, e.to_string()))?;
     let out = srtpenc
         .static_pad("rtp_src_0")
         .ok_or_else(|| link_err(srtpenc, udpsink, "srtpenc has no rtp_src_0 pad".into()))?;
-    let udp_in = udpsink
-        .static_pad("sink")
-        .ok_or_else(|| link_err(srtpenc, udpsink, "udpsink has no sink pad".into()))?;
-    out.link(&udp_in)
-        .map_err(|e| link_err(srtpenc, udpsink, e.to_string()))?;
+    let udp_in =
+        udpsink.static_pad("sink").ok_or_else(|| link_err(srtpenc, udpsink, "udpsink has no sink pad".into()))?;
+    out.link(&udp_in).map_err(|e| link_err(srtpenc, udpsink, e.to_string()))?;
     Ok(())
 }

@@ -53,57 +53,32 @@ impl Supervised {
     /// Start `pipeline` (already built and linked) and watch its bus.
     ///
     /// `thread_name` names the bus thread; `what` names the pipeline in errors.
-    pub(crate) fn start(
-        what: &'static str,
-        thread_name: String,
-        pipeline: gst::Pipeline,
-    ) -> Result<Self, VideoError> {
+    pub(crate) fn start(what: &'static str, thread_name: String, pipeline: gst::Pipeline) -> Result<Self, VideoError> {
         let (failed_tx, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(BusState::default()),
-            cond: Condvar::new(),
-            failed_tx,
-        });
+        let shared = Arc::new(Shared { state: Mutex::new(BusState::default()), cond: Condvar::new(), failed_tx });
         let eos_expected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let bus = pipeline.bus().ok_or_else(|| VideoError::Start {
-            pipeline: what,
-            detail: "pipeline has no bus".into(),
-        })?;
+        let bus =
+            pipeline.bus().ok_or_else(|| VideoError::Start { pipeline: what, detail: "pipeline has no bus".into() })?;
         let thread_shared = shared.clone();
         let thread_eos = eos_expected.clone();
         let bus_thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || bus_loop(bus, thread_shared, thread_eos))
-            .map_err(|e| VideoError::Start {
-                pipeline: what,
-                detail: e.to_string(),
-            })?;
-        let mut this = Supervised {
-            what,
-            pipeline: Some(pipeline),
-            shared,
-            bus_thread: Some(bus_thread),
-            eos_expected,
-        };
+            .map_err(|e| VideoError::Start { pipeline: what, detail: e.to_string() })?;
+        let mut this =
+            Supervised { what, pipeline: Some(pipeline), shared, bus_thread: Some(bus_thread), eos_expected };
         let result = this.pipeline().set_state(gst::State::Playing);
         if let Err(e) = result {
             // The reason is on the bus; give the bus thread a moment to pick it up.
-            let detail = this
-                .wait_failure(Duration::from_secs(2))
-                .unwrap_or_else(|| e.to_string());
+            let detail = this.wait_failure(Duration::from_secs(2)).unwrap_or_else(|| e.to_string());
             let _ = this.shutdown(super::STOP_TIMEOUT);
-            return Err(VideoError::Start {
-                pipeline: what,
-                detail,
-            });
+            return Err(VideoError::Start { pipeline: what, detail });
         }
         Ok(this)
     }
 
     pub(crate) fn pipeline(&self) -> &gst::Pipeline {
-        self.pipeline
-            .as_ref()
-            .expect("pipeline present until shutdown")
+        self.pipeline.as_ref().expect("pipeline present until shutdown")
     }
 
     /// A receiver that sees `Some(reason)` once the pipeline has failed.
@@ -113,12 +88,7 @@ impl Supervised {
 
     /// The failure reported so far, if any.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .failure
-            .clone()
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).failure.clone()
     }
 
     fn wait_failure(&self, timeout: Duration) -> Option<String> {
@@ -134,8 +104,7 @@ impl Supervised {
     /// Send EOS into the pipeline and wait until it has reached every sink, so
     /// that muxers can finish their files. Returns whether it arrived in time.
     pub(crate) fn drain(&self, timeout: Duration) -> bool {
-        self.eos_expected
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.eos_expected.store(true, std::sync::atomic::Ordering::SeqCst);
         if !self.pipeline().send_event(gst::event::Eos::new()) {
             return false;
         }
@@ -166,19 +135,13 @@ impl Supervised {
         // the caller (the call state machine) never hangs.
         let (tx, rx) = mpsc::channel();
         let helper = std::thread::Builder::new()
-            .name(format!(
-                "{}-stop",
-                self.what.split(' ').next().unwrap_or("gst")
-            ))
+            .name(format!("{}-stop", self.what.split(' ').next().unwrap_or("gst")))
             .spawn(move || {
                 let r = pipeline.set_state(gst::State::Null);
                 drop(pipeline);
                 let _ = tx.send(r.is_ok());
             })
-            .map_err(|e| VideoError::Start {
-                pipeline: self.what,
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| VideoError::Start { pipeline: self.what, detail: e.to_string() })?;
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(_) => {
@@ -186,14 +149,8 @@ impl Supervised {
                 Ok(())
             }
             Err(_) => {
-                tracing::warn!(
-                    pipeline = self.what,
-                    "pipeline did not stop in time; abandoning it"
-                );
-                Err(VideoError::StopTimeout {
-                    pipeline: self.what,
-                    secs: timeout.as_secs(),
-                })
+                tracing::warn!(pipeline = self.what, "pipeline did not stop in time; abandoning it");
+                Err(VideoError::StopTimeout { pipeline: self.what, secs: timeout.as_secs() })
             }
         }
     }
@@ -213,9 +170,7 @@ fn bus_loop(bus: gst::Bus, shared: Arc<Shared>, eos_expected: Arc<std::sync::ato
             return;
         };
         match msg.view() {
-            MessageView::Application(app)
-                if app.structure().is_some_and(|s| s.name() == STOP_MESSAGE) =>
-            {
+            MessageView::Application(app) if app.structure().is_some_and(|s| s.name() == STOP_MESSAGE) => {
                 return;
             }
             MessageView::Error(err) => {

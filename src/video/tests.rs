@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::camera::{
-    CameraFormat, CaptureKind, FrameRate, FrameSize, choose_capture, format_cameras,
-};
+use super::camera::{CameraFormat, CaptureKind, FrameRate, FrameSize, choose_capture, format_cameras};
 use super::encoder::{Encoder, EncoderPreference, choose_encoder};
 use super::*;
 
@@ -19,8 +17,8 @@ use super::*;
 const FRAMES_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const KEY: [u8; 30] = [
-    0x14, 0x9f, 0xfe, 0xd4, 0x91, 0xd4, 0x42, 0x12, 0xd2, 0x67, 0x2d, 0xae, 0x63, 0x89, 0x77, 0x9a,
-    0x91, 0x9e, 0x58, 0xf9, 0xd9, 0x57, 0x16, 0xab, 0x76, 0xed, 0xad, 0xfb, 0x00, 0xb6,
+    0x14, 0x9f, 0xfe, 0xd4, 0x91, 0xd4, 0x42, 0x12, 0xd2, 0x67, 0x2d, 0xae, 0x63, 0x89, 0x77, 0x9a, 0x91, 0x9e, 0x58,
+    0xf9, 0xd9, 0x57, 0x16, 0xab, 0x76, 0xed, 0xad, 0xfb, 0x00, 0xb6,
 ];
 
 fn pipeline_lock() -> MutexGuard<'static, ()> {
@@ -50,12 +48,7 @@ fn sender_params(port: u16, ssrc: u32, width: u32, height: u32, fps: u32) -> Sen
 }
 
 fn receiver(ssrc: u32, key: SrtpKey) -> Receiver {
-    Receiver::start(ReceiverParams::new(
-        SocketAddr::new(LOCALHOST, 0),
-        ssrc,
-        key,
-    ))
-    .expect("receiver starts")
+    Receiver::start(ReceiverParams::new(SocketAddr::new(LOCALHOST, 0), ssrc, key)).expect("receiver starts")
 }
 
 /// Names of this process's threads that start with `prefix` (GStreamer names its
@@ -100,25 +93,13 @@ fn leaked_threads(prefix: &str) -> Vec<String> {
 #[test]
 fn auto_prefers_hardware_then_x264_then_openh264() {
     let all = |_: &str| true;
-    assert_eq!(
-        choose_encoder(EncoderPreference::Auto, all).unwrap(),
-        Encoder::V4l2
-    );
+    assert_eq!(choose_encoder(EncoderPreference::Auto, all).unwrap(), Encoder::V4l2);
     let no_hw = |e: &str| e != "v4l2h264enc";
-    assert_eq!(
-        choose_encoder(EncoderPreference::Auto, no_hw).unwrap(),
-        Encoder::X264
-    );
+    assert_eq!(choose_encoder(EncoderPreference::Auto, no_hw).unwrap(), Encoder::X264);
     let only_openh264 = |e: &str| e == "openh264enc";
-    assert_eq!(
-        choose_encoder(EncoderPreference::Auto, only_openh264).unwrap(),
-        Encoder::OpenH264
-    );
+    assert_eq!(choose_encoder(EncoderPreference::Auto, only_openh264).unwrap(), Encoder::OpenH264);
     let none = |_: &str| false;
-    assert!(matches!(
-        choose_encoder(EncoderPreference::Auto, none),
-        Err(VideoError::NoEncoder)
-    ));
+    assert!(matches!(choose_encoder(EncoderPreference::Auto, none), Err(VideoError::NoEncoder)));
 }
 
 #[test]
@@ -128,37 +109,16 @@ fn forced_encoder_is_used_or_named_with_its_package() {
     assert_eq!(choose_encoder(forced, all).unwrap(), Encoder::OpenH264);
     let no_x264 = |e: &str| e != "x264enc";
     let err = choose_encoder(EncoderPreference::Force(Encoder::X264), no_x264).unwrap_err();
-    assert!(matches!(
-        err,
-        VideoError::MissingElement {
-            element: "x264enc",
-            ..
-        }
-    ));
-    assert!(
-        err.to_string().contains("gstreamer1.0-plugins-ugly"),
-        "{err}"
-    );
+    assert!(matches!(err, VideoError::MissingElement { element: "x264enc", .. }));
+    assert!(err.to_string().contains("gstreamer1.0-plugins-ugly"), "{err}");
 }
 
 #[test]
 fn encoder_preference_parses_config_values() {
-    assert_eq!(
-        "auto".parse::<EncoderPreference>().unwrap(),
-        EncoderPreference::Auto
-    );
-    assert_eq!(
-        "x264enc".parse::<EncoderPreference>().unwrap(),
-        EncoderPreference::Force(Encoder::X264)
-    );
-    assert_eq!(
-        "v4l2h264enc".parse::<EncoderPreference>().unwrap(),
-        EncoderPreference::Force(Encoder::V4l2)
-    );
-    assert_eq!(
-        "openh264enc".parse::<EncoderPreference>().unwrap(),
-        EncoderPreference::Force(Encoder::OpenH264)
-    );
+    assert_eq!("auto".parse::<EncoderPreference>().unwrap(), EncoderPreference::Auto);
+    assert_eq!("x264enc".parse::<EncoderPreference>().unwrap(), EncoderPreference::Force(Encoder::X264));
+    assert_eq!("v4l2h264enc".parse::<EncoderPreference>().unwrap(), EncoderPreference::Force(Encoder::V4l2));
+    assert_eq!("openh264enc".parse::<EncoderPreference>().unwrap(), EncoderPreference::Force(Encoder::OpenH264));
     assert!("vaapih264enc".parse::<EncoderPreference>().is_err());
 }
 
@@ -188,10 +148,7 @@ fn fmt(fourcc: &str, compressed: bool, sizes: &[(u32, u32, &[u32])]) -> CameraFo
             .map(|(w, h, rates)| FrameSize {
                 width: *w,
                 height: *h,
-                rates: rates
-                    .iter()
-                    .map(|r| FrameRate { num: *r, den: 1 })
-                    .collect(),
+                rates: rates.iter().map(|r| FrameRate { num: *r, den: 1 }).collect(),
             })
             .collect(),
     }
@@ -199,41 +156,19 @@ fn fmt(fourcc: &str, compressed: bool, sizes: &[(u32, u32, &[u32])]) -> CameraFo
 
 fn webcam() -> Vec<CameraFormat> {
     vec![
-        fmt(
-            "YUYV",
-            false,
-            &[
-                (640, 480, &[30, 15]),
-                (1280, 720, &[10]),
-                (1920, 1080, &[5]),
-            ],
-        ),
-        fmt(
-            "MJPG",
-            true,
-            &[(640, 480, &[30]), (1280, 720, &[30]), (1920, 1080, &[30])],
-        ),
+        fmt("YUYV", false, &[(640, 480, &[30, 15]), (1280, 720, &[10]), (1920, 1080, &[5])]),
+        fmt("MJPG", true, &[(640, 480, &[30]), (1280, 720, &[30]), (1920, 1080, &[30])]),
     ]
 }
 
 #[test]
 fn native_h264_is_passed_through_within_the_request() {
     let mut formats = webcam();
-    formats.push(fmt(
-        "H264",
-        true,
-        &[(640, 480, &[30]), (1280, 720, &[30]), (1920, 1080, &[30])],
-    ));
+    formats.push(fmt("H264", true, &[(640, 480, &[30]), (1280, 720, &[30]), (1920, 1080, &[30])]));
     let m = choose_capture(&formats, 1280, 720, 30).unwrap();
-    assert_eq!(
-        (m.kind, m.width, m.height, m.rate.num),
-        (CaptureKind::H264, 1280, 720, 30)
-    );
+    assert_eq!((m.kind, m.width, m.height, m.rate.num), (CaptureKind::H264, 1280, 720, 30));
     // Only larger H.264 sizes than asked: not usable as is, fall back to MJPEG.
-    let big_h264 = vec![
-        fmt("H264", true, &[(1920, 1080, &[30])]),
-        webcam()[1].clone(),
-    ];
+    let big_h264 = vec![fmt("H264", true, &[(1920, 1080, &[30])]), webcam()[1].clone()];
     let m = choose_capture(&big_h264, 1280, 720, 30).unwrap();
     assert_eq!((m.kind, m.width, m.height), (CaptureKind::Mjpeg, 1280, 720));
 }
@@ -241,10 +176,7 @@ fn native_h264_is_passed_through_within_the_request() {
 #[test]
 fn mjpeg_is_preferred_over_raw_when_raw_is_too_slow() {
     let m = choose_capture(&webcam(), 1280, 720, 30).unwrap();
-    assert_eq!(
-        (m.kind, m.fourcc.as_str(), m.width, m.height),
-        (CaptureKind::Mjpeg, "MJPG", 1280, 720)
-    );
+    assert_eq!((m.kind, m.fourcc.as_str(), m.width, m.height), (CaptureKind::Mjpeg, "MJPG", 1280, 720));
 }
 
 #[test]
@@ -254,10 +186,7 @@ fn smallest_covering_size_is_chosen_for_scaling() {
     assert_eq!(m.kind, CaptureKind::Mjpeg);
     let raw_only = vec![webcam()[0].clone()];
     let m = choose_capture(&raw_only, 320, 240, 15).unwrap();
-    assert_eq!(
-        (m.kind, m.width, m.height, m.rate.num),
-        (CaptureKind::Raw, 640, 480, 15)
-    );
+    assert_eq!((m.kind, m.width, m.height, m.rate.num), (CaptureKind::Raw, 640, 480, 15));
 }
 
 #[test]
@@ -280,15 +209,9 @@ fn cameras_are_listed_readably() {
     }];
     let text = format_cameras(&cams);
     assert!(text.contains("/dev/video0: USB Camera"), "{text}");
-    assert!(
-        text.contains("MJPG (MJPG): MJPEG, decoded and re-encoded"),
-        "{text}"
-    );
+    assert!(text.contains("MJPG (MJPG): MJPEG, decoded and re-encoded"), "{text}");
     assert!(text.contains("1280x720 @ 30 fps"), "{text}");
-    assert!(
-        text.contains("would capture MJPG 1280x720 @ 30 fps"),
-        "{text}"
-    );
+    assert!(text.contains("would capture MJPG 1280x720 @ 30 fps"), "{text}");
     assert!(format_cameras(&[]).contains("video.device = \"test\""));
     // Discovery on this machine (usually no camera) must not fail or panic.
     let _ = camera::list_cameras();
@@ -297,10 +220,7 @@ fn cameras_are_listed_readably() {
 #[test]
 fn parameters_out_of_range_are_rejected_before_starting() {
     let mut p = sender_params(9, 1, 321, 240, 30);
-    assert!(matches!(
-        VideoSender::start(p.clone()),
-        Err(VideoError::InvalidParams(_))
-    ));
+    assert!(matches!(VideoSender::start(p.clone()), Err(VideoError::InvalidParams(_))));
     p.width = 320;
     p.kbps = 5;
     let err = VideoSender::start(p).err().expect("kbps 5 is rejected");
@@ -336,21 +256,14 @@ fn right_key_decodes_frames_and_wrong_key_decodes_none() {
     sender.add_destination("127.0.0.1", other_ssrc.port());
 
     // The positive control: the same packets decode with the right key.
-    assert!(
-        right.wait_frames(60, FRAMES_TIMEOUT),
-        "only {} frames",
-        right.frames()
-    );
+    assert!(right.wait_frames(60, FRAMES_TIMEOUT), "only {} frames", right.frames());
     assert_eq!(right.frame_size(), Some((320, 240)));
     // The others have had those same packets (and ~2 s more) and decoded nothing.
     let more = right.frames() + 60;
     assert!(right.wait_frames(more, FRAMES_TIMEOUT));
     assert_eq!(wrong.frames(), 0, "a wrong key must decode nothing");
     assert_eq!(other_ssrc.frames(), 0, "another SSRC must decode nothing");
-    assert!(
-        right.wait_snapshot(FRAMES_TIMEOUT).unwrap(),
-        "snapshot written"
-    );
+    assert!(right.wait_snapshot(FRAMES_TIMEOUT).unwrap(), "snapshot written");
     assert_eq!(sender.failure(), None);
 
     sender.stop().unwrap();
@@ -363,16 +276,9 @@ fn right_key_decodes_frames_and_wrong_key_decodes_none() {
     assert_eq!((info.info().width, info.info().height), (320, 240));
     let mkv = std::fs::read(&record).unwrap();
     assert!(mkv.len() > 10_000, "recording has {} bytes", mkv.len());
-    assert_eq!(
-        &mkv[..4],
-        &[0x1a, 0x45, 0xdf, 0xa3],
-        "Matroska (EBML) header"
-    );
+    assert_eq!(&mkv[..4], &[0x1a, 0x45, 0xdf, 0xa3], "Matroska (EBML) header");
     // Finalised on EOS: the Cues element (seek index) is written at the end.
-    assert!(
-        mkv.windows(4).any(|w| w == [0x1c, 0x53, 0xbb, 0x6b]),
-        "Cues present"
-    );
+    assert!(mkv.windows(4).any(|w| w == [0x1c, 0x53, 0xbb, 0x6b]), "Cues present");
 }
 
 #[test]
@@ -380,31 +286,14 @@ fn bitrate_changes_without_interrupting_frames() {
     let _g = pipeline_lock();
     let rx = receiver(777, SrtpKey(KEY));
     let sender = VideoSender::start(sender_params(rx.port(), 777, 320, 240, 30)).unwrap();
-    assert!(
-        rx.wait_frames(30, FRAMES_TIMEOUT),
-        "only {} frames",
-        rx.frames()
-    );
+    assert!(rx.wait_frames(30, FRAMES_TIMEOUT), "only {} frames", rx.frames());
     let before = sender.current();
     let after = sender.set_bitrate(150).unwrap();
-    assert_eq!(
-        after,
-        VideoSettings {
-            kbps: 150,
-            ..before
-        }
-    );
+    assert_eq!(after, VideoSettings { kbps: 150, ..before });
     assert_eq!(sender.current().kbps, 150);
     let n = rx.frames();
-    assert!(
-        rx.wait_frames(n + 60, FRAMES_TIMEOUT),
-        "frames stopped at {}",
-        rx.frames()
-    );
-    assert!(matches!(
-        sender.set_bitrate(1),
-        Err(VideoError::InvalidParams(_))
-    ));
+    assert!(rx.wait_frames(n + 60, FRAMES_TIMEOUT), "frames stopped at {}", rx.frames());
+    assert!(matches!(sender.set_bitrate(1), Err(VideoError::InvalidParams(_))));
     assert_eq!(sender.failure(), None);
     sender.stop().unwrap();
     rx.stop().unwrap();
@@ -415,27 +304,13 @@ fn format_change_renegotiates_the_decoded_size() {
     let _g = pipeline_lock();
     let rx = receiver(4242, SrtpKey(KEY));
     let sender = VideoSender::start(sender_params(rx.port(), 4242, 320, 240, 30)).unwrap();
-    assert!(
-        rx.wait_frame_size(320, 240, FRAMES_TIMEOUT),
-        "first size: {:?}",
-        rx.frame_size()
-    );
+    assert!(rx.wait_frame_size(320, 240, FRAMES_TIMEOUT), "first size: {:?}", rx.frame_size());
     let s = sender.set_format(176, 144, 15).unwrap();
     assert_eq!((s.width, s.height, s.fps), (176, 144, 15));
-    assert!(
-        rx.wait_frame_size(176, 144, FRAMES_TIMEOUT),
-        "size now {:?}",
-        rx.frame_size()
-    );
+    assert!(rx.wait_frame_size(176, 144, FRAMES_TIMEOUT), "size now {:?}", rx.frame_size());
     let n = rx.frames();
-    assert!(
-        rx.wait_frames(n + 15, FRAMES_TIMEOUT),
-        "frames flow after the change"
-    );
-    assert!(matches!(
-        sender.set_format(0, 144, 15),
-        Err(VideoError::InvalidParams(_))
-    ));
+    assert!(rx.wait_frames(n + 15, FRAMES_TIMEOUT), "frames flow after the change");
+    assert!(matches!(sender.set_format(0, 144, 15), Err(VideoError::InvalidParams(_))));
     assert_eq!(sender.current().width, 176);
     sender.stop().unwrap();
     rx.stop().unwrap();
@@ -450,14 +325,8 @@ fn stop_leaves_no_threads_pipelines_or_sockets() {
     let (sp, rp) = (sender.name_prefix(), rx.name_prefix());
     let (sw, rw) = (sender.pipeline_weak(), rx.pipeline_weak());
     let port = rx.port();
-    assert!(
-        !threads_named(&format!("{sp}-")).is_empty(),
-        "sender threads are named {sp}-*"
-    );
-    assert!(
-        !threads_named(&format!("{rp}-")).is_empty(),
-        "receiver threads are named {rp}-*"
-    );
+    assert!(!threads_named(&format!("{sp}-")).is_empty(), "sender threads are named {sp}-*");
+    assert!(!threads_named(&format!("{rp}-")).is_empty(), "receiver threads are named {rp}-*");
 
     let t = Instant::now();
     sender.stop().unwrap();
@@ -466,16 +335,8 @@ fn stop_leaves_no_threads_pipelines_or_sockets() {
 
     assert!(sw.upgrade().is_none(), "sender pipeline freed");
     assert!(rw.upgrade().is_none(), "receiver pipeline freed");
-    assert_eq!(
-        leaked_threads(&format!("{sp}-")),
-        Vec::<String>::new(),
-        "sender threads gone"
-    );
-    assert_eq!(
-        leaked_threads(&format!("{rp}-")),
-        Vec::<String>::new(),
-        "receiver threads gone"
-    );
+    assert_eq!(leaked_threads(&format!("{sp}-")), Vec::<String>::new(), "sender threads gone");
+    assert_eq!(leaked_threads(&format!("{rp}-")), Vec::<String>::new(), "receiver threads gone");
     UdpSocket::bind(SocketAddr::new(LOCALHOST, port)).expect("receiver port is free again");
 }
 
@@ -484,30 +345,15 @@ fn late_receiver_decodes_within_a_keyframe_interval() {
     // SPS/PPS travel with every IDR and an IDR comes at least every 2 s, so a
     // receiver that joins a running stream starts decoding within about 2 s.
     let _g = pipeline_lock();
-    let port = UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = UdpSocket::bind(SocketAddr::new(LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
     let sender = VideoSender::start(sender_params(port, 2024, 320, 240, 30)).unwrap();
     std::thread::sleep(Duration::from_millis(2500)); // the stream is well past its first IDR
-    let rx = Receiver::start(ReceiverParams::new(
-        SocketAddr::new(LOCALHOST, port),
-        2024,
-        SrtpKey(KEY),
-    ))
-    .expect("port still free");
+    let rx = Receiver::start(ReceiverParams::new(SocketAddr::new(LOCALHOST, port), 2024, SrtpKey(KEY)))
+        .expect("port still free");
     let t = Instant::now();
-    assert!(
-        rx.wait_frames(1, FRAMES_TIMEOUT),
-        "a late receiver never decoded"
-    );
+    assert!(rx.wait_frames(1, FRAMES_TIMEOUT), "a late receiver never decoded");
     // 2 s keyframe interval plus jitter buffer and a busy machine's scheduling.
-    assert!(
-        t.elapsed() < Duration::from_secs(8),
-        "first frame after {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(8), "first frame after {:?}", t.elapsed());
     sender.stop().unwrap();
     rx.stop().unwrap();
 }
@@ -539,11 +385,7 @@ fn every_idr_carries_sps_pps_and_comes_within_two_seconds() {
     let rx = receiver(8080, SrtpKey(KEY));
     let sender = VideoSender::start(sender_params(rx.port(), 8080, 320, 240, 30)).unwrap();
     let pipeline = sender.pipeline_weak().upgrade().unwrap();
-    let pad = pipeline
-        .by_name(&format!("{}-parse", sender.name_prefix()))
-        .unwrap()
-        .static_pad("src")
-        .unwrap();
+    let pad = pipeline.by_name(&format!("{}-parse", sender.name_prefix())).unwrap().static_pad("src").unwrap();
     drop(pipeline);
     // (pts, NAL types) of every keyframe leaving h264parse for the payloader.
     let keyframes = std::sync::Arc::new(Mutex::new(Vec::<(gst::ClockTime, Vec<u8>)>::new()));
@@ -554,44 +396,29 @@ fn every_idr_carries_sps_pps_and_comes_within_two_seconds() {
                 if !buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
                     let avc = pad
                         .current_caps()
-                        .and_then(|c| {
-                            c.structure(0)
-                                .and_then(|s| s.get::<String>("stream-format").ok())
-                        })
+                        .and_then(|c| c.structure(0).and_then(|s| s.get::<String>("stream-format").ok()))
                         .is_some_and(|f| f == "avc");
                     let map = buf.map_readable().unwrap();
                     let pts = buf.pts().unwrap_or(gst::ClockTime::ZERO);
-                    seen.lock()
-                        .unwrap()
-                        .push((pts, nal_types(map.as_slice(), avc)));
+                    seen.lock().unwrap().push((pts, nal_types(map.as_slice(), avc)));
                 }
             }
             gst::PadProbeReturn::Ok
         })
         .unwrap();
     // 5 s of video at 30 fps.
-    assert!(
-        rx.wait_frames(150, FRAMES_TIMEOUT),
-        "only {} frames",
-        rx.frames()
-    );
+    assert!(rx.wait_frames(150, FRAMES_TIMEOUT), "only {} frames", rx.frames());
     pad.remove_probe(probe);
     let keys = keyframes.lock().unwrap().clone();
     assert!(keys.len() >= 2, "keyframes: {keys:?}");
     for (pts, types) in &keys {
         for t in [7, 8, 5] {
-            assert!(
-                types.contains(&t),
-                "keyframe at {pts} lacks NAL type {t}: {types:?}"
-            );
+            assert!(types.contains(&t), "keyframe at {pts} lacks NAL type {t}: {types:?}");
         }
     }
     for pair in keys.windows(2) {
         let gap = pair[1].0.saturating_sub(pair[0].0);
-        assert!(
-            gap <= gst::ClockTime::from_mseconds(2050),
-            "keyframes {gap} apart"
-        );
+        assert!(gap <= gst::ClockTime::from_mseconds(2050), "keyframes {gap} apart");
     }
     sender.stop().unwrap();
     rx.stop().unwrap();
@@ -614,15 +441,10 @@ fn pipeline_errors_are_reported_as_failures() {
     assert_eq!(*failed.borrow(), None);
     // What a camera unplugged mid-call looks like from the bus.
     let pipeline = sender.pipeline_weak().upgrade().unwrap();
-    let msg = gst::message::Error::builder(gst::ResourceError::Read, "camera gone")
-        .src(&pipeline)
-        .build();
+    let msg = gst::message::Error::builder(gst::ResourceError::Read, "camera gone").src(&pipeline).build();
     pipeline.post_message(msg).unwrap();
     drop(pipeline);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(10), failed.wait_for(|f| f.is_some()))
             .await
@@ -640,9 +462,7 @@ fn start_failures_explain_themselves() {
     // A port that is taken.
     let taken = UdpSocket::bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = Receiver::start(ReceiverParams::new(addr, 1, SrtpKey(KEY)))
-        .err()
-        .expect("bind fails");
+    let err = Receiver::start(ReceiverParams::new(addr, 1, SrtpKey(KEY))).err().expect("bind fails");
     assert!(matches!(err, VideoError::Start { .. }), "{err}");
     // A camera that is not there.
     let mut p = sender_params(9, 1, 320, 240, 30);
@@ -655,19 +475,8 @@ fn start_failures_explain_themselves() {
     if !has_element("v4l2h264enc") {
         let mut p = sender_params(9, 1, 320, 240, 30);
         p.encoder = EncoderPreference::Force(Encoder::V4l2);
-        let err = VideoSender::start(p)
-            .err()
-            .expect("no hardware encoder here");
-        assert!(
-            matches!(
-                err,
-                VideoError::MissingElement {
-                    element: "v4l2h264enc",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        let err = VideoSender::start(p).err().expect("no hardware encoder here");
+        assert!(matches!(err, VideoError::MissingElement { element: "v4l2h264enc", .. }), "{err}");
     }
 }
 
@@ -684,11 +493,7 @@ fn openh264_encoder_works_when_forced() {
     p.encoder = EncoderPreference::Force(Encoder::OpenH264);
     let sender = VideoSender::start(p).unwrap();
     assert_eq!(sender.current().encoder, Some(Encoder::OpenH264));
-    assert!(
-        rx.wait_frames(30, FRAMES_TIMEOUT),
-        "only {} frames",
-        rx.frames()
-    );
+    assert!(rx.wait_frames(30, FRAMES_TIMEOUT), "only {} frames", rx.frames());
     sender.set_bitrate(300).unwrap();
     let n = rx.frames();
     assert!(rx.wait_frames(n + 30, FRAMES_TIMEOUT));
@@ -722,16 +527,8 @@ fn audio_is_sent_as_srtp_opus() {
     .unwrap();
     sender.add_destination("127.0.0.1", wrong.port());
     // 50 Opus packets of 20 ms: one second of sound, then one more.
-    assert!(
-        rx.wait_packets(50, FRAMES_TIMEOUT),
-        "only {} packets",
-        rx.packets()
-    );
-    assert!(
-        rx.wait_packets(100, FRAMES_TIMEOUT),
-        "only {} packets",
-        rx.packets()
-    );
+    assert!(rx.wait_packets(50, FRAMES_TIMEOUT), "only {} packets", rx.packets());
+    assert!(rx.wait_packets(100, FRAMES_TIMEOUT), "only {} packets", rx.packets());
     assert_eq!(wrong.packets(), 0, "a wrong key must decode nothing");
     assert_eq!(*sender.failed().borrow(), None);
     sender.stop().unwrap();
