@@ -38,6 +38,15 @@ impl EndReason {
     }
 }
 
+/// What was agreed for a call's media.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub invite: Invite,
+    pub video: VideoParams,
+    pub video_ssrc: u32,
+    pub audio_ssrc: Option<u32>,
+}
+
 /// A call in progress.
 #[derive(Debug)]
 pub struct Call {
@@ -64,13 +73,11 @@ impl Call {
         session: ClientId,
         caller: ClientId,
         owner_key: &Key32,
-        invite: Invite,
-        video: VideoParams,
         robot_nonce: [u8; 16],
-        video_ssrc: u32,
-        audio_ssrc: Option<u32>,
+        agreed: Negotiated,
         now: Instant,
     ) -> Call {
+        let Negotiated { invite, video, video_ssrc, audio_ssrc } = agreed;
         let sid = session.to_bytes();
         Call {
             session_key: keys::session_key(owner_key, &sid, &robot_nonce),
@@ -134,11 +141,13 @@ mod tests {
             "00112233445566778899aabbccddeeff".parse().unwrap(),
             "36940d0ece18aebf69d0ef6825534e24".parse().unwrap(),
             &k,
-            inv,
-            VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
             nonce,
-            12345,
-            None,
+            Negotiated {
+                invite: inv,
+                video: VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
+                video_ssrc: 12345,
+                audio_ssrc: None,
+            },
             now,
         )
     }

@@ -328,3 +328,168 @@ impl Drop for Phone {
         self.task.abort();
     }
 }
+
+/// What a phone offers in its invite.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub host: std::net::IpAddr,
+    pub video_port: u16,
+    pub audio_port: Option<u16>,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_fps: u32,
+    pub max_kbps: u32,
+}
+
+impl Offer {
+    /// 720p30 at 2.5 Mbit/s to `host:video_port`, no audio.
+    pub fn new(host: std::net::IpAddr, video_port: u16) -> Self {
+        Offer { host, video_port, audio_port: None, max_width: 1280, max_height: 720, max_fps: 30, max_kbps: 2500 }
+    }
+
+    /// The invite payload.
+    pub fn payload(&self) -> Vec<u8> {
+        let mut media = serde_json::json!({"host": self.host.to_string(), "port": self.video_port});
+        if let Some(a) = self.audio_port {
+            media["audio_port"] = a.into();
+        }
+        let mut v = serde_json::json!({
+            "media": media,
+            "video": {"codecs": ["H264"], "max_width": self.max_width, "max_height": self.max_height,
+                      "max_fps": self.max_fps, "max_kbps": self.max_kbps},
+        });
+        if self.audio_port.is_some() {
+            v["audio"] = serde_json::json!({"codecs": ["OPUS"]});
+        }
+        serde_json::to_vec(&v).expect("json")
+    }
+}
+
+/// A call the phone placed and the robot accepted.
+#[derive(Debug)]
+pub struct ActiveCall {
+    pub robot: ClientId,
+    pub session: ClientId,
+    /// The accept message.
+    pub accept: serde_json::Value,
+    pub session_key: Key32,
+    pub srtp_video: crate::auth::keys::SrtpKey,
+    pub srtp_audio: crate::auth::keys::SrtpKey,
+    pub video_ssrc: u32,
+    next_seq: u64,
+}
+
+impl ActiveCall {
+    /// The phone's next `seq` in this call (starts at 1).
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+}
+
+/// The outcome of an invite.
+#[derive(Debug)]
+pub enum InviteOutcome {
+    Accepted(ActiveCall),
+    /// `busy` or `rejected`: the verified answer.
+    Refused(serde_json::Value),
+}
+
+impl Phone {
+    /// Invite `robot` to a call. Subscribes to the answer and the session's
+    /// responses first, so nothing the robot says is missed.
+    pub async fn invite(
+        &mut self,
+        robot: &PairedRobot,
+        offer: &Offer,
+        timeout: Duration,
+    ) -> Result<InviteOutcome, PhoneError> {
+        let session = ClientId::random();
+        let resp_topic = topics::invite_response(&robot.robot, &session);
+        self.subscribe(&resp_topic).await?;
+        self.subscribe(&topics::session_response_filter(&session)).await?;
+        let topic = topics::invite(&robot.robot, &session);
+        let payload = offer.payload();
+        let seq = self.next_seq();
+        let mut p = props::signed(&robot.key, &topic, self.id.as_str(), seq, seq, &payload, None);
+        p.message_expiry_interval = Some(30);
+        self.publish_raw(topic, payload, false, Some(p)).await;
+        let key = robot.key;
+        let robot_id = robot.robot.clone();
+        let m = self
+            .recv_until(timeout, |m| {
+                m.topic == resp_topic
+                    && m.auth().from.as_deref() == Some(robot_id.as_str())
+                    && props::verify(&key, &m.topic, &m.payload, &m.auth()).is_some()
+            })
+            .await
+            .ok_or_else(|| PhoneError::Timeout { robot: robot.robot.to_string(), secs: timeout.as_secs() })?;
+        let v = m.json();
+        if v["status"] != "accepted" {
+            return Ok(InviteOutcome::Refused(v));
+        }
+        let mut nonce = [0u8; 16];
+        hex::decode_to_slice(v["nonce"].as_str().unwrap_or(""), &mut nonce)
+            .map_err(|_| PhoneError::Rejected("accept without a valid nonce".into()))?;
+        let sid = session.to_bytes();
+        Ok(InviteOutcome::Accepted(ActiveCall {
+            robot: robot.robot.clone(),
+            session,
+            session_key: crate::auth::keys::session_key(&key, &sid, &nonce),
+            srtp_video: crate::auth::keys::srtp_video_key(&key, &sid, &nonce),
+            srtp_audio: crate::auth::keys::srtp_audio_key(&key, &sid, &nonce),
+            video_ssrc: v["video"]["ssrc"].as_u64().unwrap_or(0) as u32,
+            accept: v,
+            next_seq: 1,
+        }))
+    }
+
+    /// Send a request in a call; returns its `seq`.
+    pub async fn send(&mut self, call: &mut ActiveCall, command: &str, payload: &serde_json::Value) -> u64 {
+        let seq = call.next_seq();
+        let topic = topics::session_request(&call.session, command);
+        self.publish_signed(&call.session_key, topic, serde_json::to_vec(payload).expect("json"), seq, now_ms()).await;
+        seq
+    }
+
+    /// Wait for an authenticated response in the call matching `pred`.
+    pub async fn response(
+        &mut self,
+        call: &ActiveCall,
+        timeout: Duration,
+        pred: impl Fn(&str, &serde_json::Value) -> bool,
+    ) -> Option<(String, serde_json::Value)> {
+        let prefix = format!("session/{}/", call.session);
+        let key = call.session_key;
+        let robot = call.robot.clone();
+        let m = self
+            .recv_until(timeout, |m| {
+                let Some(cmd) = m.topic.strip_prefix(&prefix).and_then(|r| r.strip_suffix("/response")) else {
+                    return false;
+                };
+                m.auth().from.as_deref() == Some(robot.as_str())
+                    && props::verify(&key, &m.topic, &m.payload, &m.auth()).is_some()
+                    && pred(cmd, &m.json())
+            })
+            .await?;
+        let cmd = m.topic.strip_prefix(&prefix)?.strip_suffix("/response")?.to_owned();
+        Some((cmd, m.json()))
+    }
+
+    /// Send a request and wait for its response (`re` = its seq).
+    pub async fn request(
+        &mut self,
+        call: &mut ActiveCall,
+        command: &str,
+        payload: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, PhoneError> {
+        let seq = self.send(call, command, &payload).await;
+        let cmd = command.to_owned();
+        self.response(call, timeout, |c, v| c == cmd && v["re"] == seq)
+            .await
+            .map(|(_, v)| v)
+            .ok_or_else(|| PhoneError::Timeout { robot: call.robot.to_string(), secs: timeout.as_secs() })
+    }
+}

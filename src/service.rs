@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::auth::freshness::{SeqTracker, ts_is_fresh};
 use crate::auth::keys::Key32;
 use crate::auth::owners::{Owner, OwnerStore};
-use crate::call::{Call, EndReason};
+use crate::call::{Call, EndReason, Negotiated};
 use crate::config::Config;
 use crate::control::{Request, Response};
 use crate::hal::Hardware;
@@ -305,17 +305,8 @@ impl Service {
         let nonce: [u8; 16] = rand::random();
         let video_ssrc = nonzero_ssrc();
         let audio_ssrc = (invite.wants_audio() && self.media.has_audio()).then(nonzero_ssrc);
-        let call = Call::new(
-            session.clone(),
-            caller.clone(),
-            key,
-            invite,
-            video,
-            nonce,
-            video_ssrc,
-            audio_ssrc,
-            Instant::now(),
-        );
+        let agreed = Negotiated { invite, video, video_ssrc, audio_ssrc };
+        let call = Call::new(session.clone(), caller.clone(), key, nonce, agreed, Instant::now());
         let media = MediaRequest {
             session: session.clone(),
             host: call.invite.media.host,
@@ -356,9 +347,10 @@ impl Service {
         let session = session.clone();
         let answer = match payloads::parse_command(command, &m.payload) {
             Err(e) => e.response(),
+            Ok(Command::Hangup) => return self.end_call_answering(EndReason::Hangup, Some((seq, correlation))),
             Ok(cmd) => match self.run_command(&session, cmd) {
                 Some(v) => v,
-                None => return, // hangup: answered by end_call
+                None => return,
             },
         };
         self.respond(command, answer, seq, correlation);
@@ -391,10 +383,7 @@ impl Service {
                 json!({"status":"stopped"})
             }
             Command::Ping => json!({"status":"ok","motion":self.motors.state().as_str(),"at":"unknown"}),
-            Command::Hangup => {
-                self.end_call(EndReason::Hangup);
-                return None;
-            }
+            Command::Hangup => return None,
             Command::Video(change) => {
                 let Some(sender) = self.media.video(session) else {
                     return Some(
@@ -432,6 +421,12 @@ impl Service {
 
     /// End the call: motors, video, subscriptions, then the `ended` response.
     pub fn end_call(&mut self, reason: EndReason) {
+        self.end_call_answering(reason, None);
+    }
+
+    /// End the call; `answering` is the (seq, correlation) of the `hangup`
+    /// request being answered, if the phone asked.
+    fn end_call_answering(&mut self, reason: EndReason, answering: Option<(u64, Option<Bytes>)>) {
         if self.call.is_none() {
             return;
         }
@@ -442,10 +437,15 @@ impl Service {
         self.link.unsubscribe(&topics::is_connected(&call.caller));
         info!(session = %call.session, reason = reason.as_str(), "call ended");
         let topic = topics::session_response(&call.session, "hangup");
-        let payload = serde_json::to_vec(&json!({"status":"ended","reason":reason.as_str()})).expect("json");
+        let mut body = json!({"status":"ended","reason":reason.as_str()});
+        let (re, correlation) = answering.map_or((None, None), |(s, c)| (Some(s), c));
+        if let Some(re) = re {
+            body["re"] = json!(re);
+        }
+        let payload = serde_json::to_vec(&body).expect("json");
         let call = self.call.as_mut().expect("checked");
         let seq = call.next_seq();
-        let p = props::signed(&call.session_key, &topic, self.robot.as_str(), seq, now_ms(), &payload, None);
+        let p = props::signed(&call.session_key, &topic, self.robot.as_str(), seq, now_ms(), &payload, correlation);
         self.link.publish(topic, payload, false, Some(p));
         self.call = None;
     }
