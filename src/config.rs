@@ -432,8 +432,14 @@ mod tests {
             ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
             ("[video]\nwidth = 641", "video.width"),
             ("[video]\nkbps = 5", "video.kbps"),
-            ("[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hal\"\nsteps = [{ drive_m = 1.0 }]", "nav.edges[0].to"),
-            ("[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hall\"\nsteps = [{ drive = 1.0 }]", "nav.edges[0].steps[0].drive"),
+            (
+                "[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hal\"\nsteps = [{ drive_m = 1.0 }]",
+                "nav.edges[0].to",
+            ),
+            (
+                "[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hall\"\nsteps = [{ drive = 1.0 }]",
+                "nav.edges[0].steps[0].drive",
+            ),
             ("[nav]\nplaces = [\"attic\"]", "nav.places[0]"),
         ];
         for (text, key) in cases {

@@ -63,8 +63,17 @@ struct Rig {
 
 impl Rig {
     fn new(enc: Enc, obstacles: Vec<Obstacle>) -> Rig {
-        let hw_cfg = hardware(enc, obstacles);
-        let nav_cfg: NavConfig = toml::from_str(testdata::FLAT).unwrap();
+        Rig::with(hardware(enc, obstacles), toml::from_str(testdata::FLAT).unwrap())
+    }
+
+    /// The robot and map of `config/flat.toml`, the demo configuration.
+    fn demo_flat() -> Rig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flat.toml");
+        let cfg = crate::config::Config::load(&path).unwrap();
+        Rig::with(cfg.hardware, cfg.nav.unwrap())
+    }
+
+    fn with(hw_cfg: HardwareConfig, nav_cfg: NavConfig) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut hw = Hardware::open(&hw_cfg).unwrap();
         let sim = hw.sim().unwrap().clone();
@@ -384,6 +393,19 @@ fn the_deadman_stops_the_robot_when_ticks_stop_mid_route() {
         rig.now += STEP;
     }
     assert_eq!(rig.sim.snapshot().motor_command, [0.0, 0.0], "stopped within DRIVE_MS");
+}
+
+#[test]
+fn demo_flat_config_reaches_the_kitchen_and_is_blocked_by_the_bedroom_door() {
+    let mut rig = Rig::demo_flat();
+    rig.goto("kitchen").unwrap();
+    assert_eq!(rig.run_to_end(60.0).state, GotoState::Arrived);
+    rig.assert_at("kitchen", 0.10, 5.0);
+
+    let mut rig = Rig::demo_flat();
+    rig.goto("bedroom").unwrap();
+    assert_eq!(rig.run_to_end(60.0).state, GotoState::Blocked);
+    assert!(rig.sim.pose().x < 3.0 && !rig.sim.snapshot().blocked, "stopped short of the door");
 }
 
 #[test]
