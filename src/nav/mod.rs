@@ -324,6 +324,52 @@ impl Navigator {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat() -> NavConfig {
+        toml::from_str(testdata::FLAT).unwrap()
+    }
+
+    #[test]
+    fn departure_that_cannot_be_recorded_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("no-such-dir");
+        let mut nav = Navigator::new(&flat(), &HardwareConfig::default(), &gone).unwrap();
+        assert_eq!(nav.at(), Some("home"), "no file: on the dock");
+        let r = nav.goto("kitchen", Instant::now()).unwrap_err();
+        assert!(matches!(&r.state, GotoState::Rejected { reason, .. } if reason == "internal_error"), "{r:?}");
+        assert!(!nav.is_navigating());
+        assert_eq!(nav.at(), Some("home"));
+    }
+
+    #[test]
+    fn place_file_is_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let hw = HardwareConfig::default();
+        let path = dir.path().join(PLACE_FILE);
+        std::fs::write(&path, b"{\"version\":1,\"at\":\"kitchen\"}").unwrap();
+        assert_eq!(Navigator::new(&flat(), &hw, dir.path()).unwrap().at(), Some("kitchen"));
+        std::fs::write(&path, b"{\"version\":1,\"at\":\"attic\"}").unwrap();
+        assert_eq!(Navigator::new(&flat(), &hw, dir.path()).unwrap().at(), None, "no longer on the map");
+        std::fs::write(&path, b"{\"version\":1,\"at\":null}").unwrap();
+        assert_eq!(Navigator::new(&flat(), &hw, dir.path()).unwrap().at_or_unknown(), "unknown");
+        std::fs::write(&path, b"kitchen").unwrap();
+        let e = Navigator::new(&flat(), &hw, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("place.json") && e.to_string().contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_map_is_refused_naming_the_key() {
+        let mut cfg = flat();
+        cfg.edges[1].to = "kitchn".into();
+        let dir = tempfile::tempdir().unwrap();
+        let e = Navigator::new(&cfg, &HardwareConfig::default(), dir.path()).unwrap_err();
+        assert!(e.to_string().contains("nav.edges[1].to: unknown place \"kitchn\""), "{e}");
+    }
+}
+
 /// Test data shared by the nav tests.
 #[cfg(test)]
 pub(crate) mod testdata {
