@@ -428,7 +428,14 @@ impl Goto {
         let Some(leg) = self.legs.get(self.idx) else { return 0.0 };
         match leg.kind {
             LegKind::Turn { heading } => {
-                wrap_rad(heading - self.pose.heading) * self.turn_dir * self.p.wheel_base_m / 2.0
+                // Measured the way the turn goes: up to 270° still to go, up to
+                // 90° past. A half turn that first drifts a little the other
+                // way (a coasting wheel) is then still a half turn, not done.
+                let mut e = wrap_rad(heading - self.pose.heading) * self.turn_dir;
+                if e < -std::f64::consts::FRAC_PI_2 {
+                    e += std::f64::consts::TAU;
+                }
+                e * self.p.wheel_base_m / 2.0
             }
             LegKind::Drive { to, heading, .. } => {
                 (to[0] - self.pose.x) * heading.cos() + (to[1] - self.pose.y) * heading.sin()
@@ -701,6 +708,21 @@ mod tests {
         assert_eq!(kinds, ["T-90", "D(2.0,0.0)", "T0", "D(4.0,0.0)", "T0"]);
         assert_eq!(legs[2].reaches, ["hall"]);
         assert_eq!(legs[4].reaches, ["bedroom"]);
+    }
+
+    #[test]
+    fn a_half_turn_that_drifts_back_first_is_not_done() {
+        let m = flat();
+        let r = m.route("kitchen", "hall").unwrap();
+        let mut g = Goto::new("hall", &r, params(), Instant::now());
+        assert!(matches!(g.legs[0].kind, LegKind::Turn { .. }));
+        let half = std::f64::consts::PI * g.p.wheel_base_m / 2.0;
+        assert!((g.leg_remaining_m() - half).abs() < 1e-9);
+        g.pose.heading = wrap_rad(g.pose.heading - g.turn_dir * 1f64.to_radians());
+        assert!(!g.leg_finished());
+        assert!(g.leg_remaining_m() > half, "{}", g.leg_remaining_m());
+        g.pose.heading = wrap_rad(r.from_pose.heading + g.turn_dir * 181f64.to_radians());
+        assert!(g.leg_finished(), "1° past the target");
     }
 
     #[test]
