@@ -1,11 +1,14 @@
-//! Authenticated invites against a real broker and the real daemon: only
-//! owners get answers, and an invite whose MAC, sender or freshness fails is
-//! dropped without one and counted in `robotd status` under its reason.
+//! Authenticated invites against a real broker and the real daemon. Only
+//! owners get answers. An invite whose sender, MAC or freshness fails never
+//! starts anything and is counted in `robotd status` under its reason; it gets
+//! no answer, except that an owner whose MAC verified but whose invite is
+//! stale (old `ts`, or a `seq` below its last one) is told `rejected`/`stale`,
+//! MACed with its key. Exact `seq` repeats are QoS 1 redeliveries: silent.
 //!
-//! "No answer" is never waited for with a sleep: after each bad invite the
+//! "No answer" is never waited for with a sleep: after the bad invites the
 //! test sends an honest invite over the same MQTT connection, and the robot
 //! (which handles and answers messages in order) must answer the honest one
-//! while nothing arrived for the bad one.
+//! while nothing arrived for the bad ones.
 
 mod auth_support;
 mod common;
@@ -66,22 +69,35 @@ impl Setup {
         self.probe.seen.iter().filter(|m| m.topic == topic).map(|m| m.text()).collect()
     }
 
-    /// Send `bad` (each ignored), then an honest invite that must be answered
-    /// while nothing came for any of `bad`; then the drops must have grown by
-    /// exactly `bad.len()` under `reason` and by nothing else.
-    async fn assert_ignored(&mut self, bad: &[RawInvite], reason: &str) -> Value {
+    /// Send `bad`, then an honest invite that must be answered; by then
+    /// (the robot answers in order) each of `bad` must have got exactly
+    /// `answer`: nothing, or one `rejected` with that reason, MACed with K.
+    /// The drops must have grown by exactly `bad.len()` under `reason` and by
+    /// nothing else.
+    async fn assert_dropped(&mut self, bad: &[RawInvite], reason: &str, answer: Option<&str>) -> Value {
         let before = all_drops(&self.robot);
-        let earlier: Vec<usize> =
-            bad.iter().map(|b| self.seen_on(&b.response_topic(&self.paired.robot)).len()).collect();
+        let robot = self.paired.robot.clone();
+        let earlier: Vec<usize> = bad.iter().map(|b| self.seen_on(&b.response_topic(&robot)).len()).collect();
         for b in bad {
             self.send(b).await;
         }
         let key = self.paired.key;
-        let answer = self.control(key).await;
-        assert!(answer["status"] == "accepted" || answer["status"] == "busy", "control invite: {answer}");
+        let control = self.control(key).await;
+        assert!(control["status"] == "accepted" || control["status"] == "busy", "control invite: {control}");
         for (b, n) in bad.iter().zip(earlier) {
-            let got = self.seen_on(&b.response_topic(&self.paired.robot));
-            assert_eq!(got.len(), n, "an ignored invite was answered: {got:?}");
+            let topic = b.response_topic(&robot);
+            let got: Vec<&Seen> = self.probe.seen.iter().filter(|m| m.topic == topic).skip(n).collect();
+            match answer {
+                None => assert!(got.is_empty(), "a dropped invite was answered: {got:?}"),
+                Some(r) => {
+                    assert_eq!(got.len(), 1, "want one rejection: {got:?}");
+                    let f = AuthFields::from_properties(got[0].props.as_ref());
+                    assert_eq!(f.from.as_deref(), Some(self.robot.id.as_str()));
+                    assert!(props::verify(&key, &topic, &got[0].payload, &f).is_some(), "rejection not MACed with K");
+                    let v: Value = serde_json::from_slice(&got[0].payload).unwrap();
+                    assert_eq!(v, serde_json::json!({"status":"rejected","reason":r}));
+                }
+            }
         }
         let after = all_drops(&self.robot);
         let count = |v: &Value, r: &str| v.get(r).and_then(Value::as_u64).unwrap_or(0);
@@ -92,7 +108,12 @@ impl Setup {
             m
         };
         assert_eq!(others(&after), others(&before), "drops counted under another reason");
-        answer
+        control
+    }
+
+    /// [`Setup::assert_dropped`] with no answer at all.
+    async fn assert_ignored(&mut self, bad: &[RawInvite], reason: &str) -> Value {
+        self.assert_dropped(bad, reason, None).await
     }
 }
 
@@ -145,7 +166,7 @@ async fn wrong_from_invite_is_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_ts_invite_is_ignored() {
+async fn stale_ts_invite_is_refused() {
     let mut s = setup().await;
     let robot = s.paired.robot.clone();
     let key = s.paired.key;
@@ -156,11 +177,13 @@ async fn stale_ts_invite_is_ignored() {
         let seq = s.owner.next_seq();
         stale.push(raw_invite(&robot, &id, &id, &key, seq, ts, s.port));
     }
-    s.assert_ignored(&stale, "stale").await;
+    // A verified owner is told why (the MAC proves who asked); nothing starts.
+    let control = s.assert_dropped(&stale, "stale", Some("stale")).await;
+    assert_eq!(control["status"], "accepted", "no call was started by a stale invite: {control}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_seq_invite_is_ignored() {
+async fn replayed_seq_invite_is_dropped() {
     let mut s = setup().await;
     let robot = s.paired.robot.clone();
     let key = s.paired.key;
@@ -171,7 +194,8 @@ async fn replayed_seq_invite_is_ignored() {
     let m = s.probe.expect("answer to the genuine invite", SOON, |m| m.topic == resp).await;
     assert_eq!(serde_json::from_slice::<Value>(&m.payload).unwrap()["status"], "accepted");
     // Replayed verbatim (were it handled, it would get `busy`), and a new
-    // invite reusing the same seq with a fresh ts and a valid MAC.
+    // invite reusing the same seq with a fresh ts and a valid MAC: both look
+    // like QoS 1 redeliveries and are dropped silently.
     let verbatim = RawInvite {
         session: first.session.clone(),
         topic: first.topic.clone(),
@@ -181,8 +205,13 @@ async fn replayed_seq_invite_is_ignored() {
     let seq = first.props.user_properties.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap();
     let id = s.owner.id.to_string();
     let same_seq = raw_invite(&robot, &id, &id, &key, seq, now_ms(), s.port);
-    let answer = s.assert_ignored(&[verbatim, same_seq], "replayed").await;
+    let answer = s.assert_ignored(&[verbatim, same_seq], "duplicate").await;
     assert_eq!(answer["status"], "busy", "the call of the genuine invite is still on: {answer}");
+    // The control invite moved the owner's last seq past the first one's: an
+    // invite with that older seq is stale, and the owner is told so (were it
+    // handled, it would get `busy`).
+    let older = raw_invite(&robot, &id, &id, &key, seq, now_ms(), s.port);
+    s.assert_dropped(&[older], "stale", Some("stale")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
