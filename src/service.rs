@@ -311,7 +311,11 @@ impl Service {
             Ok(i) => i,
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");
-                return reply(self, json!({"status":"rejected","reason":e.reason()}));
+                let mut body = json!({"status":"rejected","reason":e.reason()});
+                if let payloads::InviteError::Invalid(detail) = &e {
+                    body["detail"] = json!(detail);
+                }
+                return reply(self, body);
             }
         };
         self.accept_call(session.clone(), owner_id, &key, invite, reply);
