@@ -161,7 +161,13 @@ pub struct Phone {
     acks: mpsc::UnboundedReceiver<()>,
     task: tokio::task::JoinHandle<()>,
     last_seq: u64,
+    /// Messages received while waiting for something else, oldest first; a
+    /// later wait sees them before anything new.
+    backlog: std::collections::VecDeque<Received>,
 }
+
+/// Most messages kept in the backlog; older ones are dropped first.
+const BACKLOG: usize = 4096;
 
 impl Phone {
     /// Connect as `id`, with the phone's own presence (`true` now, will `false`).
@@ -204,7 +210,8 @@ impl Phone {
             task.abort();
             return Err(PhoneError::Connect { url: broker.into(), detail: "no CONNACK within 10 s".into() });
         }
-        let phone = Phone { id, broker: broker.into(), client, rx, acks, task, last_seq: 0 };
+        let phone =
+            Phone { id, broker: broker.into(), client, rx, acks, task, last_seq: 0, backlog: Default::default() };
         phone.publish_raw(topics::is_connected(&phone.id), b"true".to_vec(), true, None).await;
         Ok(phone)
     }
@@ -242,13 +249,23 @@ impl Phone {
         self.publish_raw(topic, payload, false, Some(p)).await;
     }
 
-    /// Wait for a message matching `pred`; others are discarded.
+    /// Wait for a message matching `pred`. Others are kept (bounded) for
+    /// later waits, so a status that arrives while waiting for a response
+    /// to another request is not lost.
     pub async fn recv_until(&mut self, timeout: Duration, pred: impl Fn(&Received) -> bool) -> Option<Received> {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
         let end = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(end, self.rx.recv()).await {
                 Ok(Some(m)) if pred(&m) => return Some(m),
-                Ok(Some(_)) => continue,
+                Ok(Some(m)) => {
+                    if self.backlog.len() >= BACKLOG {
+                        self.backlog.pop_front();
+                    }
+                    self.backlog.push_back(m);
+                }
                 _ => return None,
             }
         }
