@@ -127,7 +127,12 @@ pub async fn ended(phone: &mut Phone, call: &ActiveCall, timeout: Duration) -> V
 
 /// `robotd status` as JSON (through the admin socket, not MQTT).
 pub fn status(robot: &Robot) -> Value {
-    let out = blocking(|| robot.admin(&["status"]));
+    blocking(|| status_sync(robot))
+}
+
+/// [`status`] for use inside [`wait_until`] (already blocking).
+pub fn status_sync(robot: &Robot) -> Value {
+    let out = robot.admin(&["status"]);
     assert!(out.status.success(), "robotd status failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("robotd status prints JSON")
 }
@@ -150,6 +155,26 @@ pub fn sim_pose(status: &Value) -> SimPose {
         heading: f(&s["heading"]),
         wheels: [f(&s["wheel_speed_mps"][0]), f(&s["wheel_speed_mps"][1])],
     }
+}
+
+/// Wait until the simulated wheels have stopped, then check that the pose
+/// stays put for `hold`; returns the pose. Panics if the robot keeps moving.
+pub async fn wait_until_still(robot: &Robot, hold: Duration) -> SimPose {
+    let mut last = sim_pose(&status(robot));
+    let still = blocking(|| {
+        wait_until(SOON, || {
+            last = sim_pose(&status_sync(robot));
+            last.wheels.iter().all(|w| w.abs() < 1e-3)
+        })
+    });
+    assert!(still, "the wheels kept turning: {last:?}");
+    tokio::time::sleep(hold).await;
+    let now = sim_pose(&status(robot));
+    assert!(
+        (now.x - last.x).abs() < 1e-3 && (now.y - last.y).abs() < 1e-3 && (now.heading - last.heading).abs() < 1e-3,
+        "the robot moved although its wheels had stopped: {last:?} then {now:?}"
+    );
+    now
 }
 
 /// How many times the robot has logged a deadman expiry.
