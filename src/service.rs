@@ -14,14 +14,14 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use crate::auth::freshness::{SeqTracker, ts_is_fresh};
+use crate::auth::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
 use crate::auth::keys::Key32;
 use crate::auth::owners::{Owner, OwnerStore};
 use crate::call::{Call, EndReason, Negotiated};
 use crate::config::Config;
 use crate::control::{Request, Response};
-use crate::hal::Hardware;
 use crate::hal::sim::SimRunner;
+use crate::hal::{BinarySensor, Debounced, Hardware, Input, Sensor};
 use crate::identity::ClientId;
 use crate::link::{Inbound, LinkEvent, LinkHandle};
 use crate::media::{Media, MediaEvent, MediaRequest};
@@ -124,7 +124,12 @@ pub struct Service {
     _sim: Option<SimRunner>,
     media: Media,
     call: Option<Call>,
+    /// The optional pairing button and its debouncer.
+    button: Option<(Sensor<Input>, Debounced)>,
 }
+
+/// How often the pairing button is polled.
+const BUTTON_POLL: Duration = Duration::from_millis(50);
 
 /// How often the e-stop input is polled when one is configured.
 const ESTOP_POLL: Duration = Duration::from_millis(20);
@@ -141,6 +146,11 @@ impl Service {
         media: Media,
     ) -> anyhow::Result<Service> {
         let owners = OwnerStore::load(&cfg.robot.state_dir)?;
+        let mut hw = hw;
+        let button = match &cfg.pairing.button {
+            Some(b) => Some((hw.input(b)?, Debounced::default())),
+            None => None,
+        };
         let sim = hw.sim().map(|s| s.run_realtime());
         let pairing = PairingWindows::new(Duration::from_secs(cfg.pairing.window_s), pairing::DEFAULT_MAX_FAILURES);
         let mut s = Service {
@@ -160,6 +170,7 @@ impl Service {
             _sim: sim,
             media,
             call: None,
+            button,
         };
         info!(owners = s.owners.list().len(), "owners loaded");
         if s.owners.is_empty() && s.cfg.pairing.open_when_unowned {
@@ -260,16 +271,11 @@ impl Service {
         else {
             return self.drops.drop("not_owner", &m.topic_str);
         };
+        // A bad MAC proves nothing about the sender: no answer.
         let Some((_, seq, ts)) = props::verify(&owner.key, &m.topic_str, &m.payload, &f) else {
             return self.drops.drop("bad_mac", &m.topic_str);
         };
-        if !ts_is_fresh(ts, now_ms()) {
-            return self.drops.drop("stale", &m.topic_str);
-        }
         let owner_id = owner.id.clone();
-        if !self.invite_seqs.check_and_record(&owner_id, seq) {
-            return self.drops.drop("replayed", &m.topic_str);
-        }
         let key = owner.key;
         let reply = |this: &mut Service, payload: Value| {
             let topic = topics::invite_response(&this.robot, session);
@@ -278,6 +284,25 @@ impl Service {
             let p = props::signed(&key, &topic, this.robot.as_str(), seq, now_ms(), &payload, f.correlation.clone());
             this.link.publish(topic, payload, false, Some(p));
         };
+        // From here the sender is a known owner: failures get a `rejected`
+        // answer (bounded by the same budget as pairing rejections).
+        let stale = if !ts_is_fresh(ts, now_ms()) {
+            true
+        } else {
+            match self.invite_seqs.classify_and_record(&owner_id, seq) {
+                SeqCheck::New => false,
+                // QoS 1 redelivery of an invite already answered.
+                SeqCheck::Duplicate => return self.drops.drop("duplicate", &m.topic_str),
+                SeqCheck::Old => true,
+            }
+        };
+        if stale {
+            self.drops.drop("stale", &m.topic_str);
+            if self.reject_budget.take() {
+                reply(self, json!({"status":"rejected","reason":"stale"}));
+            }
+            return;
+        }
         if self.call.is_some() {
             info!(session = %session, caller = %owner_id, "busy: already in a call");
             return reply(self, json!({"status":"busy"}));
@@ -286,7 +311,11 @@ impl Service {
             Ok(i) => i,
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");
-                return reply(self, json!({"status":"rejected","reason":e.reason()}));
+                let mut body = json!({"status":"rejected","reason":e.reason()});
+                if let payloads::InviteError::Invalid(detail) = &e {
+                    body["detail"] = json!(detail);
+                }
+                return reply(self, body);
             }
         };
         self.accept_call(session.clone(), owner_id, &key, invite, reply);
@@ -341,7 +370,14 @@ impl Service {
             Ok(()) => {}
             // QoS 1 redelivery: already handled, drop silently.
             Err(crate::auth::freshness::ReplayError::Duplicate) => return,
-            Err(crate::auth::freshness::ReplayError::TooOld) => return self.drops.drop("stale", &m.topic_str),
+            Err(crate::auth::freshness::ReplayError::TooOld) => {
+                self.drops.drop("stale", &m.topic_str);
+                if self.reject_budget.take() {
+                    let body = json!({"status":"rejected","reason":"stale"});
+                    self.respond(command, body, seq, f.correlation.clone());
+                }
+                return;
+            }
         }
         let correlation = f.correlation.clone();
         let session = session.clone();
@@ -488,6 +524,9 @@ impl Service {
         if self.hw.config().estop.is_some() {
             min(Instant::now() + ESTOP_POLL);
         }
+        if self.button.is_some() {
+            min(Instant::now() + BUTTON_POLL);
+        }
         t
     }
 
@@ -502,6 +541,22 @@ impl Service {
         let timeout = Duration::from_secs(self.cfg.call.timeout_s);
         if self.call.as_ref().is_some_and(|c| c.timed_out(now, timeout)) {
             self.end_call(EndReason::Timeout);
+        }
+        let pressed = match self.button.as_mut() {
+            Some((sensor, debounce)) => match sensor.is_active() {
+                Ok(active) => debounce.update(active, now),
+                Err(e) => {
+                    warn!(error = ?e, "cannot read the pairing button");
+                    false
+                }
+            },
+            None => false,
+        };
+        if pressed {
+            info!("pairing button pressed");
+            if let Err(e) = self.open_pairing() {
+                error!(error = %e, "cannot open the pairing window");
+            }
         }
     }
 
