@@ -436,12 +436,10 @@ impl Service {
                 match r {
                     Ok(s) => {
                         let video = VideoParams { width: s.width, height: s.height, fps: s.fps, kbps: s.kbps };
-                        let mut ssrc = 0;
                         if let Some(c) = self.call.as_mut() {
                             c.video = video;
-                            ssrc = c.video_ssrc;
                         }
-                        json!({"status":"ok","video":payloads::video_in_force(ssrc, video)})
+                        json!({"status":"ok","video":video})
                     }
                     Err(e) => CommandError::Invalid(e.to_string()).response(),
                 }

@@ -153,22 +153,16 @@ pub fn accepted(robot_nonce: &[u8; 16], ssrc: u32, video: VideoParams, audio_ssr
     let mut v = json!({
         "status": "accepted",
         "nonce": hex::encode(robot_nonce),
-        "video": video_in_force(ssrc, video),
+        "video": {
+            "codec": "H264", "payload_type": 96, "clock_rate": 90000, "ssrc": ssrc,
+            "width": video.width, "height": video.height, "fps": video.fps, "kbps": video.kbps,
+        },
         "srtp": { "profile": "AES_CM_128_HMAC_SHA1_80" },
     });
     if let Some(a) = audio_ssrc {
         v["audio"] = json!({ "codec": "OPUS", "payload_type": 111, "clock_rate": 48000, "ssrc": a });
     }
     v
-}
-
-/// The `video` object of the accept and of `video` responses (section 8:
-/// the same shape in both).
-pub fn video_in_force(ssrc: u32, video: VideoParams) -> Value {
-    json!({
-        "codec": "H264", "payload_type": 96, "clock_rate": 90000, "ssrc": ssrc,
-        "width": video.width, "height": video.height, "fps": video.fps, "kbps": video.kbps,
-    })
 }
 
 /// A parsed in-call request.
