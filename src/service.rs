@@ -421,9 +421,6 @@ impl Service {
             Command::Ping => json!({"status":"ok","motion":self.motors.state().as_str(),"at":"unknown"}),
             Command::Hangup => return None,
             Command::Video(change) => {
-                if let Some(Err(detail)) = self.call.as_ref().map(|c| c.invite.check_change(&change)) {
-                    return Some(CommandError::Invalid(detail).response());
-                }
                 let Some(sender) = self.media.video(session) else {
                     return Some(
                         json!({"status":"rejected","reason":"video_unavailable","detail":"video is not running yet"}),

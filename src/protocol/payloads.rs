@@ -103,26 +103,6 @@ impl Invite {
         Ok(inv)
     }
 
-    /// A `video` command must stay within what the phone offered (7.1: the
-    /// robot never exceeds the invite's `max_*`); `Err` names the limit.
-    pub fn check_change(&self, change: &VideoChange) -> Result<(), String> {
-        let v = &self.video;
-        match *change {
-            VideoChange::Bitrate(k) if k > v.max_kbps => {
-                Err(format!("kbps {k} exceeds the invite's max_kbps {}", v.max_kbps))
-            }
-            VideoChange::Format { width, height, fps }
-                if width > v.max_width || height > v.max_height || fps > v.max_fps =>
-            {
-                Err(format!(
-                    "{width}x{height}@{fps} exceeds the invite's maximum {}x{}@{}",
-                    v.max_width, v.max_height, v.max_fps
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Whether the phone asked for Opus audio.
     pub fn wants_audio(&self) -> bool {
         self.audio.as_ref().is_some_and(|a| a.codecs.iter().any(|c| c.eq_ignore_ascii_case("OPUS")))
@@ -363,16 +343,5 @@ mod tests {
             Ok(Command::Goto { destination: "bedroom".into() })
         );
         assert!(parse_command("goto", br#"{"destination":""}"#).is_err());
-    }
-
-    #[test]
-    fn video_changes_stay_within_the_invite() {
-        let inv = Invite::parse(INVITE.as_bytes()).unwrap();
-        assert!(inv.check_change(&VideoChange::Bitrate(2500)).is_ok());
-        assert!(inv.check_change(&VideoChange::Bitrate(2501)).is_err());
-        assert!(inv.check_change(&VideoChange::Format { width: 1280, height: 720, fps: 30 }).is_ok());
-        assert!(inv.check_change(&VideoChange::Format { width: 1282, height: 720, fps: 30 }).is_err());
-        assert!(inv.check_change(&VideoChange::Format { width: 640, height: 722, fps: 30 }).is_err());
-        assert!(inv.check_change(&VideoChange::Format { width: 640, height: 360, fps: 31 }).is_err());
     }
 }
