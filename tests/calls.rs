@@ -276,23 +276,16 @@ async fn unknown_command_and_invalid_request() {
 async fn video_command_changes_bitrate() {
     let Owned { broker: _broker, robot, mut phone, paired } = robot_with_owner("").await;
     let port = free_udp_port();
-    let offer = Offer { max_kbps: 800, ..Offer::new(LOCALHOST, port) };
-    let mut c = call_with(&mut phone, &paired, &offer).await;
-    let accepted = c.accept["video"].clone();
+    let mut c = call(&mut phone, &paired, port).await;
+    let a = c.accept["video"].clone();
     let rx = receiver(port, c.video_ssrc, c.srtp_video).await;
     assert!(frames_with_pings(&mut phone, &mut c, &rx, 10, Duration::from_secs(30)).await, "no frames");
 
+    // Section 8: the response's video holds the four values now in force.
     let seq = phone.send(&mut c, "video", &json!({"kbps": 300})).await;
     let (_, v) = phone.response(&c, SOON, |k, v| k == "video" && v["re"] == seq).await.expect("video answered");
-    assert_eq!(v["status"], "ok", "{v}");
-    assert_eq!(v["video"]["kbps"], 300, "{v}");
-    // Same shape as the accept's `video` (section 8); only kbps changed, and
-    // never the SSRC or the payload type (7.4).
-    for (k, was) in accepted.as_object().unwrap() {
-        if k != "kbps" {
-            assert_eq!(&v["video"][k], was, "video.{k} after a bitrate change: {v}");
-        }
-    }
+    let want = json!({"width": a["width"], "height": a["height"], "fps": a["fps"], "kbps": 300});
+    assert_eq!(v, json!({"status":"ok","video":want,"re":seq}));
     assert_eq!(status(&robot)["call"]["video"]["kbps"], 300);
     // The stream goes on without a restart.
     let f = rx.frames();
@@ -303,10 +296,21 @@ async fn video_command_changes_bitrate() {
         rx.frames()
     );
 
-    // Above what the phone offered: refused, and nothing changes (7.1: never exceed max_*).
-    let v = request(&mut phone, &mut c, "video", json!({"kbps": 2400})).await;
-    assert_eq!(v["status"], "rejected", "kbps above the offer's max_kbps accepted: {v}");
+    // Beyond the robot's limits (7.1): refused, nothing changes.
+    let v = request(&mut phone, &mut c, "video", json!({"kbps": 20001})).await;
+    assert_eq!(v["status"], "rejected", "{v}");
     assert_eq!(v["reason"], "invalid_request", "{v}");
     assert_eq!(status(&robot)["call"]["video"]["kbps"], 300);
+
+    // A size and rate change renegotiates: the phone decodes the new size.
+    let v = request(&mut phone, &mut c, "video", json!({"width": 160, "height": 120, "fps": 15})).await;
+    assert_eq!(v["video"], json!({"width":160,"height":120,"fps":15,"kbps":300}), "{v}");
+    let resized = {
+        let rx = rx.clone();
+        tokio::task::spawn_blocking(move || rx.wait_frame_size(160, 120, Duration::from_secs(30))).await.unwrap()
+    };
+    assert!(resized, "no 160x120 frame decoded; last size {:?}", rx.frame_size());
+    let f = rx.frames();
+    assert!(frames_with_pings(&mut phone, &mut c, &rx, f + 10, Duration::from_secs(30)).await, "frames stopped");
     stop_receiver(rx).await;
 }
