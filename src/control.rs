@@ -33,6 +33,8 @@ pub enum Request {
     OwnersRemove { id: String },
     /// Daemon status.
     Status,
+    /// Tell the navigator where the robot is (e.g. after carrying it to its dock).
+    SetAt { place: String },
 }
 
 /// An admin response: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.

@@ -39,6 +39,12 @@ enum Command {
     },
     /// Show the running daemon's status.
     Status,
+    /// Tell the running daemon where the robot stands (a place of the map),
+    /// e.g. after putting it back on its dock when its position is unknown.
+    At {
+        /// The place name, e.g. `home`.
+        place: String,
+    },
     /// Drive every configured motor pin to its safe level and disable PWM,
     /// without the daemon (for systemd's ExecStopPost=, after any exit).
     SafeStop,
@@ -123,6 +129,11 @@ fn real_main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::At { place } => {
+            admin(&cfg, Request::SetAt { place: place.clone() })?;
+            println!("the robot is now at {place}");
+            Ok(())
+        }
         Command::SafeStop => {
             let pins = robotd::motion::safe_stop(&cfg.hardware)?;
             println!("motors safe: pins {pins:?} at their safe level, PWM disabled");

@@ -21,11 +21,12 @@ use crate::call::{Call, EndReason, Negotiated};
 use crate::config::Config;
 use crate::control::{Request, Response};
 use crate::hal::sim::SimRunner;
-use crate::hal::{BinarySensor, Debounced, Hardware, Input, Sensor};
+use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, Sensor};
 use crate::identity::ClientId;
 use crate::link::{Inbound, LinkEvent, LinkHandle};
 use crate::media::{Media, MediaEvent, MediaRequest};
 use crate::motion::{DriveCommand, MotorController, StopReason};
+use crate::nav::{CancelledBy, MotorCmd, Navigator, Sensors};
 use crate::pairing::{self, PairOutcome, PairRequest, PairingUri, PairingWindows, Reject};
 use crate::protocol::payloads::{self, Command, CommandError, Invite, VideoChange, VideoParams};
 use crate::protocol::props::{self, AuthFields, now_ms};
@@ -126,6 +127,13 @@ pub struct Service {
     call: Option<Call>,
     /// The optional pairing button and its debouncer.
     button: Option<(Sensor<Input>, Debounced)>,
+    /// Navigation, when `[nav]` configures a map.
+    nav: Option<Navigator>,
+    encoders: Option<(EncoderCounter, EncoderCounter)>,
+    obstacle: Option<Sensor<Input>>,
+    /// `re` and correlation data of the goto in progress (its statuses carry them).
+    goto_re: Option<(u64, Option<Bytes>)>,
+    next_nav_tick: Option<Instant>,
 }
 
 /// How often the pairing button is polled.
@@ -151,6 +159,15 @@ impl Service {
             Some(b) => Some((hw.input(b)?, Debounced::default())),
             None => None,
         };
+        let nav = match &cfg.nav {
+            Some(n) => Some(Navigator::new(n, &cfg.hardware, &cfg.robot.state_dir)?),
+            None => None,
+        };
+        let encoders = hw.encoders()?;
+        let obstacle = hw.obstacle_sensor()?;
+        if let Some(n) = &nav {
+            info!(places = n.destinations().len(), at = n.at_or_unknown(), "map loaded");
+        }
         let sim = hw.sim().map(|s| s.run_realtime());
         let pairing = PairingWindows::new(Duration::from_secs(cfg.pairing.window_s), pairing::DEFAULT_MAX_FAILURES);
         let mut s = Service {
@@ -171,6 +188,11 @@ impl Service {
             media,
             call: None,
             button,
+            nav,
+            encoders,
+            obstacle,
+            goto_re: None,
+            next_nav_tick: None,
         };
         info!(owners = s.owners.list().len(), "owners loaded");
         if s.owners.is_empty() && s.cfg.pairing.open_when_unowned {
@@ -192,7 +214,11 @@ impl Service {
         match ev {
             LinkEvent::Connected => info!("online"),
             LinkEvent::Disconnected => {
-                // Nobody can renew or stop a drive while we are offline.
+                // Nobody can renew or stop a drive, or watch a goto, while we are offline.
+                if let Some(nav) = self.nav.as_mut() {
+                    let statuses = nav.fail(Instant::now(), "link_lost", "the robot lost its broker connection");
+                    self.publish_goto(statuses, None);
+                }
                 self.stop_motors("broker connection lost");
                 warn!("offline; reconnecting");
             }
@@ -384,6 +410,7 @@ impl Service {
         let answer = match payloads::parse_command(command, &m.payload) {
             Err(e) => e.response(),
             Ok(Command::Hangup) => return self.end_call_answering(EndReason::Hangup, Some((seq, correlation))),
+            Ok(Command::Goto { destination }) => return self.start_goto(&destination, seq, correlation),
             Ok(cmd) => match self.run_command(&session, cmd) {
                 Some(v) => v,
                 None => return,
@@ -406,7 +433,16 @@ impl Service {
     fn run_command(&mut self, session: &ClientId, cmd: Command) -> Option<Value> {
         Some(match cmd {
             Command::Drive { linear, angular, ms } => {
-                match self.motors.drive(DriveCommand { linear, angular, ms }, Instant::now()) {
+                // A drive takes the motors over from a goto; any motion loses the place.
+                let now = Instant::now();
+                let moving = linear != 0.0 || angular != 0.0;
+                let statuses = match self.nav.as_mut() {
+                    Some(n) if moving => n.manual_drive(now),
+                    Some(n) => n.cancel(now, CancelledBy::Drive),
+                    None => Vec::new(),
+                };
+                self.publish_goto(statuses, None);
+                match self.motors.drive(DriveCommand { linear, angular, ms }, now) {
                     Ok(()) => json!({"status":"ok"}),
                     Err(crate::motion::MotionError::EstopLatched) => {
                         json!({"status":"rejected","reason":"estop","detail":"the e-stop is latched; release and clear it"})
@@ -415,10 +451,13 @@ impl Service {
                 }
             }
             Command::Stop => {
+                let statuses =
+                    self.nav.as_mut().map(|n| n.cancel(Instant::now(), CancelledBy::Stop)).unwrap_or_default();
                 self.stop_motors("stop request");
+                self.publish_goto(statuses, None);
                 json!({"status":"stopped"})
             }
-            Command::Ping => json!({"status":"ok","motion":self.motors.state().as_str(),"at":"unknown"}),
+            Command::Ping => json!({"status":"ok","motion":self.motion(),"at":self.at()}),
             Command::Hangup => return None,
             Command::Video(change) => {
                 let Some(sender) = self.media.video(session) else {
@@ -441,11 +480,98 @@ impl Service {
                     Err(e) => CommandError::Invalid(e.to_string()).response(),
                 }
             }
-            Command::Goto { destination } => {
-                json!({"destination":destination,"status":"rejected","reason":"no_map","detail":"navigation is not available on this robot yet"})
+            Command::Goto { .. } => unreachable!("handled in on_session_request"),
+            Command::Destinations => {
+                let places = self.nav.as_ref().map(|n| n.destinations().to_vec()).unwrap_or_default();
+                json!({"status":"ok","destinations":places,"at":self.at()})
             }
-            Command::Destinations => json!({"status":"ok","destinations":[],"at":"unknown"}),
         })
+    }
+
+    fn motion(&self) -> &'static str {
+        if self.nav.as_ref().is_some_and(Navigator::is_navigating) {
+            "navigating"
+        } else {
+            self.motors.state().as_str()
+        }
+    }
+
+    /// Where the robot is: a place name, or "unknown" (no map, or lost after
+    /// an interrupted move until an admin sets it with `robotd at PLACE`).
+    fn at(&self) -> &str {
+        self.nav.as_ref().map_or("unknown", Navigator::at_or_unknown)
+    }
+
+    /// `goto`: statuses go out on `goto/response` with the request's `re`.
+    fn start_goto(&mut self, destination: &str, re: u64, correlation: Option<Bytes>) {
+        let Some(nav) = self.nav.as_mut() else {
+            let body = json!({"destination":destination,"status":"rejected","reason":"no_map","detail":"no [nav] map is configured on this robot"});
+            return self.respond("goto", body, re, correlation);
+        };
+        let now = Instant::now();
+        match nav.goto(destination, now) {
+            Ok(statuses) => {
+                // A replaced goto's `cancelled` carries its own `re`.
+                let old = self.goto_re.take();
+                let (old_st, new_st): (Vec<_>, Vec<_>) = statuses.into_iter().partition(|s| s.is_final());
+                self.publish_goto(old_st, old);
+                self.goto_re = Some((re, correlation));
+                self.publish_goto(new_st, None);
+                self.next_nav_tick = Some(now);
+            }
+            Err(rejected) => self.respond("goto", rejected.to_json(), re, correlation),
+        }
+    }
+
+    /// Publish goto statuses with the `re` of their goto (`re` given, or the
+    /// one in progress); a final status ends that goto's stream.
+    fn publish_goto(&mut self, statuses: Vec<crate::nav::Status>, re: Option<(u64, Option<Bytes>)>) {
+        for st in statuses {
+            let target = re.clone().or_else(|| self.goto_re.clone());
+            if let Some((seq, corr)) = target {
+                self.respond("goto", st.to_json(), seq, corr);
+            }
+            if st.is_final() && re.is_none() {
+                self.goto_re = None;
+            }
+        }
+    }
+
+    /// One navigation step: read sensors, apply the motor command, publish.
+    fn nav_tick(&mut self, now: Instant) {
+        let Some(nav) = self.nav.as_mut() else { return };
+        if !nav.is_navigating() {
+            self.next_nav_tick = None;
+            return;
+        }
+        let sensors = Sensors {
+            encoders: self.encoders.as_ref().map(|(l, r)| [l.count(), r.count()]),
+            obstacle: self.obstacle.as_mut().is_some_and(|o| o.is_active().unwrap_or(true)),
+        };
+        let tick = nav.tick(now, &sensors);
+        let mut statuses = tick.statuses;
+        match tick.motor {
+            Some(MotorCmd::Drive { linear, angular }) => {
+                if let Err(e) = self.motors.drive(DriveCommand { linear, angular, ms: crate::nav::DRIVE_MS }, now) {
+                    statuses.extend(nav.fail(now, "estop", &e.to_string()));
+                    self.stop_motors("navigation refused by the motors");
+                }
+            }
+            Some(MotorCmd::Stop) => self.stop_motors("navigation"),
+            None => {}
+        }
+        self.publish_goto(statuses, None);
+        self.next_nav_tick = self.nav.as_ref().filter(|n| n.is_navigating()).map(|_| now + crate::nav::TICK);
+    }
+
+    /// Cancel a goto in progress (call end, link loss, shutdown).
+    fn cancel_goto(&mut self, by: CancelledBy) {
+        if let Some(nav) = self.nav.as_mut() {
+            let statuses = nav.cancel(Instant::now(), by);
+            self.stop_motors("goto cancelled");
+            self.publish_goto(statuses, None);
+        }
+        self.next_nav_tick = None;
     }
 
     /// The caller's presence: `false` ends its call.
@@ -466,6 +592,8 @@ impl Service {
         if self.call.is_none() {
             return;
         }
+        let by = if reason == EndReason::Shutdown { CancelledBy::Shutdown } else { CancelledBy::Hangup };
+        self.cancel_goto(by);
         self.stop_motors("call ended");
         self.media.stop();
         let call = self.call.as_ref().expect("checked");
@@ -522,11 +650,17 @@ impl Service {
         if self.button.is_some() {
             min(Instant::now() + BUTTON_POLL);
         }
+        if let Some(t) = self.next_nav_tick {
+            min(t);
+        }
         t
     }
 
     /// Run what is due at `now`.
     pub fn on_timer(&mut self, now: Instant) {
+        if self.next_nav_tick.is_some_and(|t| now >= t) {
+            self.nav_tick(now);
+        }
         match self.motors.poll(now) {
             Ok(Some(StopReason::Deadman)) => info!("deadman: drive expired, motors stopped"),
             Ok(Some(StopReason::Estop)) => warn!("e-stop pressed: motors stopped and latched"),
@@ -608,6 +742,16 @@ impl Service {
                 Response::ok(json!({}))
             }
             Request::Owners => Response::ok(json!({ "owners": self.owners_json() })),
+            Request::SetAt { place } => match self.nav.as_mut() {
+                None => Response::err("no [nav] map is configured"),
+                Some(n) => match n.set_at(&place) {
+                    Ok(()) => {
+                        info!(%place, "position set by admin");
+                        Response::ok(json!({ "at": place }))
+                    }
+                    Err(e) => Response::err(e.to_string()),
+                },
+            },
             Request::OwnersRemove { id } => {
                 let Ok(id) = id.parse::<ClientId>() else {
                     return Response::err(format!("{id:?} is not a client ID (32 lowercase hex characters)"));
@@ -637,7 +781,8 @@ impl Service {
                     "pairing": self.pairing.status(now_ms()).to_string(),
                     "owners": self.owners.list().len(),
                     "call": self.call.as_ref().map(|c| json!({"session": c.session, "caller": c.caller, "video": c.video})),
-                    "motion": self.motors.state().as_str(),
+                    "motion": self.motion(),
+                    "at": self.at(),
                     "sim": self.hw.sim().map(|s| {
                         let snap = s.snapshot();
                         json!({"x": snap.pose.x, "y": snap.pose.y, "heading": snap.pose.heading,
@@ -665,6 +810,7 @@ impl Service {
     /// Ordered shutdown, first part: motors, then the call (whose `ended`
     /// goes out while the link is still up), then video.
     pub async fn shutdown(&mut self) {
+        self.cancel_goto(CancelledBy::Shutdown);
         self.stop_motors("shutdown");
         self.end_call(EndReason::Shutdown);
         self.media.stop_and_wait().await;
