@@ -194,6 +194,17 @@ async fn call_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_ends_on_shutdown() {
+    let Owned { broker: _broker, mut robot, mut phone, paired } = robot_with_owner("").await;
+    let sink = UdpSink::bind();
+    let mut c = call(&mut phone, &paired, sink.port).await;
+    drive(&mut phone, &mut c, 0.5, 1000).await;
+    let exit = blocking(|| robot.stop());
+    assert!(exit.success(), "robotd exit status {exit:?}");
+    assert_eq!(ended(&mut phone, &c, SOON).await, json!({"status":"ended","reason":"shutdown"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_owner_invite_changes_nothing() {
     let Owned { broker, robot, mut phone, paired } = robot_with_owner("").await;
     let mut probe = Probe::connect(&broker, &[&format!("invite/{}/+/response", robot.id)]).await;
