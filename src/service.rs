@@ -460,6 +460,26 @@ impl Service {
             Command::Ping => json!({"status":"ok","motion":self.motion(),"at":self.at()}),
             Command::Hangup => return None,
             Command::Video(change) => {
+                // Never more than the phone said it can receive (its invite's max_*).
+                if let Some(offer) = self.call.as_ref().map(|c| &c.invite.video) {
+                    let over = match change {
+                        VideoChange::Bitrate(k) if k > offer.max_kbps => {
+                            Some(format!("kbps {k} is above the invite's max_kbps {}", offer.max_kbps))
+                        }
+                        VideoChange::Format { width, height, fps }
+                            if width > offer.max_width || height > offer.max_height || fps > offer.max_fps =>
+                        {
+                            Some(format!(
+                                "{width}x{height}@{fps} is above the invite's {}x{}@{}",
+                                offer.max_width, offer.max_height, offer.max_fps
+                            ))
+                        }
+                        _ => None,
+                    };
+                    if let Some(detail) = over {
+                        return Some(CommandError::Invalid(detail).response());
+                    }
+                }
                 let Some(sender) = self.media.video(session) else {
                     return Some(
                         json!({"status":"rejected","reason":"video_unavailable","detail":"video is not running yet"}),

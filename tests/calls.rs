@@ -307,9 +307,14 @@ async fn video_command_changes_bitrate() {
         rx.frames()
     );
 
-    // Beyond the robot's limits (7.1): refused, nothing changes.
+    // Beyond the robot's limits (7.1) or the invite's max_*: refused, nothing changes.
     let v = request(&mut phone, &mut c, "video", json!({"kbps": 20001})).await;
     assert_eq!(v["status"], "rejected", "{v}");
+    assert_eq!(v["reason"], "invalid_request", "{v}");
+    let v = request(&mut phone, &mut c, "video", json!({"kbps": 3000})).await;
+    assert_eq!(v["reason"], "invalid_request", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("max_kbps 2500"), "{v}");
+    let v = request(&mut phone, &mut c, "video", json!({"width": 1920, "height": 1080, "fps": 15})).await;
     assert_eq!(v["reason"], "invalid_request", "{v}");
     assert_eq!(status(&robot)["call"]["video"]["kbps"], 300);
 
