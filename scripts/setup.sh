@@ -13,7 +13,7 @@ PACKAGES=(
   # x264enc: ugly; avdec_h264: libav)
   mosquitto mosquitto-clients
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa
   # checks: systemd-analyze for the unit
   systemd
 )

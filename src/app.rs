@@ -9,13 +9,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tracing::info;
 
 use crate::config::Config;
+use crate::control;
+use crate::hal::Hardware;
 use crate::identity::{self, ClientId};
-use crate::link::{Link, LinkEvent};
+use crate::link::Link;
+use crate::media::Media;
+use crate::motion::MotorController;
 use crate::protocol::Profile;
+use crate::service::Service;
+use crate::shutdown;
 
 /// Tell systemd something, if we run under it (no-op otherwise).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -26,6 +32,14 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 fn watchdog_period() -> Option<Duration> {
     let mut usec = 0u64;
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Sleep until `t`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(t: Option<std::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Create the state directory if it does not exist (systemd's
@@ -43,32 +57,51 @@ pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Run the daemon until `shutdown` turns true.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<()> {
     ensure_state_dir(&cfg.robot.state_dir)?;
     let robot: ClientId = identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
     info!(robot = %robot, "robot identity");
 
     let profile = Profile::robot(&cfg.robot.nickname, cfg.robot.photo.as_deref(), &cfg.robot.model).to_json();
+    // Hardware first: motors are stopped when their drivers are created.
+    let mut hw = Hardware::open(&cfg.hardware)?;
+    let motors = MotorController::from_config(&mut hw)?;
+    info!(backend = ?cfg.hardware.backend, "hardware ready, motors stopped");
+    let (media_tx, mut media_events) = mpsc::unbounded_channel();
+    let media = Media::new(cfg.video.clone(), cfg.audio.clone(), media_tx);
+
     let link = Link::new(&cfg, robot.clone(), profile)?;
-    let _handle = link.handle();
+    let mut service = Service::new(cfg.clone(), robot, link.handle(), hw, motors, media)?;
+
+    let (link_stop, link_stop_rx) = shutdown::channel();
     let (events_tx, mut events) = mpsc::channel(256);
-    let (link_stop_tx, link_stop_rx) = watch::channel(false);
     let link_task = tokio::spawn(link.run(events_tx, link_stop_rx));
+
+    let (admin_tx, mut admin) = mpsc::channel(16);
+    let listener = control::bind(&cfg.control.socket)?;
+    let control_task = tokio::spawn(control::serve(listener, admin_tx, shutdown.clone()));
 
     // Config loaded, hardware safe: ready (not gated on the broker, so a
     // robot without network still boots and keeps its motors stopped).
     notify(&[sd_notify::NotifyState::Ready]);
     let mut watchdog = watchdog_period().map(tokio::time::interval);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     loop {
+        let wakeup = service.next_wakeup();
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown::stopped(&mut shutdown) => break,
+            _ = sleep_until_opt(wakeup) => service.on_timer(std::time::Instant::now()),
+            Some(ev) = media_events.recv() => service.on_media(ev),
             ev = events.recv() => match ev {
-                Some(LinkEvent::Connected) => info!("presence announced"),
-                Some(LinkEvent::Disconnected) => warn!("broker connection lost"),
-                Some(LinkEvent::Message(m)) => tracing::debug!(topic = %m.topic_str, "message"),
+                Some(ev) => service.on_link(ev),
                 None => break,
             },
+            Some((req, reply)) = admin.recv() => {
+                let _ = reply.send(service.on_admin(req));
+            }
+            _ = tick.tick() => service.tick(),
+            // Pinged from this loop, not a side timer, so a stuck loop is caught.
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
@@ -77,8 +110,11 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
 
     info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
-    let _ = link_stop_tx.send(true);
+    service.shutdown().await;
+    let _ = link_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&cfg.control.socket);
     info!("stopped");
     Ok(())
 }

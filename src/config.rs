@@ -40,6 +40,54 @@ pub struct Config {
     pub pairing: PairingConfig,
     pub call: CallConfig,
     pub control: ControlConfig,
+    pub hardware: crate::hal::HardwareConfig,
+    pub video: VideoConfig,
+    pub audio: AudioConfig,
+}
+
+/// `[video]`: the camera stream of a call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoConfig {
+    /// `"auto"` (the first V4L2 camera with a usable format), a device such as
+    /// `"/dev/video0"`, or `"test"` for GStreamer's test pattern (no camera).
+    pub device: String,
+    /// `"auto"` (v4l2h264enc, else x264enc, else openh264enc) or one of those names.
+    pub encoder: String,
+    /// Preferred size, frame rate and bitrate; each call gets these capped by
+    /// what the phone's invite allows.
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub kbps: u32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig { device: "auto".into(), encoder: "auto".into(), width: 1280, height: 720, fps: 30, kbps: 2000 }
+    }
+}
+
+impl VideoConfig {
+    /// The encoder preference (validated at load).
+    pub fn encoder_preference(&self) -> crate::video::EncoderPreference {
+        use crate::video::{Encoder, EncoderPreference};
+        match self.encoder.as_str() {
+            "v4l2h264enc" => EncoderPreference::Force(Encoder::V4l2),
+            "x264enc" => EncoderPreference::Force(Encoder::X264),
+            "openh264enc" => EncoderPreference::Force(Encoder::OpenH264),
+            _ => EncoderPreference::Auto,
+        }
+    }
+}
+
+/// `[audio]`: the optional microphone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioConfig {
+    /// An ALSA capture device (e.g. `"plughw:1,0"`), `"test"` for a test
+    /// tone, or unset for no microphone (calls then carry no audio).
+    pub device: Option<String>,
 }
 
 /// `[robot]`: who the robot is.
@@ -279,6 +327,44 @@ impl Config {
         if !self.control.socket.is_absolute() {
             return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));
         }
+        self.hardware.validate().map_err(|e| (e.key, e.message))?;
+        let v = &self.video;
+        if !matches!(v.encoder.as_str(), "auto" | "v4l2h264enc" | "x264enc" | "openh264enc") {
+            return bad(
+                "video.encoder",
+                format!("{:?} is not one of auto, v4l2h264enc, x264enc, openh264enc", v.encoder),
+            );
+        }
+        if v.device.is_empty() {
+            return bad("video.device", "must be \"auto\", \"test\" or a device path such as /dev/video0".into());
+        }
+        use crate::protocol::payloads as pl;
+        if !(pl::MIN_WIDTH..=pl::MAX_WIDTH).contains(&v.width) || v.width % 2 == 1 {
+            return bad(
+                "video.width",
+                format!("{} must be even and within {}..={}", v.width, pl::MIN_WIDTH, pl::MAX_WIDTH),
+            );
+        }
+        if !(pl::MIN_HEIGHT..=pl::MAX_HEIGHT).contains(&v.height) || v.height % 2 == 1 {
+            return bad(
+                "video.height",
+                format!("{} must be even and within {}..={}", v.height, pl::MIN_HEIGHT, pl::MAX_HEIGHT),
+            );
+        }
+        if !(1..=pl::MAX_FPS).contains(&v.fps) {
+            return bad("video.fps", format!("{} is outside 1..={}", v.fps, pl::MAX_FPS));
+        }
+        if !(pl::MIN_KBPS..=pl::MAX_KBPS).contains(&v.kbps) {
+            return bad("video.kbps", format!("{} is outside {}..={}", v.kbps, pl::MIN_KBPS, pl::MAX_KBPS));
+        }
+        if self.audio.device.as_deref() == Some("") {
+            return bad("audio.device", "leave it unset for no microphone, or name an ALSA device or \"test\"".into());
+        }
+        if let Some(p) = self.pairing.button_pin {
+            if let Some((role, _)) = self.hardware.pin_roles().into_iter().find(|(_, q)| *q == p) {
+                return bad("pairing.button_pin", format!("GPIO {p} is already used as {role}"));
+            }
+        }
         Ok(())
     }
 
@@ -334,6 +420,12 @@ mod tests {
             ("[pairing]\nbutton_pin = 40", "pairing.button_pin"),
             ("[pairing]\nbutton_active = \"sideways\"", "pairing.button_active"),
             ("[wat]\n", "wat"),
+            ("[hardware.left]\ndriver = \"l298n\"\nin1_pin = 17\nin2_pin = 27\npwm_pin = 40", "hardware.left.pwm_pin"),
+            ("[hardware]\nbackend = \"gpio\"", "hardware.backend"),
+            ("[pairing]\nbutton_pin = 17", "pairing.button_pin"),
+            ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
+            ("[video]\nwidth = 641", "video.width"),
+            ("[video]\nkbps = 5", "video.kbps"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

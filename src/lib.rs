@@ -15,15 +15,23 @@
 //! - [`protocol`]: topic builders/parsers and payload types; nothing else formats topics.
 //! - [`auth`]: message MACs, HKDF key derivation, freshness and replay windows, the owners store.
 //! - [`pairing`]: pairing windows (pure state machine), the pairing URI and its QR code.
+//! - [`call`]: the call state machine (no I/O): session keys, replay window, idle timeout.
 //! - [`link`]: the one task that owns the MQTT event loop; presence, reconnects, routing.
 //! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
+//! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl` and the tests.
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
+//! - [`media`]: starts and stops the call's GStreamer senders off the main loop.
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
+//! - [`video`]: camera discovery (v4l), the GStreamer sending pipeline (H.264/Opus over
+//!   SRTP) with its supervision, and the receiving pipeline `robotctl` uses.
+//! - [`shutdown`]: the shutdown signal every loop selects on.
+//! - [`service`]: the protocol brain: authentication gate, pairing, owners, admin requests.
 //! - [`app`]: wires the tasks together and owns the ordered shutdown.
 //! - [`logging`]: journal under systemd, stderr otherwise.
 
 pub mod app;
 pub mod auth;
+pub mod call;
 pub mod config;
 pub mod control;
 pub mod fsutil;
@@ -31,6 +39,11 @@ pub mod hal;
 pub mod identity;
 pub mod link;
 pub mod logging;
+pub mod media;
 pub mod motion;
 pub mod pairing;
+pub mod phone;
 pub mod protocol;
+pub mod service;
+pub mod shutdown;
+pub mod video;

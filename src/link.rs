@@ -256,6 +256,12 @@ impl Link {
             debug!(topic = %topic_str, "dropped: topic outside the protocol");
             return;
         };
+        // A retained request would be delivered again on every reconnect.
+        if p.retain && !matches!(topic, topics::Topic::IsConnected { .. }) {
+            stats.dropped_topic.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %topic_str, "dropped: retained request");
+            return;
+        }
         if p.payload.len() > protocol::MAX_PAYLOAD {
             stats.dropped_size.fetch_add(1, Ordering::Relaxed);
             debug!(topic = %topic_str, len = p.payload.len(), "dropped: payload over 16 KiB");
@@ -286,7 +292,7 @@ impl Link {
         loop {
             let polled = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = crate::shutdown::stopped(&mut shutdown) => break,
                 ev = self.eventloop.poll() => ev,
             };
             match polled {
@@ -316,7 +322,7 @@ impl Link {
                     }
                     let delay = delays.next().unwrap_or(Duration::from_secs(2));
                     tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = crate::shutdown::stopped(&mut shutdown) => break,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }

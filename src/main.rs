@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use robotd::config::{self, Config};
+use robotd::control::Request;
 
 /// robotd: the robot side of "call your robot from your phone".
 #[derive(Parser)]
@@ -25,6 +26,35 @@ enum Command {
     Id,
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    /// Open a pairing window on the running daemon and show its QR code.
+    Pair {
+        /// Close the current pairing window instead.
+        #[arg(long)]
+        close: bool,
+    },
+    /// List the owners (phones paired with this robot), or remove one.
+    Owners {
+        #[command(subcommand)]
+        action: Option<OwnersAction>,
+    },
+    /// Show the running daemon's status.
+    Status,
+    /// Drive every configured motor pin to its safe level and disable PWM,
+    /// without the daemon (for systemd's ExecStopPost=, after any exit).
+    SafeStop,
+    /// List the cameras (V4L2 devices) with their formats, sizes and rates.
+    Cameras,
+}
+
+#[derive(Subcommand)]
+enum OwnersAction {
+    /// List owners (the default).
+    List,
+    /// Remove an owner; takes effect at once, without a restart.
+    Remove {
+        /// The owner's client ID (see `robotd owners`).
+        id: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,7 +84,92 @@ fn real_main() -> anyhow::Result<()> {
             println!("# {}: OK\n{}", cli.config.display(), cfg.to_toml());
             Ok(())
         }
+        Command::Pair { close } => {
+            let data = admin(&cfg, if close { Request::PairClose } else { Request::Pair })?;
+            if close {
+                println!("pairing window closed");
+            } else {
+                println!("{}", data["qr"].as_str().unwrap_or_default());
+                println!("Scan the QR code with the app, or pair with robotctl:");
+                println!("  robotctl pair '{}' --phone +<your number>", data["uri"].as_str().unwrap_or_default());
+                println!("QR code image: {}", data["png"].as_str().unwrap_or_default());
+                if let Some(ms) = data["expires_at_ms"].as_u64() {
+                    let left = ms.saturating_sub(robotd::protocol::props::now_ms()) / 1000;
+                    println!("The window closes after the first phone pairs, 20 failed attempts, or in {left} s.");
+                }
+            }
+            Ok(())
+        }
+        Command::Owners { action } => match action.unwrap_or(OwnersAction::List) {
+            OwnersAction::List => {
+                let data = admin(&cfg, Request::Owners)?;
+                let owners = data["owners"].as_array().cloned().unwrap_or_default();
+                if owners.is_empty() {
+                    println!("no owners; pair a phone with `robotd pair`");
+                }
+                for o in owners {
+                    println!(
+                        "{}  {}  paired {}",
+                        o["id"].as_str().unwrap_or("?"),
+                        o["nickname"].as_str().unwrap_or(""),
+                        o["paired_at_ms"].as_u64().map(format_ms).unwrap_or_default()
+                    );
+                }
+                Ok(())
+            }
+            OwnersAction::Remove { id } => {
+                admin(&cfg, Request::OwnersRemove { id: id.clone() })?;
+                println!("removed {id}");
+                Ok(())
+            }
+        },
+        Command::SafeStop => {
+            let pins = robotd::motion::safe_stop(&cfg.hardware)?;
+            println!("motors safe: pins {pins:?} at their safe level, PWM disabled");
+            Ok(())
+        }
+        Command::Cameras => {
+            let cams = robotd::video::camera::list_cameras();
+            if cams.is_empty() {
+                println!("no V4L2 camera found; set video.device = \"test\" for a test pattern");
+            } else {
+                print!("{}", robotd::video::camera::format_cameras(&cams));
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let data = admin(&cfg, Request::Status)?;
+            println!("{}", serde_json::to_string_pretty(&data)?);
+            Ok(())
+        }
     }
+}
+
+/// Send a request to the running daemon; an error answer becomes an error.
+fn admin(cfg: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
+    let resp = robotd::control::call(&cfg.control.socket, &req)?;
+    if !resp.ok {
+        anyhow::bail!("robotd: {}", resp.error.unwrap_or_default());
+    }
+    Ok(resp.data)
+}
+
+/// Unix milliseconds as a UTC date and time.
+fn format_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {

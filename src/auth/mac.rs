@@ -90,6 +90,43 @@ mod tests {
         assert_eq!(compute(&ks, &m), "6c4e45b5753e8d2b326c896b062a445d9b68d75b6dc26fbfdfd76340db3d414a");
     }
 
+    /// Additional vectors of docs/protocol.md (robot replies and an invite),
+    /// first computed by docs/vectors.py with Python's standard library.
+    #[test]
+    fn docs_additional_vectors() {
+        const ROBOT: &str = "0123456789abcdef0123456789abcdef";
+        let k = hex::decode("a0369cd9bece6225fa9218e192b9d2f976f5e830a3dc8d76060f9ba004da8f0f").unwrap();
+        let ks = hex::decode("61edd9aca22ea26a0234b90e26ea7a69e592d8b50fa7b4d1ddbe38c2d10458b8").unwrap();
+        let paired = MacInput {
+            topic: "pair/0123456789abcdef0123456789abcdef/36940d0ece18aebf69d0ef6825534e24/response",
+            from: ROBOT,
+            seq: 1764071000001,
+            ts_ms: 1764072000250,
+            payload: br#"{"status":"paired","robot":"0123456789abcdef0123456789abcdef","nickname":"Rover"}"#,
+        };
+        assert_eq!(compute(&k, &paired), "abcdef71301d44390f34dbfab4ac98573e3764ccfcbabc2f588e78f99e44e346");
+        let invite = MacInput {
+            topic: "invite/0123456789abcdef0123456789abcdef/00112233445566778899aabbccddeeff",
+            from: PHONE,
+            seq: 1764072000001,
+            ts_ms: 1764072060000,
+            payload: concat!(
+                r#"{"media":{"host":"192.0.2.10","port":5004},"video":{"codecs":["H264"],"#,
+                r#""max_width":1280,"max_height":720,"max_fps":30,"max_kbps":2500}}"#
+            )
+            .as_bytes(),
+        };
+        assert_eq!(compute(&k, &invite), "082b3d01598475437d177512a46501e17cacefd0b77667958727778ce16c9178");
+        let drive_response = MacInput {
+            topic: "session/00112233445566778899aabbccddeeff/drive/response",
+            from: ROBOT,
+            seq: 1,
+            ts_ms: 1764072000040,
+            payload: br#"{"status":"ok","re":7}"#,
+        };
+        assert_eq!(compute(&ks, &drive_response), "eddb626413bb9401cf4c95da135bf06f6716dc3d2fe5b49ca84ba535484aae68");
+    }
+
     #[test]
     fn any_changed_field_or_bad_mac_fails() {
         let key = [7u8; 32];

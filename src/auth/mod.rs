@@ -7,3 +7,4 @@
 pub mod freshness;
 pub mod keys;
 pub mod mac;
+pub mod owners;

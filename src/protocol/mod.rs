@@ -3,6 +3,7 @@
 //! Handlers never format topic strings by hand; everything that goes on the
 //! wire is built here, so `docs/protocol.md` has one place to check against.
 
+pub mod payloads;
 pub mod props;
 pub mod topics;
 

@@ -1,0 +1,183 @@
+//! The call state machine: idle -> in call -> ended. No I/O inside.
+//!
+//! The service feeds it authenticated invites, session requests, the
+//! caller's presence and the clock, and carries out what it returns
+//! (publish, start or stop video, stop the motors). Keeping I/O out makes
+//! every timing rule testable with a made-up `now`.
+
+use std::time::{Duration, Instant};
+
+use crate::auth::freshness::{ReplayError, ReplayWindow};
+use crate::auth::keys::{self, Key32, SrtpKey};
+use crate::identity::ClientId;
+use crate::protocol::payloads::{Invite, VideoParams};
+
+/// Why a call ended (the `reason` of the `ended` response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Hangup,
+    CallerOffline,
+    Timeout,
+    Shutdown,
+    VideoFailed,
+    /// The caller was removed from the owners (robotd decision, documented).
+    Revoked,
+}
+
+impl EndReason {
+    /// The protocol string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Hangup => "hangup",
+            EndReason::CallerOffline => "caller_offline",
+            EndReason::Timeout => "timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::VideoFailed => "video_failed",
+            EndReason::Revoked => "revoked",
+        }
+    }
+}
+
+/// What was agreed for a call's media.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub invite: Invite,
+    pub video: VideoParams,
+    pub video_ssrc: u32,
+    pub audio_ssrc: Option<u32>,
+}
+
+/// A call in progress.
+#[derive(Debug)]
+pub struct Call {
+    pub session: ClientId,
+    pub caller: ClientId,
+    pub robot_nonce: [u8; 16],
+    /// Session key `Ks` for `session/` messages in both directions.
+    pub session_key: Key32,
+    pub srtp_video: SrtpKey,
+    pub srtp_audio: SrtpKey,
+    pub invite: Invite,
+    pub video: VideoParams,
+    pub video_ssrc: u32,
+    pub audio_ssrc: Option<u32>,
+    replay: ReplayWindow,
+    last_request: Instant,
+    /// The robot's `seq` in this call: starts at 1.
+    next_seq: u64,
+}
+
+impl Call {
+    /// Set up a call for an authenticated, parsed invite.
+    pub fn new(
+        session: ClientId,
+        caller: ClientId,
+        owner_key: &Key32,
+        robot_nonce: [u8; 16],
+        agreed: Negotiated,
+        now: Instant,
+    ) -> Call {
+        let Negotiated { invite, video, video_ssrc, audio_ssrc } = agreed;
+        let sid = session.to_bytes();
+        Call {
+            session_key: keys::session_key(owner_key, &sid, &robot_nonce),
+            srtp_video: keys::srtp_video_key(owner_key, &sid, &robot_nonce),
+            srtp_audio: keys::srtp_audio_key(owner_key, &sid, &robot_nonce),
+            session,
+            caller,
+            robot_nonce,
+            invite,
+            video,
+            video_ssrc,
+            audio_ssrc,
+            replay: ReplayWindow::default(),
+            last_request: now,
+            next_seq: 1,
+        }
+    }
+
+    /// A request passed the MAC: check the replay window and, if it is
+    /// new, count it as a sign of life.
+    pub fn accept_request(&mut self, seq: u64, now: Instant) -> Result<(), ReplayError> {
+        self.replay.check_and_record(seq)?;
+        self.last_request = now;
+        Ok(())
+    }
+
+    /// When the call times out unless a request arrives.
+    pub fn deadline(&self, timeout: Duration) -> Instant {
+        self.last_request + timeout
+    }
+
+    /// Whether the idle timeout has passed.
+    pub fn timed_out(&self, now: Instant, timeout: Duration) -> bool {
+        now >= self.deadline(timeout)
+    }
+
+    /// The robot's next `seq` in this call.
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::payloads::Invite;
+
+    fn call(now: Instant) -> Call {
+        let inv = Invite::parse(
+            br#"{"media":{"host":"127.0.0.1","port":5004},"video":{"codecs":["H264"],"max_width":1280,"max_height":720,"max_fps":30,"max_kbps":2500}}"#,
+        )
+        .unwrap();
+        let k: Key32 = hex::decode("a0369cd9bece6225fa9218e192b9d2f976f5e830a3dc8d76060f9ba004da8f0f")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let nonce: [u8; 16] = hex::decode("ffeeddccbbaa99887766554433221100").unwrap().try_into().unwrap();
+        Call::new(
+            "00112233445566778899aabbccddeeff".parse().unwrap(),
+            "36940d0ece18aebf69d0ef6825534e24".parse().unwrap(),
+            &k,
+            nonce,
+            Negotiated {
+                invite: inv,
+                video: VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
+                video_ssrc: 12345,
+                audio_ssrc: None,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn keys_follow_the_protocol_vectors() {
+        let c = call(Instant::now());
+        assert_eq!(hex::encode(c.session_key), "61edd9aca22ea26a0234b90e26ea7a69e592d8b50fa7b4d1ddbe38c2d10458b8");
+        assert_eq!(hex::encode(c.srtp_video), "149ffed491d44212d2672dae6389779a919e58f9d95716ab76edadfb00b6");
+    }
+
+    #[test]
+    fn requests_keep_the_call_alive_and_replays_do_not() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(15);
+        let mut c = call(t0);
+        assert!(!c.timed_out(t0 + Duration::from_secs(14), timeout));
+        assert!(c.timed_out(t0 + Duration::from_secs(15), timeout));
+        c.accept_request(1, t0 + Duration::from_secs(10)).unwrap();
+        assert!(!c.timed_out(t0 + Duration::from_secs(24), timeout));
+        // A replay neither passes nor extends the call.
+        assert_eq!(c.accept_request(1, t0 + Duration::from_secs(20)), Err(ReplayError::Duplicate));
+        assert!(c.timed_out(t0 + Duration::from_secs(25), timeout));
+    }
+
+    #[test]
+    fn robot_seq_starts_at_one_per_call() {
+        let mut c = call(Instant::now());
+        assert_eq!(c.next_seq(), 1);
+        assert_eq!(c.next_seq(), 2);
+        assert_eq!(EndReason::CallerOffline.as_str(), "caller_offline");
+    }
+}

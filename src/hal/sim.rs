@@ -1,0 +1,972 @@
+//! A simulated robot: pins that feed a small physics world.
+//!
+//! The world reads the motor pins the way the configured H-bridge board
+//! would, turns the result into wheel speeds (first-order lag towards
+//! `duty × max_speed_mps`), integrates a pose from them, generates encoder
+//! ticks, and answers the obstacle sensor from a single forward-looking ray.
+//! The robot is a circle; it cannot pass through obstacles and stops at contact.
+//!
+//! Time only moves on [`Sim::step`], so tests control the clock exactly;
+//! the daemon calls [`Sim::run_realtime`] instead. [`Sim::snapshot`] shows
+//! pose, wheel speeds and every pin; with `hardware.sim.state_file` set, the
+//! pin levels are also mirrored to a JSON file for tools outside the process
+//! (`robotd safe-stop` writes the safe levels there).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{DriverKind, HardwareConfig, Level, MotorConfig, Obstacle};
+use super::{EncoderCounter, HalError, PWM_MAX_DUTY};
+
+/// Where the robot is: metres and radians, heading 0 along +x, counter-clockwise positive.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Pose {
+    /// Metres.
+    pub x: f64,
+    /// Metres.
+    pub y: f64,
+    /// Radians, normalised to (-π, π].
+    pub heading: f64,
+}
+
+/// What a simulated pin is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum PinState {
+    /// A digital output.
+    Output {
+        /// Driven high.
+        high: bool,
+    },
+    /// A PWM output.
+    Pwm {
+        /// Duty fraction 0..=1.
+        duty: f64,
+        /// Frequency in hertz.
+        frequency_hz: f64,
+    },
+    /// An input (level as last read, or as forced by [`Sim::set_input`]).
+    Input {
+        /// Reads high.
+        high: bool,
+    },
+}
+
+impl PinState {
+    /// The average level 0..=1 the motor board sees.
+    fn level(&self) -> f64 {
+        match *self {
+            PinState::Output { high } | PinState::Input { high } => f64::from(u8::from(high)),
+            PinState::Pwm { duty, .. } => duty,
+        }
+    }
+
+    /// True when the pin is in its safe state (low / zero duty).
+    pub fn is_safe(&self) -> bool {
+        self.level() == 0.0
+    }
+}
+
+/// The pin-state file written by [`Sim::write_state_file`] and [`write_safe_state`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PinStateFile {
+    /// Every claimed pin, by BCM number.
+    pub pins: BTreeMap<u8, PinState>,
+    /// Set by `robotd safe-stop`.
+    #[serde(default)]
+    pub safe_stopped: bool,
+}
+
+/// Everything observable about the world at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSnapshot {
+    /// Simulated seconds since the world was built.
+    pub time_s: f64,
+    /// Robot pose.
+    pub pose: Pose,
+    /// Left and right ground speed of the wheels (m/s).
+    pub wheel_speed_mps: [f64; 2],
+    /// Left and right encoder counts.
+    pub encoder_counts: [i64; 2],
+    /// What each motor board is asked for, in -1..=1, after `invert`.
+    pub motor_command: [f64; 2],
+    /// The obstacle sensor sees something (regardless of its wiring level).
+    pub obstacle_detected: bool,
+    /// The last step was cut short by a collision.
+    pub blocked: bool,
+    /// Every claimed pin.
+    pub pins: BTreeMap<u8, PinState>,
+}
+
+struct World {
+    cfg: HardwareConfig,
+    pins: BTreeMap<u8, PinState>,
+    claimed: Vec<u8>,
+    forced_inputs: BTreeMap<u8, bool>,
+    obstacles: Vec<Obstacle>,
+    time_s: f64,
+    pose: Pose,
+    wheel: [f64; 2],
+    command: [f64; 2],
+    travel: [f64; 2],
+    encoders: [Arc<AtomicI64>; 2],
+    blocked: bool,
+}
+
+/// A handle on the simulated world; clones share it.
+#[derive(Clone)]
+pub struct Sim {
+    world: Arc<Mutex<World>>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim").finish_non_exhaustive()
+    }
+}
+
+fn wrap_angle(a: f64) -> f64 {
+    let mut a = a % std::f64::consts::TAU;
+    if a > std::f64::consts::PI {
+        a -= std::f64::consts::TAU;
+    } else if a <= -std::f64::consts::PI {
+        a += std::f64::consts::TAU;
+    }
+    a
+}
+
+/// Signed distance from `p` to the obstacle's surface (negative inside).
+fn distance(o: &Obstacle, p: [f64; 2]) -> f64 {
+    match o {
+        Obstacle::Circle { center, radius } => (p[0] - center[0]).hypot(p[1] - center[1]) - radius,
+        Obstacle::Box { min, max } => {
+            let dx = (min[0] - p[0]).max(p[0] - max[0]);
+            let dy = (min[1] - p[1]).max(p[1] - max[1]);
+            if dx <= 0.0 && dy <= 0.0 { dx.max(dy) } else { dx.max(0.0).hypot(dy.max(0.0)) }
+        }
+    }
+}
+
+impl World {
+    fn clearance(&self, p: [f64; 2]) -> f64 {
+        self.obstacles.iter().map(|o| distance(o, p)).fold(f64::INFINITY, f64::min)
+    }
+
+    fn level(&self, pin: Option<u8>) -> f64 {
+        pin.and_then(|p| self.pins.get(&p)).map_or(0.0, PinState::level)
+    }
+
+    /// What the board does with the motor: (command -1..=1, coasting).
+    fn decode(&self, m: &MotorConfig) -> (f64, bool) {
+        let in1 = self.level(Some(m.in1_pin));
+        let in2 = self.level(Some(m.in2_pin));
+        let (u, coast) = match m.driver {
+            DriverKind::L298n => {
+                let en = self.level(m.pwm_pin);
+                let (a, b) = (in1 > 0.5, in2 > 0.5);
+                let u = match (a, b) {
+                    (true, false) => en,
+                    (false, true) => -en,
+                    _ => 0.0, // IN1 == IN2: brake while EN is on
+                };
+                (u, en == 0.0)
+            }
+            DriverKind::Tb6612fng => {
+                if m.stby_pin.is_some() && self.level(m.stby_pin) < 0.5 {
+                    (0.0, true)
+                } else {
+                    let p = self.level(m.pwm_pin);
+                    match (in1 > 0.5, in2 > 0.5) {
+                        (true, true) => (0.0, false),
+                        (false, false) => (0.0, true),
+                        (true, false) => (p, false),
+                        (false, true) => (-p, false),
+                    }
+                }
+            }
+            // Fast decay: IN1 = d, IN2 = 0; slow decay: IN1 = 1, IN2 = 1 - d.
+            // Either way the average drive is IN1 - IN2.
+            DriverKind::Drv8833 => (in1 - in2, in1 == 0.0 && in2 == 0.0),
+        };
+        let u = u.clamp(-1.0, 1.0);
+        (if m.invert { -u } else { u }, coast)
+    }
+
+    fn obstacle_detected(&self) -> bool {
+        let r = self.cfg.sim.robot_radius_m;
+        let (s, c) = self.pose.heading.sin_cos();
+        let front = [self.pose.x + r * c, self.pose.y + r * s];
+        // March along the sensor ray by the clearance (sphere tracing).
+        let range = self.cfg.sim.sensor_range_m;
+        let mut t = 0.0;
+        for _ in 0..64 {
+            let d = self.clearance([front[0] + t * c, front[1] + t * s]);
+            if d <= 1e-4 {
+                return true;
+            }
+            t += d;
+            if t > range {
+                return false;
+            }
+        }
+        false
+    }
+
+    fn input_high(&self, pin: u8) -> bool {
+        if let Some(&high) = self.forced_inputs.get(&pin) {
+            return high;
+        }
+        let as_level = |active: bool, level: Level| (level == Level::High) == active;
+        if let Some(o) = &self.cfg.obstacle {
+            if o.pin == pin {
+                return as_level(self.obstacle_detected(), o.active);
+            }
+        }
+        if let Some(e) = &self.cfg.estop {
+            if e.pin == pin {
+                return as_level(false, e.active);
+            }
+        }
+        true // pulled up, nothing connected
+    }
+
+    fn step(&mut self, dt: f64) {
+        if dt <= 0.0 {
+            return;
+        }
+        let tau = self.cfg.sim.time_constant_s;
+        let vmax = self.cfg.max_speed_mps;
+        for (i, m) in [self.cfg.left.clone(), self.cfg.right.clone()].iter().enumerate() {
+            let (u, coast) = self.decode(m);
+            self.command[i] = u;
+            // Coasting motors spin down slower than driven or braked ones.
+            let tau = if coast { 3.0 * tau } else { tau };
+            let target = u * vmax;
+            self.wheel[i] += (target - self.wheel[i]) * (1.0 - (-dt / tau).exp());
+        }
+
+        let b = self.cfg.wheel_base_m;
+        let [vl, vr] = self.wheel;
+        let v = (vl + vr) / 2.0;
+        let w = (vr - vl) / b;
+        let dtheta = w * dt;
+        let ds = v * dt;
+        let mid = self.pose.heading + dtheta / 2.0;
+        let d = [ds * mid.cos(), ds * mid.sin()];
+        let p0 = [self.pose.x, self.pose.y];
+        let at = |t: f64| [p0[0] + t * d[0], p0[1] + t * d[1]];
+        let r = self.cfg.sim.robot_radius_m;
+
+        // How much of the translation is free of obstacles.
+        let c0 = self.clearance(p0);
+        let t = if self.clearance(at(1.0)) >= r {
+            1.0
+        } else if c0 < r {
+            // Already touching: allow moves that back away only.
+            if self.clearance(at(1.0)) > c0 { 1.0 } else { 0.0 }
+        } else {
+            let (mut lo, mut hi) = (0.0, 1.0);
+            for _ in 0..30 {
+                let mid = (lo + hi) / 2.0;
+                if self.clearance(at(mid)) >= r {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        self.blocked = t < 1.0;
+        let p = at(t);
+        self.pose = Pose { x: p[0], y: p[1], heading: wrap_angle(self.pose.heading + dtheta) };
+        // The wheels travel what the body did: translation cut short, rotation kept.
+        let spin = w * b / 2.0 * dt;
+        let travel = [t * ds - spin, t * ds + spin];
+        if self.blocked {
+            // Stalled against the obstacle: only the turning part survives.
+            self.wheel = [vl - v, vr - v];
+        }
+        let enc = self.cfg.encoders.clone();
+        if let Some(e) = enc {
+            let signed = [e.left_b_pin.is_some(), e.right_b_pin.is_some()];
+            for i in 0..2 {
+                self.travel[i] += if signed[i] { travel[i] } else { travel[i].abs() };
+                let ticks = (self.travel[i] * e.ticks_per_metre).trunc() as i64;
+                self.encoders[i].store(ticks, Ordering::Relaxed);
+            }
+        }
+        self.time_s += dt;
+    }
+
+    fn claim(&mut self, pin: u8) -> Result<(), HalError> {
+        if self.claimed.contains(&pin) {
+            return Err(HalError::PinUsed { pin });
+        }
+        self.claimed.push(pin);
+        Ok(())
+    }
+}
+
+impl Sim {
+    /// Builds the world from `[hardware]` (its motor wiring tells the world
+    /// how to read the pins; `[hardware.sim]` holds the physics).
+    pub fn new(config: &HardwareConfig) -> Result<Self, HalError> {
+        config.validate()?;
+        let [x, y, heading] = config.sim.start;
+        let world = World {
+            cfg: config.clone(),
+            pins: BTreeMap::new(),
+            claimed: Vec::new(),
+            forced_inputs: BTreeMap::new(),
+            obstacles: config.sim.obstacles.clone(),
+            time_s: 0.0,
+            pose: Pose { x, y, heading: wrap_angle(heading) },
+            wheel: [0.0; 2],
+            command: [0.0; 2],
+            travel: [0.0; 2],
+            encoders: [Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0))],
+            blocked: false,
+        };
+        Ok(Self { world: Arc::new(Mutex::new(world)) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        // The world holds plain numbers; a panic elsewhere leaves it usable.
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Advances the world by `dt`.
+    pub fn step(&self, dt: Duration) {
+        self.lock().step(dt.as_secs_f64());
+    }
+
+    /// Advances by `total` in steps of at most `step`, as the real-time
+    /// runner would (tests use it to cover seconds in one call).
+    pub fn run_for(&self, total: Duration, step: Duration) {
+        let mut left = total;
+        while !left.is_zero() {
+            let dt = left.min(step);
+            self.step(dt);
+            left -= dt;
+        }
+    }
+
+    /// Everything observable, at once.
+    pub fn snapshot(&self) -> SimSnapshot {
+        let w = self.lock();
+        SimSnapshot {
+            time_s: w.time_s,
+            pose: w.pose,
+            wheel_speed_mps: w.wheel,
+            encoder_counts: [w.encoders[0].load(Ordering::Relaxed), w.encoders[1].load(Ordering::Relaxed)],
+            motor_command: w.command,
+            obstacle_detected: w.obstacle_detected(),
+            blocked: w.blocked,
+            pins: w.pins.clone(),
+        }
+    }
+
+    /// The robot's pose.
+    pub fn pose(&self) -> Pose {
+        self.lock().pose
+    }
+
+    /// Moves the robot (for test set-up); wheel speeds are kept.
+    pub fn set_pose(&self, pose: Pose) {
+        self.lock().pose = Pose { heading: wrap_angle(pose.heading), ..pose };
+    }
+
+    /// Replaces the obstacles, e.g. to shut a door in the robot's path.
+    pub fn set_obstacles(&self, obstacles: Vec<Obstacle>) {
+        self.lock().obstacles = obstacles;
+    }
+
+    /// Forces an input's level (pressing the e-stop, a stuck sensor);
+    /// `None` returns it to the world's own answer.
+    pub fn set_input(&self, pin: u8, high: Option<bool>) {
+        let mut w = self.lock();
+        match high {
+            Some(h) => w.forced_inputs.insert(pin, h),
+            None => w.forced_inputs.remove(&pin),
+        };
+    }
+
+    /// A simulated output, driven low.
+    pub fn output(&self, pin: u8) -> Result<SimOutput, HalError> {
+        let mut w = self.lock();
+        w.claim(pin)?;
+        w.pins.insert(pin, PinState::Output { high: false });
+        Ok(SimOutput { pin, sim: self.clone() })
+    }
+
+    /// A simulated PWM output at duty 0.
+    pub fn pwm(&self, pin: u8, frequency_hz: f64) -> Result<SimPwm, HalError> {
+        let mut w = self.lock();
+        w.claim(pin)?;
+        w.pins.insert(pin, PinState::Pwm { duty: 0.0, frequency_hz });
+        Ok(SimPwm { pin, frequency_hz, sim: self.clone() })
+    }
+
+    /// A simulated input: the obstacle sensor or e-stop named in the config,
+    /// or an unconnected pin that reads high.
+    pub fn input(&self, pin: u8) -> Result<SimInput, HalError> {
+        let mut w = self.lock();
+        w.claim(pin)?;
+        let high = w.input_high(pin);
+        w.pins.insert(pin, PinState::Input { high });
+        Ok(SimInput { pin, sim: self.clone() })
+    }
+
+    /// The encoder whose channel A is `pin` (as configured in `[hardware.encoders]`).
+    pub fn encoder(&self, pin: u8) -> Result<EncoderCounter, HalError> {
+        let mut w = self.lock();
+        let Some(e) = w.cfg.encoders.clone() else {
+            return Err(HalError::SimPin { pin, what: "no [hardware.encoders] configured" });
+        };
+        let side = if pin == e.left_pin {
+            0
+        } else if pin == e.right_pin {
+            1
+        } else {
+            return Err(HalError::SimPin { pin, what: "not an encoder pin" });
+        };
+        w.claim(pin)?;
+        Ok(EncoderCounter::new(w.encoders[side].clone(), None))
+    }
+
+    fn set(&self, pin: u8, state: PinState) {
+        self.lock().pins.insert(pin, state);
+    }
+
+    fn release(&self, pin: u8) {
+        self.lock().claimed.retain(|&p| p != pin);
+    }
+
+    /// The pin levels as they would go to the state file.
+    pub fn pin_state(&self) -> PinStateFile {
+        PinStateFile { pins: self.lock().pins.clone(), safe_stopped: false }
+    }
+
+    /// Writes the pin levels to `hardware.sim.state_file`, if configured.
+    /// Returns whether a file was written.
+    pub fn write_state_file(&self) -> Result<bool, HalError> {
+        let path = self.lock().cfg.sim.state_file.clone();
+        match path {
+            Some(path) => write_state(&path, &self.pin_state()).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Steps the world in real time on its own thread every
+    /// `hardware.sim.step_ms`, mirroring pin changes to the state file.
+    /// The world runs until the returned runner is stopped or dropped.
+    pub fn run_realtime(&self) -> SimRunner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sim = self.clone();
+        let flag = stop.clone();
+        let period = Duration::from_millis(self.lock().cfg.sim.step_ms);
+        let handle = std::thread::Builder::new()
+            .name("robotd-sim".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                let mut written: Option<BTreeMap<u8, PinState>> = None;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(period);
+                    let now = Instant::now();
+                    // A stalled thread must not teleport the robot.
+                    sim.step((now - last).min(Duration::from_millis(50)));
+                    last = now;
+                    sim.mirror(&mut written);
+                }
+                sim.mirror(&mut written);
+            })
+            .expect("spawning the simulator thread");
+        SimRunner { stop, handle: Some(handle) }
+    }
+
+    fn mirror(&self, written: &mut Option<BTreeMap<u8, PinState>>) {
+        let state = self.pin_state();
+        if written.as_ref() == Some(&state.pins) {
+            return;
+        }
+        match self.write_state_file() {
+            Ok(_) => *written = Some(state.pins),
+            Err(e) => tracing::warn!(error = %e, "cannot mirror simulated pins"),
+        }
+    }
+}
+
+/// The thread that runs the world in real time; stops it when dropped.
+#[derive(Debug)]
+pub struct SimRunner {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl SimRunner {
+    /// Stops the world and waits for the last step.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SimRunner {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn state_err(path: &Path, source: std::io::Error) -> HalError {
+    HalError::StateFile { path: path.display().to_string(), source }
+}
+
+fn write_state(path: &Path, state: &PinStateFile) -> Result<(), HalError> {
+    let json = serde_json::to_vec_pretty(state).map_err(|e| state_err(path, e.into()))?;
+    // Rename over the old file so readers never see half a file.
+    let mut tmp = PathBuf::from(path);
+    tmp.set_extension("tmp");
+    std::fs::write(&tmp, json).map_err(|e| state_err(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| state_err(path, e))
+}
+
+/// Reads a pin-state file (for tests and tools outside the daemon).
+pub fn read_state_file(path: &Path) -> Result<PinStateFile, HalError> {
+    let bytes = std::fs::read(path).map_err(|e| state_err(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| state_err(path, e.into()))
+}
+
+/// `robotd safe-stop` for the simulator: writes every motor pin's safe level
+/// (low, duty 0) to the state file. Returns the pins written, or nothing
+/// when no state file is configured (the world died with the daemon).
+pub fn write_safe_state(config: &HardwareConfig) -> Result<Vec<u8>, HalError> {
+    let Some(path) = &config.sim.state_file else {
+        return Ok(Vec::new());
+    };
+    let mut state = match read_state_file(path) {
+        Ok(s) => s,
+        Err(HalError::StateFile { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            PinStateFile::default()
+        }
+        Err(e) => return Err(e),
+    };
+    let mut pins = Vec::new();
+    for m in [&config.left, &config.right] {
+        let pwm: Vec<u8> = m.pwm_pins().into_iter().map(|(_, p)| p).collect();
+        for (_, pin) in m.pins() {
+            let safe = if pwm.contains(&pin) {
+                PinState::Pwm { duty: 0.0, frequency_hz: m.pwm_frequency_hz }
+            } else {
+                PinState::Output { high: false }
+            };
+            state.pins.insert(pin, safe);
+            if !pins.contains(&pin) {
+                pins.push(pin);
+            }
+        }
+    }
+    state.safe_stopped = true;
+    write_state(path, &state)?;
+    Ok(pins)
+}
+
+/// A simulated digital output.
+#[derive(Debug)]
+pub struct SimOutput {
+    pin: u8,
+    sim: Sim,
+}
+
+impl SimOutput {
+    /// Drives the pin low.
+    pub fn set_low(&mut self) -> Result<(), HalError> {
+        self.sim.set(self.pin, PinState::Output { high: false });
+        Ok(())
+    }
+    /// Drives the pin high.
+    pub fn set_high(&mut self) -> Result<(), HalError> {
+        self.sim.set(self.pin, PinState::Output { high: true });
+        Ok(())
+    }
+}
+
+impl Drop for SimOutput {
+    /// Like the rppal backend, the pin keeps its level; only the claim goes.
+    fn drop(&mut self) {
+        self.sim.release(self.pin);
+    }
+}
+
+/// A simulated PWM output.
+#[derive(Debug)]
+pub struct SimPwm {
+    pin: u8,
+    frequency_hz: f64,
+    sim: Sim,
+}
+
+impl SimPwm {
+    /// Sets the duty as a fraction of [`PWM_MAX_DUTY`].
+    pub fn set_duty_cycle(&mut self, duty: u16) -> Result<(), HalError> {
+        let duty = f64::from(duty) / f64::from(PWM_MAX_DUTY);
+        self.sim.set(self.pin, PinState::Pwm { duty, frequency_hz: self.frequency_hz });
+        Ok(())
+    }
+}
+
+impl Drop for SimPwm {
+    fn drop(&mut self) {
+        self.sim.release(self.pin);
+    }
+}
+
+/// A simulated input.
+#[derive(Debug)]
+pub struct SimInput {
+    pin: u8,
+    sim: Sim,
+}
+
+impl SimInput {
+    /// The level the world presents now.
+    pub fn is_high(&mut self) -> Result<bool, HalError> {
+        let mut w = self.sim.lock();
+        let high = w.input_high(self.pin);
+        w.pins.insert(self.pin, PinState::Input { high });
+        Ok(high)
+    }
+}
+
+impl Drop for SimInput {
+    fn drop(&mut self) {
+        self.sim.release(self.pin);
+    }
+}
+
+impl embedded_hal::digital::ErrorType for SimOutput {
+    type Error = HalError;
+}
+
+impl embedded_hal::digital::OutputPin for SimOutput {
+    fn set_low(&mut self) -> Result<(), HalError> {
+        SimOutput::set_low(self)
+    }
+    fn set_high(&mut self) -> Result<(), HalError> {
+        SimOutput::set_high(self)
+    }
+}
+
+impl embedded_hal::pwm::ErrorType for SimPwm {
+    type Error = HalError;
+}
+
+impl embedded_hal::pwm::SetDutyCycle for SimPwm {
+    fn max_duty_cycle(&self) -> u16 {
+        PWM_MAX_DUTY
+    }
+    fn set_duty_cycle(&mut self, duty: u16) -> Result<(), HalError> {
+        SimPwm::set_duty_cycle(self, duty)
+    }
+}
+
+impl embedded_hal::digital::ErrorType for SimInput {
+    type Error = HalError;
+}
+
+impl embedded_hal::digital::InputPin for SimInput {
+    fn is_high(&mut self) -> Result<bool, HalError> {
+        SimInput::is_high(self)
+    }
+    fn is_low(&mut self) -> Result<bool, HalError> {
+        SimInput::is_high(self).map(|h| !h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hal::config::{EncodersConfig, InputConfig, Pull};
+    use crate::hal::{BinarySensor, Encoder, Hardware, SetDutyCycle};
+
+    const MS5: Duration = Duration::from_millis(5);
+
+    fn config() -> HardwareConfig {
+        HardwareConfig {
+            encoders: Some(EncodersConfig {
+                left_pin: 5,
+                right_pin: 6,
+                left_b_pin: Some(7),
+                right_b_pin: Some(8),
+                ticks_per_metre: 1000.0,
+            }),
+            obstacle: Some(InputConfig { pin: 4, active: Level::Low, pull: Pull::Up }),
+            ..HardwareConfig::default()
+        }
+    }
+
+    /// Raw L298N pins of the default config, driven by hand.
+    struct Pins {
+        in1: [SimOutput; 2],
+        in2: [SimOutput; 2],
+        en: [SimPwm; 2],
+    }
+
+    fn pins(sim: &Sim) -> Pins {
+        Pins {
+            in1: [sim.output(17).unwrap(), sim.output(23).unwrap()],
+            in2: [sim.output(27).unwrap(), sim.output(24).unwrap()],
+            en: [sim.pwm(12, 1000.0).unwrap(), sim.pwm(13, 1000.0).unwrap()],
+        }
+    }
+
+    /// Sets one wheel: positive forward, as an L298N would be driven.
+    fn wheel(p: &mut Pins, side: usize, u: f64) {
+        if u >= 0.0 {
+            p.in1[side].set_high().unwrap();
+            p.in2[side].set_low().unwrap();
+        } else {
+            p.in1[side].set_low().unwrap();
+            p.in2[side].set_high().unwrap();
+        }
+        let duty = (u.abs() * f64::from(PWM_MAX_DUTY)).round() as u16;
+        SetDutyCycle::set_duty_cycle(&mut p.en[side], duty).unwrap();
+    }
+
+    #[test]
+    fn idle_robot_stays_put() {
+        let sim = Sim::new(&config()).unwrap();
+        let _p = pins(&sim);
+        sim.run_for(Duration::from_secs(1), MS5);
+        let s = sim.snapshot();
+        assert_eq!(s.pose, Pose::default());
+        assert_eq!(s.encoder_counts, [0, 0]);
+        assert!((s.time_s - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn driving_forward_moves_by_speed_times_time() {
+        let cfg = config();
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        wheel(&mut p, 0, 0.5);
+        wheel(&mut p, 1, 0.5);
+        sim.run_for(Duration::from_secs(2), MS5);
+        let s = sim.snapshot();
+        // 0.5 × 0.5 m/s for 2 s, less the lag (about v·τ = 0.025 m).
+        let expected = 0.25 * 2.0 - 0.25 * cfg.sim.time_constant_s;
+        assert!((s.pose.x - expected).abs() < 0.01, "x = {}", s.pose.x);
+        assert!(s.pose.y.abs() < 1e-9 && s.pose.heading.abs() < 1e-9);
+        assert!((s.wheel_speed_mps[0] - 0.25).abs() < 1e-3);
+        // Encoders count the distance: 1000 ticks per metre.
+        let ticks = (s.pose.x * 1000.0) as i64;
+        for c in s.encoder_counts {
+            assert!((c - ticks).abs() <= 1, "{c} vs {ticks}");
+        }
+    }
+
+    #[test]
+    fn reverse_counts_down_with_quadrature_and_up_without() {
+        let mut cfg = config();
+        cfg.encoders.as_mut().unwrap().right_b_pin = None;
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        wheel(&mut p, 0, -1.0);
+        wheel(&mut p, 1, -1.0);
+        sim.run_for(Duration::from_secs(1), MS5);
+        let s = sim.snapshot();
+        assert!(s.pose.x < -0.4, "x = {}", s.pose.x);
+        assert!(s.encoder_counts[0] < -400, "{:?}", s.encoder_counts);
+        assert!(s.encoder_counts[1] > 400, "{:?}", s.encoder_counts);
+    }
+
+    #[test]
+    fn turning_in_place_changes_heading_only() {
+        let cfg = config();
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        wheel(&mut p, 0, -0.5);
+        wheel(&mut p, 1, 0.5);
+        sim.run_for(Duration::from_millis(500), MS5);
+        let s = sim.snapshot();
+        // ω = (vr - vl) / b = 0.5 / 0.15 rad/s, less the lag.
+        let expected = 0.5 / cfg.wheel_base_m * (0.5 - cfg.sim.time_constant_s);
+        assert!(s.pose.heading > 0.0, "counter-clockwise");
+        assert!((s.pose.heading - expected).abs() < 0.05, "{}", s.pose.heading);
+        assert!(s.pose.x.abs() < 1e-9 && s.pose.y.abs() < 1e-9);
+        assert!(s.encoder_counts[0] < 0 && s.encoder_counts[1] > 0);
+    }
+
+    #[test]
+    fn brake_stops_faster_than_coast() {
+        let stop_distance = |brake: bool| {
+            let sim = Sim::new(&config()).unwrap();
+            let mut p = pins(&sim);
+            wheel(&mut p, 0, 1.0);
+            wheel(&mut p, 1, 1.0);
+            sim.run_for(Duration::from_secs(1), MS5);
+            let x0 = sim.pose().x;
+            for side in 0..2 {
+                p.in1[side].set_low().unwrap();
+                p.in2[side].set_low().unwrap();
+                let duty = if brake { PWM_MAX_DUTY } else { 0 };
+                SetDutyCycle::set_duty_cycle(&mut p.en[side], duty).unwrap();
+            }
+            sim.run_for(Duration::from_secs(2), MS5);
+            assert!(sim.snapshot().wheel_speed_mps[0].abs() < 0.01);
+            sim.pose().x - x0
+        };
+        let (braked, coasted) = (stop_distance(true), stop_distance(false));
+        assert!(braked > 0.0 && braked < coasted, "{braked} vs {coasted}");
+    }
+
+    #[test]
+    fn inverted_motor_is_rewired_in_the_world_too() {
+        let mut cfg = config();
+        cfg.left.invert = true;
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        // Pins say "forward" on both, but the left motor is wired backwards.
+        wheel(&mut p, 0, 0.5);
+        wheel(&mut p, 1, 0.5);
+        sim.step(MS5);
+        let [l, r] = sim.snapshot().motor_command;
+        assert!((l + 0.5).abs() < 1e-4 && (r - 0.5).abs() < 1e-4, "{l} {r}");
+    }
+
+    #[test]
+    fn door_trips_the_sensor_and_blocks_the_robot() {
+        let mut cfg = config();
+        // A shut door across the corridor 1 m ahead.
+        cfg.sim.obstacles = vec![Obstacle::Box { min: [1.0, -1.0], max: [1.05, 1.0] }];
+        let mut hw = Hardware::open(&cfg).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut sensor = hw.obstacle_sensor().unwrap().unwrap();
+        let mut p = pins(&sim);
+        assert!(!sensor.is_active().unwrap());
+        wheel(&mut p, 0, 1.0);
+        wheel(&mut p, 1, 1.0);
+
+        // The sensor trips before contact.
+        let mut tripped_at = None;
+        for _ in 0..1000 {
+            sim.step(MS5);
+            if sensor.is_active().unwrap() {
+                tripped_at = Some(sim.pose().x);
+                break;
+            }
+        }
+        let front_at_trip = tripped_at.expect("sensor never tripped") + cfg.sim.robot_radius_m;
+        assert!(
+            (1.0 - front_at_trip) <= cfg.sim.sensor_range_m + 0.01 && front_at_trip < 1.0,
+            "front at {front_at_trip}"
+        );
+        // Raw pin level: active low.
+        assert_eq!(sim.snapshot().pins[&4], PinState::Input { high: false });
+
+        // Keep pushing: the robot stops at the door, front touching it.
+        sim.run_for(Duration::from_secs(3), MS5);
+        let s = sim.snapshot();
+        assert!(s.blocked);
+        let front = s.pose.x + cfg.sim.robot_radius_m;
+        assert!(front <= 1.0 + 1e-6 && front > 0.99, "front at {front}");
+        assert!(s.wheel_speed_mps.iter().all(|v| v.abs() < 1e-9));
+        assert!(s.obstacle_detected);
+
+        // Backing away is allowed and clears the sensor.
+        wheel(&mut p, 0, -1.0);
+        wheel(&mut p, 1, -1.0);
+        sim.run_for(Duration::from_secs(1), MS5);
+        assert!(sim.pose().x < 0.5);
+        assert!(!sensor.is_active().unwrap());
+    }
+
+    #[test]
+    fn round_obstacle_blocks_too() {
+        let mut cfg = config();
+        cfg.sim.obstacles = vec![Obstacle::Circle { center: [0.0, 1.0], radius: 0.2 }];
+        cfg.sim.start = [0.0, 0.0, std::f64::consts::FRAC_PI_2];
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        wheel(&mut p, 0, 1.0);
+        wheel(&mut p, 1, 1.0);
+        sim.run_for(Duration::from_secs(4), MS5);
+        let y = sim.pose().y;
+        assert!((y - (1.0 - 0.2 - cfg.sim.robot_radius_m)).abs() < 0.01, "y = {y}");
+        assert!(sim.snapshot().obstacle_detected);
+    }
+
+    #[test]
+    fn forced_input_and_claims() {
+        let mut cfg = config();
+        cfg.estop = Some(InputConfig { pin: 25, active: Level::High, pull: Pull::Down });
+        let mut hw = Hardware::open(&cfg).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut estop = hw.estop().unwrap().unwrap();
+        assert!(!estop.is_active().unwrap());
+        sim.set_input(25, Some(true));
+        assert!(estop.is_active().unwrap());
+        sim.set_input(25, None);
+        assert!(!estop.is_active().unwrap());
+        assert!(matches!(sim.encoder(9), Err(HalError::SimPin { pin: 9, .. })));
+        let (l, r) = hw.encoders().unwrap().unwrap();
+        assert_eq!((l.count(), r.count()), (0, 0));
+    }
+
+    #[test]
+    fn state_file_mirrors_pins_and_safe_stop_rewrites_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.json");
+        let mut cfg = config();
+        cfg.sim.state_file = Some(path.clone());
+        cfg.sim.step_ms = 1;
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        wheel(&mut p, 0, 0.5);
+        let runner = sim.run_realtime();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let state = loop {
+            if let Ok(s) = read_state_file(&path) {
+                if s.pins.get(&17) == Some(&PinState::Output { high: true }) {
+                    break s;
+                }
+            }
+            assert!(Instant::now() < deadline, "state file never written");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(!state.pins[&12].is_safe());
+        runner.stop();
+        assert!(sim.snapshot().time_s > 0.0, "real-time runner stepped the world");
+
+        // As if the daemon was killed with the motor running:
+        let written = write_safe_state(&cfg).unwrap();
+        assert_eq!(written, vec![17, 27, 12, 23, 24, 13]);
+        let state = read_state_file(&path).unwrap();
+        assert!(state.safe_stopped);
+        for pin in written {
+            assert!(state.pins[&pin].is_safe(), "GPIO {pin}: {:?}", state.pins[&pin]);
+        }
+    }
+
+    #[test]
+    fn distances() {
+        let b = Obstacle::Box { min: [0.0, 0.0], max: [1.0, 1.0] };
+        assert!((distance(&b, [2.0, 0.5]) - 1.0).abs() < 1e-12);
+        assert!((distance(&b, [2.0, 2.0]) - 2f64.sqrt()).abs() < 1e-12);
+        assert!((distance(&b, [0.5, 0.25]) + 0.25).abs() < 1e-12);
+        let c = Obstacle::Circle { center: [0.0, 0.0], radius: 1.0 };
+        assert!((distance(&c, [3.0, 0.0]) - 2.0).abs() < 1e-12);
+        assert!((wrap_angle(3.0 * std::f64::consts::PI) - std::f64::consts::PI).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,527 @@
+//! Both motors, the deadman and the e-stop.
+//!
+//! No I/O of its own beyond the pins and no clock: every call that depends
+//! on time takes `now`, so the deadman is tested with a controlled clock and
+//! the daemon decides how to wait. The intended loop in the daemon is
+//!
+//! ```text
+//! loop {
+//!     select! {
+//!         _ = sleep_until(controller.deadline() or far future) => controller.poll(now),
+//!         _ = estop_tick (every ~20 ms, only with an e-stop)  => controller.poll(now),
+//!         cmd = commands.recv()                               => controller.drive/stop(...),
+//!         _ = shutdown                                         => { controller.stop(); break }
+//!     }
+//! }
+//! ```
+//!
+//! Sleeping until [`MotorController::deadline`] (rather than ticking) is what
+//! keeps "motors off within `ms` + 20 ms".
+
+use std::time::{Duration, Instant};
+
+use super::{AnyMotor, MotionError, Motor, mix, open_motors};
+use crate::hal::config::StopMode;
+use crate::hal::{BinarySensor, Hardware, Input, Sensor};
+
+/// Longest a single `drive` may run before it must be renewed.
+pub const MAX_DRIVE_MS: u32 = 1000;
+
+/// A validated-on-use drive request: fractions of full speed and a duration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriveCommand {
+    /// Forward (+) / backward (-), -1..=1.
+    pub linear: f64,
+    /// Counter-clockwise (+, turn left) / clockwise (-), -1..=1.
+    pub angular: f64,
+    /// How long the command holds, 1..=1000 ms; the deadman stops the
+    /// motors when it runs out unless another drive renews it.
+    pub ms: u32,
+}
+
+impl DriveCommand {
+    /// Checks all three fields; the error names the first bad one.
+    pub fn validate(&self) -> Result<(f64, f64), MotionError> {
+        if !(1..=MAX_DRIVE_MS).contains(&self.ms) {
+            return Err(MotionError::InvalidCommand {
+                field: "ms",
+                expected: "an integer within 1..=1000",
+                value: self.ms.to_string(),
+            });
+        }
+        mix(self.linear, self.angular)
+    }
+}
+
+/// What the motors are doing, for `ping`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MotionState {
+    /// Stopped.
+    Idle,
+    /// A drive command is in force.
+    Driving,
+}
+
+impl MotionState {
+    /// The protocol's spelling (`"idle"`, `"driving"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MotionState::Idle => "idle",
+            MotionState::Driving => "driving",
+        }
+    }
+}
+
+/// Why [`MotorController::poll`] stopped the motors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The last drive's `ms` ran out without renewal.
+    Deadman,
+    /// The e-stop input became active (now latched).
+    Estop,
+}
+
+/// Both motors plus the safety logic around them.
+///
+/// Created stopped; stops on `stop`, deadman expiry, e-stop, and (through
+/// the drivers) when dropped. The daemon uses the default type parameters;
+/// tests substitute fakes.
+#[derive(Debug)]
+pub struct MotorController<M: Motor = AnyMotor, E: BinarySensor = Sensor<Input>> {
+    left: M,
+    right: M,
+    estop: Option<E>,
+    stop_mode: StopMode,
+    deadline: Option<Instant>,
+    latched: bool,
+}
+
+impl MotorController {
+    /// Opens the motors and e-stop described by `hw`'s config.
+    pub fn from_config(hw: &mut Hardware) -> Result<Self, MotionError> {
+        let (left, right) = open_motors(hw)?;
+        let estop = hw.estop()?;
+        let stop_mode = hw.config().stop_mode;
+        Self::new(left, right, estop, stop_mode)
+    }
+}
+
+impl<M: Motor, E: BinarySensor> MotorController<M, E> {
+    /// Takes both motors (already stopped by their constructors) and
+    /// stops them again the configured way.
+    pub fn new(left: M, right: M, estop: Option<E>, stop_mode: StopMode) -> Result<Self, MotionError> {
+        let mut c = Self { left, right, estop, stop_mode, deadline: None, latched: false };
+        c.stop()?;
+        Ok(c)
+    }
+
+    /// Runs the motors per `cmd` until `now + cmd.ms` (renewing any earlier
+    /// deadline). Invalid commands are rejected before any pin is touched;
+    /// a latched or active e-stop refuses.
+    pub fn drive(&mut self, cmd: DriveCommand, now: Instant) -> Result<(), MotionError> {
+        let (l, r) = cmd.validate()?;
+        if self.latched {
+            return Err(MotionError::EstopLatched);
+        }
+        if self.estop_active()? {
+            self.latch()?;
+            return Err(MotionError::EstopLatched);
+        }
+        let applied = self.left.set_speed(l).and_then(|()| self.right.set_speed(r));
+        if let Err(e) = applied {
+            // Half a command is worse than none.
+            let _ = self.stop();
+            return Err(e);
+        }
+        self.deadline = Some(now + Duration::from_millis(u64::from(cmd.ms)));
+        Ok(())
+    }
+
+    /// Stops both motors (brake or coast per config) and clears the deadline.
+    /// Both motors are tried even if one fails.
+    pub fn stop(&mut self) -> Result<(), MotionError> {
+        self.deadline = None;
+        let l = self.left.stop(self.stop_mode);
+        let r = self.right.stop(self.stop_mode);
+        l.and(r)
+    }
+
+    /// Enforces the deadman and the e-stop at `now`. Call it when
+    /// [`deadline`](Self::deadline) is reached and, with an e-stop, every
+    /// few tens of milliseconds. Returns why it stopped the motors, if it did.
+    pub fn poll(&mut self, now: Instant) -> Result<Option<StopReason>, MotionError> {
+        if !self.latched && self.estop_active()? {
+            self.latch()?;
+            return Ok(Some(StopReason::Estop));
+        }
+        match self.deadline {
+            Some(d) if now >= d => {
+                self.stop()?;
+                Ok(Some(StopReason::Deadman))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// When the current drive runs out; `None` when idle.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// `driving` while a drive command is in force, else `idle`.
+    pub fn state(&self) -> MotionState {
+        if self.deadline.is_some() { MotionState::Driving } else { MotionState::Idle }
+    }
+
+    /// Whether the e-stop has fired and not been cleared.
+    pub fn estop_latched(&self) -> bool {
+        self.latched
+    }
+
+    /// Re-arms after an e-stop, once the switch is released.
+    pub fn clear_estop(&mut self) -> Result<(), MotionError> {
+        if self.estop_active()? {
+            return Err(MotionError::EstopStillActive);
+        }
+        self.latched = false;
+        Ok(())
+    }
+
+    fn estop_active(&mut self) -> Result<bool, MotionError> {
+        let Some(e) = &mut self.estop else {
+            return Ok(false);
+        };
+        match e.is_active() {
+            Ok(a) => Ok(a),
+            Err(err) => {
+                // An unreadable e-stop is treated as pressed.
+                let _ = self.stop();
+                Err(MotionError::EstopUnreadable { detail: format!("{err:?}") })
+            }
+        }
+    }
+
+    fn latch(&mut self) -> Result<(), MotionError> {
+        self.latched = true;
+        tracing::warn!("e-stop active: motors stopped and latched");
+        self.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hal::HardwareConfig;
+    use crate::hal::config::{InputConfig, Level, Pull};
+    use std::sync::{Arc, Mutex};
+
+    /// Records what the controller asked of a motor.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        Speed(f64),
+        Brake,
+        Coast,
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeMotor(Arc<Mutex<Vec<Call>>>);
+
+    impl FakeMotor {
+        fn take(&self) -> Vec<Call> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+
+    impl Motor for FakeMotor {
+        fn set_speed(&mut self, speed: f64) -> Result<(), MotionError> {
+            super::super::check_speed(speed)?;
+            self.0.lock().unwrap().push(Call::Speed(speed));
+            Ok(())
+        }
+        fn brake(&mut self) -> Result<(), MotionError> {
+            self.0.lock().unwrap().push(Call::Brake);
+            Ok(())
+        }
+        fn coast(&mut self) -> Result<(), MotionError> {
+            self.0.lock().unwrap().push(Call::Coast);
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeSwitch(Arc<Mutex<bool>>);
+
+    impl BinarySensor for FakeSwitch {
+        type Error = ();
+        fn is_active(&mut self) -> Result<bool, ()> {
+            Ok(*self.0.lock().unwrap())
+        }
+    }
+
+    fn rig(estop: bool) -> (MotorController<FakeMotor, FakeSwitch>, FakeMotor, FakeMotor, FakeSwitch) {
+        let (l, r, s) = (FakeMotor::default(), FakeMotor::default(), FakeSwitch::default());
+        let c = MotorController::new(l.clone(), r.clone(), estop.then(|| s.clone()), StopMode::Brake).unwrap();
+        assert_eq!(l.take(), vec![Call::Brake], "stopped on creation");
+        r.take();
+        (c, l, r, s)
+    }
+
+    fn cmd(linear: f64, angular: f64, ms: u32) -> DriveCommand {
+        DriveCommand { linear, angular, ms }
+    }
+
+    #[test]
+    fn drive_sets_both_wheels_and_a_deadline() {
+        let (mut c, l, r, _) = rig(false);
+        let t0 = Instant::now();
+        assert_eq!(c.state(), MotionState::Idle);
+        c.drive(cmd(0.5, 0.25, 300), t0).unwrap();
+        assert_eq!(l.take(), vec![Call::Speed(0.25)]);
+        assert_eq!(r.take(), vec![Call::Speed(0.75)]);
+        assert_eq!(c.deadline(), Some(t0 + Duration::from_millis(300)));
+        assert_eq!(c.state(), MotionState::Driving);
+        assert_eq!(c.state().as_str(), "driving");
+    }
+
+    #[test]
+    fn deadman_expires_on_time() {
+        let (mut c, l, r, _) = rig(false);
+        let t0 = Instant::now();
+        c.drive(cmd(1.0, 0.0, 500), t0).unwrap();
+        l.take();
+        r.take();
+        assert_eq!(c.poll(t0 + Duration::from_millis(499)).unwrap(), None);
+        assert!(l.take().is_empty(), "still driving just before the deadline");
+        assert_eq!(c.poll(t0 + Duration::from_millis(500)).unwrap(), Some(StopReason::Deadman));
+        assert_eq!(l.take(), vec![Call::Brake]);
+        assert_eq!(r.take(), vec![Call::Brake]);
+        assert_eq!(c.state(), MotionState::Idle);
+        assert_eq!(c.deadline(), None);
+        // Nothing more to do once stopped.
+        assert_eq!(c.poll(t0 + Duration::from_secs(5)).unwrap(), None);
+        assert!(l.take().is_empty());
+    }
+
+    #[test]
+    fn renewal_extends_the_deadline() {
+        let (mut c, l, _r, _) = rig(false);
+        let t0 = Instant::now();
+        c.drive(cmd(1.0, 0.0, 500), t0).unwrap();
+        let t1 = t0 + Duration::from_millis(400);
+        c.drive(cmd(1.0, 0.0, 500), t1).unwrap();
+        l.take();
+        // The first deadline passes without a stop...
+        assert_eq!(c.poll(t0 + Duration::from_millis(600)).unwrap(), None);
+        assert!(l.take().is_empty());
+        assert_eq!(c.deadline(), Some(t1 + Duration::from_millis(500)));
+        // ...the renewed one stops.
+        assert_eq!(c.poll(t1 + Duration::from_millis(500)).unwrap(), Some(StopReason::Deadman));
+        assert_eq!(l.take(), vec![Call::Brake]);
+    }
+
+    #[test]
+    fn a_shorter_renewal_shortens_it() {
+        let (mut c, _l, _r, _) = rig(false);
+        let t0 = Instant::now();
+        c.drive(cmd(1.0, 0.0, 1000), t0).unwrap();
+        c.drive(cmd(1.0, 0.0, 10), t0).unwrap();
+        assert_eq!(c.deadline(), Some(t0 + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn out_of_range_commands_touch_nothing() {
+        let (mut c, l, r, _) = rig(false);
+        let t0 = Instant::now();
+        for (bad, field) in [
+            (cmd(0.5, 0.0, 1001), "ms"),
+            (cmd(0.5, 0.0, 0), "ms"),
+            (cmd(f64::NAN, 0.0, 100), "linear"),
+            (cmd(0.0, f64::INFINITY, 100), "angular"),
+            (cmd(1.5, 0.0, 100), "linear"),
+        ] {
+            let e = c.drive(bad, t0).unwrap_err();
+            assert!(matches!(e, MotionError::InvalidCommand { field: f, .. } if f == field), "{e}");
+        }
+        assert!(l.take().is_empty() && r.take().is_empty());
+        assert_eq!(c.state(), MotionState::Idle);
+        c.drive(cmd(0.5, 0.0, MAX_DRIVE_MS), t0).unwrap();
+    }
+
+    #[test]
+    fn stop_cancels_the_drive() {
+        let (mut c, l, r, _) = rig(false);
+        let t0 = Instant::now();
+        c.drive(cmd(-0.5, 0.0, 800), t0).unwrap();
+        l.take();
+        r.take();
+        c.stop().unwrap();
+        assert_eq!(l.take(), vec![Call::Brake]);
+        assert_eq!(r.take(), vec![Call::Brake]);
+        assert_eq!(c.state(), MotionState::Idle);
+        assert_eq!(c.poll(t0 + Duration::from_secs(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn coast_mode_coasts() {
+        let l = FakeMotor::default();
+        let mut c: MotorController<FakeMotor, FakeSwitch> =
+            MotorController::new(l.clone(), FakeMotor::default(), None, StopMode::Coast).unwrap();
+        c.stop().unwrap();
+        assert_eq!(l.take(), vec![Call::Coast, Call::Coast]);
+    }
+
+    #[test]
+    fn estop_stops_and_latches_until_cleared() {
+        let (mut c, l, _r, switch) = rig(true);
+        let t0 = Instant::now();
+        c.drive(cmd(1.0, 0.0, 1000), t0).unwrap();
+        l.take();
+        *switch.0.lock().unwrap() = true;
+        assert_eq!(c.poll(t0 + Duration::from_millis(20)).unwrap(), Some(StopReason::Estop));
+        assert_eq!(l.take(), vec![Call::Brake]);
+        assert!(c.estop_latched());
+        assert_eq!(c.state(), MotionState::Idle);
+
+        // Refused while latched, even after the switch is released...
+        *switch.0.lock().unwrap() = false;
+        assert!(matches!(c.drive(cmd(1.0, 0.0, 100), t0), Err(MotionError::EstopLatched)));
+        assert!(l.take().is_empty());
+        // ...and clearing needs the switch released.
+        *switch.0.lock().unwrap() = true;
+        assert!(matches!(c.clear_estop(), Err(MotionError::EstopStillActive)));
+        *switch.0.lock().unwrap() = false;
+        c.clear_estop().unwrap();
+        c.drive(cmd(1.0, 0.0, 100), t0).unwrap();
+        assert_eq!(l.take(), vec![Call::Speed(1.0)]);
+    }
+
+    #[test]
+    fn drive_with_estop_pressed_is_refused() {
+        let (mut c, l, _r, switch) = rig(true);
+        *switch.0.lock().unwrap() = true;
+        assert!(matches!(c.drive(cmd(1.0, 0.0, 100), Instant::now()), Err(MotionError::EstopLatched)));
+        assert_eq!(l.take(), vec![Call::Brake]);
+        assert!(c.estop_latched());
+    }
+
+    #[test]
+    fn unreadable_estop_stops_the_motors() {
+        struct Broken;
+        impl BinarySensor for Broken {
+            type Error = &'static str;
+            fn is_active(&mut self) -> Result<bool, &'static str> {
+                Err("wire cut")
+            }
+        }
+        let l = FakeMotor::default();
+        let r = FakeMotor::default();
+        let mut c = MotorController {
+            left: l.clone(),
+            right: r,
+            estop: Some(Broken),
+            stop_mode: StopMode::Brake,
+            deadline: Some(Instant::now() + Duration::from_secs(1)),
+            latched: false,
+        };
+        let e = c.poll(Instant::now()).unwrap_err();
+        assert!(matches!(e, MotionError::EstopUnreadable { .. }), "{e}");
+        assert_eq!(l.take(), vec![Call::Brake]);
+        assert_eq!(c.state(), MotionState::Idle);
+    }
+
+    // --- whole robot on the simulated backend ---
+
+    fn sim_config() -> HardwareConfig {
+        HardwareConfig {
+            estop: Some(InputConfig { pin: 25, active: Level::Low, pull: Pull::Up }),
+            ..HardwareConfig::default()
+        }
+    }
+
+    #[test]
+    fn sim_robot_drives_forward_and_the_deadman_stops_it() {
+        let mut hw = Hardware::open(&sim_config()).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut c = MotorController::from_config(&mut hw).unwrap();
+        let step = Duration::from_millis(5);
+        let t0 = Instant::now();
+        let mut now = t0;
+        c.drive(cmd(1.0, 0.0, 1000), now).unwrap();
+        // Run the world and the controller on the same simulated clock.
+        while now < t0 + Duration::from_millis(1500) {
+            sim.step(step);
+            now += step;
+            c.poll(now).unwrap();
+        }
+        let s = sim.snapshot();
+        assert_eq!(c.state(), MotionState::Idle);
+        // ~1 s at 0.5 m/s (less the lag), then a short braking distance.
+        assert!(s.pose.x > 0.4 && s.pose.x < 0.55, "x = {}", s.pose.x);
+        assert!(s.pose.y.abs() < 1e-9);
+        assert!(s.wheel_speed_mps.iter().all(|v| v.abs() < 0.01), "{s:?}");
+        assert_eq!(s.motor_command, [0.0, 0.0]);
+    }
+
+    #[test]
+    fn sim_robot_turns_left_for_positive_angular() {
+        let mut hw = Hardware::open(&sim_config()).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut c = MotorController::from_config(&mut hw).unwrap();
+        let t0 = Instant::now();
+        c.drive(cmd(0.0, 0.5, 500), t0).unwrap();
+        sim.run_for(Duration::from_millis(500), Duration::from_millis(5));
+        c.poll(t0 + Duration::from_millis(500)).unwrap();
+        let p = sim.pose();
+        assert!(p.heading > 0.5, "heading = {}", p.heading);
+        assert!(p.x.abs() < 1e-9);
+    }
+
+    #[test]
+    fn sim_estop_button_latches() {
+        let mut hw = Hardware::open(&sim_config()).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut c = MotorController::from_config(&mut hw).unwrap();
+        let t0 = Instant::now();
+        c.drive(cmd(1.0, 0.0, 1000), t0).unwrap();
+        sim.set_input(25, Some(false)); // pressed (active low)
+        assert_eq!(c.poll(t0).unwrap(), Some(StopReason::Estop));
+        sim.step(Duration::from_millis(5));
+        assert_eq!(sim.snapshot().motor_command, [0.0, 0.0]);
+        sim.set_input(25, None);
+        c.clear_estop().unwrap();
+    }
+
+    #[test]
+    fn every_board_stops_on_drop_in_the_sim() {
+        use crate::hal::config::DriverKind;
+        use crate::hal::sim::PinState;
+        for driver in [DriverKind::L298n, DriverKind::Tb6612fng, DriverKind::Drv8833] {
+            let mut cfg = HardwareConfig::default();
+            for (m, stby) in [(&mut cfg.left, 22), (&mut cfg.right, 22)] {
+                m.driver = driver;
+                match driver {
+                    DriverKind::L298n => {}
+                    DriverKind::Tb6612fng => m.stby_pin = Some(stby),
+                    DriverKind::Drv8833 => {
+                        m.in1_pin = m.pwm_pin.take().unwrap();
+                    }
+                }
+            }
+            let mut hw = Hardware::open(&cfg).unwrap();
+            let sim = hw.sim().unwrap().clone();
+            let mut c = MotorController::from_config(&mut hw).unwrap();
+            c.drive(cmd(0.8, 0.0, 1000), Instant::now()).unwrap();
+            sim.step(Duration::from_millis(5));
+            let [l, r] = sim.snapshot().motor_command;
+            assert!((l - 0.8).abs() < 1e-3 && (r - 0.8).abs() < 1e-3, "{driver:?}: {l} {r}");
+            sim.run_for(Duration::from_millis(500), Duration::from_millis(5));
+            assert!(sim.pose().x > 0.1, "{driver:?} did not move");
+            drop(c);
+            let s = sim.snapshot();
+            for (pin, state) in &s.pins {
+                assert!(state.is_safe(), "{driver:?}: GPIO {pin} left at {state:?}");
+            }
+            assert!(s.pins.values().any(|p| matches!(p, PinState::Pwm { .. })));
+        }
+    }
+}

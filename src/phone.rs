@@ -1,0 +1,495 @@
+//! The phone side of the protocol: what `robotctl` (and the tests) use to
+//! pair with a robot, call it and drive it, exactly as a phone app would.
+//!
+//! Keys live in a small JSON file (mode 0600, written durably), by default
+//! `$XDG_CONFIG_HOME/robotctl/keys.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::auth::keys::Key32;
+use crate::config::{Transport, parse_broker_url};
+use crate::fsutil::{self, StateFileError};
+use crate::identity::ClientId;
+use crate::pairing::{self, PairResponse, PairResponseMessage, PairingUri};
+use crate::protocol::props::{self, AuthFields, now_ms};
+use crate::protocol::topics;
+
+/// Errors of the phone side, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneError {
+    /// The broker URL cannot be used.
+    #[error("broker {url}: {detail}")]
+    Broker { url: String, detail: String },
+    /// The broker did not accept the connection in time.
+    #[error("cannot connect to the broker at {url}: {detail}; is it running and reachable?")]
+    Connect { url: String, detail: String },
+    /// No answer in time.
+    #[error(
+        "no answer from robot {robot} within {secs} s; is it online (robotd status) and is the pairing window open?"
+    )]
+    Timeout { robot: String, secs: u64 },
+    /// The robot refused.
+    #[error("robot refused: {0}")]
+    Rejected(String),
+    /// An answer failed its checks.
+    #[error(transparent)]
+    Pairing(#[from] pairing::PairingError),
+    /// The keys file.
+    #[error(transparent)]
+    State(#[from] StateFileError),
+    /// No stored key for that robot.
+    #[error("no key for robot {0}; pair first with `robotctl pair 'robotd://pair?...' --phone +...`")]
+    NotPaired(String),
+}
+
+/// A robot this phone has paired with.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PairedRobot {
+    pub robot: ClientId,
+    pub nickname: String,
+    pub broker: String,
+    #[serde(with = "hex_key")]
+    pub key: Key32,
+}
+
+impl std::fmt::Debug for PairedRobot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairedRobot").field("robot", &self.robot).field("nickname", &self.nickname).finish()
+    }
+}
+
+mod hex_key {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(k))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(&s, &mut k).map_err(|_| D::Error::custom("key must be 64 hex characters"))?;
+        Ok(k)
+    }
+}
+
+/// The phone's keys file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Keys {
+    /// The phone's own ID (md5 of its E.164 number).
+    pub phone: Option<ClientId>,
+    pub robots: Vec<PairedRobot>,
+}
+
+impl Keys {
+    /// Default location: `$XDG_CONFIG_HOME/robotctl/keys.json` or `~/.config/robotctl/keys.json`.
+    pub fn default_path() -> PathBuf {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("robotctl").join("keys.json")
+    }
+
+    /// Load (missing file = empty); a corrupt file is an error naming it.
+    pub fn load(path: &Path) -> Result<Keys, StateFileError> {
+        match fsutil::read_optional(path)? {
+            None => Ok(Keys::default()),
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| StateFileError::Corrupt { path: path.to_path_buf(), detail: e.to_string() }),
+        }
+    }
+
+    /// Save durably with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|cause| StateFileError::Write { path: path.to_path_buf(), cause })?;
+        }
+        let text = serde_json::to_vec_pretty(self).expect("keys serialise");
+        fsutil::write_durable(path, &text, 0o600)
+    }
+
+    /// The stored entry for `robot`, or the only one when `robot` is None.
+    pub fn robot(&self, robot: Option<&str>) -> Result<&PairedRobot, PhoneError> {
+        match robot {
+            Some(r) => {
+                self.robots.iter().find(|p| p.robot.as_str() == r).ok_or_else(|| PhoneError::NotPaired(r.into()))
+            }
+            None if self.robots.len() == 1 => Ok(&self.robots[0]),
+            None => Err(PhoneError::NotPaired("(none or several paired: pass --robot ID)".into())),
+        }
+    }
+
+    /// Add or replace a robot.
+    pub fn upsert(&mut self, r: PairedRobot) {
+        self.robots.retain(|p| p.robot != r.robot);
+        self.robots.push(r);
+    }
+}
+
+/// A message the phone received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Bytes,
+    pub props: Option<PublishProperties>,
+}
+
+impl Received {
+    /// The payload as JSON (Null if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+    /// Authentication fields.
+    pub fn auth(&self) -> AuthFields {
+        AuthFields::from_properties(self.props.as_ref())
+    }
+}
+
+/// An MQTT 5 connection acting as one phone.
+pub struct Phone {
+    pub id: ClientId,
+    pub broker: String,
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Received>,
+    acks: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+    last_seq: u64,
+}
+
+impl Phone {
+    /// Connect as `id`, with the phone's own presence (`true` now, will `false`).
+    pub async fn connect(broker: &str, id: ClientId) -> Result<Phone, PhoneError> {
+        let addr = parse_broker_url(broker).map_err(|detail| PhoneError::Broker { url: broker.into(), detail })?;
+        if addr.transport == Transport::Tls {
+            return Err(PhoneError::Broker { url: broker.into(), detail: "robotctl speaks plain mqtt:// only".into() });
+        }
+        // A random suffix: the phone's own app may be connected with its bare ID.
+        let client_id = format!("{id}-ctl{:08x}", rand::random::<u32>());
+        let mut o = MqttOptions::new(client_id, addr.host, addr.port);
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_start(true)
+            .set_max_packet_size(Some(1 << 20))
+            .set_last_will(LastWill::new(topics::is_connected(&id), "false", QoS::AtLeastOnce, true, None));
+        let (client, mut el) = AsyncClient::new(o, 256);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = conn_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let Publish { topic, payload, properties, .. } = p;
+                        let topic = String::from_utf8_lossy(&topic).into_owned();
+                        let _ = tx.send(Received { topic, payload, props: properties });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ack_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(10), conn_rx.recv()).await.is_err() {
+            task.abort();
+            return Err(PhoneError::Connect { url: broker.into(), detail: "no CONNACK within 10 s".into() });
+        }
+        let phone = Phone { id, broker: broker.into(), client, rx, acks, task, last_seq: 0 };
+        phone.publish_raw(topics::is_connected(&phone.id), b"true".to_vec(), true, None).await;
+        Ok(phone)
+    }
+
+    /// Subscribe QoS 1 and wait for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str) -> Result<(), PhoneError> {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| PhoneError::Connect { url: self.broker.clone(), detail: e.to_string() })?;
+        tokio::time::timeout(Duration::from_secs(10), self.acks.recv())
+            .await
+            .map_err(|_| PhoneError::Connect { url: self.broker.clone(), detail: "no SUBACK".into() })?;
+        Ok(())
+    }
+
+    /// A fresh `seq` for `pair/` and `invite/`: unix ms, strictly increasing.
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq = (self.last_seq + 1).max(now_ms());
+        self.last_seq
+    }
+
+    /// Publish QoS 1, not retained.
+    pub async fn publish_raw(&self, topic: String, payload: Vec<u8>, retain: bool, props: Option<PublishProperties>) {
+        let r = match props {
+            Some(p) => self.client.publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, p).await,
+            None => self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await,
+        };
+        let _ = r;
+    }
+
+    /// Publish an authenticated message: from = this phone, MAC under `key`.
+    pub async fn publish_signed(&self, key: &[u8], topic: String, payload: Vec<u8>, seq: u64, ts_ms: u64) {
+        let p = props::signed(key, &topic, self.id.as_str(), seq, ts_ms, &payload, None);
+        self.publish_raw(topic, payload, false, Some(p)).await;
+    }
+
+    /// Wait for a message matching `pred`; others are discarded.
+    pub async fn recv_until(&mut self, timeout: Duration, pred: impl Fn(&Received) -> bool) -> Option<Received> {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(end, self.rx.recv()).await {
+                Ok(Some(m)) if pred(&m) => return Some(m),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Pair with the robot named in `uri`; returns the stored entry on success.
+    pub async fn pair(
+        &mut self,
+        uri: &PairingUri,
+        nickname: &str,
+        timeout: Duration,
+    ) -> Result<PairedRobot, PhoneError> {
+        let resp_topic = topics::pair_response(&uri.robot, &self.id);
+        self.subscribe(&resp_topic).await?;
+        let nonce: [u8; 16] = rand::random();
+        let seq = self.next_seq();
+        let (topic, payload, mac) = pairing::build_pair_request(uri, &self.id, nickname, nonce, seq, seq)?;
+        let p = PublishProperties {
+            user_properties: vec![
+                ("from".into(), self.id.to_string()),
+                ("seq".into(), seq.to_string()),
+                ("ts".into(), seq.to_string()),
+                ("mac".into(), mac),
+            ],
+            ..Default::default()
+        };
+        self.publish_raw(topic, payload, false, Some(p)).await;
+        let key = pairing::derive_owner_key(uri, &self.id, &nonce);
+        let end = tokio::time::Instant::now() + timeout;
+        let mut rejected = None;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            let Some(m) = self.recv_until(left, |m| m.topic == resp_topic).await else { break };
+            let f = m.auth();
+            let msg = PairResponseMessage {
+                topic: &m.topic,
+                from: f.from.as_deref(),
+                seq: f.seq,
+                ts_ms: f.ts_ms,
+                mac: f.mac.as_deref(),
+                payload: &m.payload,
+            };
+            match pairing::check_pair_response(uri, &self.id, &key, &msg) {
+                Ok(PairResponse::Paired { robot_nickname }) => {
+                    return Ok(PairedRobot {
+                        robot: uri.robot.clone(),
+                        nickname: robot_nickname,
+                        broker: uri.broker.clone(),
+                        key,
+                    });
+                }
+                // Unauthenticated: remember it, but a real `paired` may still come.
+                Ok(PairResponse::Rejected { reason }) => {
+                    rejected = Some(reason);
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        match rejected {
+            Some(r) => Err(PhoneError::Rejected(r)),
+            None => Err(PhoneError::Timeout { robot: uri.robot.to_string(), secs: timeout.as_secs() }),
+        }
+    }
+
+    /// Graceful stop: presence `false`, then DISCONNECT.
+    pub async fn close(self) {
+        self.publish_raw(topics::is_connected(&self.id), b"false".to_vec(), true, None).await;
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.task.abort();
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a phone offers in its invite.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub host: std::net::IpAddr,
+    pub video_port: u16,
+    pub audio_port: Option<u16>,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_fps: u32,
+    pub max_kbps: u32,
+}
+
+impl Offer {
+    /// 720p30 at 2.5 Mbit/s to `host:video_port`, no audio.
+    pub fn new(host: std::net::IpAddr, video_port: u16) -> Self {
+        Offer { host, video_port, audio_port: None, max_width: 1280, max_height: 720, max_fps: 30, max_kbps: 2500 }
+    }
+
+    /// The invite payload.
+    pub fn payload(&self) -> Vec<u8> {
+        let mut media = serde_json::json!({"host": self.host.to_string(), "port": self.video_port});
+        if let Some(a) = self.audio_port {
+            media["audio_port"] = a.into();
+        }
+        let mut v = serde_json::json!({
+            "media": media,
+            "video": {"codecs": ["H264"], "max_width": self.max_width, "max_height": self.max_height,
+                      "max_fps": self.max_fps, "max_kbps": self.max_kbps},
+        });
+        if self.audio_port.is_some() {
+            v["audio"] = serde_json::json!({"codecs": ["OPUS"]});
+        }
+        serde_json::to_vec(&v).expect("json")
+    }
+}
+
+/// A call the phone placed and the robot accepted.
+#[derive(Debug)]
+pub struct ActiveCall {
+    pub robot: ClientId,
+    pub session: ClientId,
+    /// The accept message.
+    pub accept: serde_json::Value,
+    pub session_key: Key32,
+    pub srtp_video: crate::auth::keys::SrtpKey,
+    pub srtp_audio: crate::auth::keys::SrtpKey,
+    pub video_ssrc: u32,
+    next_seq: u64,
+}
+
+impl ActiveCall {
+    /// The phone's next `seq` in this call (starts at 1).
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+}
+
+/// The outcome of an invite.
+#[derive(Debug)]
+pub enum InviteOutcome {
+    Accepted(ActiveCall),
+    /// `busy` or `rejected`: the verified answer.
+    Refused(serde_json::Value),
+}
+
+impl Phone {
+    /// Invite `robot` to a call. Subscribes to the answer and the session's
+    /// responses first, so nothing the robot says is missed.
+    pub async fn invite(
+        &mut self,
+        robot: &PairedRobot,
+        offer: &Offer,
+        timeout: Duration,
+    ) -> Result<InviteOutcome, PhoneError> {
+        let session = ClientId::random();
+        let resp_topic = topics::invite_response(&robot.robot, &session);
+        self.subscribe(&resp_topic).await?;
+        self.subscribe(&topics::session_response_filter(&session)).await?;
+        let topic = topics::invite(&robot.robot, &session);
+        let payload = offer.payload();
+        let seq = self.next_seq();
+        let mut p = props::signed(&robot.key, &topic, self.id.as_str(), seq, seq, &payload, None);
+        p.message_expiry_interval = Some(30);
+        self.publish_raw(topic, payload, false, Some(p)).await;
+        let key = robot.key;
+        let robot_id = robot.robot.clone();
+        let m = self
+            .recv_until(timeout, |m| {
+                m.topic == resp_topic
+                    && m.auth().from.as_deref() == Some(robot_id.as_str())
+                    && props::verify(&key, &m.topic, &m.payload, &m.auth()).is_some()
+            })
+            .await
+            .ok_or_else(|| PhoneError::Timeout { robot: robot.robot.to_string(), secs: timeout.as_secs() })?;
+        let v = m.json();
+        if v["status"] != "accepted" {
+            return Ok(InviteOutcome::Refused(v));
+        }
+        let mut nonce = [0u8; 16];
+        hex::decode_to_slice(v["nonce"].as_str().unwrap_or(""), &mut nonce)
+            .map_err(|_| PhoneError::Rejected("accept without a valid nonce".into()))?;
+        let sid = session.to_bytes();
+        Ok(InviteOutcome::Accepted(ActiveCall {
+            robot: robot.robot.clone(),
+            session,
+            session_key: crate::auth::keys::session_key(&key, &sid, &nonce),
+            srtp_video: crate::auth::keys::srtp_video_key(&key, &sid, &nonce),
+            srtp_audio: crate::auth::keys::srtp_audio_key(&key, &sid, &nonce),
+            video_ssrc: v["video"]["ssrc"].as_u64().unwrap_or(0) as u32,
+            accept: v,
+            next_seq: 1,
+        }))
+    }
+
+    /// Send a request in a call; returns its `seq`.
+    pub async fn send(&mut self, call: &mut ActiveCall, command: &str, payload: &serde_json::Value) -> u64 {
+        let seq = call.next_seq();
+        let topic = topics::session_request(&call.session, command);
+        self.publish_signed(&call.session_key, topic, serde_json::to_vec(payload).expect("json"), seq, now_ms()).await;
+        seq
+    }
+
+    /// Wait for an authenticated response in the call matching `pred`.
+    pub async fn response(
+        &mut self,
+        call: &ActiveCall,
+        timeout: Duration,
+        pred: impl Fn(&str, &serde_json::Value) -> bool,
+    ) -> Option<(String, serde_json::Value)> {
+        let prefix = format!("session/{}/", call.session);
+        let key = call.session_key;
+        let robot = call.robot.clone();
+        let m = self
+            .recv_until(timeout, |m| {
+                let Some(cmd) = m.topic.strip_prefix(&prefix).and_then(|r| r.strip_suffix("/response")) else {
+                    return false;
+                };
+                m.auth().from.as_deref() == Some(robot.as_str())
+                    && props::verify(&key, &m.topic, &m.payload, &m.auth()).is_some()
+                    && pred(cmd, &m.json())
+            })
+            .await?;
+        let cmd = m.topic.strip_prefix(&prefix)?.strip_suffix("/response")?.to_owned();
+        Some((cmd, m.json()))
+    }
+
+    /// Send a request and wait for its response (`re` = its seq).
+    pub async fn request(
+        &mut self,
+        call: &mut ActiveCall,
+        command: &str,
+        payload: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, PhoneError> {
+        let seq = self.send(call, command, &payload).await;
+        let cmd = command.to_owned();
+        self.response(call, timeout, |c, v| c == cmd && v["re"] == seq)
+            .await
+            .map(|(_, v)| v)
+            .ok_or_else(|| PhoneError::Timeout { robot: call.robot.to_string(), secs: timeout.as_secs() })
+    }
+}

@@ -1,0 +1,347 @@
+//! Payload types of calls and commands (PROTOCOL: Calls; Commands).
+//!
+//! Requests are parsed leniently about unknown fields (newer phones may add
+//! some) and strictly about values: anything out of range, non-finite or of
+//! the wrong type is an `invalid_request` with a `detail` saying which field.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// An invite's `media` object.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Media {
+    /// Where the phone receives media: an IP address literal (no DNS on the robot).
+    pub host: IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_port: Option<u16>,
+}
+
+/// An invite's `video` object: what the phone can receive.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct VideoOffer {
+    pub codecs: Vec<String>,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_fps: u32,
+    pub max_kbps: u32,
+}
+
+/// An invite's optional `audio` object.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AudioOffer {
+    pub codecs: Vec<String>,
+}
+
+/// `invite/{robotId}/{sessionId}` payload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Invite {
+    pub media: Media,
+    pub video: VideoOffer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioOffer>,
+}
+
+/// Video parameters in force (accept message and `video` responses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoParams {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub kbps: u32,
+}
+
+/// Limits the robot accepts for video, whatever the phone offers.
+pub const MIN_WIDTH: u32 = 160;
+pub const MIN_HEIGHT: u32 = 120;
+pub const MAX_WIDTH: u32 = 1920;
+pub const MAX_HEIGHT: u32 = 1080;
+pub const MAX_FPS: u32 = 60;
+pub const MIN_KBPS: u32 = 100;
+pub const MAX_KBPS: u32 = 20_000;
+
+/// Why an invite cannot be accepted (sent as `rejected` with this reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InviteError {
+    /// Not the expected JSON, or values out of range.
+    Invalid(String),
+    /// The phone offers no codec the robot can send.
+    NoCommonCodec,
+}
+
+impl InviteError {
+    /// The protocol reason string.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InviteError::Invalid(_) => "invalid_request",
+            InviteError::NoCommonCodec => "no_common_codec",
+        }
+    }
+}
+
+impl Invite {
+    /// Parse and check an invite payload.
+    pub fn parse(payload: &[u8]) -> Result<Invite, InviteError> {
+        let inv: Invite = serde_json::from_slice(payload).map_err(|e| InviteError::Invalid(e.to_string()))?;
+        if inv.media.port == 0 || inv.media.audio_port == Some(0) {
+            return Err(InviteError::Invalid("media.port must be 1..=65535".into()));
+        }
+        if inv.media.host.is_unspecified() || inv.media.host.is_multicast() {
+            return Err(InviteError::Invalid("media.host must be a unicast address".into()));
+        }
+        let v = &inv.video;
+        if v.max_width < MIN_WIDTH || v.max_height < MIN_HEIGHT || v.max_fps == 0 || v.max_kbps < MIN_KBPS {
+            return Err(InviteError::Invalid(format!(
+                "video limits too small (at least {MIN_WIDTH}x{MIN_HEIGHT}, 1 fps, {MIN_KBPS} kbps)"
+            )));
+        }
+        if !v.codecs.iter().any(|c| c.eq_ignore_ascii_case("H264")) {
+            return Err(InviteError::NoCommonCodec);
+        }
+        Ok(inv)
+    }
+
+    /// Whether the phone asked for Opus audio.
+    pub fn wants_audio(&self) -> bool {
+        self.audio.as_ref().is_some_and(|a| a.codecs.iter().any(|c| c.eq_ignore_ascii_case("OPUS")))
+            && self.media.audio_port.is_some()
+    }
+
+    /// Negotiate: the robot's preferred parameters capped by the phone's
+    /// maxima. Sizes are kept even (encoders need it) and the aspect ratio of
+    /// the preference is kept when the phone's box is smaller.
+    pub fn negotiate(&self, preferred: VideoParams) -> VideoParams {
+        let v = &self.video;
+        let scale = f64::min(
+            1.0,
+            f64::min(v.max_width as f64 / preferred.width as f64, v.max_height as f64 / preferred.height as f64),
+        );
+        let even = |x: f64| ((x as u32) & !1).max(2);
+        VideoParams {
+            width: even(preferred.width as f64 * scale).clamp(MIN_WIDTH, MAX_WIDTH),
+            height: even(preferred.height as f64 * scale).clamp(MIN_HEIGHT, MAX_HEIGHT),
+            fps: preferred.fps.min(v.max_fps).clamp(1, MAX_FPS),
+            kbps: preferred.kbps.min(v.max_kbps).clamp(MIN_KBPS, MAX_KBPS),
+        }
+    }
+}
+
+/// The accept message.
+pub fn accepted(robot_nonce: &[u8; 16], ssrc: u32, video: VideoParams, audio_ssrc: Option<u32>) -> Value {
+    let mut v = json!({
+        "status": "accepted",
+        "nonce": hex::encode(robot_nonce),
+        "video": {
+            "codec": "H264", "payload_type": 96, "clock_rate": 90000, "ssrc": ssrc,
+            "width": video.width, "height": video.height, "fps": video.fps, "kbps": video.kbps,
+        },
+        "srtp": { "profile": "AES_CM_128_HMAC_SHA1_80" },
+    });
+    if let Some(a) = audio_ssrc {
+        v["audio"] = json!({ "codec": "OPUS", "payload_type": 111, "clock_rate": 48000, "ssrc": a });
+    }
+    v
+}
+
+/// A parsed in-call request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Drive { linear: f64, angular: f64, ms: u32 },
+    Stop,
+    Goto { destination: String },
+    Destinations,
+    Video(VideoChange),
+    Ping,
+    Hangup,
+}
+
+/// What a `video` request changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoChange {
+    Bitrate(u32),
+    Format { width: u32, height: u32, fps: u32 },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    UnknownCommand,
+    Invalid(String),
+}
+
+impl CommandError {
+    /// The `rejected` response payload.
+    pub fn response(&self) -> Value {
+        match self {
+            CommandError::UnknownCommand => json!({"status":"rejected","reason":"unknown_command"}),
+            CommandError::Invalid(d) => json!({"status":"rejected","reason":"invalid_request","detail":d}),
+        }
+    }
+}
+
+/// Default `ms` of a `drive` without one.
+pub const DEFAULT_DRIVE_MS: u32 = 500;
+
+fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(CommandError::Invalid("payload must be a JSON object".into())),
+        Err(e) => Err(CommandError::Invalid(format!("bad JSON: {e}"))),
+    }
+}
+
+fn fraction(m: &serde_json::Map<String, Value>, key: &str) -> Result<f64, CommandError> {
+    let v = m.get(key).ok_or_else(|| CommandError::Invalid(format!("{key} is required")))?;
+    let x = v.as_f64().ok_or_else(|| CommandError::Invalid(format!("{key} must be a number")))?;
+    if !x.is_finite() || !(-1.0..=1.0).contains(&x) {
+        return Err(CommandError::Invalid(format!("{key} must be within -1..1")));
+    }
+    Ok(x)
+}
+
+fn uint(
+    m: &serde_json::Map<String, Value>,
+    key: &str,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<Option<u32>, CommandError> {
+    let Some(v) = m.get(key) else { return Ok(None) };
+    let x = v.as_u64().and_then(|x| u32::try_from(x).ok()).filter(|x| range.contains(x)).ok_or_else(|| {
+        CommandError::Invalid(format!("{key} must be an integer in {}..={}", range.start(), range.end()))
+    })?;
+    Ok(Some(x))
+}
+
+/// Parse a request by command name.
+pub fn parse_command(command: &str, payload: &[u8]) -> Result<Command, CommandError> {
+    let known = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup"];
+    if !known.contains(&command) {
+        return Err(CommandError::UnknownCommand);
+    }
+    let m = object(payload)?;
+    Ok(match command {
+        "drive" => Command::Drive {
+            linear: fraction(&m, "linear")?,
+            angular: fraction(&m, "angular")?,
+            ms: uint(&m, "ms", 1..=1000)?.unwrap_or(DEFAULT_DRIVE_MS),
+        },
+        "stop" => Command::Stop,
+        "goto" => match m.get("destination").and_then(Value::as_str) {
+            Some(d) if !d.is_empty() && d.len() <= 64 => Command::Goto { destination: d.to_owned() },
+            _ => return Err(CommandError::Invalid("destination must be a place name (1 to 64 bytes)".into())),
+        },
+        "destinations" => Command::Destinations,
+        "video" => {
+            let kbps = uint(&m, "kbps", MIN_KBPS..=MAX_KBPS)?;
+            let w = uint(&m, "width", MIN_WIDTH..=MAX_WIDTH)?;
+            let h = uint(&m, "height", MIN_HEIGHT..=MAX_HEIGHT)?;
+            let fps = uint(&m, "fps", 1..=MAX_FPS)?;
+            match (kbps, w, h, fps) {
+                (Some(k), None, None, None) => Command::Video(VideoChange::Bitrate(k)),
+                (None, Some(width), Some(height), Some(fps)) => {
+                    Command::Video(VideoChange::Format { width: width & !1, height: height & !1, fps })
+                }
+                _ => {
+                    return Err(CommandError::Invalid("give either kbps, or width, height and fps together".into()));
+                }
+            }
+        }
+        "ping" => Command::Ping,
+        "hangup" => Command::Hangup,
+        _ => unreachable!("checked above"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = r#"{"media":{"host":"192.0.2.10","port":5004},"video":{"codecs":["H264"],"max_width":1280,"max_height":720,"max_fps":30,"max_kbps":2500}}"#;
+
+    #[test]
+    fn protocol_invite_parses_and_negotiates() {
+        let inv = Invite::parse(INVITE.as_bytes()).unwrap();
+        assert_eq!(inv.media.port, 5004);
+        assert!(!inv.wants_audio());
+        let p = inv.negotiate(VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 });
+        assert_eq!(p, VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 });
+        let small = Invite {
+            video: VideoOffer { max_width: 640, max_height: 640, max_fps: 15, max_kbps: 500, ..inv.video.clone() },
+            ..inv
+        };
+        assert_eq!(
+            small.negotiate(VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 }),
+            VideoParams { width: 640, height: 360, fps: 15, kbps: 500 }
+        );
+    }
+
+    #[test]
+    fn bad_invites() {
+        assert_eq!(Invite::parse(INVITE.replace("H264", "VP8").as_bytes()), Err(InviteError::NoCommonCodec));
+        for bad in [
+            INVITE.replace("192.0.2.10", "robot.local"),
+            INVITE.replace("5004", "0"),
+            INVITE.replace("5004", "70000"),
+            INVITE.replace("192.0.2.10", "0.0.0.0"),
+            INVITE.replace("1280", "10"),
+            "[]".into(),
+            "{".into(),
+        ] {
+            assert!(matches!(Invite::parse(bad.as_bytes()), Err(InviteError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn accept_message_shape() {
+        let v = accepted(&[0xff; 16], 12345, VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 }, None);
+        assert_eq!(
+            v.to_string(),
+            r#"{"status":"accepted","nonce":"ffffffffffffffffffffffffffffffff","video":{"codec":"H264","payload_type":96,"clock_rate":90000,"ssrc":12345,"width":1280,"height":720,"fps":30,"kbps":2000},"srtp":{"profile":"AES_CM_128_HMAC_SHA1_80"}}"#
+        );
+        assert_eq!(
+            accepted(&[0; 16], 1, VideoParams { width: 2, height: 2, fps: 1, kbps: 1 }, Some(7))["audio"]["ssrc"],
+            7
+        );
+    }
+
+    #[test]
+    fn commands_parse_and_reject_bad_values() {
+        assert_eq!(
+            parse_command("drive", br#"{"linear":0.5,"angular":0.0,"ms":500}"#),
+            Ok(Command::Drive { linear: 0.5, angular: 0.0, ms: 500 })
+        );
+        assert_eq!(
+            parse_command("drive", br#"{"linear":1,"angular":-1}"#),
+            Ok(Command::Drive { linear: 1.0, angular: -1.0, ms: 500 })
+        );
+        for bad in [
+            r#"{"linear":1.01,"angular":0}"#,
+            r#"{"linear":"0.5","angular":0}"#,
+            r#"{"linear":0.5}"#,
+            r#"{"linear":0,"angular":0,"ms":0}"#,
+            r#"{"linear":0,"angular":0,"ms":1001}"#,
+            r#"{"linear":0,"angular":0,"ms":1.5}"#,
+            r#"{"linear":1e400,"angular":0}"#,
+            r#"{"linear":NaN,"angular":0}"#,
+            r#"[0.5,0]"#,
+            "",
+        ] {
+            let e = parse_command("drive", bad.as_bytes()).unwrap_err();
+            assert!(matches!(e, CommandError::Invalid(_)), "{bad}: {e:?}");
+            assert_eq!(e.response()["reason"], "invalid_request");
+        }
+        assert_eq!(parse_command("dance", b"{}"), Err(CommandError::UnknownCommand));
+        assert_eq!(parse_command("video", br#"{"kbps":800}"#), Ok(Command::Video(VideoChange::Bitrate(800))));
+        assert_eq!(
+            parse_command("video", br#"{"width":640,"height":360,"fps":15}"#),
+            Ok(Command::Video(VideoChange::Format { width: 640, height: 360, fps: 15 }))
+        );
+        assert!(parse_command("video", br#"{"width":640}"#).is_err());
+        assert_eq!(
+            parse_command("goto", br#"{"destination":"bedroom"}"#),
+            Ok(Command::Goto { destination: "bedroom".into() })
+        );
+        assert!(parse_command("goto", br#"{"destination":""}"#).is_err());
+    }
+}

@@ -1,0 +1,628 @@
+//! The robot's brain: all protocol state, driven by link events, admin
+//! requests and a housekeeping tick. No task lives here; [`crate::app`]
+//! feeds events in and this module answers through the link handle.
+//!
+//! Every inbound message passes the same gate before a handler sees it:
+//! topic grammar and size (in the link), then sender, MAC and freshness here.
+//! Anything that fails is counted and logged at a rate-limited warning level
+//! and never reaches the motors or the camera.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tracing::{error, info, warn};
+
+use crate::auth::freshness::{SeqTracker, ts_is_fresh};
+use crate::auth::keys::Key32;
+use crate::auth::owners::{Owner, OwnerStore};
+use crate::call::{Call, EndReason, Negotiated};
+use crate::config::Config;
+use crate::control::{Request, Response};
+use crate::hal::Hardware;
+use crate::hal::sim::SimRunner;
+use crate::identity::ClientId;
+use crate::link::{Inbound, LinkEvent, LinkHandle};
+use crate::media::{Media, MediaEvent, MediaRequest};
+use crate::motion::{DriveCommand, MotorController, StopReason};
+use crate::pairing::{self, PairOutcome, PairRequest, PairingUri, PairingWindows, Reject};
+use crate::protocol::payloads::{self, Command, CommandError, Invite, VideoChange, VideoParams};
+use crate::protocol::props::{self, AuthFields, now_ms};
+use crate::protocol::topics::{self, Topic};
+
+/// File name of the pairing QR code PNG in the state directory.
+pub const PAIRING_PNG: &str = "pairing-qr.png";
+
+/// Counts dropped messages by reason and logs at most one warning per
+/// reason every 10 s (with how many were dropped since), so a flood of junk
+/// cannot flood the journal or slow the loop with I/O.
+#[derive(Debug, Default)]
+pub struct DropLog {
+    counts: BTreeMap<&'static str, u64>,
+    /// Per reason: when it was last logged and how many were dropped since.
+    last: BTreeMap<&'static str, (Instant, u64)>,
+}
+
+impl DropLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Count a drop and maybe log it.
+    pub fn drop(&mut self, reason: &'static str, topic: &str) {
+        *self.counts.entry(reason).or_default() += 1;
+        let now = Instant::now();
+        match self.last.get_mut(reason) {
+            Some((t, since)) if now.duration_since(*t) < Self::EVERY => *since += 1,
+            Some((t, since)) => {
+                warn!(reason, topic, dropped_since_last = *since + 1, "dropped message");
+                *t = now;
+                *since = 0;
+            }
+            None => {
+                warn!(reason, topic, "dropped message");
+                self.last.insert(reason, (now, 0));
+            }
+        }
+    }
+
+    /// Counts by reason, for `robotd status` and tests.
+    pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.counts
+    }
+}
+
+/// A token bucket bounding how many unauthenticated answers (pairing
+/// rejections) the robot sends, so it cannot be used to amplify a flood.
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    per_sec: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Budget {
+    fn new(per_sec: f64, burst: f64) -> Self {
+        Budget { tokens: burst, per_sec, burst, last: Instant::now() }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The current pairing window's public face.
+struct OpenPairing {
+    uri: PairingUri,
+    expires_at_ms: u64,
+}
+
+/// All protocol state of the robot.
+pub struct Service {
+    cfg: Config,
+    robot: ClientId,
+    link: LinkHandle,
+    owners: OwnerStore,
+    pairing: PairingWindows,
+    open_pairing: Option<OpenPairing>,
+    invite_seqs: SeqTracker,
+    /// The robot's own `seq` outside calls: starts at the start time in ms.
+    next_seq: u64,
+    drops: DropLog,
+    reject_budget: Budget,
+    started: Instant,
+    hw: Hardware,
+    motors: MotorController,
+    /// Keeps the simulated world stepping in real time (sim backend only).
+    _sim: Option<SimRunner>,
+    media: Media,
+    call: Option<Call>,
+}
+
+/// How often the e-stop input is polled when one is configured.
+const ESTOP_POLL: Duration = Duration::from_millis(20);
+
+impl Service {
+    /// Load the owners and set up; opens a pairing window when the robot has
+    /// no owner and the config allows it.
+    pub fn new(
+        cfg: Config,
+        robot: ClientId,
+        link: LinkHandle,
+        hw: Hardware,
+        motors: MotorController,
+        media: Media,
+    ) -> anyhow::Result<Service> {
+        let owners = OwnerStore::load(&cfg.robot.state_dir)?;
+        let sim = hw.sim().map(|s| s.run_realtime());
+        let pairing = PairingWindows::new(Duration::from_secs(cfg.pairing.window_s), pairing::DEFAULT_MAX_FAILURES);
+        let mut s = Service {
+            cfg,
+            robot,
+            link,
+            owners,
+            pairing,
+            open_pairing: None,
+            invite_seqs: SeqTracker::default(),
+            next_seq: now_ms(),
+            drops: DropLog::default(),
+            reject_budget: Budget::new(10.0, 20.0),
+            started: Instant::now(),
+            hw,
+            motors,
+            _sim: sim,
+            media,
+            call: None,
+        };
+        info!(owners = s.owners.list().len(), "owners loaded");
+        if s.owners.is_empty() && s.cfg.pairing.open_when_unowned {
+            info!("no owner yet: opening a pairing window");
+            if let Err(e) = s.open_pairing() {
+                error!(error = %e, "cannot open the pairing window");
+            }
+        }
+        Ok(s)
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// React to the link.
+    pub fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Connected => info!("online"),
+            LinkEvent::Disconnected => {
+                // Nobody can renew or stop a drive while we are offline.
+                self.stop_motors("broker connection lost");
+                warn!("offline; reconnecting");
+            }
+            LinkEvent::Message(m) => self.on_message(&m),
+        }
+    }
+
+    fn on_message(&mut self, m: &Inbound) {
+        match &m.topic {
+            Topic::PairRequest { robot, phone } if *robot == self.robot => self.on_pair(phone, m),
+            Topic::Invite { robot, session } if *robot == self.robot => self.on_invite(session, m),
+            Topic::SessionRequest { session, command } => self.on_session_request(session, command, m),
+            Topic::IsConnected { user } => self.on_presence(user, &m.payload),
+            _ => self.drops.drop("unexpected_topic", &m.topic_str),
+        }
+    }
+
+    fn on_pair(&mut self, phone: &ClientId, m: &Inbound) {
+        let f = AuthFields::from_properties(m.props.as_ref());
+        let req = PairRequest {
+            robot_id: &self.robot,
+            topic: &m.topic_str,
+            phone_id: phone,
+            from: f.from.as_deref(),
+            seq: f.seq,
+            ts_ms: f.ts_ms,
+            mac: f.mac.as_deref(),
+            payload: &m.payload,
+        };
+        let now = now_ms();
+        match self.pairing.handle(now, &req) {
+            PairOutcome::Paired { phone_id, nickname, key } => {
+                let owner = Owner { id: phone_id.clone(), nickname, key, paired_at_ms: now };
+                if let Err(e) = self.owners.add(owner) {
+                    // Not stored: do not tell the phone it is paired.
+                    error!(error = %e, phone = %phone_id, "pairing succeeded but the owner could not be stored");
+                    self.finish_pairing();
+                    let topic = topics::pair_response(&self.robot, &phone_id);
+                    let seq = self.seq();
+                    let mut p = props::unsigned(self.robot.as_str(), seq, now_ms());
+                    p.correlation_data = f.correlation;
+                    let payload = serde_json::to_vec(&json!({"status":"rejected","reason":"internal_error"})).unwrap();
+                    self.link.publish(topic, payload, false, Some(p));
+                    return;
+                }
+                info!(phone = %phone_id, "paired a new owner");
+                self.finish_pairing();
+                let topic = topics::pair_response(&self.robot, &phone_id);
+                let payload = pairing::paired_reply(&self.robot, &self.cfg.robot.nickname);
+                let seq = self.seq();
+                let p = props::signed(&key, &topic, self.robot.as_str(), seq, now_ms(), &payload, f.correlation);
+                self.link.publish(topic, payload, false, Some(p));
+            }
+            PairOutcome::Rejected(reason) => {
+                self.drops.drop(reason.as_str(), &m.topic_str);
+                if reason != Reject::WindowClosed && !self.pairing.is_open(now) {
+                    self.finish_pairing();
+                }
+                if self.reject_budget.take() {
+                    let topic = topics::pair_response(&self.robot, phone);
+                    let seq = self.seq();
+                    let mut p = props::unsigned(self.robot.as_str(), seq, now_ms());
+                    p.correlation_data = f.correlation;
+                    self.link.publish(topic, pairing::rejected_reply(reason), false, Some(p));
+                }
+            }
+        }
+    }
+
+    /// Authenticate an invite: sender must be an owner, MAC under its key,
+    /// fresh `ts`, increasing `seq`. Non-owners are dropped with no answer.
+    fn on_invite(&mut self, session: &ClientId, m: &Inbound) {
+        let f = AuthFields::from_properties(m.props.as_ref());
+        let Some(owner) =
+            f.from.as_deref().and_then(|s| s.parse::<ClientId>().ok()).and_then(|id| self.owners.get(&id))
+        else {
+            return self.drops.drop("not_owner", &m.topic_str);
+        };
+        let Some((_, seq, ts)) = props::verify(&owner.key, &m.topic_str, &m.payload, &f) else {
+            return self.drops.drop("bad_mac", &m.topic_str);
+        };
+        if !ts_is_fresh(ts, now_ms()) {
+            return self.drops.drop("stale", &m.topic_str);
+        }
+        let owner_id = owner.id.clone();
+        if !self.invite_seqs.check_and_record(&owner_id, seq) {
+            return self.drops.drop("replayed", &m.topic_str);
+        }
+        let key = owner.key;
+        let reply = |this: &mut Service, payload: Value| {
+            let topic = topics::invite_response(&this.robot, session);
+            let payload = serde_json::to_vec(&payload).expect("json");
+            let seq = this.seq();
+            let p = props::signed(&key, &topic, this.robot.as_str(), seq, now_ms(), &payload, f.correlation.clone());
+            this.link.publish(topic, payload, false, Some(p));
+        };
+        if self.call.is_some() {
+            info!(session = %session, caller = %owner_id, "busy: already in a call");
+            return reply(self, json!({"status":"busy"}));
+        }
+        let invite = match Invite::parse(&m.payload) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(session = %session, error = ?e, "invite rejected");
+                return reply(self, json!({"status":"rejected","reason":e.reason()}));
+            }
+        };
+        self.accept_call(session.clone(), owner_id, &key, invite, reply);
+    }
+
+    fn accept_call(
+        &mut self,
+        session: ClientId,
+        caller: ClientId,
+        key: &Key32,
+        invite: Invite,
+        reply: impl FnOnce(&mut Service, Value),
+    ) {
+        let v = &self.cfg.video;
+        let video = invite.negotiate(VideoParams { width: v.width, height: v.height, fps: v.fps, kbps: v.kbps });
+        let nonce: [u8; 16] = rand::random();
+        let video_ssrc = nonzero_ssrc();
+        let audio_ssrc = (invite.wants_audio() && self.media.has_audio()).then(nonzero_ssrc);
+        let agreed = Negotiated { invite, video, video_ssrc, audio_ssrc };
+        let call = Call::new(session.clone(), caller.clone(), key, nonce, agreed, Instant::now());
+        let media = MediaRequest {
+            session: session.clone(),
+            host: call.invite.media.host,
+            video_port: call.invite.media.port,
+            video_ssrc,
+            video_key: call.srtp_video,
+            video,
+            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio)),
+        };
+        self.link.subscribe(topics::session_request_filter(&session));
+        self.link.subscribe(topics::is_connected(&caller));
+        self.call = Some(call);
+        info!(session = %session, caller = %caller, ?video, "call accepted");
+        reply(self, payloads::accepted(&nonce, video_ssrc, video, audio_ssrc));
+        self.media.start(media);
+    }
+
+    /// A request in the call: sender, MAC under `Ks` and the replay window
+    /// first; only then is the payload parsed.
+    fn on_session_request(&mut self, session: &ClientId, command: &str, m: &Inbound) {
+        let Some(call) = self.call.as_mut().filter(|c| &c.session == session) else {
+            return self.drops.drop("no_such_call", &m.topic_str);
+        };
+        let f = AuthFields::from_properties(m.props.as_ref());
+        if f.from.as_deref() != Some(call.caller.as_str()) {
+            return self.drops.drop("not_caller", &m.topic_str);
+        }
+        let Some((_, seq, _)) = props::verify(&call.session_key, &m.topic_str, &m.payload, &f) else {
+            return self.drops.drop("bad_mac", &m.topic_str);
+        };
+        match call.accept_request(seq, Instant::now()) {
+            Ok(()) => {}
+            // QoS 1 redelivery: already handled, drop silently.
+            Err(crate::auth::freshness::ReplayError::Duplicate) => return,
+            Err(crate::auth::freshness::ReplayError::TooOld) => return self.drops.drop("stale", &m.topic_str),
+        }
+        let correlation = f.correlation.clone();
+        let session = session.clone();
+        let answer = match payloads::parse_command(command, &m.payload) {
+            Err(e) => e.response(),
+            Ok(Command::Hangup) => return self.end_call_answering(EndReason::Hangup, Some((seq, correlation))),
+            Ok(cmd) => match self.run_command(&session, cmd) {
+                Some(v) => v,
+                None => return,
+            },
+        };
+        self.respond(command, answer, seq, correlation);
+    }
+
+    /// Publish a response in the current call, MACed with `Ks`.
+    fn respond(&mut self, command: &str, mut payload: Value, re: u64, correlation: Option<Bytes>) {
+        let Some(call) = self.call.as_mut() else { return };
+        payload["re"] = json!(re);
+        let topic = topics::session_response(&call.session, command);
+        let bytes = serde_json::to_vec(&payload).expect("json");
+        let seq = call.next_seq();
+        let p = props::signed(&call.session_key, &topic, self.robot.as_str(), seq, now_ms(), &bytes, correlation);
+        self.link.publish(topic, bytes, false, Some(p));
+    }
+
+    fn run_command(&mut self, session: &ClientId, cmd: Command) -> Option<Value> {
+        Some(match cmd {
+            Command::Drive { linear, angular, ms } => {
+                match self.motors.drive(DriveCommand { linear, angular, ms }, Instant::now()) {
+                    Ok(()) => json!({"status":"ok"}),
+                    Err(crate::motion::MotionError::EstopLatched) => {
+                        json!({"status":"rejected","reason":"estop","detail":"the e-stop is latched; release and clear it"})
+                    }
+                    Err(e) => CommandError::Invalid(e.to_string()).response(),
+                }
+            }
+            Command::Stop => {
+                self.stop_motors("stop request");
+                json!({"status":"stopped"})
+            }
+            Command::Ping => json!({"status":"ok","motion":self.motors.state().as_str(),"at":"unknown"}),
+            Command::Hangup => return None,
+            Command::Video(change) => {
+                let Some(sender) = self.media.video(session) else {
+                    return Some(
+                        json!({"status":"rejected","reason":"video_unavailable","detail":"video is not running yet"}),
+                    );
+                };
+                let r = match change {
+                    VideoChange::Bitrate(k) => sender.set_bitrate(k),
+                    VideoChange::Format { width, height, fps } => sender.set_format(width, height, fps),
+                };
+                match r {
+                    Ok(s) => {
+                        let video = VideoParams { width: s.width, height: s.height, fps: s.fps, kbps: s.kbps };
+                        if let Some(c) = self.call.as_mut() {
+                            c.video = video;
+                        }
+                        json!({"status":"ok","video":video})
+                    }
+                    Err(e) => CommandError::Invalid(e.to_string()).response(),
+                }
+            }
+            Command::Goto { destination } => {
+                json!({"destination":destination,"status":"rejected","reason":"no_map","detail":"navigation is not available on this robot yet"})
+            }
+            Command::Destinations => json!({"status":"ok","destinations":[],"at":"unknown"}),
+        })
+    }
+
+    /// The caller's presence: `false` ends its call.
+    fn on_presence(&mut self, user: &ClientId, payload: &[u8]) {
+        if self.call.as_ref().is_some_and(|c| &c.caller == user) && payload == b"false" {
+            self.end_call(EndReason::CallerOffline);
+        }
+    }
+
+    /// End the call: motors, video, subscriptions, then the `ended` response.
+    pub fn end_call(&mut self, reason: EndReason) {
+        self.end_call_answering(reason, None);
+    }
+
+    /// End the call; `answering` is the (seq, correlation) of the `hangup`
+    /// request being answered, if the phone asked.
+    fn end_call_answering(&mut self, reason: EndReason, answering: Option<(u64, Option<Bytes>)>) {
+        if self.call.is_none() {
+            return;
+        }
+        self.stop_motors("call ended");
+        self.media.stop();
+        let call = self.call.as_ref().expect("checked");
+        self.link.unsubscribe(&topics::session_request_filter(&call.session));
+        self.link.unsubscribe(&topics::is_connected(&call.caller));
+        info!(session = %call.session, reason = reason.as_str(), "call ended");
+        let topic = topics::session_response(&call.session, "hangup");
+        let mut body = json!({"status":"ended","reason":reason.as_str()});
+        let (re, correlation) = answering.map_or((None, None), |(s, c)| (Some(s), c));
+        if let Some(re) = re {
+            body["re"] = json!(re);
+        }
+        let payload = serde_json::to_vec(&body).expect("json");
+        let call = self.call.as_mut().expect("checked");
+        let seq = call.next_seq();
+        let p = props::signed(&call.session_key, &topic, self.robot.as_str(), seq, now_ms(), &payload, correlation);
+        self.link.publish(topic, payload, false, Some(p));
+        self.call = None;
+    }
+
+    /// Media reports.
+    pub fn on_media(&mut self, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Started { session, video, audio } => {
+                let current = self.call.as_ref().map(|c| c.session.clone());
+                self.media.on_started(current.as_ref(), session, video, audio);
+            }
+            MediaEvent::Failed { session, detail } => {
+                if self.call.as_ref().is_some_and(|c| c.session == session) {
+                    error!(session = %session, %detail, "video failed");
+                    self.end_call(EndReason::VideoFailed);
+                }
+            }
+        }
+    }
+
+    fn stop_motors(&mut self, why: &str) {
+        if let Err(e) = self.motors.stop() {
+            error!(error = %e, why, "cannot stop the motors");
+        }
+    }
+
+    /// The next instant [`Service::on_timer`] must run: deadman, call idle
+    /// timeout, e-stop polling.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let mut t = self.motors.deadline();
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        if let Some(c) = &self.call {
+            min(c.deadline(Duration::from_secs(self.cfg.call.timeout_s)));
+        }
+        if self.hw.config().estop.is_some() {
+            min(Instant::now() + ESTOP_POLL);
+        }
+        t
+    }
+
+    /// Run what is due at `now`.
+    pub fn on_timer(&mut self, now: Instant) {
+        match self.motors.poll(now) {
+            Ok(Some(StopReason::Deadman)) => info!("deadman: drive expired, motors stopped"),
+            Ok(Some(StopReason::Estop)) => warn!("e-stop pressed: motors stopped and latched"),
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "motor poll failed"),
+        }
+        let timeout = Duration::from_secs(self.cfg.call.timeout_s);
+        if self.call.as_ref().is_some_and(|c| c.timed_out(now, timeout)) {
+            self.end_call(EndReason::Timeout);
+        }
+    }
+
+    /// Open a new pairing window: fresh secret, URI and QR (logged, and
+    /// written as a PNG in the state directory).
+    pub fn open_pairing(&mut self) -> anyhow::Result<&PairingUri> {
+        let secret: [u8; 16] = rand::random();
+        let expires_at_ms = self.pairing.open(now_ms(), secret);
+        let uri = PairingUri { robot: self.robot.clone(), secret, broker: self.cfg.mqtt.url.clone() };
+        let text = uri.to_string();
+        let png = self.cfg.robot.state_dir.join(PAIRING_PNG);
+        if let Err(e) = pairing::write_png(&text, &png) {
+            warn!(error = %e, "cannot write the pairing QR PNG");
+        }
+        let qr = pairing::render_plain(&text).unwrap_or_default();
+        info!(uri = %text, png = %png.display(), window_s = self.cfg.pairing.window_s, "pairing window open; scan the QR code or enter the URI in the app\n{qr}");
+        self.open_pairing = Some(OpenPairing { uri, expires_at_ms });
+        Ok(&self.open_pairing.as_ref().expect("just set").uri)
+    }
+
+    /// Forget the shown secret and remove the QR file once a window is over.
+    fn finish_pairing(&mut self) {
+        if self.open_pairing.take().is_some() {
+            let _ = std::fs::remove_file(self.cfg.robot.state_dir.join(PAIRING_PNG));
+            info!(status = %self.pairing.status(now_ms()), "pairing window closed");
+        }
+    }
+
+    /// Once a second: expire what has expired.
+    pub fn tick(&mut self) {
+        if self.open_pairing.is_some() && !self.pairing.is_open(now_ms()) {
+            self.finish_pairing();
+        }
+    }
+
+    /// Answer an admin request.
+    pub fn on_admin(&mut self, req: Request) -> Response {
+        match req {
+            Request::Pair => match self.open_pairing() {
+                Ok(uri) => {
+                    let text = uri.to_string();
+                    Response::ok(json!({
+                        "uri": text,
+                        "qr": pairing::render_terminal(&text).unwrap_or_default(),
+                        "png": self.cfg.robot.state_dir.join(PAIRING_PNG),
+                        "expires_at_ms": self.open_pairing.as_ref().map(|p| p.expires_at_ms),
+                    }))
+                }
+                Err(e) => Response::err(e.to_string()),
+            },
+            Request::PairClose => {
+                self.pairing.close();
+                self.finish_pairing();
+                Response::ok(json!({}))
+            }
+            Request::Owners => Response::ok(json!({ "owners": self.owners_json() })),
+            Request::OwnersRemove { id } => {
+                let Ok(id) = id.parse::<ClientId>() else {
+                    return Response::err(format!("{id:?} is not a client ID (32 lowercase hex characters)"));
+                };
+                match self.owners.remove(&id) {
+                    Ok(true) => {
+                        info!(owner = %id, "owner removed");
+                        if self.call.as_ref().is_some_and(|c| c.caller == id) {
+                            self.end_call(EndReason::Revoked);
+                        }
+                        Response::ok(json!({ "removed": id }))
+                    }
+                    Ok(false) => Response::err(format!("{id} is not an owner")),
+                    Err(e) => Response::err(e.to_string()),
+                }
+            }
+            Request::Status => {
+                let st = self.link.stats();
+                use std::sync::atomic::Ordering::Relaxed;
+                Response::ok(json!({
+                    "robot": self.robot,
+                    "nickname": self.cfg.robot.nickname,
+                    "software": crate::protocol::SOFTWARE,
+                    "uptime_s": self.started.elapsed().as_secs(),
+                    "broker": { "url": self.cfg.mqtt.url, "connected": self.link.is_connected(),
+                                "connects": st.connects.load(Relaxed) },
+                    "pairing": self.pairing.status(now_ms()).to_string(),
+                    "owners": self.owners.list().len(),
+                    "call": self.call.as_ref().map(|c| json!({"session": c.session, "caller": c.caller, "video": c.video})),
+                    "motion": self.motors.state().as_str(),
+                    "sim": self.hw.sim().map(|s| {
+                        let snap = s.snapshot();
+                        json!({"x": snap.pose.x, "y": snap.pose.y, "heading": snap.pose.heading,
+                               "wheel_speed_mps": snap.wheel_speed_mps, "obstacle": snap.obstacle_detected})
+                    }),
+                    "dropped": {
+                        "topic": st.dropped_topic.load(Relaxed),
+                        "size": st.dropped_size.load(Relaxed),
+                        "backlog": st.dropped_backlog.load(Relaxed),
+                        "auth": self.drops.counts(),
+                    },
+                }))
+            }
+        }
+    }
+
+    fn owners_json(&self) -> serde_json::Value {
+        self.owners
+            .list()
+            .iter()
+            .map(|o| json!({ "id": o.id, "nickname": o.nickname, "paired_at_ms": o.paired_at_ms }))
+            .collect()
+    }
+
+    /// Ordered shutdown, first part: motors, then the call (whose `ended`
+    /// goes out while the link is still up), then video.
+    pub async fn shutdown(&mut self) {
+        self.stop_motors("shutdown");
+        self.end_call(EndReason::Shutdown);
+        self.media.stop_and_wait().await;
+        self.finish_pairing();
+    }
+}
+
+/// A random SSRC; 0 is avoided because some receivers treat it as unset.
+fn nonzero_ssrc() -> u32 {
+    loop {
+        let s: u32 = rand::random();
+        if s != 0 {
+            return s;
+        }
+    }
+}
