@@ -68,7 +68,7 @@ required=(
   "ExecStopPost=/usr/bin/robotd safe-stop"
   "Restart=on-failure"
   "User=robotd"
-  "SupplementaryGroups=gpio video"
+  "SupplementaryGroups=gpio video audio"
   "StateDirectory=robotd"
   "ConfigurationDirectory=robotd"
   "RuntimeDirectory=robotd"
@@ -95,7 +95,7 @@ if ! systemd-sysusers --root="$root" "$PWD/$SYSUSERS" >"$work/sysusers.log" 2>&1
 fi
 grep -q '^robotd:x:[0-9]*:[0-9]*:.*:/usr/sbin/nologin$' "$root/etc/passwd" 2>/dev/null ||
   err "$SYSUSERS did not create a system user robotd with no login shell"
-for g in gpio video; do
+for g in gpio video audio; do
   grep -qE "^$g:x:[0-9]+:(.*,)?robotd(,|$)" "$root/etc/group" 2>/dev/null || err "$SYSUSERS: robotd not in group $g"
 done
 if ! systemd-tmpfiles --root="$root" --create "$PWD/$TMPFILES" >"$work/tmpfiles.log" 2>&1; then

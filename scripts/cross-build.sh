@@ -221,7 +221,9 @@ export "BINDGEN_EXTRA_CLANG_ARGS_$TARGET_US=--target=$TARGET -isystem /usr/$GNU/
 # Tests: qemu-user as cargo's runner (binfmt is not registered here). -L is
 # the cross libc; the sysroot libraries come through the guest's
 # LD_LIBRARY_PATH (qemu passes -E variables to the guest only).
-export "CARGO_TARGET_${TARGET_ENV}_RUNNER=$QEMU -L /usr/$GNU -E LD_LIBRARY_PATH=$LIBDIRS"
+# GStreamer's core elements (queue, capsfilter...) come from the sysroot;
+# a registry of its own keeps the native one untouched.
+export "CARGO_TARGET_${TARGET_ENV}_RUNNER=$QEMU -L /usr/$GNU -E LD_LIBRARY_PATH=$LIBDIRS -E GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0 -E GST_REGISTRY=$CARGO_TARGET_DIR/gst-registry-$DEB_ARCH.bin"
 
 # Sysroot self-test: compile + link a C program against GStreamer.
 probe="$CARGO_TARGET_DIR/probe-$DEB_ARCH"
@@ -263,6 +265,27 @@ if [ "$do_build" = 1 ]; then
 fi
 
 if [ "$run_tests" = 1 ]; then
-  log "cargo test --lib --target $TARGET under $QEMU"
-  cargo test --locked --lib --target "$TARGET" -- --test-threads 2
+  # These tests run GStreamer pipelines and need the target's plugin
+  # packages (gstreamer1.0-plugins-good/-bad/-ugly, libav for the decoder):
+  # the sysroot carries libraries to link against, not those plugins and their
+  # hundreds of codec libraries, and x264 under emulation would be slow. They
+  # run natively in scripts/test.sh; the skip list is exact names, so a new
+  # pipeline test fails here until it is added (or made to skip itself when
+  # its element is missing, as some already do).
+  QEMU_SKIP=(
+    video::tests::audio_is_sent_as_srtp_opus
+    video::tests::bitrate_changes_without_interrupting_frames
+    video::tests::every_idr_carries_sps_pps_and_comes_within_two_seconds
+    video::tests::format_change_renegotiates_the_decoded_size
+    video::tests::late_receiver_decodes_within_a_keyframe_interval
+    video::tests::pipeline_errors_are_reported_as_failures
+    video::tests::right_key_decodes_frames_and_wrong_key_decodes_none
+    video::tests::start_failures_explain_themselves
+    video::tests::stop_leaves_no_threads_pipelines_or_sockets
+    video::tests::this_machine_has_an_encoder
+  )
+  skip_args=()
+  for t in "${QEMU_SKIP[@]}"; do skip_args+=(--skip "$t"); done
+  log "cargo test --lib --target $TARGET under $QEMU (${#QEMU_SKIP[@]} GStreamer pipeline tests skipped)"
+  cargo test --locked --lib --target "$TARGET" -- --test-threads 2 --exact "${skip_args[@]}"
 fi
