@@ -211,24 +211,15 @@ pub struct PairingConfig {
     pub window_s: u64,
     /// Open a window at start when there is no owner yet.
     pub open_when_unowned: bool,
-    /// Optional GPIO (BCM number) of a pairing push button.
-    pub button_pin: Option<u8>,
-    /// Level of `button_pin` while pressed: "low" (button to ground, pull-up) or "high".
-    pub button_active: ActiveLevel,
+    /// Optional pairing push button: `{ pin = 26, active = "low", pull = "up" }`
+    /// (BCM number; a button to ground with the pull-up reads low when pressed).
+    pub button: Option<crate::hal::InputConfig>,
 }
 
 impl Default for PairingConfig {
     fn default() -> Self {
-        PairingConfig { window_s: 600, open_when_unowned: true, button_pin: None, button_active: ActiveLevel::Low }
+        PairingConfig { window_s: 600, open_when_unowned: true, button: None }
     }
-}
-
-/// Which level of an input means "active".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActiveLevel {
-    Low,
-    High,
 }
 
 /// `[call]`: call behaviour.
@@ -316,9 +307,9 @@ impl Config {
                 format!("{} is outside 1..=600 seconds (10 minutes at most)", self.pairing.window_s),
             );
         }
-        if let Some(p) = self.pairing.button_pin {
-            if p > 27 {
-                return bad("pairing.button_pin", format!("GPIO {p} does not exist; use a BCM number 0..=27"));
+        if let Some(b) = &self.pairing.button {
+            if b.pin > 27 {
+                return bad("pairing.button.pin", format!("GPIO {} does not exist; use a BCM number 0..=27", b.pin));
             }
         }
         if !(1..=3600).contains(&self.call.timeout_s) {
@@ -360,9 +351,9 @@ impl Config {
         if self.audio.device.as_deref() == Some("") {
             return bad("audio.device", "leave it unset for no microphone, or name an ALSA device or \"test\"".into());
         }
-        if let Some(p) = self.pairing.button_pin {
-            if let Some((role, _)) = self.hardware.pin_roles().into_iter().find(|(_, q)| *q == p) {
-                return bad("pairing.button_pin", format!("GPIO {p} is already used as {role}"));
+        if let Some(b) = &self.pairing.button {
+            if let Some((role, _)) = self.hardware.pin_roles().into_iter().find(|(_, q)| *q == b.pin) {
+                return bad("pairing.button.pin", format!("GPIO {} is already used as {role}", b.pin));
             }
         }
         Ok(())
@@ -417,12 +408,12 @@ mod tests {
             ("[robot]\nnickame = \"x\"", "robot.nickame"),
             ("[robot]\nstate_dir = \"rel\"", "robot.state_dir"),
             ("[pairing]\nwindow_s = 601", "pairing.window_s"),
-            ("[pairing]\nbutton_pin = 40", "pairing.button_pin"),
-            ("[pairing]\nbutton_active = \"sideways\"", "pairing.button_active"),
+            ("[pairing]\nbutton = { pin = 40 }", "pairing.button.pin"),
+            ("[pairing]\nbutton = { pin = 26, active = \"sideways\" }", "pairing.button.active"),
             ("[wat]\n", "wat"),
             ("[hardware.left]\ndriver = \"l298n\"\nin1_pin = 17\nin2_pin = 27\npwm_pin = 40", "hardware.left.pwm_pin"),
             ("[hardware]\nbackend = \"gpio\"", "hardware.backend"),
-            ("[pairing]\nbutton_pin = 17", "pairing.button_pin"),
+            ("[pairing]\nbutton = { pin = 17 }", "pairing.button.pin"),
             ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
             ("[video]\nwidth = 641", "video.width"),
             ("[video]\nkbps = 5", "video.kbps"),

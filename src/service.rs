@@ -20,8 +20,8 @@ use crate::auth::owners::{Owner, OwnerStore};
 use crate::call::{Call, EndReason, Negotiated};
 use crate::config::Config;
 use crate::control::{Request, Response};
-use crate::hal::Hardware;
 use crate::hal::sim::SimRunner;
+use crate::hal::{BinarySensor, Debounced, Hardware, Input, Sensor};
 use crate::identity::ClientId;
 use crate::link::{Inbound, LinkEvent, LinkHandle};
 use crate::media::{Media, MediaEvent, MediaRequest};
@@ -124,7 +124,12 @@ pub struct Service {
     _sim: Option<SimRunner>,
     media: Media,
     call: Option<Call>,
+    /// The optional pairing button and its debouncer.
+    button: Option<(Sensor<Input>, Debounced)>,
 }
+
+/// How often the pairing button is polled.
+const BUTTON_POLL: Duration = Duration::from_millis(50);
 
 /// How often the e-stop input is polled when one is configured.
 const ESTOP_POLL: Duration = Duration::from_millis(20);
@@ -141,6 +146,11 @@ impl Service {
         media: Media,
     ) -> anyhow::Result<Service> {
         let owners = OwnerStore::load(&cfg.robot.state_dir)?;
+        let mut hw = hw;
+        let button = match &cfg.pairing.button {
+            Some(b) => Some((hw.input(b)?, Debounced::default())),
+            None => None,
+        };
         let sim = hw.sim().map(|s| s.run_realtime());
         let pairing = PairingWindows::new(Duration::from_secs(cfg.pairing.window_s), pairing::DEFAULT_MAX_FAILURES);
         let mut s = Service {
@@ -160,6 +170,7 @@ impl Service {
             _sim: sim,
             media,
             call: None,
+            button,
         };
         info!(owners = s.owners.list().len(), "owners loaded");
         if s.owners.is_empty() && s.cfg.pairing.open_when_unowned {
@@ -483,6 +494,9 @@ impl Service {
         if self.hw.config().estop.is_some() {
             min(Instant::now() + ESTOP_POLL);
         }
+        if self.button.is_some() {
+            min(Instant::now() + BUTTON_POLL);
+        }
         t
     }
 
@@ -497,6 +511,22 @@ impl Service {
         let timeout = Duration::from_secs(self.cfg.call.timeout_s);
         if self.call.as_ref().is_some_and(|c| c.timed_out(now, timeout)) {
             self.end_call(EndReason::Timeout);
+        }
+        let pressed = match self.button.as_mut() {
+            Some((sensor, debounce)) => match sensor.is_active() {
+                Ok(active) => debounce.update(active, now),
+                Err(e) => {
+                    warn!(error = ?e, "cannot read the pairing button");
+                    false
+                }
+            },
+            None => false,
+        };
+        if pressed {
+            info!("pairing button pressed");
+            if let Err(e) = self.open_pairing() {
+                error!(error = %e, "cannot open the pairing window");
+            }
         }
     }
 

@@ -487,3 +487,60 @@ mod tests {
         assert!(e.to_string().contains("hardware.left.in1_pin"), "{e}");
     }
 }
+
+/// Turns a polled push button into press events: a press counts once the
+/// input has read active for [`Debounced::SETTLE`] and the button was
+/// released before, so contact bounce and a held button give one event.
+#[derive(Debug, Default)]
+pub struct Debounced {
+    /// When the input started reading active, if it does now.
+    active_since: Option<std::time::Instant>,
+    /// The current press was already reported.
+    reported: bool,
+}
+
+impl Debounced {
+    /// How long the input must read active to count as a press.
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(40);
+
+    /// Feed one reading; true exactly once per press.
+    pub fn update(&mut self, active: bool, now: std::time::Instant) -> bool {
+        if !active {
+            self.active_since = None;
+            self.reported = false;
+            return false;
+        }
+        let since = *self.active_since.get_or_insert(now);
+        if !self.reported && now.duration_since(since) >= Self::SETTLE {
+            self.reported = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod debounce_tests {
+    use super::Debounced;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_event_per_settled_press_and_none_for_bounce() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut b = Debounced::default();
+        // Bounce: active for less than SETTLE, then released.
+        assert!(!b.update(true, ms(0)));
+        assert!(!b.update(true, ms(20)));
+        assert!(!b.update(false, ms(30)));
+        // A real press: one event, however long it is held.
+        assert!(!b.update(true, ms(100)));
+        assert!(b.update(true, ms(150)));
+        assert!(!b.update(true, ms(500)));
+        assert!(!b.update(true, ms(5000)));
+        // Release and press again: a second event.
+        assert!(!b.update(false, ms(5100)));
+        assert!(!b.update(true, ms(5200)));
+        assert!(b.update(true, ms(5250)));
+    }
+}
