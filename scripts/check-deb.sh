@@ -41,7 +41,7 @@ echo "$(field Recommends)" | grep -q 'gstreamer1.0-plugins-ugly' || err "Recomme
 
 # --- files --------------------------------------------------------------------
 # "mode owner path" for every non-directory entry.
-dpkg-deb -c "$deb" | awk '$1 !~ /^d/ { print $1, $2, $6 }' | sort -k3 >"$work/list"
+dpkg-deb -c "$deb" | awk '$1 !~ /^d/ { o = ($2 == "0/0" ? "root/root" : $2); print $1, o, $6 }' | sort -k3 >"$work/list"
 cat >"$work/expected" <<'EOF'
 -rw-r--r-- root/root ./etc/robotd/robotd.toml
 -rwxr-xr-x root/root ./usr/bin/robotctl

@@ -122,10 +122,12 @@ mkdir -p "$CARGO_TARGET_DIR"
 SYSROOT="$CARGO_TARGET_DIR/sysroot-$DEB_ARCH"
 DEBS="$CARGO_TARGET_DIR/debs-$DEB_ARCH"
 ROOTS=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev libglib2.0-dev)
-# Provided by the cross toolchain (libc6-dev-*-cross, libgcc-s1-*-cross), not
-# needed to link (tools, introspection, data), or far too big and unused
+# The C library's development files come from the cross toolchain
+# (libc6-dev-*-cross); its run-time libc6 and libgcc-s1 are in the sysroot, so
+# qemu runs the tests with the target distribution's own loader and libc, and
+# dpkg-shlibdeps finds their symbols files. Not needed to link (tools, introspection, data), or far too big and unused
 # (OpenCV, which libgstreamer-plugins-bad1.0-dev drags in for one plugin lib).
-EXCLUDE='^(libc6|libc6-dev|libc-dev|linux-libc-dev|libgcc-s1|gcc-[0-9]+-base|libgcc-[0-9]+-dev|libcrypt1|libcrypt-dev|libnsl2|libnsl-dev|libtirpc.*|rpcsvc-proto|pkg-config|pkgconf|pkgconf-bin|libpkgconf3|gir1\.2-.*|python3.*|libpython3.*|perl.*|libperl.*|libopencv.*|libgstreamer-opencv1\.0-0|libglib2\.0-bin|libglib2\.0-dev-bin|libglib2\.0-data|shared-mime-info|dpkg|debconf|adduser|libwayland-bin|liborc-0\.4-dev-bin|libc-dev-bin|libegl-mesa0|libgl1-mesa-dri|libglx-mesa0|mesa-.*|libllvm[0-9]+|libz3-.*|libsensors.*|libdrm-(amdgpu1|nouveau2|radeon1|intel1|etnaviv1|freedreno1|tegra0)|libunwind-[0-9]+(-dev)?)$'
+EXCLUDE='^(libc6-dev|libc-dev|linux-libc-dev|gcc-[0-9]+-base|libgcc-[0-9]+-dev|libcrypt1|libcrypt-dev|libnsl2|libnsl-dev|libtirpc.*|rpcsvc-proto|pkg-config|pkgconf|pkgconf-bin|libpkgconf3|gir1\.2-.*|python3.*|libpython3.*|perl.*|libperl.*|libopencv.*|libgstreamer-opencv1\.0-0|libglib2\.0-bin|libglib2\.0-dev-bin|libglib2\.0-data|shared-mime-info|dpkg|debconf|adduser|libwayland-bin|liborc-0\.4-dev-bin|libc-dev-bin|libegl-mesa0|libgl1-mesa-dri|libglx-mesa0|mesa-.*|libllvm[0-9]+|libz3-.*|libsensors.*|libdrm-(amdgpu1|nouveau2|radeon1|intel1|etnaviv1|freedreno1|tegra0)|libunwind-[0-9]+(-dev)?)$'
 
 # Resolve the package closure: breadth first, one apt-cache call per level.
 resolve_packages() {
@@ -188,11 +190,21 @@ if [ "$(cat "$SYSROOT/.stamp" 2>/dev/null)" != "$stamp" ]; then
       ls "${n}_${v}_"*.deb >/dev/null 2>&1 || fetch+=("$w")
     done &&
     if [ ${#fetch[@]} -gt 0 ]; then apt-get download -qq -o APT::Sandbox::User=root "${fetch[@]}"; fi)
-  # Unpack only the current versions.
+  # Unpack only the current versions. Their shlibs and symbols files are
+  # merged into DEBIAN/, so that `dpkg-shlibdeps -S<sysroot>` (cargo-deb's
+  # $auto, see scripts/ci-deploy.sh) maps each library to its package.
+  mkdir -p "$SYSROOT.tmp/DEBIAN" "$SYSROOT.ctrl"
   while IFS='=' read -r n v; do
     v="${v//:/%3a}"
-    for f in "$DEBS/${n}_${v}_"*.deb; do dpkg -x "$f" "$SYSROOT.tmp"; done
+    for f in "$DEBS/${n}_${v}_"*.deb; do
+      dpkg -x "$f" "$SYSROOT.tmp"
+      rm -rf "$SYSROOT.ctrl"/*; dpkg-deb -e "$f" "$SYSROOT.ctrl"
+      for c in shlibs symbols; do
+        if [ -f "$SYSROOT.ctrl/$c" ]; then cat "$SYSROOT.ctrl/$c" >>"$SYSROOT.tmp/DEBIAN/$c"; fi
+      done
+    done
   done <<<"$versions"
+  rm -rf "$SYSROOT.ctrl"
   # Absolute symlinks (libz.so -> /lib/...) must point inside the sysroot.
   find "$SYSROOT.tmp" -type l -lname '/*' | while read -r l; do
     ln -sfn "$SYSROOT$(readlink "$l")" "$l"
@@ -219,11 +231,12 @@ export "CARGO_TARGET_${TARGET_ENV}_RUSTFLAGS=${CROSS_RUSTFLAGS:-} $rustflags"
 # bindgen (v4l2-sys-mit): clang must parse the target's kernel/libc headers.
 export "BINDGEN_EXTRA_CLANG_ARGS_$TARGET_US=--target=$TARGET -isystem /usr/$GNU/include -isystem $SYSROOT/usr/include/$GNU -isystem $SYSROOT/usr/include"
 # Tests: qemu-user as cargo's runner (binfmt is not registered here). -L is
-# the cross libc; the sysroot libraries come through the guest's
-# LD_LIBRARY_PATH (qemu passes -E variables to the guest only).
+# the sysroot (the target's own ld.so and libc); its library directories are
+# also on the guest's LD_LIBRARY_PATH (qemu passes -E variables to the guest
+# only).
 # GStreamer's core elements (queue, capsfilter...) come from the sysroot;
 # a registry of its own keeps the native one untouched.
-export "CARGO_TARGET_${TARGET_ENV}_RUNNER=$QEMU -L /usr/$GNU -E LD_LIBRARY_PATH=$LIBDIRS -E GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0 -E GST_REGISTRY=$CARGO_TARGET_DIR/gst-registry-$DEB_ARCH.bin"
+export "CARGO_TARGET_${TARGET_ENV}_RUNNER=$QEMU -L $SYSROOT -E LD_LIBRARY_PATH=$LIBDIRS -E GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0 -E GST_REGISTRY=$CARGO_TARGET_DIR/gst-registry-$DEB_ARCH.bin"
 
 # Sysroot self-test: compile + link a C program against GStreamer.
 probe="$CARGO_TARGET_DIR/probe-$DEB_ARCH"
@@ -245,7 +258,7 @@ if ! $GNU-gcc -o "$probe/probe" "$probe/probe.c" $(pkg-config --cflags --libs $m
   log "sysroot self-test failed: GStreamer does not link for $TARGET"; cat "$probe/log" >&2; exit 1
 fi
 if [ "$run_tests" = 1 ]; then
-  out="$($QEMU -L "/usr/$GNU" -E "LD_LIBRARY_PATH=$LIBDIRS" -E GST_REGISTRY_UPDATE=no "$probe/probe" 2>&1)" || {
+  out="$($QEMU -L "$SYSROOT" -E "LD_LIBRARY_PATH=$LIBDIRS" -E GST_REGISTRY_UPDATE=no "$probe/probe" 2>&1)" || {
     log "sysroot self-test failed under $QEMU: $out"; exit 1; }
   log "sysroot self-test under $QEMU: $out"
 fi
