@@ -14,8 +14,8 @@ PACKAGES=(
   mosquitto mosquitto-clients
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa
-  # checks: systemd-analyze for the unit
-  systemd
+  # checks: systemd-analyze for the unit; python3 recomputes the protocol vectors
+  systemd python3
 )
 PACKAGES+=("$@")
 

@@ -47,8 +47,7 @@ pub struct Negotiated {
     pub audio_ssrc: Option<u32>,
 }
 
-/// A call in progress.
-#[derive(Debug)]
+/// A call in progress. `Debug` leaves the keys out.
 pub struct Call {
     pub session: ClientId,
     pub caller: ClientId,
@@ -65,6 +64,18 @@ pub struct Call {
     last_request: Instant,
     /// The robot's `seq` in this call: starts at 1.
     next_seq: u64,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("session", &self.session)
+            .field("caller", &self.caller)
+            .field("video", &self.video)
+            .field("video_ssrc", &self.video_ssrc)
+            .field("audio_ssrc", &self.audio_ssrc)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Call {

@@ -43,6 +43,8 @@ pub struct Config {
     pub hardware: crate::hal::HardwareConfig,
     pub video: VideoConfig,
     pub audio: AudioConfig,
+    /// `[nav]`: the map of named places for `goto`; without it the robot has no map.
+    pub nav: Option<crate::nav::NavConfig>,
 }
 
 /// `[video]`: the camera stream of a call.
@@ -319,6 +321,9 @@ impl Config {
             return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));
         }
         self.hardware.validate().map_err(|e| (e.key, e.message))?;
+        if let Some(nav) = &self.nav {
+            nav.validate().map_err(|e| (e.key, e.message))?;
+        }
         let v = &self.video;
         if !matches!(v.encoder.as_str(), "auto" | "v4l2h264enc" | "x264enc" | "openh264enc") {
             return bad(
@@ -399,6 +404,16 @@ mod tests {
     }
 
     #[test]
+    fn example_flat_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flat.toml");
+        let c = Config::load(&path).unwrap();
+        let map = c.nav.as_ref().unwrap().validate().unwrap();
+        assert_eq!(map.places(), ["home", "hall", "kitchen", "bedroom"]);
+        assert_eq!(c.hardware.sim.obstacles.len(), 1, "the shut bedroom door");
+        assert!(parse("").unwrap().nav.is_none());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             ("[mqtt]\nkeep_alive_s = \"x\"", "mqtt.keep_alive_s"),
@@ -417,6 +432,15 @@ mod tests {
             ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
             ("[video]\nwidth = 641", "video.width"),
             ("[video]\nkbps = 5", "video.kbps"),
+            (
+                "[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hal\"\nsteps = [{ drive_m = 1.0 }]",
+                "nav.edges[0].to",
+            ),
+            (
+                "[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hall\"\nsteps = [{ drive = 1.0 }]",
+                "nav.edges[0].steps[0].drive",
+            ),
+            ("[nav]\nplaces = [\"attic\"]", "nav.places[0]"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

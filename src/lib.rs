@@ -22,6 +22,8 @@
 //! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
 //! - [`media`]: starts and stops the call's GStreamer senders off the main loop.
 //! - [`motion`]: motor drivers, differential drive math and the deadman.
+//! - [`nav`]: the map of named places, route planning, the goto executor (odometry,
+//!   obstacles, status stream) and the current place.
 //! - [`video`]: camera discovery (v4l), the GStreamer sending pipeline (H.264/Opus over
 //!   SRTP) with its supervision, and the receiving pipeline `robotctl` uses.
 //! - [`shutdown`]: the shutdown signal every loop selects on.
@@ -41,6 +43,7 @@ pub mod link;
 pub mod logging;
 pub mod media;
 pub mod motion;
+pub mod nav;
 pub mod pairing;
 pub mod phone;
 pub mod protocol;

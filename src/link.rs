@@ -131,6 +131,7 @@ impl LinkHandle {
 /// Everything the link task needs, built from the config.
 pub struct Link {
     eventloop: EventLoop,
+    broker_url: String,
     handle: LinkHandle,
     profile: Vec<u8>,
 }
@@ -221,7 +222,7 @@ impl Link {
     pub fn new(cfg: &Config, robot: ClientId, profile: Vec<u8>) -> Result<Link, LinkError> {
         let (client, eventloop) = AsyncClient::new(mqtt_options(cfg, &robot)?, REQUEST_CAPACITY);
         let handle = LinkHandle { client, robot, extra: Default::default(), stats: Default::default() };
-        Ok(Link { eventloop, handle, profile })
+        Ok(Link { eventloop, handle, profile, broker_url: cfg.mqtt.url.clone() })
     }
 
     /// A handle for publishing and subscribing.
@@ -289,6 +290,9 @@ impl Link {
         };
         let mut delays = backoff();
         let mut was_connected = false;
+        // Connect failures are logged at once, then at most every 30 s, so a
+        // wrong password or an unreachable broker is visible without flooding.
+        let mut last_connect_warn: Option<tokio::time::Instant> = None;
         loop {
             let polled = tokio::select! {
                 biased;
@@ -300,6 +304,7 @@ impl Link {
                     info!(code = ?ack.code, "connected to broker");
                     delays = backoff();
                     was_connected = true;
+                    last_connect_warn = None;
                     self.handle.stats.connected.store(true, Ordering::Relaxed);
                     self.handle.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.on_connack();
@@ -317,6 +322,9 @@ impl Link {
                         was_connected = false;
                         self.handle.stats.connected.store(false, Ordering::Relaxed);
                         let _ = events.send(LinkEvent::Disconnected).await;
+                    } else if last_connect_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        warn!(error = %e, broker = %self.broker_url, "cannot connect to the broker; retrying");
+                        last_connect_warn = Some(tokio::time::Instant::now());
                     } else {
                         debug!(error = %e, "connect failed");
                     }

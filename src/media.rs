@@ -30,8 +30,8 @@ impl std::fmt::Debug for MediaEvent {
     }
 }
 
-/// Where and how to send a call's media.
-#[derive(Debug, Clone)]
+/// Where and how to send a call's media. `Debug` leaves the keys out.
+#[derive(Clone)]
 pub struct MediaRequest {
     pub session: ClientId,
     pub host: IpAddr,
@@ -41,6 +41,19 @@ pub struct MediaRequest {
     pub video: VideoParams,
     /// Audio port, SSRC and key, when audio was negotiated.
     pub audio: Option<(u16, u32, [u8; 30])>,
+}
+
+impl std::fmt::Debug for MediaRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaRequest")
+            .field("session", &self.session)
+            .field("host", &self.host)
+            .field("video_port", &self.video_port)
+            .field("video_ssrc", &self.video_ssrc)
+            .field("video", &self.video)
+            .field("audio", &self.audio.as_ref().map(|(port, ssrc, _)| (port, ssrc)))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The running senders of the current call.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use crate::auth::freshness::{SeqTracker, ts_is_fresh};
+use crate::auth::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
 use crate::auth::keys::Key32;
 use crate::auth::owners::{Owner, OwnerStore};
 use crate::call::{Call, EndReason, Negotiated};
@@ -271,16 +271,11 @@ impl Service {
         else {
             return self.drops.drop("not_owner", &m.topic_str);
         };
+        // A bad MAC proves nothing about the sender: no answer.
         let Some((_, seq, ts)) = props::verify(&owner.key, &m.topic_str, &m.payload, &f) else {
             return self.drops.drop("bad_mac", &m.topic_str);
         };
-        if !ts_is_fresh(ts, now_ms()) {
-            return self.drops.drop("stale", &m.topic_str);
-        }
         let owner_id = owner.id.clone();
-        if !self.invite_seqs.check_and_record(&owner_id, seq) {
-            return self.drops.drop("replayed", &m.topic_str);
-        }
         let key = owner.key;
         let reply = |this: &mut Service, payload: Value| {
             let topic = topics::invite_response(&this.robot, session);
@@ -289,6 +284,25 @@ impl Service {
             let p = props::signed(&key, &topic, this.robot.as_str(), seq, now_ms(), &payload, f.correlation.clone());
             this.link.publish(topic, payload, false, Some(p));
         };
+        // From here the sender is a known owner: failures get a `rejected`
+        // answer (bounded by the same budget as pairing rejections).
+        let stale = if !ts_is_fresh(ts, now_ms()) {
+            true
+        } else {
+            match self.invite_seqs.classify_and_record(&owner_id, seq) {
+                SeqCheck::New => false,
+                // QoS 1 redelivery of an invite already answered.
+                SeqCheck::Duplicate => return self.drops.drop("duplicate", &m.topic_str),
+                SeqCheck::Old => true,
+            }
+        };
+        if stale {
+            self.drops.drop("stale", &m.topic_str);
+            if self.reject_budget.take() {
+                reply(self, json!({"status":"rejected","reason":"stale"}));
+            }
+            return;
+        }
         if self.call.is_some() {
             info!(session = %session, caller = %owner_id, "busy: already in a call");
             return reply(self, json!({"status":"busy"}));
@@ -297,7 +311,11 @@ impl Service {
             Ok(i) => i,
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");
-                return reply(self, json!({"status":"rejected","reason":e.reason()}));
+                let mut body = json!({"status":"rejected","reason":e.reason()});
+                if let payloads::InviteError::Invalid(detail) = &e {
+                    body["detail"] = json!(detail);
+                }
+                return reply(self, body);
             }
         };
         self.accept_call(session.clone(), owner_id, &key, invite, reply);
@@ -352,7 +370,14 @@ impl Service {
             Ok(()) => {}
             // QoS 1 redelivery: already handled, drop silently.
             Err(crate::auth::freshness::ReplayError::Duplicate) => return,
-            Err(crate::auth::freshness::ReplayError::TooOld) => return self.drops.drop("stale", &m.topic_str),
+            Err(crate::auth::freshness::ReplayError::TooOld) => {
+                self.drops.drop("stale", &m.topic_str);
+                if self.reject_budget.take() {
+                    let body = json!({"status":"rejected","reason":"stale"});
+                    self.respond(command, body, seq, f.correlation.clone());
+                }
+                return;
+            }
         }
         let correlation = f.correlation.clone();
         let session = session.clone();

@@ -25,6 +25,17 @@ pub fn ts_is_fresh(ts_ms: u64, now_ms: u64) -> bool {
 /// the ±60 s window.
 const MAX_TRACKED_SENDERS: usize = 1024;
 
+/// How a `seq` compares with the last one seen from its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// Above the last one: accepted and recorded.
+    New,
+    /// Equal to the last one: a QoS 1 redelivery of what was just handled.
+    Duplicate,
+    /// Below the last one: an old message, replayed or badly delayed.
+    Old,
+}
+
 /// The last `seq` seen from each sender (for `pair/` and `invite/`).
 #[derive(Debug, Default)]
 pub struct SeqTracker {
@@ -36,9 +47,18 @@ impl SeqTracker {
     /// `from`; then record it. Call this only after the MAC has been verified,
     /// or a forger could advance an honest sender's counter.
     pub fn check_and_record(&mut self, from: &ClientId, seq: u64) -> bool {
+        self.classify_and_record(from, seq) == SeqCheck::New
+    }
+
+    /// Like [`SeqTracker::check_and_record`], telling a redelivery (equal)
+    /// from an old message (below).
+    pub fn classify_and_record(&mut self, from: &ClientId, seq: u64) -> SeqCheck {
         if let Some(&last) = self.last.get(from) {
-            if seq <= last {
-                return false;
+            if seq == last {
+                return SeqCheck::Duplicate;
+            }
+            if seq < last {
+                return SeqCheck::Old;
             }
         } else if self.last.len() >= MAX_TRACKED_SENDERS {
             if let Some(victim) = self.last.iter().min_by_key(|(_, s)| **s).map(|(k, _)| k.clone()) {
@@ -46,7 +66,7 @@ impl SeqTracker {
             }
         }
         self.last.insert(from.clone(), seq);
-        true
+        SeqCheck::New
     }
 }
 
@@ -126,6 +146,9 @@ mod tests {
         assert!(!t.check_and_record(&a, 4));
         assert!(t.check_and_record(&b, 1));
         assert!(t.check_and_record(&a, 6));
+        assert_eq!(t.classify_and_record(&a, 6), SeqCheck::Duplicate);
+        assert_eq!(t.classify_and_record(&a, 5), SeqCheck::Old);
+        assert_eq!(t.classify_and_record(&a, 7), SeqCheck::New);
     }
 
     #[test]

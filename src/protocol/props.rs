@@ -72,9 +72,10 @@ impl AuthFields {
     }
 }
 
-/// Strict decimal u64: digits only, no sign, no leading `+`, at most 20 chars.
+/// Strict canonical decimal u64: digits only, no sign, no leading zeros
+/// (the MAC covers the canonical form, so `007` could never verify anyway).
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
         return None;
     }
     s.parse().ok()
@@ -148,10 +149,11 @@ mod tests {
         let mut p = signed(&[1; 32], "t", "a", 1, 2, b"", None);
         p.user_properties.push(("seq".into(), "3".into()));
         assert_eq!(AuthFields::from_properties(Some(&p)).seq, None);
-        for bad in ["", "-1", "+1", "1.0", "0x10", "99999999999999999999999", " 1"] {
+        for bad in ["", "-1", "+1", "1.0", "0x10", "99999999999999999999999", " 1", "007", "00"] {
             assert_eq!(parse_decimal(bad), None, "{bad}");
         }
         assert_eq!(parse_decimal("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal("0"), Some(0));
         assert!(AuthFields::from_properties(None).complete().is_err());
     }
 }

@@ -1,0 +1,120 @@
+//! mqtts:// with a private CA and username/password, against a real
+//! Mosquitto TLS listener with a password file.
+
+mod common;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use std::process::{Command, Stdio};
+
+struct TlsBroker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_broker() -> TlsBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(p("server.pem"), cert.pem()).unwrap();
+    std::fs::write(p("server.key"), key.serialize_pem()).unwrap();
+    let st = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(p("passwd"))
+        .args(["rover", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd (package mosquitto)");
+    assert!(st.success());
+    let port = free_port();
+    std::fs::write(
+        p("m.conf"),
+        format!(
+            "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\npersistence false\n",
+            p("passwd").display(),
+            p("ca.pem").display(),
+            p("server.pem").display(),
+            p("server.key").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(p("m.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(p("mosquitto.log")).unwrap())
+        .spawn()
+        .expect("start mosquitto");
+    assert!(
+        wait_until(SOON, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "TLS broker did not listen"
+    );
+    TlsBroker { port, dir, child }
+}
+
+fn robot_config(b: &TlsBroker, password: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), format!("{password}\n")).unwrap();
+    let cfg = dir.path().join("r.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[robot]\nstate_dir = \"{st}\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:{port}\"\nca_file = \"{ca}\"\nusername = \"rover\"\npassword_file = \"{pw}\"\n[control]\nsocket = \"{sock}\"\n",
+            st = dir.path().join("state").display(),
+            port = b.port,
+            ca = b.dir.path().join("ca.pem").display(),
+            pw = dir.path().join("pw").display(),
+            sock = dir.path().join("c.sock").display(),
+        ),
+    )
+    .unwrap();
+    (dir, cfg)
+}
+
+fn status(cfg: &std::path::Path) -> Option<serde_json::Value> {
+    let out = Command::new(robotd_bin()).arg("-c").arg(cfg).arg("status").output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn connects_over_tls_with_password_and_refuses_a_wrong_one() {
+    let b = tls_broker();
+    for (password, should_connect) in [("s3cret", true), ("wrong", false)] {
+        let (_dir, cfg) = robot_config(&b, password);
+        let mut child =
+            Command::new(robotd_bin()).arg("-c").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // The admin socket answers whether or not the broker accepted us.
+        assert!(wait_until(SOON, || status(&cfg).is_some()), "robotd did not come up");
+        if should_connect {
+            assert!(
+                wait_until(SOON, || status(&cfg).is_some_and(|s| s["broker"]["connected"] == true)),
+                "no TLS connection: {:?}",
+                status(&cfg)
+            );
+        } else {
+            // Positive control above; here the broker refuses the password: it
+            // keeps retrying (connects counts CONNACKs) and never gets one.
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let s = status(&cfg).unwrap();
+            assert_eq!(s["broker"]["connected"], false, "{s}");
+            assert_eq!(s["broker"]["connects"], 0, "{s}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
