@@ -169,52 +169,62 @@ resolve_packages() {
   done
 }
 
-pkglist="$(resolve_packages | sort -u)"
-# Exact versions as the stamp: a point release changes the sysroot.
-versions="$(echo "$pkglist" | awk -F'\t' '{print $1 ":" ($2 == "all" ? "all" : "'"$DEB_ARCH"'")}' |
-  xargs apt-cache show --no-all-versions 2>/dev/null | awk '/^Package: /{p=$2} /^Version: /{print p "=" $2}' | sort -u)"
-stamp="$(echo "$versions" | sha256sum | cut -c1-16)"
-if [ "$(cat "$SYSROOT/.stamp" 2>/dev/null)" != "$stamp" ]; then
-  log "sysroot $SYSROOT: $(echo "$versions" | wc -l) packages"
-  mkdir -p "$DEBS"
-  rm -rf "$SYSROOT.tmp"; mkdir -p "$SYSROOT.tmp"
-  want=()
-  while IFS=$'\t' read -r name arch; do
-    if [ "$arch" = all ]; then want+=("$name"); else want+=("$name:$DEB_ARCH"); fi
-  done <<<"$pkglist"
-  # apt-get download names files pkg_version_arch.deb; fetch only missing ones.
-  (cd "$DEBS" && fetch=() &&
-    for w in "${want[@]}"; do
-      n="${w%%:*}"; v="$(echo "$versions" | sed -n "s/^$(printf '%s' "$n" | sed 's/[.+]/\\&/g')=//p" | head -1)"
+# Returns non-zero when a download fails (package lists older than the
+# mirror after a point release): the caller updates the lists and retries.
+make_sysroot() {
+  pkglist="$(resolve_packages | sort -u)"
+  # Exact versions as the stamp: a point release changes the sysroot.
+  versions="$(echo "$pkglist" | awk -F'\t' '{print $1 ":" ($2 == "all" ? "all" : "'"$DEB_ARCH"'")}' |
+    xargs apt-cache show --no-all-versions 2>/dev/null | awk '/^Package: /{p=$2} /^Version: /{print p "=" $2}' | sort -u)"
+  stamp="$(echo "$versions" | sha256sum | cut -c1-16)"
+  if [ "$(cat "$SYSROOT/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    log "sysroot $SYSROOT: $(echo "$versions" | wc -l) packages"
+    mkdir -p "$DEBS"
+    rm -rf "$SYSROOT.tmp"; mkdir -p "$SYSROOT.tmp"
+    want=()
+    while IFS=$'\t' read -r name arch; do
+      if [ "$arch" = all ]; then want+=("$name"); else want+=("$name:$DEB_ARCH"); fi
+    done <<<"$pkglist"
+    # apt-get download names files pkg_version_arch.deb; fetch only missing ones.
+    (cd "$DEBS" && fetch=() &&
+      for w in "${want[@]}"; do
+        n="${w%%:*}"; v="$(echo "$versions" | sed -n "s/^$(printf '%s' "$n" | sed 's/[.+]/\\&/g')=//p" | head -1)"
+        v="${v//:/%3a}"
+        ls "${n}_${v}_"*.deb >/dev/null 2>&1 || fetch+=("$w")
+      done &&
+      if [ ${#fetch[@]} -gt 0 ]; then apt-get download -qq -o APT::Sandbox::User=root "${fetch[@]}"; fi) || return 1
+    # Unpack only the current versions. Their shlibs and symbols files are
+    # merged into DEBIAN/, so that `dpkg-shlibdeps -S<sysroot>` (cargo-deb's
+    # $auto, see scripts/ci-deploy.sh) maps each library to its package.
+    mkdir -p "$SYSROOT.tmp/DEBIAN" "$SYSROOT.ctrl"
+    while IFS='=' read -r n v; do
       v="${v//:/%3a}"
-      ls "${n}_${v}_"*.deb >/dev/null 2>&1 || fetch+=("$w")
-    done &&
-    if [ ${#fetch[@]} -gt 0 ]; then apt-get download -qq -o APT::Sandbox::User=root "${fetch[@]}"; fi)
-  # Unpack only the current versions. Their shlibs and symbols files are
-  # merged into DEBIAN/, so that `dpkg-shlibdeps -S<sysroot>` (cargo-deb's
-  # $auto, see scripts/ci-deploy.sh) maps each library to its package.
-  mkdir -p "$SYSROOT.tmp/DEBIAN" "$SYSROOT.ctrl"
-  while IFS='=' read -r n v; do
-    v="${v//:/%3a}"
-    for f in "$DEBS/${n}_${v}_"*.deb; do
-      dpkg -x "$f" "$SYSROOT.tmp"
-      rm -rf "$SYSROOT.ctrl"/*; dpkg-deb -e "$f" "$SYSROOT.ctrl"
-      for c in shlibs symbols; do
-        if [ -f "$SYSROOT.ctrl/$c" ]; then cat "$SYSROOT.ctrl/$c" >>"$SYSROOT.tmp/DEBIAN/$c"; fi
+      for f in "$DEBS/${n}_${v}_"*.deb; do
+        dpkg -x "$f" "$SYSROOT.tmp" || return 1
+        rm -rf "$SYSROOT.ctrl"/*; dpkg-deb -e "$f" "$SYSROOT.ctrl"
+        for c in shlibs symbols; do
+          if [ -f "$SYSROOT.ctrl/$c" ]; then cat "$SYSROOT.ctrl/$c" >>"$SYSROOT.tmp/DEBIAN/$c"; fi
+        done
       done
+    done <<<"$versions"
+    rm -rf "$SYSROOT.ctrl"
+    # Absolute symlinks (libz.so -> /lib/...) must point inside the sysroot.
+    find "$SYSROOT.tmp" -type l -lname '/*' | while read -r l; do
+      ln -sfn "$SYSROOT$(readlink "$l")" "$l"
     done
-  done <<<"$versions"
-  rm -rf "$SYSROOT.ctrl"
-  # Absolute symlinks (libz.so -> /lib/...) must point inside the sysroot.
-  find "$SYSROOT.tmp" -type l -lname '/*' | while read -r l; do
-    ln -sfn "$SYSROOT$(readlink "$l")" "$l"
-  done
-  # Merged /usr: libraries may sit in /lib or /usr/lib.
-  rm -rf "$SYSROOT"; mv "$SYSROOT.tmp" "$SYSROOT"
-  find "$SYSROOT" -type l -lname "$SYSROOT.tmp/*" | while read -r l; do
-    t="$(readlink "$l")"; ln -sfn "$SYSROOT${t#"$SYSROOT.tmp"}" "$l"
-  done
-  echo "$stamp" >"$SYSROOT/.stamp"
+    # Merged /usr: libraries may sit in /lib or /usr/lib.
+    rm -rf "$SYSROOT"; mv "$SYSROOT.tmp" "$SYSROOT"
+    find "$SYSROOT" -type l -lname "$SYSROOT.tmp/*" | while read -r l; do
+      t="$(readlink "$l")"; ln -sfn "$SYSROOT${t#"$SYSROOT.tmp"}" "$l"
+    done
+    echo "$stamp" >"$SYSROOT/.stamp"
+  fi
+}
+if ! make_sysroot; then
+  log "sysroot: a download failed; updating the package lists and retrying"
+  apt_updated=0
+  apt_update
+  make_sysroot
 fi
 
 LIBDIRS="$SYSROOT/usr/lib/$GNU:$SYSROOT/lib/$GNU"
