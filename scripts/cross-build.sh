@@ -245,8 +245,9 @@ export "BINDGEN_EXTRA_CLANG_ARGS_$TARGET_US=--target=$TARGET -isystem /usr/$GNU/
 # also on the guest's LD_LIBRARY_PATH (qemu passes -E variables to the guest
 # only).
 # GStreamer's core elements (queue, capsfilter...) come from the sysroot;
-# a registry of its own keeps the native one untouched.
-export "CARGO_TARGET_${TARGET_ENV}_RUNNER=$QEMU -L $SYSROOT -E LD_LIBRARY_PATH=$LIBDIRS -E GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0 -E GST_REGISTRY=$CARGO_TARGET_DIR/gst-registry-$DEB_ARCH.bin"
+# a registry of its own keeps the native one untouched; no forked
+# gst-plugin-scanner (a target binary the host cannot exec without binfmt).
+export "CARGO_TARGET_${TARGET_ENV}_RUNNER=$QEMU -L $SYSROOT -E LD_LIBRARY_PATH=$LIBDIRS -E GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0 -E GST_REGISTRY=$CARGO_TARGET_DIR/gst-registry-$DEB_ARCH.bin -E GST_REGISTRY_FORK=no"
 
 # Sysroot self-test: compile + link a C program against GStreamer.
 probe="$CARGO_TARGET_DIR/probe-$DEB_ARCH"
@@ -268,7 +269,7 @@ if ! $GNU-gcc -o "$probe/probe" "$probe/probe.c" $(pkg-config --cflags --libs $m
   log "sysroot self-test failed: GStreamer does not link for $TARGET"; cat "$probe/log" >&2; exit 1
 fi
 if [ "$run_tests" = 1 ]; then
-  out="$($QEMU -L "$SYSROOT" -E "LD_LIBRARY_PATH=$LIBDIRS" -E GST_REGISTRY_UPDATE=no "$probe/probe" 2>&1)" || {
+  out="$($QEMU -L "$SYSROOT" -E "LD_LIBRARY_PATH=$LIBDIRS" -E GST_REGISTRY_FORK=no -E "GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0" -E "GST_REGISTRY=$CARGO_TARGET_DIR/gst-registry-$DEB_ARCH.bin" "$probe/probe" 2>&1)" || {
     log "sysroot self-test failed under $QEMU: $out"; exit 1; }
   log "sysroot self-test under $QEMU: $out"
 fi
