@@ -17,3 +17,5 @@ echo "== cargo test"
 cargo test --all-targets --locked -- --test-threads 2
 echo "== protocol vectors, recomputed independently (Python stdlib)"
 python3 docs/vectors.py
+echo "== deployment: systemd unit checks, aarch64 cross build + unit tests under qemu, .deb contents"
+bash scripts/ci-deploy.sh
