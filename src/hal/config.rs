@@ -256,6 +256,13 @@ pub struct SimConfig {
     /// Where the daemon mirrors the simulated pin levels (JSON), so that
     /// `robotd safe-stop` and tests outside the process can see and set them.
     pub state_file: Option<PathBuf>,
+    /// Benchmark instrumentation, off by default: a Unix datagram socket to
+    /// which the simulator sends one 17-byte datagram whenever a simulated
+    /// output pin changes: pin (u8), `CLOCK_MONOTONIC` nanoseconds (u64 LE)
+    /// and the new level 0..=1 (f64 LE). Sent without blocking from the
+    /// thread that set the pin; lost if nobody listens. `benches/system.rs`
+    /// uses it to time "command published -> pin changed".
+    pub pin_events: Option<PathBuf>,
     /// Walls, doors and furniture.
     pub obstacles: Vec<Obstacle>,
 }
@@ -269,6 +276,7 @@ impl Default for SimConfig {
             start: [0.0, 0.0, 0.0],
             step_ms: 5,
             state_file: None,
+            pin_events: None,
             obstacles: Vec::new(),
         }
     }

@@ -123,6 +123,36 @@ struct World {
 #[derive(Clone)]
 pub struct Sim {
     world: Arc<Mutex<World>>,
+    /// `hardware.sim.pin_events` (benchmark instrumentation, default off).
+    pin_events: Option<Arc<PinEvents>>,
+}
+
+/// Sends one datagram per output pin change to `hardware.sim.pin_events`:
+/// pin (u8), `CLOCK_MONOTONIC` ns (u64 LE), level 0..=1 (f64 LE).
+struct PinEvents {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl PinEvents {
+    fn open(path: &Path) -> Option<Arc<Self>> {
+        let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+        socket.set_nonblocking(true).ok()?;
+        Some(Arc::new(PinEvents { socket, path: path.to_owned() }))
+    }
+
+    fn send(&self, pin: u8, level: f64) {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let mut msg = [0u8; 17];
+        msg[0] = pin;
+        msg[1..9].copy_from_slice(&ns.to_le_bytes());
+        msg[9..17].copy_from_slice(&level.to_le_bytes());
+        // Best effort: nobody listening, or a full queue, loses the event.
+        let _ = self.socket.send_to(&msg, &self.path);
+    }
 }
 
 impl std::fmt::Debug for Sim {
@@ -333,7 +363,8 @@ impl Sim {
             encoders: [Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0))],
             blocked: false,
         };
-        Ok(Self { world: Arc::new(Mutex::new(world)) })
+        let pin_events = config.sim.pin_events.as_deref().and_then(PinEvents::open);
+        Ok(Self { world: Arc::new(Mutex::new(world)), pin_events })
     }
 
     fn lock(&self) -> MutexGuard<'_, World> {
@@ -441,7 +472,12 @@ impl Sim {
     }
 
     fn set(&self, pin: u8, state: PinState) {
-        self.lock().pins.insert(pin, state);
+        let old = self.lock().pins.insert(pin, state);
+        if let Some(ev) = &self.pin_events {
+            if old.map(|o| o.level()) != Some(state.level()) {
+                ev.send(pin, state.level());
+            }
+        }
     }
 
     fn release(&self, pin: u8) {
