@@ -142,6 +142,12 @@ pub struct Link {
 /// normal operation, small enough to bound memory.
 const REQUEST_CAPACITY: usize = 256;
 
+/// Most QoS 1 publishes awaiting a PUBACK. rumqttc sizes its in-flight table
+/// by this up front and defaults to 65535 slots (about 14 MB, most of an idle
+/// robotd's memory); brokers grant far fewer (the CONNACK's Receive Maximum,
+/// 20 on Mosquitto), and the request channel above holds the rest.
+const OUTGOING_INFLIGHT: u16 = 64;
+
 /// Build rumqttc options exactly as the protocol asks: MQTT 5, clean start,
 /// session expiry 0, the will `false` retained QoS 1, client ID = robot ID.
 pub fn mqtt_options(cfg: &Config, robot: &ClientId) -> Result<MqttOptions, LinkError> {
@@ -152,6 +158,7 @@ pub fn mqtt_options(cfg: &Config, robot: &ClientId) -> Result<MqttOptions, LinkE
         .set_session_expiry_interval(Some(0))
         .set_max_packet_size(Some(protocol::MAX_PACKET))
         .set_request_channel_capacity(REQUEST_CAPACITY)
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_connection_timeout(5)
         .set_last_will(LastWill::new(topics::is_connected(robot), "false", QoS::AtLeastOnce, true, None));
     if let Some(user) = &cfg.mqtt.username {
