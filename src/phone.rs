@@ -183,6 +183,10 @@ impl Phone {
             .set_clean_start(true)
             .set_max_packet_size(Some(1 << 20))
             .set_last_will(LastWill::new(topics::is_connected(&id), "false", QoS::AtLeastOnce, true, None));
+        // No Nagle, as on the robot (crate::link::mqtt_options): commands are small and latency-bound.
+        let mut net = o.network_options();
+        net.set_tcp_nodelay(true);
+        o.set_network_options(net);
         let (client, mut el) = AsyncClient::new(o, 256);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ack_tx, acks) = mpsc::unbounded_channel();
