@@ -96,15 +96,24 @@ for _ in $(seq 100); do listening "$port" && break; sleep 0.1; done
 listening "$port" || { echo "run-local.sh: mosquitto did not start; see $run/mosquitto.log" >&2; exit 1; }
 
 # robotd logs to a file so the timeline stays readable.
-env -u NOTIFY_SOCKET -u JOURNAL_STREAM RUST_LOG="${RUST_LOG:-info}" \
-  "$bin/robotd" -c "$conf" 2>"$run/robotd.log" &
-robotd=$!
-for _ in $(seq 300); do
-  kill -0 "$robotd" 2>/dev/null || { echo "run-local.sh: robotd exited; see $run/robotd.log" >&2; tail -n 20 "$run/robotd.log" >&2; exit 1; }
-  [ -S "$run/control.sock" ] && "$bin/robotd" -c "$conf" status >/dev/null 2>&1 && break
-  sleep 0.1
-done
-[ -S "$run/control.sock" ] || { echo "run-local.sh: robotd's admin socket did not appear; see $run/robotd.log" >&2; exit 1; }
+start_robotd() {
+  env -u NOTIFY_SOCKET -u JOURNAL_STREAM NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
+    "$bin/robotd" -c "$conf" 2>>"$run/robotd.log" &
+  robotd=$!
+  for _ in $(seq 300); do
+    kill -0 "$robotd" 2>/dev/null || { echo "run-local.sh: robotd exited; see $run/robotd.log" >&2; tail -n 20 "$run/robotd.log" >&2; exit 1; }
+    "$bin/robotd" -c "$conf" status >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "run-local.sh: robotd's admin socket $run/control.sock did not answer; see $run/robotd.log" >&2
+  exit 1
+}
+stop_robotd() {
+  kill -TERM "$robotd" 2>/dev/null || true
+  wait "$robotd" 2>/dev/null || true
+  robotd=""
+}
+start_robotd
 echo "robotd is running (pid $robotd, broker mqtt://127.0.0.1:$port, logs in $run)"
 echo
 
@@ -115,17 +124,27 @@ if [ "$once" = 1 ]; then
   exit "$status"
 fi
 
+# The shut door left the robot in the corridor, its place unknown. A restart
+# puts the simulated robot back on its dock (the owners stay); say so.
+stop_robotd
+start_robotd
+"$bin/robotd" -c "$conf" at home >/dev/null
+
+k="--keys $run/demo/keys.json"
 cat <<MSG
 
-The robot is still running; try it yourself from another terminal:
-  $bin/robotctl --keys $run/demo/keys.json call --frames 30 -x 'drive 0.5 0 800' -x 'wait 2' -x ping
-  $bin/robotd -c $conf at hall     # the bedroom door stopped it: tell it where it is
-  $bin/robotctl --keys $run/demo/keys.json call -x 'goto kitchen' -x 'wait 15' -x 'goto home' -x 'wait 15'
-  $bin/robotctl --keys $run/demo/keys.json call --snapshot frame.png    # commands from standard input
+robotd was restarted (pid $robotd): the simulated robot is back on its dock and
+Alice is still its owner. Try it yourself from another terminal:
+  $bin/robotctl $k call -x 'goto kitchen' -x 'wait 15' -x 'goto home' -x 'wait 20'
+  $bin/robotctl $k call --frames 30 -x 'drive 0.5 0 800' -x 'wait 2' -x ping --snapshot frame.png
+  $bin/robotctl $k call --record call.mkv     # commands from standard input; hangup ends it
   $bin/robotd -c $conf status      # JSON, with the simulated pose
-Pair again (another phone, your own keys file):
+A manual drive (or a shut door) leaves the robot's place unknown, and goto is
+refused until you tell it where it is ($bin/robotd -c $conf at PLACE)
+or run this script again for a fresh robot.
+Pair another phone (its own keys file):
   $bin/robotd -c $conf pair        # QR code + URI
-  $bin/robotctl pair '<URI>' --phone '+48 555 555 556' --nickname Bob
+  $bin/robotctl --keys bob.json pair '<URI>' --phone '+48 555 555 556' --nickname Bob
 Press Ctrl-C to stop robotd and the broker.
 MSG
 wait "$robotd" || true

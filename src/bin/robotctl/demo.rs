@@ -140,8 +140,17 @@ async fn admin(socket: &Path, req: Request) -> anyhow::Result<Value> {
 async fn sim_pose(socket: &Path) -> String {
     match admin(socket, Request::Status).await {
         Ok(s) if s["sim"].is_object() => {
-            let f = |k: &str| s["sim"][k].as_f64().unwrap_or(f64::NAN);
-            format!("x {:.2} m, y {:.2} m, heading {:.0}°", f("x"), f("y"), f("heading").to_degrees())
+            // Rounded first, so that -0.001 shows as 0.00 rather than -0.00.
+            let f = |k: &str, scale: f64, places: i32| {
+                let p = 10f64.powi(places);
+                (s["sim"][k].as_f64().unwrap_or(f64::NAN) * scale * p).round() / p + 0.0
+            };
+            format!(
+                "x {:.2} m, y {:.2} m, heading {:.0}°",
+                f("x", 1.0, 2),
+                f("y", 1.0, 2),
+                f("heading", 180.0 / std::f64::consts::PI, 0)
+            )
         }
         Ok(_) => "no simulator".into(),
         Err(e) => format!("status unavailable: {e:#}"),
@@ -293,23 +302,25 @@ async fn in_call(
     // Drive a little: forward, then back the same way; the deadman stops the motors.
     for (line, dir) in [("drive 0.3 0 800", "forward"), ("drive -0.3 0 800", "back")] {
         let r = drive(p, c, &mut ping, line).await;
-        t.step(&format!("{line} x3"), r, |m| format!("ok x3 ({dir}); deadman stopped the motors; motion {m}"));
+        t.step(line, r, |m| format!("ok, 3 times 0.5 s apart ({dir}); the deadman stopped the motors: {m}"));
     }
     t.print("", format!("simulated pose {}", sim_pose(socket).await));
     // A manual drive loses the robot's place: put it back on its dock.
     let r = admin(socket, Request::SetAt { place: "home".into() }).await;
     t.step("at home", r, |_| "robotd at home: back on the dock (a manual drive loses the place)".into());
 
-    for (place, expected) in [("kitchen", "arrived"), ("bedroom", "blocked")] {
+    for (place, expected, why) in [("kitchen", "arrived", ""), ("bedroom", "blocked", ": the door is shut")] {
         let step = format!("goto {place}");
         match goto(t, p, c, &mut ping, place).await {
-            Ok((s, what)) if s == expected => t.ok(&step, format!("{what}; pose {}", sim_pose(socket).await)),
+            Ok((s, what)) if s == expected => t.ok(&step, format!("{what}{why}; pose {}", sim_pose(socket).await)),
             Ok((_, what)) => t.fail(&step, format!("{what}, expected {expected}")),
             Err(e) => t.fail(&step, format!("{e:#}")),
         }
     }
     let r = p.request(c, "ping", json!({}), SOON).await;
-    t.step("ping", r.map_err(Into::into), |v| format!("motion {}, at {}", v["motion"], v["at"]));
+    t.step("ping", r.map_err(Into::into), |v| {
+        format!("motion {}, at {}", v["motion"].as_str().unwrap_or("?"), v["at"].as_str().unwrap_or("?"))
+    });
     Ok(())
 }
 
