@@ -414,7 +414,11 @@ impl Service {
             let detail = format!(
                 "arrived {lateness} ms later than this call's fastest message; motion requests more than {MAX_LATENESS_MS} ms late are refused"
             );
-            let body = json!({"status":"rejected","reason":"stale","detail":detail});
+            let mut body = json!({"status":"rejected","reason":"stale","detail":detail});
+            // goto statuses lead with their destination (section 8).
+            if let Ok(Command::Goto { destination }) = payloads::parse_command(command, &m.payload) {
+                body = json!({"destination":destination,"status":"rejected","reason":"stale","detail":body["detail"]});
+            }
             return self.respond(command, body, seq, f.correlation.clone());
         }
         let correlation = f.correlation.clone();
