@@ -1,15 +1,17 @@
 //! `robotctl`: the phone side of the robotd protocol, for tests, demos and
 //! people trying a robot without the app.
 
+mod demo;
+
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use robotd::identity::{self, ClientId};
 use robotd::pairing::PairingUri;
-use robotd::phone::{InviteOutcome, Keys, Offer, Phone};
+use robotd::phone::{ActiveCall, InviteOutcome, Keys, Offer, PairedRobot, Phone};
 use robotd::video::{Receiver, ReceiverParams};
 use serde_json::{Value, json};
 
@@ -50,6 +52,10 @@ enum Command {
     Robots,
     /// Call a robot: receive its video, send commands, hang up.
     Call(CallArgs),
+    /// The scripted demo on a robot running on this machine: pair through its
+    /// admin socket, call, drive, go to the kitchen and the bedroom, record,
+    /// hang up, and print a timeline. Exits non-zero if any step failed.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,6 +126,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Pair { uri, phone, nickname } => runtime()?.block_on(pair(&keys_path, &uri, &phone, &nickname)),
         Command::Call(args) => runtime()?.block_on(call(&keys_path, args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(cli.keys.as_deref(), args)),
     }
 }
 
@@ -127,19 +134,31 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("async runtime")
 }
 
-async fn pair(keys_path: &std::path::Path, uri: &str, phone: &str, nickname: &str) -> anyhow::Result<()> {
+async fn pair(keys_path: &Path, uri: &str, phone: &str, nickname: &str) -> anyhow::Result<()> {
     let uri = PairingUri::parse(uri)?;
     let phone_id: ClientId = identity::human_id(&identity::normalize_e164(phone)?);
-    let mut keys = Keys::load(keys_path)?;
-    let mut p = Phone::connect(&uri.broker, phone_id.clone()).await?;
-    let paired = p.pair(&uri, nickname, Duration::from_secs(15)).await?;
+    let mut p = Phone::connect(&uri.broker, phone_id).await?;
+    let paired = pair_and_save(&mut p, keys_path, &uri, nickname).await?;
     println!("paired with {} ({})", paired.nickname, paired.robot);
-    keys.phone = Some(phone_id);
-    keys.upsert(paired);
-    keys.save(keys_path)?;
     println!("keys saved in {}", keys_path.display());
     p.close().await;
     Ok(())
+}
+
+/// Pair `p` with the robot of `uri` and store the owner key (and the phone's
+/// ID) in the keys file at `keys_path`.
+async fn pair_and_save(
+    p: &mut Phone,
+    keys_path: &Path,
+    uri: &PairingUri,
+    nickname: &str,
+) -> anyhow::Result<PairedRobot> {
+    let mut keys = Keys::load(keys_path)?;
+    let paired = p.pair(uri, nickname, Duration::from_secs(15)).await?;
+    keys.phone = Some(p.id.clone());
+    keys.upsert(paired.clone());
+    keys.save(keys_path)?;
+    Ok(paired)
 }
 
 fn free_udp_port(host: IpAddr) -> anyhow::Result<u16> {
@@ -176,7 +195,7 @@ fn parse_step(line: &str) -> anyhow::Result<(String, Value)> {
     })
 }
 
-async fn call(keys_path: &std::path::Path, a: CallArgs) -> anyhow::Result<()> {
+async fn call(keys_path: &Path, a: CallArgs) -> anyhow::Result<()> {
     let keys = Keys::load(keys_path)?;
     let phone_id = keys.phone.clone().context("no phone ID in the keys file; pair first")?;
     let robot = keys.robot(a.robot.as_deref())?.clone();
@@ -191,15 +210,9 @@ async fn call(keys_path: &std::path::Path, a: CallArgs) -> anyhow::Result<()> {
         max_kbps: a.max_kbps,
     };
     let mut p = Phone::connect(&robot.broker, phone_id).await?;
-    let mut c = match p.invite(&robot, &offer, Duration::from_secs(15)).await? {
-        InviteOutcome::Accepted(c) => c,
-        InviteOutcome::Refused(v) => bail!("call refused: {v}"),
-    };
+    let media = Media { record: a.record.clone(), record_for: None, snapshot: a.snapshot.clone() };
+    let (mut c, receiver) = start_call(&mut p, &robot, &offer, media, Duration::from_secs(15)).await?;
     println!("accepted: {}", c.accept);
-    let mut params = ReceiverParams::new(SocketAddr::new(a.media_host, port), c.video_ssrc, c.srtp_video.into());
-    params.record = a.record.clone();
-    params.snapshot = a.snapshot.clone();
-    let receiver = tokio::task::spawn_blocking(move || Receiver::start(params)).await??;
     if a.frames > 0 {
         let n = a.frames;
         let r = &receiver;
@@ -231,14 +244,8 @@ async fn call(keys_path: &std::path::Path, a: CallArgs) -> anyhow::Result<()> {
         if let Some(secs) = step.strip_prefix("wait ") {
             let end = tokio::time::Instant::now() + Duration::from_secs_f64(secs.trim().parse()?);
             // Keep the call alive and print what the robot says meanwhile.
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(end) => break,
-                    _ = ping.tick() => { p.send(&mut c, "ping", &json!({})).await; }
-                    r = p.response(&c, Duration::from_secs(3600), |_, _| true) => {
-                        if let Some((cmd, v)) = r { println!("{cmd}: {v}"); }
-                    }
-                }
+            while let Some((cmd, v)) = next_response(&mut p, &mut c, end, &mut ping, |_, _| true).await {
+                println!("{cmd}: {v}");
             }
             continue;
         }
@@ -261,4 +268,61 @@ async fn call(keys_path: &std::path::Path, a: CallArgs) -> anyhow::Result<()> {
     println!("decoded {frames} frames in total");
     p.close().await;
     Ok(())
+}
+
+/// What the phone does with the video of a call.
+#[derive(Debug, Clone, Default)]
+struct Media {
+    /// Record the received H.264 to this Matroska file...
+    record: Option<PathBuf>,
+    /// ...for this long from the first packet (the whole call if None).
+    record_for: Option<Duration>,
+    /// Save the first decoded frame as PNG.
+    snapshot: Option<PathBuf>,
+}
+
+/// Invite `robot` and start receiving its video on `offer`'s address.
+async fn start_call(
+    p: &mut Phone,
+    robot: &PairedRobot,
+    offer: &Offer,
+    media: Media,
+    timeout: Duration,
+) -> anyhow::Result<(ActiveCall, Receiver)> {
+    let mut c = match p.invite(robot, offer, timeout).await? {
+        InviteOutcome::Accepted(c) => c,
+        InviteOutcome::Refused(v) => bail!("call refused: {v}"),
+    };
+    let mut params =
+        ReceiverParams::new(SocketAddr::new(offer.host, offer.video_port), c.video_ssrc, c.srtp_video.into());
+    params.record = media.record;
+    params.record_for = media.record_for;
+    params.snapshot = media.snapshot;
+    match tokio::task::spawn_blocking(move || Receiver::start(params)).await? {
+        Ok(r) => Ok((c, r)),
+        Err(e) => {
+            // Do not leave the robot sending to nobody until the call times out.
+            let _ = p.request(&mut c, "hangup", json!({}), Duration::from_secs(5)).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The next response in the call matching `pred`, or None at `deadline`.
+/// Pings on every tick of `ping` meanwhile, so the call stays up however long
+/// the wait (a goto across the flat, a door that stays shut).
+async fn next_response(
+    p: &mut Phone,
+    c: &mut ActiveCall,
+    deadline: tokio::time::Instant,
+    ping: &mut tokio::time::Interval,
+    pred: impl Fn(&str, &Value) -> bool,
+) -> Option<(String, Value)> {
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::select! {
+            r = p.response(c, left, &pred) => return r,
+            _ = ping.tick() => { p.send(c, "ping", &json!({})).await; }
+        }
+    }
 }
