@@ -761,6 +761,21 @@ mod tests {
     }
 
     #[test]
+    fn commented_ultrasonic_example_in_robotd_toml_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/robotd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section: String = text
+            .lines()
+            .skip_while(|l| *l != "# [hardware.ultrasonic]")
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ").replace("[hardware.ultrasonic]", "[ultrasonic]")))
+            .collect();
+        let c = parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        c.validate().unwrap();
+        assert_eq!(c.ultrasonic, Some(UltrasonicConfig::new(20, 21)));
+    }
+
+    #[test]
     fn ultrasonic_is_validated_and_errors_name_the_key() {
         let with = |f: &dyn Fn(&mut UltrasonicConfig)| {
             let mut c = HardwareConfig::default();
