@@ -21,7 +21,7 @@ use crate::call::{Call, EndReason, MAX_LATENESS_MS, Negotiated};
 use crate::config::Config;
 use crate::control::{Request, Response};
 use crate::hal::sim::SimRunner;
-use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, Sensor};
+use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, ObstacleSensor, Sensor};
 use crate::identity::ClientId;
 use crate::link::{Inbound, LinkEvent, LinkHandle};
 use crate::media::{Media, MediaEvent, MediaRequest};
@@ -130,7 +130,7 @@ pub struct Service {
     /// Navigation, when `[nav]` configures a map.
     nav: Option<Navigator>,
     encoders: Option<(EncoderCounter, EncoderCounter)>,
-    obstacle: Option<Sensor<Input>>,
+    obstacle: Option<ObstacleSensor>,
     /// `re` and correlation data of the goto in progress (its statuses carry them).
     goto_re: Option<(u64, Option<Bytes>)>,
     next_nav_tick: Option<Instant>,
@@ -819,10 +819,15 @@ impl Service {
                     "call": self.call.as_ref().map(|c| json!({"session": c.session, "caller": c.caller, "video": c.video})),
                     "motion": self.motion(),
                     "at": self.at(),
+                    "ultrasonic": self.obstacle.as_ref().and_then(ObstacleSensor::distance_m).map(|r| match r {
+                        Ok(d) => json!({"distance_m": d}),
+                        Err(e) => json!({"error": e.to_string()}),
+                    }),
                     "sim": self.hw.sim().map(|s| {
                         let snap = s.snapshot();
                         json!({"x": snap.pose.x, "y": snap.pose.y, "heading": snap.pose.heading,
-                               "wheel_speed_mps": snap.wheel_speed_mps, "obstacle": snap.obstacle_detected})
+                               "wheel_speed_mps": snap.wheel_speed_mps, "obstacle": snap.obstacle_detected,
+                               "ultrasonic_m": snap.ultrasonic_m})
                     }),
                     "dropped": {
                         "topic": st.dropped_topic.load(Relaxed),
