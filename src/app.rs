@@ -48,6 +48,18 @@ fn test_stall_at() -> Option<std::time::Instant> {
     Some(std::time::Instant::now() + Duration::from_millis(ms))
 }
 
+/// The process exit for a binary's result: errors are printed with their
+/// causes (`error: ...: ...`) and exit with status 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sleep until `t`, or forever when there is nothing to wait for.
 async fn sleep_until_opt(t: Option<std::time::Instant>) {
     match t {
