@@ -1,33 +1,152 @@
 #!/usr/bin/env bash
-# Run the robot on this machine: simulated motors, test video, a local
-# Mosquitto on 127.0.0.1:18830. Installs what it needs (idempotently), builds,
-# then runs robotd in the foreground until Ctrl-C.
+# The demo: the robot on this machine (simulated motors, test video, the
+# example flat of config/flat.toml), a local Mosquitto, and a scripted phone
+# session (`robotctl demo`) that pairs, calls, drives, goes to the kitchen,
+# tries the shut bedroom, records, hangs up and prints a timeline.
+#
+#   scripts/run-local.sh          # demo, then leave the robot running for you (Ctrl-C stops it)
+#   scripts/run-local.sh --once   # demo, then stop; exit status is the demo's
+#
+# Environment:
+#   ROBOTD_DEMO_PORT  broker port on 127.0.0.1 (default 18830)
+#   ROBOTD_DEMO_DIR   run directory: config, state, socket, logs, demo output
+#                     (default $XDG_RUNTIME_DIR/robotd-demo, else /tmp/robotd-demo)
+#   ROBOTD_BIN_DIR    use robotd and robotctl from this directory instead of
+#                     building them (cargo build --release)
+# Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-cargo build --release --locked --bins
-bin="$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release"
 
-run=/tmp/robotd-local
+once=0
+for arg in "$@"; do
+  case "$arg" in
+    --once) once=1 ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run-local.sh: unknown argument $arg (try --once or --help)" >&2; exit 2 ;;
+  esac
+done
+
+port="${ROBOTD_DEMO_PORT:-18830}"
+run="${ROBOTD_DEMO_DIR:-${XDG_RUNTIME_DIR:-/tmp}/robotd-demo}"
+case "$port" in '' | *[!0-9]*) echo "run-local.sh: ROBOTD_DEMO_PORT=$port is not a port number" >&2; exit 2 ;; esac
+case "$run" in /*) ;; *) run="$PWD/$run" ;; esac
+case "$run" in *[\"\\\|]*) echo "run-local.sh: ROBOTD_DEMO_DIR must not contain \", \\ or |" >&2; exit 2 ;; esac
+
+bash scripts/setup.sh
+if [ -n "${ROBOTD_BIN_DIR:-}" ]; then
+  bin="$ROBOTD_BIN_DIR"
+else
+  cargo build --release --locked --bins
+  bin="$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release"
+fi
+for b in robotd robotctl; do
+  [ -x "$bin/$b" ] || { echo "run-local.sh: $bin/$b is missing" >&2; exit 1; }
+done
+
+# A fresh robot each run: new state (ID, owners, place), new logs.
 mkdir -p "$run"
-port=18830
+rm -rf "$run/state" "$run/demo" "$run"/*.log "$run/control.sock"
+conf="$run/robotd.toml"
+# config/flat.toml with this run's broker port, state directory and socket.
+sed -e "s|^url = \"mqtt://127\.0\.0\.1:[0-9]*\"|url = \"mqtt://127.0.0.1:$port\"|" \
+    -e "s|^state_dir = .*|state_dir = \"$run/state\"|" \
+    -e "s|^socket = .*|socket = \"$run/control.sock\"|" \
+    config/flat.toml > "$conf"
+effective="$("$bin/robotd" -c "$conf" check-config)"
+for want in "mqtt://127.0.0.1:$port" "$run/state" "$run/control.sock"; do
+  grep -qF "\"$want\"" <<<"$effective" || { echo "run-local.sh: $conf does not use $want" >&2; exit 1; }
+done
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if listening "$port"; then
+  echo "run-local.sh: something already listens on 127.0.0.1:$port; set ROBOTD_DEMO_PORT to a free port" >&2
+  exit 1
+fi
+
+broker="" robotd=""
+stop_all() {
+  # SIGTERM: robotd ends any call, stops the motors and publishes offline.
+  if [ -n "$robotd" ] && kill -0 "$robotd" 2>/dev/null; then
+    kill -TERM "$robotd" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$robotd" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$robotd" 2>/dev/null || true
+  fi
+  [ -z "$robotd" ] || wait "$robotd" 2>/dev/null || true
+  if [ -n "$broker" ]; then
+    kill -TERM "$broker" 2>/dev/null || true
+    wait "$broker" 2>/dev/null || true
+  fi
+  robotd="" broker=""
+}
+trap stop_all EXIT
+trap 'echo; echo "stopping robotd and the broker"; exit 130' INT
+trap 'exit 143' TERM
+
 cat > "$run/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
 persistence false
-log_dest file $run/mosquitto.log
+log_dest stderr
 CONF
-mosquitto -c "$run/mosquitto.conf" &
+# (stderr rather than log_dest file: run as root, mosquitto drops to its own
+# user, which may not write here.)
+mosquitto -c "$run/mosquitto.conf" 2>"$run/mosquitto.log" &
 broker=$!
-trap 'kill $broker 2>/dev/null || true' EXIT
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do listening "$port" && break; sleep 0.1; done
+listening "$port" || { echo "run-local.sh: mosquitto did not start; see $run/mosquitto.log" >&2; exit 1; }
 
+# robotd logs to a file so the timeline stays readable.
+start_robotd() {
+  env -u NOTIFY_SOCKET -u JOURNAL_STREAM NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
+    "$bin/robotd" -c "$conf" 2>>"$run/robotd.log" &
+  robotd=$!
+  for _ in $(seq 300); do
+    kill -0 "$robotd" 2>/dev/null || { echo "run-local.sh: robotd exited; see $run/robotd.log" >&2; tail -n 20 "$run/robotd.log" >&2; exit 1; }
+    "$bin/robotd" -c "$conf" status >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "run-local.sh: robotd's admin socket $run/control.sock did not answer; see $run/robotd.log" >&2
+  exit 1
+}
+stop_robotd() {
+  kill -TERM "$robotd" 2>/dev/null || true
+  wait "$robotd" 2>/dev/null || true
+  robotd=""
+}
+start_robotd
+echo "robotd is running (pid $robotd, broker mqtt://127.0.0.1:$port, logs in $run)"
+echo
+
+status=0
+"$bin/robotctl" demo --config "$conf" --out "$run/demo" || status=$?
+
+if [ "$once" = 1 ]; then
+  exit "$status"
+fi
+
+# The shut door left the robot in the corridor, its place unknown. A restart
+# puts the simulated robot back on its dock (the owners stay); say so.
+stop_robotd
+start_robotd
+"$bin/robotd" -c "$conf" at home >/dev/null
+
+k="--keys $run/demo/keys.json"
 cat <<MSG
-robotd is starting (config config/local.toml, broker mqtt://127.0.0.1:$port).
-In another terminal:
-  $bin/robotd -c config/local.toml pair            # shows the pairing QR and URI
-  $bin/robotctl pair '<URI>' --phone '+48 555 555 555'
-  $bin/robotctl call --frames 30 -x 'drive 0.5 0 800' -x 'wait 2' -x ping
-  $bin/robotd -c config/local.toml status
+
+robotd was restarted (pid $robotd): the simulated robot is back on its dock and
+Alice is still its owner. Try it yourself from another terminal:
+  $bin/robotctl $k call -x 'goto kitchen' -x 'wait 15' -x 'goto home' -x 'wait 20'
+  $bin/robotctl $k call --frames 30 -x 'drive 0.5 0 800' -x 'wait 2' -x ping --snapshot frame.png
+  $bin/robotctl $k call --record call.mkv     # commands from standard input; hangup ends it
+  $bin/robotd -c $conf status      # JSON, with the simulated pose
+A manual drive (or a shut door) leaves the robot's place unknown, and goto is
+refused until you tell it where it is ($bin/robotd -c $conf at PLACE)
+or run this script again for a fresh robot.
+Pair another phone (its own keys file):
+  $bin/robotd -c $conf pair        # QR code + URI
+  $bin/robotctl --keys bob.json pair '<URI>' --phone '+48 555 555 556' --nickname Bob
+Press Ctrl-C to stop robotd and the broker.
 MSG
-exec $bin/robotd -c config/local.toml
+wait "$robotd" || true
+robotd=""
+echo "robotd exited; see $run/robotd.log"

@@ -15,6 +15,10 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked -- --test-threads 2
+# A short smoke run of every cargo-fuzz target from its committed corpus
+# (without ASan here to keep CI fast; docs/fuzzing.md has the long runs).
+echo "== fuzz smoke: every cargo-fuzz target (installs cargo-fuzz if missing)"
+FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz-smoke.sh
 echo "== protocol vectors, recomputed independently (Python stdlib)"
 python3 docs/vectors.py
 echo "== deployment: systemd unit checks, aarch64 cross build + unit tests under qemu, .deb contents"

@@ -34,6 +34,32 @@ fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
 }
 
+/// **Test mode, off by default**: with this environment variable set to a
+/// number of milliseconds, the main loop stalls (blocks its thread forever)
+/// that long after start, so tests can show that the systemd watchdog pings
+/// stop and systemd would kill the daemon (tests/reliability_process.rs).
+/// Nothing else reads it; without it robotd never stalls on purpose.
+pub const TEST_STALL_ENV: &str = "ROBOTD_TEST_STALL_MAIN_LOOP_AFTER_MS";
+
+/// When the test mode above asks the main loop to stall, if it does.
+fn test_stall_at() -> Option<std::time::Instant> {
+    let ms: u64 = std::env::var(TEST_STALL_ENV).ok()?.parse().ok()?;
+    tracing::warn!(env = TEST_STALL_ENV, ms, "TEST MODE: the main loop will stall on purpose");
+    Some(std::time::Instant::now() + Duration::from_millis(ms))
+}
+
+/// The process exit for a binary's result: errors are printed with their
+/// causes (`error: ...: ...`) and exit with status 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sleep until `t`, or forever when there is nothing to wait for.
 async fn sleep_until_opt(t: Option<std::time::Instant>) {
     match t {
@@ -86,6 +112,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
     notify(&[sd_notify::NotifyState::Ready]);
     let mut watchdog = watchdog_period().map(tokio::time::interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stall_at = test_stall_at();
 
     loop {
         let wakeup = service.next_wakeup();
@@ -104,6 +131,12 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
             // Pinged from this loop, not a side timer, so a stuck loop is caught.
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = sleep_until_opt(stall_at), if stall_at.is_some() => {
+                tracing::error!(env = TEST_STALL_ENV, "TEST MODE: main loop stalled on purpose");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
             }
         }
     }

@@ -12,6 +12,18 @@ use crate::auth::keys::{self, Key32, SrtpKey};
 use crate::identity::ClientId;
 use crate::protocol::payloads::{Invite, VideoParams};
 
+/// A motion request (`drive`, `goto`) that arrives more than this many
+/// milliseconds later than the call's fastest message is refused as `stale`
+/// (docs/protocol.md 5.5): it waited somewhere (a partition that healed, a
+/// phone that queued it while offline, a broker holding it back) and the
+/// person who sent it no longer sees what it would do.
+pub const MAX_LATENESS_MS: u64 = 2000;
+
+/// `now_ms - ts_ms` as a signed number of milliseconds.
+fn age_ms(ts_ms: u64, now_ms: u64) -> i64 {
+    (i128::from(now_ms) - i128::from(ts_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 /// Why a call ended (the `reason` of the `ended` response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -62,6 +74,10 @@ pub struct Call {
     pub audio_ssrc: Option<u32>,
     replay: ReplayWindow,
     last_request: Instant,
+    /// The smallest `now - ts` seen in this call, the invite included (ms):
+    /// the fastest transit plus the offset between the two clocks. Lateness
+    /// is measured from it, so the clocks need not agree.
+    transit_floor_ms: i64,
     /// The robot's `seq` in this call: starts at 1.
     next_seq: u64,
 }
@@ -79,7 +95,8 @@ impl std::fmt::Debug for Call {
 }
 
 impl Call {
-    /// Set up a call for an authenticated, parsed invite.
+    /// Set up a call for an authenticated, parsed invite, received at
+    /// `now` / `now_ms` with the `ts` `invite_ts_ms`.
     pub fn new(
         session: ClientId,
         caller: ClientId,
@@ -87,6 +104,7 @@ impl Call {
         robot_nonce: [u8; 16],
         agreed: Negotiated,
         now: Instant,
+        (invite_ts_ms, now_ms): (u64, u64),
     ) -> Call {
         let Negotiated { invite, video, video_ssrc, audio_ssrc } = agreed;
         let sid = session.to_bytes();
@@ -103,6 +121,7 @@ impl Call {
             audio_ssrc,
             replay: ReplayWindow::default(),
             last_request: now,
+            transit_floor_ms: age_ms(invite_ts_ms, now_ms),
             next_seq: 1,
         }
     }
@@ -113,6 +132,15 @@ impl Call {
         self.replay.check_and_record(seq)?;
         self.last_request = now;
         Ok(())
+    }
+
+    /// How much later (ms) than the call's fastest message a request with
+    /// this `ts` arrived; a faster one lowers the floor. Call it for every
+    /// request that passed the MAC and the replay window.
+    pub fn lateness_ms(&mut self, ts_ms: u64, now_ms: u64) -> u64 {
+        let age = age_ms(ts_ms, now_ms);
+        self.transit_floor_ms = self.transit_floor_ms.min(age);
+        age.abs_diff(self.transit_floor_ms)
     }
 
     /// When the call times out unless a request arrives.
@@ -160,7 +188,26 @@ mod tests {
                 audio_ssrc: None,
             },
             now,
+            (1_764_072_000_000, 1_764_072_000_100),
         )
+    }
+
+    #[test]
+    fn lateness_is_measured_from_the_fastest_message_whatever_the_clock_offset() {
+        let mut c = call(Instant::now());
+        // The invite took 100 ms (or the clocks differ by that): the floor.
+        let t = 1_764_072_001_000;
+        assert_eq!(c.lateness_ms(t, t + 100), 0);
+        assert_eq!(c.lateness_ms(t, t + 2100), 2000);
+        assert_eq!(c.lateness_ms(t, t + 2101), 2001);
+        // A faster message lowers the floor (phone clock 5 s ahead: negative age).
+        assert_eq!(c.lateness_ms(t + 5000, t), 0);
+        assert_eq!(c.lateness_ms(t + 5000, t + 1500), 1500);
+        // Nonsense timestamps saturate instead of wrapping, and fail safe:
+        // a `ts` far in the future makes every later request late.
+        assert!(c.lateness_ms(0, u64::MAX) > MAX_LATENESS_MS);
+        assert_eq!(c.lateness_ms(u64::MAX, 0), 0);
+        assert!(c.lateness_ms(t, t + 100) > MAX_LATENESS_MS);
     }
 
     #[test]

@@ -300,13 +300,66 @@ impl Link {
         // Connect failures are logged at once, then at most every 30 s, so a
         // wrong password or an unreachable broker is visible without flooding.
         let mut last_connect_warn: Option<tokio::time::Instant> = None;
+        // Set once shutdown is requested: presence `false` and DISCONNECT are
+        // queued, and the loop runs until the DISCONNECT is written.
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
+        let mut disconnect_sent = false;
         loop {
-            let polled = tokio::select! {
-                biased;
-                _ = crate::shutdown::stopped(&mut shutdown) => break,
-                ev = self.eventloop.poll() => ev,
+            // `EventLoop::poll` is not cancel-safe (a request taken from the
+            // queue and half written would be lost), so a poll in progress is
+            // never dropped for shutdown: the shutdown branch only queues the
+            // goodbye and the same poll future is awaited again.
+            let polled = {
+                let fut = self.eventloop.poll();
+                tokio::pin!(fut);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = crate::shutdown::stopped(&mut shutdown), if stop_deadline.is_none() => {
+                            stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+                            if !was_connected {
+                                return;
+                            }
+                            let robot = self.handle.robot.clone();
+                            self.handle.publish(topics::is_connected(&robot), b"false".to_vec(), true, None);
+                            if self.handle.client.try_disconnect().is_err() {
+                                return;
+                            }
+                        }
+                        _ = sleep_until_opt(stop_deadline) => {
+                            self.handle.stats.connected.store(false, Ordering::Relaxed);
+                            if disconnect_sent {
+                                info!("disconnected from broker (it did not close the connection)");
+                            } else {
+                                warn!("broker did not take the DISCONNECT in time");
+                            }
+                            return;
+                        }
+                        r = &mut fut => break r,
+                    }
+                }
             };
             match polled {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if stop_deadline.is_some() => {
+                    // Written, but not yet read by the broker. Closing our socket
+                    // now, with its acks unread, would make the kernel send a
+                    // RST that discards what the broker has not read yet (the
+                    // last responses, `false`, the DISCONNECT itself). The broker
+                    // closes the connection once it has read the DISCONNECT:
+                    // keep reading until then.
+                    disconnect_sent = true;
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                Err(_) if stop_deadline.is_some() => {
+                    self.handle.stats.connected.store(false, Ordering::Relaxed);
+                    if disconnect_sent {
+                        info!("disconnected from broker");
+                    } else {
+                        warn!("connection closed before the DISCONNECT was written");
+                    }
+                    return;
+                }
+                Ok(_) if disconnect_sent => {}
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     info!(code = ?ack.code, "connected to broker");
                     delays = backoff();
@@ -314,6 +367,10 @@ impl Link {
                     last_connect_warn = None;
                     self.handle.stats.connected.store(true, Ordering::Relaxed);
                     self.handle.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    if stop_deadline.is_some() {
+                        // Reconnected while stopping: the queued goodbye goes out next.
+                        continue;
+                    }
                     self.on_connack();
                     // Connected/Disconnected must not be lost: they gate the motors.
                     let _ = events.send(LinkEvent::Connected).await;
@@ -335,44 +392,22 @@ impl Link {
                     } else {
                         debug!(error = %e, "connect failed");
                     }
+                    // Not connected: a shutdown now has nothing to say goodbye on.
                     let delay = delays.next().unwrap_or(Duration::from_secs(2));
                     tokio::select! {
-                        _ = crate::shutdown::stopped(&mut shutdown) => break,
+                        _ = crate::shutdown::stopped(&mut shutdown) => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
-        self.graceful_stop(was_connected).await;
     }
+}
 
-    async fn graceful_stop(&mut self, connected: bool) {
-        if !connected {
-            return;
-        }
-        let robot = self.handle.robot.clone();
-        self.handle.publish(topics::is_connected(&robot), b"false".to_vec(), true, None);
-        if self.handle.client.try_disconnect().is_err() {
-            return;
-        }
-        // Drive the event loop until the DISCONNECT has been written (the
-        // broker handles packets of one connection in order, so `false` is
-        // stored before the disconnect), bounded so a dead link cannot hang us.
-        let drained = tokio::time::timeout(Duration::from_secs(3), async {
-            loop {
-                match self.eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        })
-        .await;
-        self.handle.stats.connected.store(false, Ordering::Relaxed);
-        if drained.is_err() {
-            warn!("broker did not take the DISCONNECT in time");
-        } else {
-            info!("disconnected from broker");
-        }
+/// Sleep until `t`, or forever when there is no deadline.
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

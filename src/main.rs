@@ -64,13 +64,7 @@ enum OwnersAction {
 }
 
 fn main() -> std::process::ExitCode {
-    match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    robotd::app::exit_code(real_main())
 }
 
 fn real_main() -> anyhow::Result<()> {

@@ -17,11 +17,11 @@ use tracing::{error, info, warn};
 use crate::auth::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
 use crate::auth::keys::Key32;
 use crate::auth::owners::{Owner, OwnerStore};
-use crate::call::{Call, EndReason, Negotiated};
+use crate::call::{Call, EndReason, MAX_LATENESS_MS, Negotiated};
 use crate::config::Config;
 use crate::control::{Request, Response};
 use crate::hal::sim::SimRunner;
-use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, Sensor};
+use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, ObstacleSensor, Sensor};
 use crate::identity::ClientId;
 use crate::link::{Inbound, LinkEvent, LinkHandle};
 use crate::media::{Media, MediaEvent, MediaRequest};
@@ -130,7 +130,7 @@ pub struct Service {
     /// Navigation, when `[nav]` configures a map.
     nav: Option<Navigator>,
     encoders: Option<(EncoderCounter, EncoderCounter)>,
-    obstacle: Option<Sensor<Input>>,
+    obstacle: Option<ObstacleSensor>,
     /// `re` and correlation data of the goto in progress (its statuses carry them).
     goto_re: Option<(u64, Option<Bytes>)>,
     next_nav_tick: Option<Instant>,
@@ -344,7 +344,7 @@ impl Service {
                 return reply(self, body);
             }
         };
-        self.accept_call(session.clone(), owner_id, &key, invite, reply);
+        self.accept_call(session.clone(), owner_id, &key, (invite, ts), reply);
     }
 
     fn accept_call(
@@ -352,7 +352,7 @@ impl Service {
         session: ClientId,
         caller: ClientId,
         key: &Key32,
-        invite: Invite,
+        (invite, invite_ts_ms): (Invite, u64),
         reply: impl FnOnce(&mut Service, Value),
     ) {
         let v = &self.cfg.video;
@@ -361,7 +361,8 @@ impl Service {
         let video_ssrc = nonzero_ssrc();
         let audio_ssrc = (invite.wants_audio() && self.media.has_audio()).then(nonzero_ssrc);
         let agreed = Negotiated { invite, video, video_ssrc, audio_ssrc };
-        let call = Call::new(session.clone(), caller.clone(), key, nonce, agreed, Instant::now());
+        let call =
+            Call::new(session.clone(), caller.clone(), key, nonce, agreed, Instant::now(), (invite_ts_ms, now_ms()));
         let media = MediaRequest {
             session: session.clone(),
             host: call.invite.media.host,
@@ -389,7 +390,7 @@ impl Service {
         if f.from.as_deref() != Some(call.caller.as_str()) {
             return self.drops.drop("not_caller", &m.topic_str);
         }
-        let Some((_, seq, _)) = props::verify(&call.session_key, &m.topic_str, &m.payload, &f) else {
+        let Some((_, seq, ts)) = props::verify(&call.session_key, &m.topic_str, &m.payload, &f) else {
             return self.drops.drop("bad_mac", &m.topic_str);
         };
         match call.accept_request(seq, Instant::now()) {
@@ -404,6 +405,21 @@ impl Service {
                 }
                 return;
             }
+        }
+        // A motion request that waited somewhere must not move the robot
+        // now (5.5); anything else late is harmless and handled as usual.
+        let lateness = call.lateness_ms(ts, now_ms());
+        if matches!(command, "drive" | "goto") && lateness > MAX_LATENESS_MS {
+            self.drops.drop("late", &m.topic_str);
+            let detail = format!(
+                "arrived {lateness} ms later than this call's fastest message; motion requests more than {MAX_LATENESS_MS} ms late are refused"
+            );
+            let mut body = json!({"status":"rejected","reason":"stale","detail":detail});
+            // goto statuses lead with their destination (section 8).
+            if let Ok(Command::Goto { destination }) = payloads::parse_command(command, &m.payload) {
+                body = json!({"destination":destination,"status":"rejected","reason":"stale","detail":body["detail"]});
+            }
+            return self.respond(command, body, seq, f.correlation.clone());
         }
         let correlation = f.correlation.clone();
         let session = session.clone();
@@ -803,10 +819,15 @@ impl Service {
                     "call": self.call.as_ref().map(|c| json!({"session": c.session, "caller": c.caller, "video": c.video})),
                     "motion": self.motion(),
                     "at": self.at(),
+                    "ultrasonic": self.obstacle.as_ref().and_then(ObstacleSensor::distance_m).map(|r| match r {
+                        Ok(d) => json!({"distance_m": d}),
+                        Err(e) => json!({"error": e.to_string()}),
+                    }),
                     "sim": self.hw.sim().map(|s| {
                         let snap = s.snapshot();
                         json!({"x": snap.pose.x, "y": snap.pose.y, "heading": snap.pose.heading,
-                               "wheel_speed_mps": snap.wheel_speed_mps, "obstacle": snap.obstacle_detected})
+                               "wheel_speed_mps": snap.wheel_speed_mps, "obstacle": snap.obstacle_detected,
+                               "ultrasonic_m": snap.ultrasonic_m})
                     }),
                     "dropped": {
                         "topic": st.dropped_topic.load(Relaxed),

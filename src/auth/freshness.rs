@@ -185,5 +185,95 @@ mod tests {
                 }
             }
         }
+
+        /// The same model anywhere in the u64 range: near 0, near u64::MAX
+        /// (where `seq - high` and the shift must not overflow) and with jumps
+        /// wider than the window.
+        #[test]
+        fn window_matches_reference_model_anywhere(
+            base in prop_oneof![Just(0u64), Just(u64::MAX - 400), any::<u64>()],
+            steps in proptest::collection::vec(prop_oneof![
+                8 => 0u64..200,
+                1 => Just(u64::MAX),
+                1 => 60u64..70,
+            ], 1..300),
+        ) {
+            let mut w = ReplayWindow::default();
+            let mut seen = std::collections::HashSet::new();
+            let mut high: Option<u64> = None;
+            for step in steps {
+                let s = base.saturating_add(step);
+                let expect = match high {
+                    None => Ok(()),
+                    Some(_) if seen.contains(&s) => Err(ReplayError::Duplicate),
+                    Some(h) if s > h || h - s < ReplayWindow::WIDTH => Ok(()),
+                    Some(_) => Err(ReplayError::TooOld),
+                };
+                // A seq seen before but already out of the window is TooOld, not Duplicate.
+                let expect = match (expect, high) {
+                    (Err(ReplayError::Duplicate), Some(h)) if h - s >= ReplayWindow::WIDTH => Err(ReplayError::TooOld),
+                    (e, _) => e,
+                };
+                prop_assert_eq!(w.check_and_record(s), expect, "seq {}", s);
+                if expect.is_ok() {
+                    seen.insert(s);
+                    high = Some(high.map_or(s, |h| h.max(s)));
+                }
+            }
+        }
+
+        /// Whatever the order, no seq is ever accepted twice, and the highest
+        /// one seen is always accepted the first time.
+        #[test]
+        fn window_never_accepts_a_seq_twice(seqs in proptest::collection::vec(any::<u64>().prop_map(|x| x % 512), 1..400)) {
+            let mut w = ReplayWindow::default();
+            let mut accepted = std::collections::HashSet::new();
+            let mut high = None;
+            for s in seqs {
+                let ok = w.check_and_record(s).is_ok();
+                if ok {
+                    prop_assert!(accepted.insert(s), "seq {} accepted twice", s);
+                }
+                if high.is_none_or(|h| s > h) {
+                    prop_assert!(ok, "new highest seq {} refused", s);
+                    high = Some(s);
+                }
+            }
+        }
+
+        /// `SeqTracker` against a per-sender model: New iff above the last
+        /// accepted, Duplicate iff equal, Old iff below; senders are independent.
+        #[test]
+        fn seq_tracker_matches_model(msgs in proptest::collection::vec((0u8..4, prop_oneof![0u64..20, any::<u64>()]), 1..200)) {
+            let mut t = SeqTracker::default();
+            let mut last: HashMap<u8, u64> = HashMap::new();
+            for (who, seq) in msgs {
+                let id = ClientId::from_bytes([who; 16]);
+                let expect = match last.get(&who) {
+                    Some(&l) if seq == l => SeqCheck::Duplicate,
+                    Some(&l) if seq < l => SeqCheck::Old,
+                    _ => SeqCheck::New,
+                };
+                prop_assert_eq!(t.classify_and_record(&id, seq), expect);
+                if expect == SeqCheck::New {
+                    last.insert(who, seq);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn seq_tracker_stays_bounded() {
+        let mut t = SeqTracker::default();
+        for i in 0..(MAX_TRACKED_SENDERS as u64 + 300) {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(t.check_and_record(&ClientId::from_bytes(b), 1000 + i));
+            assert!(t.last.len() <= MAX_TRACKED_SENDERS);
+        }
+        // The newest sender is still tracked: its replay is refused.
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&(MAX_TRACKED_SENDERS as u64 + 299).to_be_bytes());
+        assert!(!t.check_and_record(&ClientId::from_bytes(b), 1000 + MAX_TRACKED_SENDERS as u64 + 299));
     }
 }

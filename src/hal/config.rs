@@ -219,6 +219,64 @@ fn default_active() -> Level {
     Level::Low
 }
 
+/// An HC-SR04 ultrasonic range finder used as an obstacle sensor
+/// (`[hardware.ultrasonic]`): an obstacle is reported while the measured
+/// distance ahead is below `threshold_m`.
+///
+/// The HC-SR04 runs on 5 V and its ECHO output is 5 V: it must reach the Pi
+/// through a voltage divider (e.g. 1 kΩ from ECHO to the GPIO, 2 kΩ from the
+/// GPIO to ground). TRIG accepts the Pi's 3.3 V directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UltrasonicConfig {
+    /// TRIG input of the module (BCM), driven by the Pi.
+    pub trigger_pin: u8,
+    /// ECHO output of the module (BCM), through the voltage divider.
+    pub echo_pin: u8,
+    /// Obstacle while the distance from the sensor is below this (metres).
+    #[serde(default = "default_threshold_m")]
+    pub threshold_m: f64,
+    /// Farthest distance measured (metres, at most 4); an echo from farther
+    /// away, or none, means "nothing in range". Sets the echo timeout.
+    #[serde(default = "default_max_range_m")]
+    pub max_range_m: f64,
+    /// Time between measurements (milliseconds, at least 60: the module's
+    /// cycle, so that one ping's late echoes are not taken for the next's).
+    #[serde(default = "default_period_ms")]
+    pub period_ms: u64,
+}
+
+fn default_threshold_m() -> f64 {
+    0.25
+}
+fn default_max_range_m() -> f64 {
+    2.0
+}
+fn default_period_ms() -> u64 {
+    60
+}
+
+/// The HC-SR04's rated maximum range (metres).
+pub const ULTRASONIC_MAX_RANGE_M: f64 = 4.0;
+
+impl UltrasonicConfig {
+    /// A module on `trigger_pin`/`echo_pin` with the default threshold, range and period.
+    pub fn new(trigger_pin: u8, echo_pin: u8) -> Self {
+        Self {
+            trigger_pin,
+            echo_pin,
+            threshold_m: default_threshold_m(),
+            max_range_m: default_max_range_m(),
+            period_ms: default_period_ms(),
+        }
+    }
+
+    /// A reading older than this counts as no reading (three periods).
+    pub fn stale_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(3 * self.period_ms)
+    }
+}
+
 /// An obstacle in the simulated world, in world coordinates (metres).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -303,8 +361,11 @@ pub struct HardwareConfig {
     pub max_speed_mps: f64,
     /// Wheel encoders, if fitted.
     pub encoders: Option<EncodersConfig>,
-    /// Front obstacle sensor, if fitted.
+    /// Front obstacle sensor (IR or bumper), if fitted.
     pub obstacle: Option<InputConfig>,
+    /// Front HC-SR04 ultrasonic sensor, if fitted (alone or with `obstacle`:
+    /// either one seeing something is an obstacle).
+    pub ultrasonic: Option<UltrasonicConfig>,
     /// Emergency-stop switch, if fitted: stops the motors and latches.
     pub estop: Option<InputConfig>,
     /// Simulated world.
@@ -346,6 +407,7 @@ impl Default for HardwareConfig {
             max_speed_mps: 0.5,
             encoders: None,
             obstacle: None,
+            ultrasonic: None,
             estop: None,
             sim: SimConfig::default(),
         }
@@ -435,6 +497,30 @@ fn check_motor(side: &str, m: &MotorConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn check_ultrasonic(u: &UltrasonicConfig) -> Result<(), ConfigError> {
+    check_positive("hardware.ultrasonic.max_range_m", u.max_range_m)?;
+    if u.max_range_m > ULTRASONIC_MAX_RANGE_M {
+        return Err(ConfigError::new(
+            "hardware.ultrasonic.max_range_m",
+            format!("the HC-SR04 measures at most {ULTRASONIC_MAX_RANGE_M} m, got {}", u.max_range_m),
+        ));
+    }
+    check_positive("hardware.ultrasonic.threshold_m", u.threshold_m)?;
+    if u.threshold_m >= u.max_range_m {
+        return Err(ConfigError::new(
+            "hardware.ultrasonic.threshold_m",
+            format!("must be below max_range_m ({} >= {})", u.threshold_m, u.max_range_m),
+        ));
+    }
+    if !(60..=1000).contains(&u.period_ms) {
+        return Err(ConfigError::new(
+            "hardware.ultrasonic.period_ms",
+            format!("must be 60-1000 ms (the HC-SR04 needs 60 ms between pings), got {}", u.period_ms),
+        ));
+    }
+    Ok(())
+}
+
 impl HardwareConfig {
     /// Every configured pin with the key that names it.
     pub fn pin_roles(&self) -> Vec<(String, u8)> {
@@ -456,6 +542,10 @@ impl HardwareConfig {
         }
         if let Some(i) = &self.obstacle {
             roles.push(("hardware.obstacle.pin".into(), i.pin));
+        }
+        if let Some(u) = &self.ultrasonic {
+            roles.push(("hardware.ultrasonic.trigger_pin".into(), u.trigger_pin));
+            roles.push(("hardware.ultrasonic.echo_pin".into(), u.echo_pin));
         }
         if let Some(i) = &self.estop {
             roles.push(("hardware.estop.pin".into(), i.pin));
@@ -479,6 +569,9 @@ impl HardwareConfig {
         check_positive("hardware.max_speed_mps", self.max_speed_mps)?;
         if let Some(e) = &self.encoders {
             check_positive("hardware.encoders.ticks_per_metre", e.ticks_per_metre)?;
+        }
+        if let Some(u) = &self.ultrasonic {
+            check_ultrasonic(u)?;
         }
         for (key, pin) in self.pin_roles() {
             check_pin(&key, pin)?;
@@ -661,6 +754,71 @@ mod tests {
         let e = err_of(&c);
         assert_eq!(e.key, "hardware.obstacle.pin");
         assert!(e.message.contains("hardware.left.in1_pin"), "{e}");
+    }
+
+    #[test]
+    fn ultrasonic_section_parses_with_defaults() {
+        let c = parse("[ultrasonic]\ntrigger_pin = 20\necho_pin = 21\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ultrasonic, Some(UltrasonicConfig::new(20, 21)));
+        let u = c.ultrasonic.unwrap();
+        assert_eq!((u.threshold_m, u.max_range_m, u.period_ms), (0.25, 2.0, 60));
+        assert_eq!(u.stale_after(), std::time::Duration::from_millis(180));
+        let e = parse("[ultrasonic]\ntrigger_pin = 20\necho_pin = 21\nrange = 3\n").unwrap_err();
+        assert!(e.to_string().contains("range"), "{e}");
+    }
+
+    #[test]
+    fn commented_ultrasonic_example_in_robotd_toml_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/robotd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section: String = text
+            .lines()
+            .skip_while(|l| *l != "# [hardware.ultrasonic]")
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ").replace("[hardware.ultrasonic]", "[ultrasonic]")))
+            .collect();
+        let c = parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        c.validate().unwrap();
+        assert_eq!(c.ultrasonic, Some(UltrasonicConfig::new(20, 21)));
+    }
+
+    #[test]
+    fn ultrasonic_is_validated_and_errors_name_the_key() {
+        let with = |f: &dyn Fn(&mut UltrasonicConfig)| {
+            let mut c = HardwareConfig::default();
+            let mut u = UltrasonicConfig::new(20, 21);
+            f(&mut u);
+            c.ultrasonic = Some(u);
+            c
+        };
+        with(&|_| {}).validate().unwrap();
+        let e = err_of(&with(&|u| u.echo_pin = 28));
+        assert_eq!(e.key, "hardware.ultrasonic.echo_pin");
+        assert!(e.message.contains("GPIO 28 does not exist"), "{e}");
+        // Clashes with a motor pin, and trigger = echo.
+        let e = err_of(&with(&|u| u.trigger_pin = 23));
+        assert_eq!(e.key, "hardware.ultrasonic.trigger_pin");
+        assert!(e.message.contains("hardware.right.in1_pin"), "{e}");
+        let e = err_of(&with(&|u| u.echo_pin = 20));
+        assert_eq!(e.key, "hardware.ultrasonic.echo_pin");
+        assert!(e.message.contains("hardware.ultrasonic.trigger_pin"), "{e}");
+        // And with the IR sensor's pin.
+        let mut c = with(&|u| u.echo_pin = 4);
+        c.obstacle = Some(InputConfig { pin: 4, active: Level::Low, pull: Pull::Up });
+        let e = err_of(&c);
+        assert_eq!(e.key, "hardware.ultrasonic.echo_pin");
+        assert!(e.message.contains("hardware.obstacle.pin"), "{e}");
+
+        let e = err_of(&with(&|u| u.threshold_m = 2.0));
+        assert_eq!(e.key, "hardware.ultrasonic.threshold_m");
+        assert!(e.message.contains("below max_range_m"), "{e}");
+        assert_eq!(err_of(&with(&|u| u.threshold_m = 0.0)).key, "hardware.ultrasonic.threshold_m");
+        assert_eq!(err_of(&with(&|u| u.threshold_m = f64::NAN)).key, "hardware.ultrasonic.threshold_m");
+        assert_eq!(err_of(&with(&|u| u.max_range_m = -1.0)).key, "hardware.ultrasonic.max_range_m");
+        assert_eq!(err_of(&with(&|u| u.max_range_m = 5.0)).key, "hardware.ultrasonic.max_range_m");
+        assert_eq!(err_of(&with(&|u| u.period_ms = 20)).key, "hardware.ultrasonic.period_ms");
+        assert_eq!(err_of(&with(&|u| u.period_ms = 5000)).key, "hardware.ultrasonic.period_ms");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod rppal;
 pub mod sim;
+pub mod ultrasonic;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,9 @@ pub use embedded_hal::pwm::SetDutyCycle;
 
 pub use config::{
     Backend, ConfigError, Decay, DriverKind, EncodersConfig, HardwareConfig, InputConfig, Level, MotorConfig, Obstacle,
-    Pull, SimConfig, StopMode,
+    Pull, SimConfig, StopMode, UltrasonicConfig,
 };
+pub use ultrasonic::Ultrasonic;
 
 /// The duty-cycle resolution of every backend PWM output ([`SetDutyCycle::max_duty_cycle`]).
 pub const PWM_MAX_DUTY: u16 = u16::MAX;
@@ -131,6 +133,20 @@ pub enum HalError {
         #[source]
         source: std::io::Error,
     },
+    /// The ultrasonic sensor has no recent measurement.
+    #[error(
+        "HC-SR04 (trigger GPIO {trigger_pin}, echo GPIO {echo_pin}): {}; check its 5 V supply, \
+         the wiring and the voltage divider on ECHO",
+        match age_ms { Some(ms) => format!("last measurement {ms} ms ago"), None => "no measurement yet".to_owned() }
+    )]
+    NoEcho {
+        /// TRIG pin.
+        trigger_pin: u8,
+        /// ECHO pin.
+        echo_pin: u8,
+        /// Age of the last measurement, if there was one.
+        age_ms: Option<u64>,
+    },
     /// A shared pin's lock was poisoned by a panic elsewhere.
     #[error("a pin lock was poisoned by a panic in another thread; restart robotd")]
     Poisoned,
@@ -187,6 +203,42 @@ impl<I: InputPin> BinarySensor for Sensor<I> {
     fn is_active(&mut self) -> Result<bool, I::Error> {
         let high = self.pin.is_high()?;
         Ok(high == self.active_high)
+    }
+}
+
+/// The front obstacle sensing: an IR sensor or bumper, an HC-SR04, or both
+/// (either one seeing something is an obstacle).
+#[derive(Debug)]
+pub struct ObstacleSensor {
+    ir: Option<Sensor<Input>>,
+    ultrasonic: Option<Ultrasonic>,
+}
+
+impl ObstacleSensor {
+    /// Combines the configured sensors; `None` when there are none.
+    pub fn new(ir: Option<Sensor<Input>>, ultrasonic: Option<Ultrasonic>) -> Option<Self> {
+        (ir.is_some() || ultrasonic.is_some()).then_some(Self { ir, ultrasonic })
+    }
+
+    /// The ultrasonic sensor's latest distance, if one is fitted (see
+    /// [`Ultrasonic::distance_m`]).
+    pub fn distance_m(&self) -> Option<Result<Option<f64>, HalError>> {
+        self.ultrasonic.as_ref().map(Ultrasonic::distance_m)
+    }
+}
+
+impl BinarySensor for ObstacleSensor {
+    type Error = HalError;
+    /// Active when either sensor is; an error from one only counts when the
+    /// other does not already report an obstacle.
+    fn is_active(&mut self) -> Result<bool, HalError> {
+        let ir = self.ir.as_mut().map_or(Ok(false), BinarySensor::is_active);
+        let us = self.ultrasonic.as_mut().map_or(Ok(false), BinarySensor::is_active);
+        match (ir, us) {
+            (Ok(true), _) | (_, Ok(true)) => Ok(true),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(false), Ok(false)) => Ok(false),
+        }
     }
 }
 
@@ -405,11 +457,25 @@ impl Hardware {
         Ok(Sensor::new(pin, cfg.active))
     }
 
-    /// The obstacle sensor, if `[hardware.obstacle]` is configured.
-    pub fn obstacle_sensor(&mut self) -> Result<Option<Sensor<Input>>, HalError> {
-        match self.config.obstacle.clone() {
-            Some(cfg) => self.input(&cfg).map(Some),
-            None => Ok(None),
+    /// The obstacle sensing: `[hardware.obstacle]` and/or
+    /// `[hardware.ultrasonic]`, or `None` when neither is configured.
+    pub fn obstacle_sensor(&mut self) -> Result<Option<ObstacleSensor>, HalError> {
+        let ir = match self.config.obstacle.clone() {
+            Some(cfg) => Some(self.input(&cfg)?),
+            None => None,
+        };
+        let ultrasonic = match self.config.ultrasonic.clone() {
+            Some(cfg) => Some(self.ultrasonic(&cfg)?),
+            None => None,
+        };
+        Ok(ObstacleSensor::new(ir, ultrasonic))
+    }
+
+    /// An HC-SR04 measuring on its own thread (Pi) or from the world (sim).
+    pub fn ultrasonic(&mut self, cfg: &UltrasonicConfig) -> Result<Ultrasonic, HalError> {
+        match &mut self.backend {
+            BackendImpl::Rppal(b) => b.ultrasonic(cfg),
+            BackendImpl::Sim(s) => s.ultrasonic(cfg),
         }
     }
 

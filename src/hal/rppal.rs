@@ -7,14 +7,17 @@
 //! interface, which keeps running after the process dies: that is why
 //! [`safe_stop`] exists.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ::rppal::gpio::{self, Gpio, Trigger};
 use ::rppal::pwm::{self, Channel, Polarity};
 use ::rppal::system::{DeviceInfo, Model};
 
-use super::config::{HardwareConfig, Pull, pwm_channel};
+use super::config::{HardwareConfig, Pull, UltrasonicConfig, pwm_channel};
+use super::ultrasonic::{self, Clock, Echo, Readings, Ultrasonic};
 use super::{EncoderCounter, HalError, PWM_MAX_DUTY};
 
 fn gpio_err(pin: u8, e: gpio::Error) -> HalError {
@@ -151,6 +154,126 @@ impl RppalBackend {
             .map_err(|e| gpio_err(a, e))?;
         let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::new(Mutex::new((a_pin, b_pin)));
         Ok(EncoderCounter::new(count, Some(keep)))
+    }
+}
+
+/// ECHO's edges of the current ping, as the kernel timestamped them.
+#[derive(Debug, Default)]
+struct Edges {
+    rise: Option<Duration>,
+    fall: Option<Duration>,
+}
+
+/// How long after the trigger pulse the module may take to raise ECHO (it
+/// sends its 8-cycle burst first; typically ~0.5 ms).
+const RISE_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// The thread pinging an HC-SR04; stopped and joined when dropped.
+struct SonarWorker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for SonarWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl RppalBackend {
+    /// An HC-SR04 on `cfg`'s pins: a thread sends a 10 µs trigger pulse every
+    /// `period_ms`, rppal's interrupt thread timestamps ECHO's rising and
+    /// falling edges (kernel timestamps, so thread latency does not skew the
+    /// width), and the distance goes to the sensor's [`Readings`].
+    /// A ping without any rising edge is not a reading (the sensor goes
+    /// stale and reports an error), one whose pulse outlasts the round trip
+    /// to `max_range_m` is "nothing in range".
+    pub fn ultrasonic(&mut self, cfg: &UltrasonicConfig) -> Result<Ultrasonic, HalError> {
+        let mut trigger = self.output(cfg.trigger_pin)?;
+        // Pulled down: an unplugged ECHO never rises, so it goes stale, not clear.
+        let mut echo = self.input(cfg.echo_pin, Pull::Down)?;
+        let edges = Arc::new((Mutex::new(Edges::default()), Condvar::new()));
+        let for_cb = edges.clone();
+        echo.set_async_interrupt(Trigger::Both, None, move |ev| {
+            let (lock, cv) = &*for_cb;
+            let mut e = lock.lock().unwrap_or_else(|p| p.into_inner());
+            match ev.trigger {
+                Trigger::RisingEdge if e.rise.is_none() => e.rise = Some(ev.timestamp),
+                // A fall without a rise belongs to an earlier ping.
+                Trigger::FallingEdge if e.rise.is_some() && e.fall.is_none() => {
+                    e.fall = Some(ev.timestamp);
+                    cv.notify_all();
+                }
+                _ => {}
+            }
+        })
+        .map_err(|e| gpio_err(cfg.echo_pin, e))?;
+
+        let readings = Arc::new(Readings::default());
+        let clock = Clock::monotonic();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (period, max_range, pins) =
+            (Duration::from_millis(cfg.period_ms), cfg.max_range_m, (cfg.trigger_pin, cfg.echo_pin));
+        let wait = RISE_TIMEOUT + ultrasonic::echo_timeout(max_range);
+        let (r, c, flag) = (readings.clone(), clock.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("robotd-sonar".into())
+            .spawn(move || {
+                let (lock, cv) = &*edges;
+                let mut next = Instant::now();
+                let mut answering = true;
+                while !flag.load(Ordering::Relaxed) {
+                    *lock.lock().unwrap_or_else(|p| p.into_inner()) = Edges::default();
+                    trigger.set_high();
+                    std::thread::sleep(Duration::from_micros(10));
+                    trigger.set_low();
+                    let deadline = Instant::now() + wait;
+                    let (rise, fall) = {
+                        let mut e = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        while e.fall.is_none() {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            e = cv.wait_timeout(e, left).unwrap_or_else(|p| p.into_inner()).0;
+                        }
+                        (e.rise, e.fall)
+                    };
+                    let echo = ultrasonic::classify(rise, fall, max_range);
+                    match echo {
+                        Echo::Distance(d) => r.record(Some(d), c.now_us()),
+                        Echo::NothingInRange => r.record(None, c.now_us()),
+                        Echo::NoResponse => {} // not a reading: the sensor goes stale
+                    }
+                    let now_answering = echo != Echo::NoResponse;
+                    if now_answering != answering {
+                        if now_answering {
+                            tracing::info!(trigger_pin = pins.0, echo_pin = pins.1, "HC-SR04 answers again");
+                        } else {
+                            tracing::warn!(trigger_pin = pins.0, echo_pin = pins.1, "HC-SR04 does not answer");
+                        }
+                        answering = now_answering;
+                    }
+                    next += period;
+                    sleep_until(&mut next);
+                }
+            })
+            .expect("spawning the ultrasonic thread");
+        let keep: Box<dyn std::any::Any + Send> = Box::new((SonarWorker { stop, handle: Some(handle) }, echo));
+        Ok(Ultrasonic::new(cfg, readings, clock, Some(keep)))
+    }
+}
+
+/// Sleeps until `next`; when already late, starts the schedule over from now.
+fn sleep_until(next: &mut Instant) {
+    let now = Instant::now();
+    if *next > now {
+        std::thread::sleep(*next - now);
+    } else {
+        *next = now;
     }
 }
 

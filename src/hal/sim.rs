@@ -14,14 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{DriverKind, HardwareConfig, Level, MotorConfig, Obstacle};
+use super::config::{DriverKind, HardwareConfig, Level, MotorConfig, Obstacle, UltrasonicConfig};
+use super::ultrasonic::{Clock, Readings, Ultrasonic};
 use super::{EncoderCounter, HalError, PWM_MAX_DUTY};
 
 /// Where the robot is: metres and radians, heading 0 along +x, counter-clockwise positive.
@@ -98,6 +99,9 @@ pub struct SimSnapshot {
     pub motor_command: [f64; 2],
     /// The obstacle sensor sees something (regardless of its wiring level).
     pub obstacle_detected: bool,
+    /// What the ultrasonic sensor would measure now (metres from the robot's
+    /// front), `None` when nothing is within its range or none is fitted.
+    pub ultrasonic_m: Option<f64>,
     /// The last step was cut short by a collision.
     pub blocked: bool,
     /// Every claimed pin.
@@ -117,6 +121,18 @@ struct World {
     travel: [f64; 2],
     encoders: [Arc<AtomicI64>; 2],
     blocked: bool,
+    /// Simulated time in microseconds, the clock of the simulated ultrasonic sensor.
+    clock_us: Arc<AtomicU64>,
+    sonar: Option<SimSonar>,
+}
+
+/// The simulated HC-SR04: measured every `period_ms` of simulated time.
+struct SimSonar {
+    cfg: UltrasonicConfig,
+    readings: Arc<Readings>,
+    next_at_s: f64,
+    /// Forced silent (an unplugged echo wire): no more readings.
+    silent: bool,
 }
 
 /// A handle on the simulated world; clones share it.
@@ -183,7 +199,76 @@ fn distance(o: &Obstacle, p: [f64; 2]) -> f64 {
     }
 }
 
+/// Distance along the ray `from + t·dir` (|dir| = 1, t ≥ 0) to the
+/// obstacle's surface; 0 when `from` is inside it.
+fn ray_hit(o: &Obstacle, from: [f64; 2], dir: [f64; 2]) -> Option<f64> {
+    match o {
+        Obstacle::Circle { center, radius } => {
+            let oc = [from[0] - center[0], from[1] - center[1]];
+            let b = oc[0] * dir[0] + oc[1] * dir[1];
+            let c = oc[0] * oc[0] + oc[1] * oc[1] - radius * radius;
+            if c <= 0.0 {
+                return Some(0.0);
+            }
+            let disc = b * b - c;
+            let t = -b - disc.sqrt();
+            (disc >= 0.0 && t >= 0.0).then_some(t)
+        }
+        Obstacle::Box { min, max } => {
+            // Slabs: the ray is inside the box between the latest entry and the earliest exit.
+            let (mut enter, mut exit) = (f64::NEG_INFINITY, f64::INFINITY);
+            for i in 0..2 {
+                if dir[i].abs() < 1e-12 {
+                    if from[i] < min[i] || from[i] > max[i] {
+                        return None;
+                    }
+                } else {
+                    let (a, b) = ((min[i] - from[i]) / dir[i], (max[i] - from[i]) / dir[i]);
+                    enter = enter.max(a.min(b));
+                    exit = exit.min(a.max(b));
+                }
+            }
+            (enter <= exit && exit >= 0.0).then_some(enter.max(0.0))
+        }
+    }
+}
+
 impl World {
+    /// The robot's front edge and heading direction.
+    fn front(&self) -> ([f64; 2], [f64; 2]) {
+        let r = self.cfg.sim.robot_radius_m;
+        let (s, c) = self.pose.heading.sin_cos();
+        ([self.pose.x + r * c, self.pose.y + r * s], [c, s])
+    }
+
+    /// What an ultrasonic sensor at the robot's front would measure: the
+    /// nearest obstacle straight ahead (a single ray: the real beam's ~15°
+    /// cone is not modelled), `None` beyond `max_range_m`.
+    fn sonar_distance(&self, max_range_m: f64) -> Option<f64> {
+        let (from, dir) = self.front();
+        self.obstacles
+            .iter()
+            .filter_map(|o| ray_hit(o, from, dir))
+            .fold(None, |best: Option<f64>, t| Some(best.map_or(t, |b| b.min(t))))
+            .filter(|&t| t <= max_range_m)
+    }
+
+    /// Takes an ultrasonic measurement when one is due.
+    fn ping(&mut self) {
+        let time_s = self.time_s;
+        let Some(max) = self.sonar.as_ref().filter(|s| time_s + 1e-9 >= s.next_at_s).map(|s| s.cfg.max_range_m) else {
+            return;
+        };
+        let d = self.sonar_distance(max);
+        let at = self.clock_us.load(Ordering::Relaxed);
+        if let Some(s) = &mut self.sonar {
+            if !s.silent {
+                s.readings.record(d, at);
+            }
+            s.next_at_s += s.cfg.period_ms as f64 / 1000.0;
+        }
+    }
+
     fn clearance(&self, p: [f64; 2]) -> f64 {
         self.obstacles.iter().map(|o| distance(o, p)).fold(f64::INFINITY, f64::min)
     }
@@ -332,6 +417,8 @@ impl World {
             }
         }
         self.time_s += dt;
+        self.clock_us.store((self.time_s * 1e6).round() as u64, Ordering::Release);
+        self.ping();
     }
 
     fn claim(&mut self, pin: u8) -> Result<(), HalError> {
@@ -362,6 +449,8 @@ impl Sim {
             travel: [0.0; 2],
             encoders: [Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0))],
             blocked: false,
+            clock_us: Arc::new(AtomicU64::new(0)),
+            sonar: None,
         };
         let pin_events = config.sim.pin_events.as_deref().and_then(PinEvents::open);
         Ok(Self { world: Arc::new(Mutex::new(world)), pin_events })
@@ -398,6 +487,7 @@ impl Sim {
             encoder_counts: [w.encoders[0].load(Ordering::Relaxed), w.encoders[1].load(Ordering::Relaxed)],
             motor_command: w.command,
             obstacle_detected: w.obstacle_detected(),
+            ultrasonic_m: w.sonar.as_ref().and_then(|s| w.sonar_distance(s.cfg.max_range_m)),
             blocked: w.blocked,
             pins: w.pins.clone(),
         }
@@ -426,6 +516,33 @@ impl Sim {
             Some(h) => w.forced_inputs.insert(pin, h),
             None => w.forced_inputs.remove(&pin),
         };
+    }
+
+    /// The ultrasonic sensor, measuring the world every `period_ms` of
+    /// simulated time (the first measurement is taken now).
+    pub fn ultrasonic(&self, cfg: &UltrasonicConfig) -> Result<Ultrasonic, HalError> {
+        let mut w = self.lock();
+        w.claim(cfg.trigger_pin)?;
+        if let Err(e) = w.claim(cfg.echo_pin) {
+            w.claimed.retain(|&p| p != cfg.trigger_pin);
+            return Err(e);
+        }
+        w.pins.insert(cfg.trigger_pin, PinState::Output { high: false });
+        w.pins.insert(cfg.echo_pin, PinState::Input { high: false });
+        let readings = Arc::new(Readings::default());
+        w.sonar = Some(SimSonar { cfg: cfg.clone(), readings: readings.clone(), next_at_s: w.time_s, silent: false });
+        w.ping();
+        let clock = Clock::Manual(w.clock_us.clone());
+        let guard = SimClaim { sim: self.clone(), pins: vec![cfg.trigger_pin, cfg.echo_pin] };
+        Ok(Ultrasonic::new(cfg, readings, clock, Some(Box::new(guard))))
+    }
+
+    /// Silences the ultrasonic sensor (as if its echo wire came loose) or
+    /// lets it measure again.
+    pub fn set_ultrasonic_silent(&self, silent: bool) {
+        if let Some(s) = &mut self.lock().sonar {
+            s.silent = silent;
+        }
     }
 
     /// A simulated output, driven low.
@@ -616,6 +733,20 @@ pub fn write_safe_state(config: &HardwareConfig) -> Result<Vec<u8>, HalError> {
     state.safe_stopped = true;
     write_state(path, &state)?;
     Ok(pins)
+}
+
+/// Releases pins claimed for a sensor when it is dropped.
+struct SimClaim {
+    sim: Sim,
+    pins: Vec<u8>,
+}
+
+impl Drop for SimClaim {
+    fn drop(&mut self) {
+        for &p in &self.pins {
+            self.sim.release(p);
+        }
+    }
 }
 
 /// A simulated digital output.
@@ -993,6 +1124,120 @@ mod tests {
         for pin in written {
             assert!(state.pins[&pin].is_safe(), "GPIO {pin}: {:?}", state.pins[&pin]);
         }
+    }
+
+    fn sonar_config(obstacles: Vec<Obstacle>) -> HardwareConfig {
+        let mut cfg = HardwareConfig { ultrasonic: Some(UltrasonicConfig::new(20, 21)), ..HardwareConfig::default() };
+        cfg.sim.obstacles = obstacles;
+        cfg
+    }
+
+    #[test]
+    fn rays_hit_boxes_and_circles() {
+        let b = Obstacle::Box { min: [1.0, -0.5], max: [1.1, 0.5] };
+        assert!((ray_hit(&b, [0.0, 0.0], [1.0, 0.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(ray_hit(&b, [0.0, 0.0], [-1.0, 0.0]), None, "behind");
+        assert_eq!(ray_hit(&b, [0.0, 0.0], [0.0, 1.0]), None, "beside");
+        assert_eq!(ray_hit(&b, [0.0, 0.6], [1.0, 0.0]), None, "passes above");
+        assert_eq!(ray_hit(&b, [1.05, 0.0], [1.0, 0.0]), Some(0.0), "inside");
+        let (s, c) = (0.3f64).sin_cos();
+        let t = ray_hit(&b, [0.0, 0.0], [c, s]).unwrap();
+        assert!((t - 1.0 / c).abs() < 1e-12, "slanted: {t}");
+        let circle = Obstacle::Circle { center: [0.0, 2.0], radius: 0.5 };
+        assert!((ray_hit(&circle, [0.0, 0.0], [0.0, 1.0]).unwrap() - 1.5).abs() < 1e-12);
+        assert_eq!(ray_hit(&circle, [0.0, 0.0], [0.0, -1.0]), None);
+        assert_eq!(ray_hit(&circle, [1.0, 0.0], [0.0, 1.0]), None);
+    }
+
+    #[test]
+    fn ultrasonic_sees_a_box_ahead_at_its_distance_and_nothing_behind_or_beside() {
+        let r = HardwareConfig::default().sim.robot_radius_m;
+        let ahead = Obstacle::Box { min: [1.0, -0.5], max: [1.1, 0.5] };
+        let mut hw = Hardware::open(&sonar_config(vec![ahead.clone()])).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut sensor = hw.obstacle_sensor().unwrap().expect("ultrasonic alone is an obstacle sensor");
+        let d = sensor.distance_m().unwrap().unwrap().unwrap();
+        assert!((d - (1.0 - r)).abs() <= 0.02, "measured {d}");
+        assert_eq!(sim.snapshot().ultrasonic_m, Some(d));
+        assert!(!sensor.is_active().unwrap(), "0.88 m is beyond the 0.25 m threshold");
+
+        let behind = Obstacle::Box { min: [-1.1, -0.5], max: [-1.0, 0.5] };
+        let beside = Obstacle::Box { min: [-0.2, 0.3], max: [0.2, 0.6] };
+        sim.set_obstacles(vec![behind.clone(), beside.clone()]);
+        sim.run_for(Duration::from_millis(60), MS5);
+        assert_eq!(sensor.distance_m().unwrap().unwrap(), None);
+        assert!(!sensor.is_active().unwrap());
+
+        // Turned to face the one beside: seen (y 0.3 from the front edge at y 0.12).
+        sim.set_pose(Pose { heading: std::f64::consts::FRAC_PI_2, ..Pose::default() });
+        sim.run_for(Duration::from_millis(60), MS5);
+        let d = sensor.distance_m().unwrap().unwrap().unwrap();
+        assert!((d - (0.3 - r)).abs() <= 0.02, "measured {d}");
+        assert!(sensor.is_active().unwrap(), "0.18 m is within the threshold");
+
+        // Beyond max_range_m (2 m): nothing in range.
+        sim.set_pose(Pose::default());
+        sim.set_obstacles(vec![Obstacle::Box { min: [2.5, -0.5], max: [2.6, 0.5] }]);
+        sim.run_for(Duration::from_millis(60), MS5);
+        assert_eq!(sensor.distance_m().unwrap().unwrap(), None);
+    }
+
+    #[test]
+    fn ultrasonic_measures_once_a_period_and_goes_stale_when_silent() {
+        let mut hw = Hardware::open(&sonar_config(vec![])).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut sensor = hw.obstacle_sensor().unwrap().unwrap();
+        assert!(!sensor.is_active().unwrap());
+        // A box appears just ahead: not seen before the next ping, 60 ms after the first.
+        sim.set_obstacles(vec![Obstacle::Box { min: [0.2, -0.5], max: [0.3, 0.5] }]);
+        sim.run_for(Duration::from_millis(55), MS5);
+        assert!(!sensor.is_active().unwrap());
+        sim.run_for(Duration::from_millis(5), MS5);
+        assert!(sensor.is_active().unwrap());
+
+        // The echo wire comes loose: the last reading holds for three periods, then it is an error.
+        sim.set_obstacles(vec![]);
+        sim.run_for(Duration::from_millis(60), MS5);
+        assert!(!sensor.is_active().unwrap());
+        sim.set_ultrasonic_silent(true);
+        sim.run_for(Duration::from_millis(180), MS5);
+        assert!(!sensor.is_active().unwrap(), "180 ms old is still fresh");
+        sim.run_for(Duration::from_millis(5), MS5);
+        let e = sensor.is_active().unwrap_err();
+        assert!(matches!(e, HalError::NoEcho { age_ms: Some(185), .. }), "{e:?}");
+        sim.set_ultrasonic_silent(false);
+        sim.run_for(Duration::from_millis(60), MS5);
+        assert!(!sensor.is_active().unwrap());
+    }
+
+    #[test]
+    fn ir_and_ultrasonic_combine() {
+        let mut cfg = sonar_config(vec![]);
+        cfg.obstacle = Some(InputConfig { pin: 4, active: Level::Low, pull: Pull::Up });
+        let mut hw = Hardware::open(&cfg).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let mut sensor = hw.obstacle_sensor().unwrap().unwrap();
+        assert!(!sensor.is_active().unwrap());
+        sim.set_input(4, Some(false)); // IR sees something
+        assert!(sensor.is_active().unwrap());
+        sim.set_input(4, None);
+        sim.set_obstacles(vec![Obstacle::Circle { center: [0.4, 0.0], radius: 0.1 }]);
+        sim.run_for(Duration::from_millis(60), MS5);
+        assert!(sensor.is_active().unwrap(), "ultrasonic alone");
+        // A stale ultrasonic is an error, unless the IR already reports an obstacle.
+        sim.set_obstacles(vec![]);
+        sim.set_ultrasonic_silent(true);
+        sim.run_for(Duration::from_millis(300), MS5);
+        assert!(sensor.is_active().is_err());
+        sim.set_input(4, Some(false));
+        assert!(sensor.is_active().unwrap());
+        // The pins are claimed while the sensor lives.
+        assert!(matches!(sim.input(21), Err(HalError::PinUsed { pin: 21 })));
+        drop(sensor);
+        sim.input(21).unwrap();
+        // Without either sensor there is none.
+        let mut hw = Hardware::open(&HardwareConfig::default()).unwrap();
+        assert!(hw.obstacle_sensor().unwrap().is_none());
     }
 
     #[test]

@@ -524,4 +524,248 @@ mod tests {
             assert!(s.pins.values().any(|p| matches!(p, PinState::Pwm { .. })));
         }
     }
+
+    // --- the whole controller over real drivers, arbitrary numbers ---
+    //
+    // Every board, with arbitrary (valid) duty settings and PWM resolution,
+    // driven by arbitrary f64 (NaN, infinities, subnormals, -0.0, values just
+    // outside -1..=1) and arbitrary `ms`: an invalid command writes no pin and
+    // leaves the deadline alone; a valid one leaves each bridge driving the
+    // mixed wheel speed in the right direction with a duty inside
+    // [min_duty, max_duty] of the PWM range; every duty written is within
+    // 0..=max_duty_cycle; stop, the deadman and drop leave nothing driving.
+
+    mod whole {
+        use super::*;
+        use crate::hal::config::Decay;
+        use crate::motion::{Drv8833, L298n, MotorSettings, Tb6612fng};
+        use embedded_hal::digital::OutputPin;
+        use embedded_hal::pwm::SetDutyCycle;
+        use proptest::prelude::*;
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+        use std::convert::Infallible;
+        use std::rc::Rc;
+
+        type Log = Rc<RefCell<Vec<(&'static str, u16)>>>;
+
+        /// A pin that logs every write; outputs log 0 or `max`.
+        struct Rec(&'static str, u16, Log);
+
+        impl embedded_hal::digital::ErrorType for Rec {
+            type Error = Infallible;
+        }
+        impl OutputPin for Rec {
+            fn set_low(&mut self) -> Result<(), Infallible> {
+                self.2.borrow_mut().push((self.0, 0));
+                Ok(())
+            }
+            fn set_high(&mut self) -> Result<(), Infallible> {
+                self.2.borrow_mut().push((self.0, self.1));
+                Ok(())
+            }
+        }
+        impl embedded_hal::pwm::ErrorType for Rec {
+            type Error = Infallible;
+        }
+        impl SetDutyCycle for Rec {
+            fn max_duty_cycle(&self) -> u16 {
+                self.1
+            }
+            fn set_duty_cycle(&mut self, duty: u16) -> Result<(), Infallible> {
+                self.2.borrow_mut().push((self.0, duty));
+                Ok(())
+            }
+        }
+
+        struct Dyn(Box<dyn Motor>);
+
+        impl Motor for Dyn {
+            fn set_speed(&mut self, speed: f64) -> Result<(), MotionError> {
+                self.0.set_speed(speed)
+            }
+            fn brake(&mut self) -> Result<(), MotionError> {
+                self.0.brake()
+            }
+            fn coast(&mut self) -> Result<(), MotionError> {
+                self.0.coast()
+            }
+        }
+
+        #[derive(Debug, Clone, Copy)]
+        enum Board {
+            L298n,
+            Tb6612fng,
+            Drv8833(Decay),
+        }
+
+        fn motor(board: Board, max: u16, settings: MotorSettings, log: &Log) -> Dyn {
+            let p = |n| Rec(n, max, log.clone());
+            Dyn(match board {
+                Board::L298n => Box::new(L298n::new(p("in1"), p("in2"), p("en"), settings).unwrap()),
+                Board::Tb6612fng => {
+                    Box::new(Tb6612fng::new(p("in1"), p("in2"), p("en"), Some(p("stby")), settings).unwrap())
+                }
+                Board::Drv8833(decay) => {
+                    Box::new(Drv8833::new(p("in1"), p("in2"), MotorSettings { decay, ..settings }).unwrap())
+                }
+            })
+        }
+
+        /// What the bridge does with these levels: signed duty, 0 for off or brake.
+        fn drive_of(board: Board, p: &HashMap<&'static str, u16>) -> i64 {
+            let l = |k| i64::from(p.get(k).copied().unwrap_or(0));
+            let dir = |en: i64| match (l("in1") > 0, l("in2") > 0) {
+                (true, false) => en,
+                (false, true) => -en,
+                _ => 0,
+            };
+            match board {
+                Board::L298n => dir(l("en")),
+                Board::Tb6612fng if l("stby") == 0 => 0,
+                Board::Tb6612fng => dir(l("en")),
+                Board::Drv8833(_) => l("in1") - l("in2"),
+            }
+        }
+
+        /// Numbers a phone (or a bug) could send: every float class.
+        fn wild() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                4 => -1.0f64..=1.0,
+                2 => any::<f64>(),
+                1 => prop::sample::select(vec![
+                    f64::NAN, -f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, 1.0, -1.0,
+                    f64::MIN_POSITIVE, -f64::MIN_POSITIVE, 5e-324, -5e-324, 1.0 + f64::EPSILON,
+                    -1.0 - f64::EPSILON, f64::MAX, f64::MIN, 0.5 + f64::EPSILON / 4.0,
+                ]),
+                1 => -1e-300f64..1e-300,
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Drive(f64, f64, u32),
+            Stop,
+            Poll(u64),
+        }
+
+        fn ops() -> impl Strategy<Value = Vec<Op>> {
+            let op = prop_oneof![
+                6 => (wild(), wild(), prop_oneof![3 => 1u32..=MAX_DRIVE_MS, 1 => any::<u32>()])
+                    .prop_map(|(l, a, ms)| Op::Drive(l, a, ms)),
+                1 => Just(Op::Stop),
+                2 => (0u64..1500).prop_map(Op::Poll),
+            ];
+            prop::collection::vec(op, 1..40)
+        }
+
+        fn settings() -> impl Strategy<Value = MotorSettings> {
+            (any::<bool>(), 0.0f64..1.0, 0.0f64..=1.0).prop_filter_map("min < max", |(invert, a, b)| {
+                let (min_duty, max_duty) = (a.min(b), a.max(b));
+                (min_duty < max_duty).then_some(MotorSettings { invert, min_duty, max_duty, ..Default::default() })
+            })
+        }
+
+        fn board() -> impl Strategy<Value = Board> {
+            prop_oneof![
+                Just(Board::L298n),
+                Just(Board::Tb6612fng),
+                Just(Board::Drv8833(Decay::Fast)),
+                Just(Board::Drv8833(Decay::Slow)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn controller_keeps_every_pin_within_limits(
+                board in board(),
+                max in prop_oneof![Just(u16::MAX), Just(100u16), Just(1u16), 1u16..=u16::MAX],
+                ls in settings(),
+                rs in settings(),
+                brake in any::<bool>(),
+                ops in ops(),
+            ) {
+                let (ll, rl): (Log, Log) = (Rc::default(), Rc::default());
+                let mode = if brake { StopMode::Brake } else { StopMode::Coast };
+                let mut c: MotorController<Dyn, FakeSwitch> = MotorController::new(
+                    motor(board, max, ls, &ll), motor(board, max, rs, &rl), None, mode,
+                ).unwrap();
+                let mut levels = [HashMap::new(), HashMap::new()];
+                // Apply the writes since the last look, checking each duty against the range.
+                let settle = |levels: &mut [HashMap<&'static str, u16>; 2]| -> Result<usize, TestCaseError> {
+                    let mut n = 0;
+                    for (i, log) in [&ll, &rl].into_iter().enumerate() {
+                        for (pin, v) in log.borrow_mut().drain(..) {
+                            prop_assert!(v <= max, "{pin} = {v} > max {max}");
+                            levels[i].insert(pin, v);
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                };
+                settle(&mut levels)?;
+                let t0 = Instant::now();
+                let mut now = t0;
+                for op in ops {
+                    match op {
+                        Op::Drive(linear, angular, ms) => {
+                            let before = c.deadline();
+                            let valid = |v: f64| v.is_finite() && (-1.0..=1.0).contains(&v);
+                            let ok = valid(linear) && valid(angular) && (1..=MAX_DRIVE_MS).contains(&ms);
+                            let res = c.drive(DriveCommand { linear, angular, ms }, now);
+                            prop_assert_eq!(res.is_ok(), ok, "{:?}", res);
+                            if !ok {
+                                prop_assert_eq!(settle(&mut levels)?, 0, "an invalid command wrote a pin");
+                                prop_assert_eq!(c.deadline(), before);
+                                continue;
+                            }
+                            settle(&mut levels)?;
+                            prop_assert_eq!(c.deadline(), Some(now + Duration::from_millis(u64::from(ms))));
+                            let (l, r) = mix(linear, angular).unwrap();
+                            for (i, (speed, s)) in [(l, ls), (r, rs)].into_iter().enumerate() {
+                                let got = drive_of(board, &levels[i]);
+                                let speed = if s.invert { -speed } else { speed };
+                                if speed == 0.0 {
+                                    prop_assert_eq!(got, 0);
+                                    continue;
+                                }
+                                let duty = |d: f64| (d * f64::from(max)).round() as i64;
+                                let want = duty(s.min_duty + speed.abs() * (s.max_duty - s.min_duty));
+                                // DRV8833 slow decay writes max - duty on the other input: ±1 rounding.
+                                prop_assert!((got.abs() - want).abs() <= 1, "wheel {i}: drive {got}, want {want}");
+                                prop_assert!(got.abs() <= duty(s.max_duty) + 1 && got.abs() >= duty(s.min_duty) - 1);
+                                if want > 1 {
+                                    prop_assert_eq!(got.signum() as f64, speed.signum(), "wheel {} direction", i);
+                                }
+                            }
+                        }
+                        Op::Stop => {
+                            c.stop().unwrap();
+                            settle(&mut levels)?;
+                            prop_assert_eq!(c.deadline(), None);
+                            prop_assert_eq!(drive_of(board, &levels[0]), 0);
+                            prop_assert_eq!(drive_of(board, &levels[1]), 0);
+                        }
+                        Op::Poll(step) => {
+                            now += Duration::from_millis(step);
+                            let expired = c.deadline().is_some_and(|d| now >= d);
+                            let r = c.poll(now).unwrap();
+                            settle(&mut levels)?;
+                            prop_assert_eq!(r, expired.then_some(StopReason::Deadman));
+                            if c.deadline().is_none() {
+                                prop_assert_eq!(drive_of(board, &levels[0]), 0);
+                                prop_assert_eq!(drive_of(board, &levels[1]), 0);
+                            }
+                        }
+                    }
+                }
+                drop(c);
+                settle(&mut levels)?;
+                for l in &levels {
+                    prop_assert!(l.values().all(|&v| v == 0), "not all low after drop: {:?}", l);
+                }
+            }
+        }
+    }
 }

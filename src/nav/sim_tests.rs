@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::hal::sim::Sim;
 use crate::hal::{
-    BinarySensor, Encoder, EncoderCounter, EncodersConfig, Hardware, Input, InputConfig, Level, Obstacle, Pull, Sensor,
+    BinarySensor, Encoder, EncoderCounter, EncodersConfig, Hardware, InputConfig, Level, Obstacle, ObstacleSensor,
+    Pull, UltrasonicConfig,
 };
 use crate::motion::{DriveCommand, MotorController};
 
@@ -47,6 +48,11 @@ fn hardware(enc: Enc, obstacles: Vec<Obstacle>) -> HardwareConfig {
     hw
 }
 
+/// The same robot with an HC-SR04 instead of the IR sensor.
+fn ultrasonic_only(enc: Enc, obstacles: Vec<Obstacle>) -> HardwareConfig {
+    HardwareConfig { obstacle: None, ultrasonic: Some(UltrasonicConfig::new(20, 21)), ..hardware(enc, obstacles) }
+}
+
 struct Rig {
     dir: tempfile::TempDir,
     hw_cfg: HardwareConfig,
@@ -54,7 +60,7 @@ struct Rig {
     sim: Sim,
     motors: MotorController,
     encoders: Option<(EncoderCounter, EncoderCounter)>,
-    obstacle: Option<Sensor<Input>>,
+    obstacle: Option<ObstacleSensor>,
     nav: Navigator,
     now: Instant,
     /// Every status with the simulated time it was published at.
@@ -296,6 +302,38 @@ fn shut_door_blocks_and_the_robot_stays_stopped() {
     rig.nav.set_at("home").unwrap();
     assert_eq!(rig.restarted().at(), Some("home"));
     assert!(rig.nav.set_at("attic").is_err());
+}
+
+#[test]
+fn ultrasonic_only_robot_is_blocked_at_the_shut_door() {
+    let mut rig = Rig::with(ultrasonic_only(Enc::Signed, vec![door()]), toml::from_str(testdata::FLAT).unwrap());
+    rig.goto("bedroom").unwrap();
+    let end = rig.run_to_end(60.0);
+    assert_eq!(end.to_json(), serde_json::json!({"destination":"bedroom","status":"blocked"}));
+    // It saw the door at threshold_m (0.25 m) and stopped within a few
+    // centimetres of that (ping period, tick and braking), without touching it.
+    let front = rig.sim.pose().x + rig.hw_cfg.sim.robot_radius_m;
+    assert!(front > 2.75 && front < 2.85, "front at {front}");
+    assert!(!rig.sim.snapshot().blocked, "never touched the door");
+    rig.run_for(2.0);
+    assert!(rig.stopped());
+    assert!(!rig.nav.is_navigating());
+}
+
+#[test]
+fn a_silent_ultrasonic_stops_the_robot_like_an_obstacle() {
+    let mut rig = Rig::with(ultrasonic_only(Enc::Signed, vec![]), toml::from_str(testdata::FLAT).unwrap());
+    rig.goto("bedroom").unwrap();
+    rig.run_for(2.0);
+    assert!(rig.sim.snapshot().wheel_speed_mps[0] > 0.1, "cruising");
+    rig.sim.set_ultrasonic_silent(true);
+    rig.run_for(1.0);
+    assert!(rig.stopped(), "stale readings stop the robot");
+    assert!(rig.log.iter().any(|(_, s)| matches!(s.state, GotoState::Moving { waiting: Some("obstacle"), .. })));
+    // Readings come back within the wait: it goes on and arrives.
+    rig.sim.set_ultrasonic_silent(false);
+    assert_eq!(rig.run_to_end(60.0).state, GotoState::Arrived);
+    rig.assert_at("bedroom", 0.10, 5.0);
 }
 
 #[test]

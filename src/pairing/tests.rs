@@ -563,3 +563,75 @@ fn status_reports_the_open_window_and_secrets_stay_out_of_debug() {
     let dbg = format!("{out:?} {w:?}");
     assert!(dbg.contains("redacted") && !dbg.contains("160"), "{dbg}");
 }
+
+mod fuzzlike {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text near the URI grammar: the vector URI with an arbitrary insertion,
+    /// or the prefix followed by parameters built from the grammar's pieces.
+    fn uriish() -> impl Strategy<Value = String> {
+        let param = prop_oneof![
+            Just("v=1".to_string()),
+            Just(format!("robot={ROBOT}")),
+            Just("secret=AAAQEAYEAUDAOCAJBIFQYDIOB4".to_string()),
+            Just("broker=mqtt%3A%2F%2Fbroker.local%3A1883".to_string()),
+            "[a-z]{1,6}=[A-Za-z0-9%+&=]{0,30}",
+            "broker=(%[0-9A-Fa-f]{0,2}|[a-z:/.\\[\\]]){0,20}",
+            any::<String>(),
+        ];
+        prop_oneof![
+            (0..VECTOR_URI.len(), any::<String>()).prop_map(|(i, ins)| {
+                let i = (0..=i).rev().find(|&i| VECTOR_URI.is_char_boundary(i)).unwrap_or(0);
+                format!("{}{}{}", &VECTOR_URI[..i], ins, &VECTOR_URI[i..])
+            }),
+            prop::collection::vec(param, 0..7).prop_map(|p| format!("{URI_PREFIX}{}", p.join("&"))),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Never panics; an accepted URI round-trips through Display.
+        #[test]
+        fn uri_parse_never_panics_and_round_trips(text in uriish()) {
+            if let Ok(uri) = PairingUri::parse(&text) {
+                let shown = uri.to_string();
+                prop_assert_eq!(PairingUri::parse(&shown).unwrap(), uri);
+            }
+        }
+
+        /// Any broker text survives Display -> parse exactly, or is refused as a broker.
+        #[test]
+        fn any_broker_text_round_trips_or_is_refused(broker in any::<String>()) {
+            let uri = PairingUri { robot: id(ROBOT), secret: vector_secret(), broker: broker.clone() };
+            match PairingUri::parse(&uri.to_string()) {
+                Ok(back) => prop_assert_eq!(back, uri),
+                Err(PairingError::BadBroker { found, .. }) => prop_assert_eq!(found, broker),
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+
+        /// A pairing request with arbitrary fields never pairs without the
+        /// window's secret, and the window never counts more than its limit.
+        #[test]
+        fn handle_with_arbitrary_fields_never_pairs_without_the_secret(
+            from in proptest::option::of(prop_oneof![Just(PHONE.to_string()), any::<String>()]),
+            seq in proptest::option::of(any::<u64>()),
+            ts in proptest::option::of(prop_oneof![Just(T0), any::<u64>()]),
+            mac in proptest::option::of(prop_oneof!["[0-9a-f]{64}", any::<String>()]),
+            payload in prop::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let mut w = opened(T0);
+            let m = Msg { robot: id(ROBOT), phone: id(PHONE), topic: topics::pair_request(&id(ROBOT), &id(PHONE)), from, seq, ts_ms: ts, mac, payload };
+            for _ in 0..(DEFAULT_MAX_FAILURES + 1) {
+                let out = w.handle(T0, &m.req());
+                prop_assert!(matches!(out, PairOutcome::Rejected(_)), "{:?}", out);
+                if let WindowStatus::Open { failures, max_failures, .. } = w.status(T0) {
+                    prop_assert!(failures < max_failures);
+                }
+            }
+            prop_assert_eq!(w.status(T0), WindowStatus::Closed(CloseReason::TooManyAttempts));
+        }
+    }
+}

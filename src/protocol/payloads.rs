@@ -344,4 +344,89 @@ mod tests {
         );
         assert!(parse_command("goto", br#"{"destination":""}"#).is_err());
     }
+
+    mod fuzzlike {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 8] = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup", "dance"];
+
+        /// JSON objects with the protocol's keys and values of every type.
+        fn objectish() -> impl Strategy<Value = Vec<u8>> {
+            let key = prop::sample::select(vec![
+                "linear",
+                "angular",
+                "ms",
+                "destination",
+                "kbps",
+                "width",
+                "height",
+                "fps",
+                "x",
+            ]);
+            let value = prop_oneof![
+                any::<f64>().prop_map(|f| format!("{f:e}")),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<u64>().prop_map(|i| i.to_string()),
+                (-2.0f64..2.0).prop_map(|f| f.to_string()),
+                prop::sample::select(vec!["NaN", "1e400", "-0", "null", "true", "[]", "{}", "\"\"", "1.0e-320"])
+                    .prop_map(String::from),
+                "\"[a-z ]{0,70}\"",
+            ];
+            prop::collection::vec((key, value), 0..6).prop_map(|kv| {
+                let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(",")).into_bytes()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// Every command name, arbitrary bytes or near-valid JSON: never a
+            /// panic, and what is accepted is within the protocol's ranges.
+            #[test]
+            fn parse_command_never_panics(
+                name in prop::sample::select(NAMES.to_vec()),
+                payload in prop_oneof![objectish(), prop::collection::vec(any::<u8>(), 0..100)],
+            ) {
+                match parse_command(name, &payload) {
+                    Ok(Command::Drive { linear, angular, ms }) => {
+                        prop_assert!(linear.is_finite() && (-1.0..=1.0).contains(&linear));
+                        prop_assert!(angular.is_finite() && (-1.0..=1.0).contains(&angular));
+                        prop_assert!((1..=1000).contains(&ms));
+                    }
+                    Ok(Command::Video(VideoChange::Format { width, height, fps })) => {
+                        prop_assert!(width % 2 == 0 && height % 2 == 0);
+                        prop_assert!((MIN_WIDTH..=MAX_WIDTH).contains(&width) && (MIN_HEIGHT..=MAX_HEIGHT).contains(&height));
+                        prop_assert!((1..=MAX_FPS).contains(&fps));
+                    }
+                    Ok(Command::Goto { destination }) => prop_assert!((1..=64).contains(&destination.len())),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = e.response();
+                    }
+                }
+                if name == "dance" {
+                    prop_assert_eq!(parse_command(name, &payload), Err(CommandError::UnknownCommand));
+                }
+            }
+
+            /// Invites: arbitrary bytes and mutations of the protocol's example.
+            #[test]
+            fn invite_parse_never_panics(
+                payload in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..200),
+                    (0..INVITE.len(), any::<String>()).prop_map(|(i, ins)| {
+                        let i = (0..=i).rev().find(|&i| INVITE.is_char_boundary(i)).unwrap_or(0);
+                        format!("{}{}{}", &INVITE[..i], ins, &INVITE[i..]).into_bytes()
+                    }),
+                ],
+            ) {
+                if let Ok(inv) = Invite::parse(&payload) {
+                    let p = inv.negotiate(VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 });
+                    prop_assert!(p.width <= inv.video.max_width && p.height <= inv.video.max_height);
+                    prop_assert!(p.fps <= inv.video.max_fps && p.kbps <= inv.video.max_kbps);
+                }
+            }
+        }
+    }
 }

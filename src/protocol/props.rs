@@ -39,7 +39,8 @@ impl AuthFields {
                 "mac" => 3,
                 _ => continue,
             };
-            seen[i] += 1;
+            // Saturating: 256 copies of a key must not wrap back to "seen once".
+            seen[i] = seen[i].saturating_add(1);
             match i {
                 0 => out.from = Some(v.clone()),
                 1 => out.seq = parse_decimal(v),
@@ -155,5 +156,73 @@ mod tests {
         assert_eq!(parse_decimal("18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_decimal("0"), Some(0));
         assert!(AuthFields::from_properties(None).complete().is_err());
+    }
+
+    #[test]
+    fn hundreds_of_copies_of_a_field_are_still_repeats() {
+        // A u8 counter once wrapped: 256 copies read as none (a panic in debug
+        // builds), 257 as exactly one, so the last copy was used.
+        for n in [255, 256, 257, 513] {
+            let mut p = signed(&[1; 32], "t", "a", 1, 2, b"", None);
+            p.user_properties.extend(std::iter::repeat_n(("mac".to_string(), "0".repeat(64)), n));
+            let f = AuthFields::from_properties(Some(&p));
+            assert_eq!(f.mac, None, "{n} extra copies");
+            assert!(f.complete().is_err());
+        }
+    }
+
+    mod fuzzlike {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(vec!["from", "seq", "ts", "mac"]).prop_map(String::from),
+                1 => any::<String>(),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![any::<u64>().prop_map(|n| n.to_string()), "[0-9]{0,22}", any::<String>()]
+        }
+
+        /// Ordinary lists, and floods: one key repeated up to 600 times among
+        /// others (a counter of repeats must not wrap).
+        fn props() -> impl Strategy<Value = Vec<(String, String)>> {
+            prop_oneof![
+                prop::collection::vec((key(), value()), 0..12),
+                (prop::collection::vec((key(), value()), 0..6), key(), value(), 0usize..600).prop_map(
+                    |(mut v, k, val, n)| {
+                        v.extend(std::iter::repeat_n((k, val), n));
+                        v
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+            /// A field is usable only when its key appears exactly once, and
+            /// numbers only in canonical decimal; never a panic.
+            #[test]
+            fn fields_used_only_when_given_exactly_once(user_properties in props()) {
+                let p = PublishProperties { user_properties, ..Default::default() };
+                let f = AuthFields::from_properties(Some(&p));
+                let only = |key: &str| {
+                    let mut it = p.user_properties.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone());
+                    match (it.next(), it.next()) {
+                        (Some(v), None) => Some(v),
+                        _ => None,
+                    }
+                };
+                let canonical = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok().filter(|n| n.to_string() == s));
+                prop_assert_eq!(&f.from, &only("from"));
+                prop_assert_eq!(&f.mac, &only("mac"));
+                prop_assert_eq!(f.seq, canonical(only("seq")));
+                prop_assert_eq!(f.ts_ms, canonical(only("ts")));
+                prop_assert_eq!(f.complete().is_ok(), f.from.is_some() && f.seq.is_some() && f.ts_ms.is_some() && f.mac.is_some());
+                prop_assert_eq!(verify(&[0; 32], "t", b"", &f), None);
+            }
+        }
     }
 }

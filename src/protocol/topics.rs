@@ -170,4 +170,61 @@ mod tests {
         assert!(is_command_name(&"a".repeat(32)));
         assert!(is_command_name("go_to2"));
     }
+
+    mod fuzzlike {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Strings made of the grammar's own pieces, so many of them parse.
+        fn topicish() -> impl Strategy<Value = String> {
+            let level = prop_oneof![
+                Just(R.to_string()),
+                Just(P.to_string()),
+                "[0-9a-f]{30,34}",
+                "[a-zA-Z0-9_]{0,34}",
+                prop::sample::select(vec![
+                    "pair",
+                    "invite",
+                    "session",
+                    "user",
+                    "request",
+                    "response",
+                    "isConnected",
+                    "profile",
+                    "+",
+                    "#",
+                    ""
+                ])
+                .prop_map(String::from),
+                any::<String>(),
+            ];
+            prop::collection::vec(level, 0..6).prop_map(|v| v.join("/"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// Never panics; whatever parses rebuilds to the very same string.
+            #[test]
+            fn parse_never_panics_and_round_trips(t in prop_oneof![topicish(), any::<String>()]) {
+                if let Some(p) = parse(&t) {
+                    let rebuilt = match &p {
+                        Topic::PairRequest { robot, phone } => pair_request(robot, phone),
+                        Topic::PairResponse { robot, phone } => pair_response(robot, phone),
+                        Topic::Invite { robot, session } => invite(robot, session),
+                        Topic::InviteResponse { robot, session } => invite_response(robot, session),
+                        Topic::SessionRequest { session, command } => session_request(session, command),
+                        Topic::SessionResponse { session, command } => session_response(session, command),
+                        Topic::IsConnected { user } => is_connected(user),
+                        Topic::Profile { user } => profile(user),
+                    };
+                    prop_assert_eq!(rebuilt, t);
+                }
+            }
+
+            #[test]
+            fn parse_never_panics_on_bytes(b in prop::collection::vec(any::<u8>(), 0..200)) {
+                let _ = parse(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
 }

@@ -38,6 +38,10 @@ pub struct ReceiverParams {
     pub jitter_ms: u32,
     /// Record the received H.264 (no re-encode) to this Matroska file.
     pub record: Option<PathBuf>,
+    /// Stop recording this long after the first recorded packet (the file is
+    /// finished then, while the call and the decoding go on); None records
+    /// until [`Receiver::stop`].
+    pub record_for: Option<Duration>,
     /// Save the first decoded frame to this PNG file.
     pub snapshot: Option<PathBuf>,
 }
@@ -46,7 +50,7 @@ impl ReceiverParams {
     /// Listen on `bind` for `ssrc` with `key`, with a 100 ms jitter buffer, no
     /// recording and no snapshot.
     pub fn new(bind: SocketAddr, ssrc: u32, srtp_key: SrtpKey) -> Self {
-        ReceiverParams { bind, ssrc, srtp_key, jitter_ms: 100, record: None, snapshot: None }
+        ReceiverParams { bind, ssrc, srtp_key, jitter_ms: 100, record: None, record_for: None, snapshot: None }
     }
 }
 
@@ -153,6 +157,9 @@ impl Receiver {
             link_chain(&[parse, &tee, back_refs[0]])?;
             link_chain(&[&tee, &rec[0]])?;
             link_chain(&rec.iter().collect::<Vec<_>>())?;
+            if let Some(limit) = params.record_for {
+                limit_recording(&rec[0], limit);
+            }
         } else {
             link_chain(&[parse, back_refs[0]])?;
         }
@@ -256,6 +263,47 @@ fn srtp_caps(media: Media, ssrc: u32, key: &SrtpKey) -> gst::Caps {
         .field("srtcp-auth", "hmac-sha1-80")
         .field("roc", 0u32)
         .build()
+}
+
+/// End the recording branch that starts at `queue` `limit` after its first
+/// buffer: end-of-stream into the rest of the branch (the muxer finishes the
+/// file), and every later buffer and event dropped as it leaves the queue. The queue
+/// itself never sees the end of stream, so the tee keeps feeding the decoder
+/// (an ended branch would answer EOS and stop the tee).
+fn limit_recording(queue: &gst::Element, limit: Duration) {
+    let Some(src) = queue.static_pad("src") else { return };
+    // (first buffer seen at, ended); the probe runs on the queue's thread.
+    let state: Mutex<(Option<std::time::Instant>, bool)> = Mutex::new((None, false));
+    let mask = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST | gst::PadProbeType::EVENT_DOWNSTREAM;
+    src.add_probe(mask, move |pad, info| {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.1 {
+            // Events too: a sticky event pushed into the ended branch gets EOS back.
+            return consume(info);
+        }
+        if matches!(info.data, Some(gst::PadProbeData::Event(_))) {
+            return gst::PadProbeReturn::Ok;
+        }
+        let start = *st.0.get_or_insert_with(std::time::Instant::now);
+        if start.elapsed() < limit {
+            return gst::PadProbeReturn::Ok;
+        }
+        st.1 = true;
+        drop(st);
+        tracing::debug!(secs = limit.as_secs_f64(), "recording limit reached; finishing the file");
+        if let Some(next) = pad.peer() {
+            next.send_event(gst::event::Eos::new());
+        }
+        consume(info)
+    });
+}
+
+/// Drop a probe's buffer or event: taken and `Handled` rather than `Drop`,
+/// because with the Rust bindings and GStreamer 1.22 `Drop` has the core unref
+/// a pointer the bindings already cleared (a GStreamer-CRITICAL per buffer).
+fn consume(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+    drop(info.data.take());
+    gst::PadProbeReturn::Handled
 }
 
 /// `udpsrc` bound to `bind` with the SRTP caps, and an `srtpdec` that knows the key.

@@ -282,6 +282,44 @@ fn right_key_decodes_frames_and_wrong_key_decodes_none() {
 }
 
 #[test]
+fn a_limited_recording_is_finished_while_the_call_goes_on() {
+    let _g = pipeline_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("short.mkv");
+    let mut params = ReceiverParams::new(SocketAddr::new(LOCALHOST, 0), 4242, SrtpKey(KEY));
+    params.record = Some(record.clone());
+    params.record_for = Some(Duration::from_secs(1));
+    let rx = Receiver::start(params).expect("receiver starts");
+    let sender = VideoSender::start(sender_params(rx.port(), 4242, 320, 240, 30)).unwrap();
+    let cues = |b: &[u8]| b.windows(4).any(|w| w == [0x1c, 0x53, 0xbb, 0x6b]);
+    // Finalised (Cues written at end of stream, and the file flushed: its
+    // size stays put) without stopping the receiver.
+    let size = || std::fs::metadata(&record).map(|m| m.len()).unwrap_or(0);
+    let end = Instant::now() + FRAMES_TIMEOUT;
+    let mut last = (0, Instant::now());
+    while Instant::now() < end {
+        let now = size();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(500) && std::fs::read(&record).is_ok_and(|b| cues(&b)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read(&record).is_ok_and(|b| cues(&b)), "recording not finished within {FRAMES_TIMEOUT:?}");
+    let finished = size();
+    assert!(finished > 5_000, "recording has {finished} bytes");
+    // Decoding goes on, and the file no longer grows.
+    let more = rx.frames() + 30;
+    assert!(rx.wait_frames(more, FRAMES_TIMEOUT), "decoding stopped with the recording: {:?}", rx.failed().borrow());
+    assert_eq!(rx.failed().borrow().clone(), None);
+    assert_eq!(size(), finished, "the file grew after its end");
+    sender.stop().unwrap();
+    rx.stop().unwrap();
+    assert_eq!(size(), finished, "stop rewrote the finished file");
+}
+
+#[test]
 fn bitrate_changes_without_interrupting_frames() {
     let _g = pipeline_lock();
     let rx = receiver(777, SrtpKey(KEY));

@@ -180,13 +180,37 @@ impl Robot {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Start with extra environment variables (e.g. `NOTIFY_SOCKET`, set
+    /// after the harness removes the inherited one).
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(robotd_bin());
+        cmd.arg("-c").arg(&self.config);
+        self.launch(cmd, env);
+    }
+
+    /// Start as systemd does for a unit with `WatchdogSec=`: `NOTIFY_SOCKET`,
+    /// `WATCHDOG_USEC`, and `WATCHDOG_PID` = robotd's own PID (a shell sets
+    /// it to `$$` and then `exec`s robotd, which keeps the PID).
+    pub fn spawn_under_watchdog(&mut self, notify_socket: &Path, watchdog_usec: u64, env: &[(&str, &str)]) {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg("export WATCHDOG_PID=$$; exec \"$0\" -c \"$1\"").arg(robotd_bin()).arg(&self.config);
+        let usec = watchdog_usec.to_string();
+        let sock = notify_socket.to_str().expect("UTF-8 path");
+        let mut all = vec![("NOTIFY_SOCKET", sock), ("WATCHDOG_USEC", usec.as_str())];
+        all.extend_from_slice(env);
+        self.launch(cmd, &all);
+    }
+
+    fn launch(&mut self, mut cmd: Command, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.path().join("robotd.log")).unwrap();
-        let child = Command::new(robotd_bin())
-            .arg("-c")
-            .arg(&self.config)
+        let child = cmd
             .env("RUST_LOG", "robotd=debug,info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
