@@ -953,6 +953,9 @@ fn main() {
     ));
     let text = out.join("\n") + "\n";
     let path = std::env::var("ROBOTD_BENCH_OUT").unwrap_or_else(|_| "target/bench-system.md".into());
+    if let Some(dir) = std::path::Path::new(&path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
     if std::fs::write(&path, &text).is_ok() {
         println!("\nwritten to {path}");
     }
