@@ -101,7 +101,10 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
 
     let (link_stop, link_stop_rx) = shutdown::channel();
     let (events_tx, mut events) = mpsc::channel(256);
-    let link_task = tokio::spawn(link.run(events_tx, link_stop_rx));
+    // The current call's authenticated requests have a queue of their own,
+    // served first, so a flood of forged messages cannot crowd them out.
+    let (priority_tx, mut priority) = mpsc::channel(256);
+    let link_task = tokio::spawn(link.run(events_tx, priority_tx, link_stop_rx));
 
     let (admin_tx, mut admin) = mpsc::channel(16);
     let listener = control::bind(&cfg.control.socket)?;
@@ -116,9 +119,14 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
 
     loop {
         let wakeup = service.next_wakeup();
+        // The call's own requests first, whatever else is queued.
+        while let Ok(ev) = priority.try_recv() {
+            service.on_link(ev);
+        }
         tokio::select! {
             _ = shutdown::stopped(&mut shutdown) => break,
             _ = sleep_until_opt(wakeup) => service.on_timer(std::time::Instant::now()),
+            Some(ev) = priority.recv() => service.on_link(ev),
             Some(ev) = media_events.recv() => service.on_media(ev),
             ev = events.recv() => match ev {
                 Some(ev) => service.on_link(ev),

@@ -59,6 +59,17 @@ pub enum LinkEvent {
     Message(Box<Inbound>),
 }
 
+/// What the link needs to recognise the current call's genuine requests:
+/// they skip the general queue (which a flood of forged messages can fill)
+/// and go to a priority queue of their own. The service still checks every
+/// request itself (replay window, payload); this only decides the queue.
+#[derive(Clone)]
+pub struct SessionGate {
+    pub session: ClientId,
+    pub caller: ClientId,
+    pub key: crate::auth::keys::Key32,
+}
+
 /// Counters for `robotd status`.
 #[derive(Debug, Default)]
 pub struct LinkStats {
@@ -79,6 +90,7 @@ pub struct LinkHandle {
     /// so they can be re-sent after every CONNACK.
     extra: Arc<Mutex<BTreeSet<String>>>,
     stats: Arc<LinkStats>,
+    gate: Arc<Mutex<Option<SessionGate>>>,
 }
 
 impl LinkHandle {
@@ -110,6 +122,12 @@ impl LinkHandle {
         if let Err(e) = self.client.try_unsubscribe(filter.to_owned()) {
             warn!(%filter, error = %e, "unsubscribe request dropped");
         }
+    }
+
+    /// Set (at accept) or clear (at call end) the call whose authenticated
+    /// requests take the priority queue.
+    pub fn set_session_gate(&self, gate: Option<SessionGate>) {
+        *self.gate.lock().unwrap() = gate;
     }
 
     /// The robot's client ID.
@@ -228,7 +246,13 @@ impl Link {
     /// Create the client and its event loop; nothing is sent until [`Link::run`].
     pub fn new(cfg: &Config, robot: ClientId, profile: Vec<u8>) -> Result<Link, LinkError> {
         let (client, eventloop) = AsyncClient::new(mqtt_options(cfg, &robot)?, REQUEST_CAPACITY);
-        let handle = LinkHandle { client, robot, extra: Default::default(), stats: Default::default() };
+        let handle = LinkHandle {
+            client,
+            robot,
+            extra: Default::default(),
+            stats: Default::default(),
+            gate: Default::default(),
+        };
         Ok(Link { eventloop, handle, profile, broker_url: cfg.mqtt.url.clone() })
     }
 
@@ -253,7 +277,12 @@ impl Link {
 
     /// Route one incoming publish: topic grammar and size are checked here so
     /// junk costs the application nothing.
-    fn route(&self, p: rumqttc::v5::mqttbytes::v5::Publish, events: &mpsc::Sender<LinkEvent>) {
+    fn route(
+        &self,
+        p: rumqttc::v5::mqttbytes::v5::Publish,
+        events: &mpsc::Sender<LinkEvent>,
+        priority: &mpsc::Sender<LinkEvent>,
+    ) {
         let stats = &self.handle.stats;
         let Ok(topic_str) = std::str::from_utf8(&p.topic).map(str::to_owned) else {
             stats.dropped_topic.fetch_add(1, Ordering::Relaxed);
@@ -275,8 +304,17 @@ impl Link {
             debug!(topic = %topic_str, len = p.payload.len(), "dropped: payload over 16 KiB");
             return;
         }
+        let genuine = match (&topic, self.handle.gate.lock().unwrap().as_ref()) {
+            (topics::Topic::SessionRequest { session, .. }, Some(g)) if *session == g.session => {
+                let f = crate::protocol::props::AuthFields::from_properties(p.properties.as_ref());
+                f.from.as_deref() == Some(g.caller.as_str())
+                    && crate::protocol::props::verify(&g.key, &topic_str, &p.payload, &f).is_some()
+            }
+            _ => false,
+        };
         let msg = Inbound { topic, topic_str, payload: p.payload, props: p.properties };
-        if events.try_send(LinkEvent::Message(Box::new(msg))).is_err() {
+        let queue = if genuine { priority } else { events };
+        if queue.try_send(LinkEvent::Message(Box::new(msg))).is_err() {
             stats.dropped_backlog.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -285,7 +323,14 @@ impl Link {
     /// exponential backoff (100 ms doubling to 2 s, with jitter, forever),
     /// route messages. On shutdown publish presence `false` (retained) and
     /// DISCONNECT with reason 0 so the broker discards the will.
-    pub async fn run(mut self, events: mpsc::Sender<LinkEvent>, mut shutdown: watch::Receiver<bool>) {
+    /// `priority` receives the current call's authenticated requests (see
+    /// [`SessionGate`]); `events` everything else.
+    pub async fn run(
+        mut self,
+        events: mpsc::Sender<LinkEvent>,
+        priority: mpsc::Sender<LinkEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let backoff = || {
             backon::ExponentialBuilder::new()
                 .with_min_delay(Duration::from_millis(100))
@@ -375,7 +420,7 @@ impl Link {
                     // Connected/Disconnected must not be lost: they gate the motors.
                     let _ = events.send(LinkEvent::Connected).await;
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => self.route(p, &events),
+                Ok(Event::Incoming(Packet::Publish(p))) => self.route(p, &events, &priority),
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
                 }

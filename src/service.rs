@@ -23,7 +23,7 @@ use crate::control::{Request, Response};
 use crate::hal::sim::SimRunner;
 use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, ObstacleSensor, Sensor};
 use crate::identity::ClientId;
-use crate::link::{Inbound, LinkEvent, LinkHandle};
+use crate::link::{Inbound, LinkEvent, LinkHandle, SessionGate};
 use crate::media::{Media, MediaEvent, MediaRequest};
 use crate::motion::{DriveCommand, MotorController, StopReason};
 use crate::nav::{CancelledBy, MotorCmd, Navigator, Sensors};
@@ -372,6 +372,11 @@ impl Service {
             video,
             audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio)),
         };
+        self.link.set_session_gate(Some(SessionGate {
+            session: session.clone(),
+            caller: caller.clone(),
+            key: call.session_key,
+        }));
         self.link.subscribe(topics::session_request_filter(&session));
         self.link.subscribe(topics::is_connected(&caller));
         self.call = Some(call);
@@ -633,6 +638,7 @@ impl Service {
         self.stop_motors("call ended");
         self.media.stop();
         let call = self.call.as_ref().expect("checked");
+        self.link.set_session_gate(None);
         self.link.unsubscribe(&topics::session_request_filter(&call.session));
         self.link.unsubscribe(&topics::is_connected(&call.caller));
         info!(session = %call.session, reason = reason.as_str(), "call ended");
