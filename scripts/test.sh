@@ -14,7 +14,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --all-targets --locked -- --test-threads 2
+# Benchmarks are built (and linted above) but not run here: their goals live
+# in docs/benchmarks.md, and `cargo bench` runs them.
+cargo test --lib --bins --tests --locked -- --test-threads 2
+cargo build --benches --locked
 # A short smoke run of every cargo-fuzz target from its committed corpus
 # (without ASan here to keep CI fast; docs/fuzzing.md has the long runs).
 echo "== fuzz smoke: every cargo-fuzz target (installs cargo-fuzz if missing)"
