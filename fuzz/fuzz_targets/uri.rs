@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
             // Debug never shows the secret.
             let secret = shown.split("&secret=").nth(1).and_then(|r| r.split('&').next()).unwrap();
             assert_eq!(secret.len(), 26);
-            assert!(!format!("{uri:?}").contains(secret));
+            // (A broker string may itself contain the same 26 characters.)
+            if !uri.broker.contains(secret) {
+                assert!(!format!("{uri:?}").contains(secret));
+            }
         }
         Err(e) => {
             let _ = e.to_string();
