@@ -39,8 +39,12 @@ for t in $TARGETS; do
   echo "== fuzz $t for ${SECS}s"
   mkdir -p "$work/$t"
   # -timeout: one input taking 10 s is a hang; -rss_limit_mb: memory bound per process.
+  # -seed: a fixed seed makes the smoke run repeatable (a gate, not a search:
+  # on a slower machine it runs a prefix of the same inputs); long runs in
+  # docs/fuzzing.md use random seeds. FUZZ_SEED=0 asks libFuzzer for a random one.
   if ! cargo fuzz run --sanitizer "$SAN" "$t" "$work/$t" "corpus/$t" -- \
-      -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$work/$t.log" 2>&1; then
+      -seed="${FUZZ_SEED:-1}" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      >"$work/$t.log" 2>&1; then
     tail -n 60 "$work/$t.log"
     echo "FAIL: fuzz target $t crashed; reproduce with:" >&2
     ls "artifacts/$t/" 2>/dev/null | sed "s|^|  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $SAN $t fuzz/artifacts/$t/|" >&2 || true
