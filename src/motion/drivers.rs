@@ -10,7 +10,7 @@
 //! map the magnitude onto the duty range that actually moves the motor, and
 //! zero always means duty zero.
 
-use embedded_hal::digital::OutputPin;
+use embedded_hal::digital::{OutputPin, PinState};
 use embedded_hal::pwm::SetDutyCycle;
 
 use super::{MotionError, Motor};
@@ -135,11 +135,7 @@ impl<O: OutputPin, P: SetDutyCycle> L298n<O, P> {
             self.in1.set_high().map_err(pin_err("in1"))?;
         } else {
             self.in1.set_low().map_err(pin_err("in1"))?;
-            if c {
-                self.in2.set_high().map_err(pin_err("in2"))?;
-            } else {
-                self.in2.set_low().map_err(pin_err("in2"))?;
-            }
+            self.in2.set_state(PinState::from(c)).map_err(pin_err("in2"))?;
         }
         self.bridge = b;
         Ok(())
@@ -228,16 +224,8 @@ impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Tb6612fng<O, P, S> {
             Bridge::Brake => (true, true),
             Bridge::Coast => (false, false),
         };
-        if a {
-            self.in1.set_high().map_err(pin_err("in1"))?;
-        } else {
-            self.in1.set_low().map_err(pin_err("in1"))?;
-        }
-        if c {
-            self.in2.set_high().map_err(pin_err("in2"))?;
-        } else {
-            self.in2.set_low().map_err(pin_err("in2"))?;
-        }
+        self.in1.set_state(PinState::from(a)).map_err(pin_err("in1"))?;
+        self.in2.set_state(PinState::from(c)).map_err(pin_err("in2"))?;
         self.bridge = b;
         Ok(())
     }
