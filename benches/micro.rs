@@ -11,9 +11,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use robotd::auth::mac::{self, MacInput};
-use robotd::protocol::payloads::{Invite, parse_command};
-use robotd::protocol::props::{self, AuthFields};
+use robotd::wire::mac::{self, MacInput};
+use robotd::wire::payloads::{Invite, parse_command};
+use robotd::wire::props::{self, AuthFields};
 use sha2::{Digest, Sha256};
 
 const TOPIC: &str = "session/0123456789abcdef0123456789abcdef/drive/request";

@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 
 use calls_kit::*;
 use common::*;
-use robotd::identity::ClientId;
 use robotd::phone::{ActiveCall, Phone};
-use robotd::protocol::props::now_ms;
-use robotd::protocol::topics;
+use robotd::wire::identity::ClientId;
+use robotd::wire::props::now_ms;
+use robotd::wire::topics;
 use serde_json::{Value, json};
 
 /// Pin number the floor subscriber reports as.

@@ -14,8 +14,13 @@ PACKAGES=(
   mosquitto mosquitto-clients
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa
+  # WebRTC: libnice for webrtcbin's ICE
+  gstreamer1.0-nice
   # checks: systemd-analyze for the unit; python3 recomputes the protocol vectors
   systemd python3
+  # the small internet of the WebRTC tests: network namespaces, nftables NAT,
+  # coturn as STUN/TURN; libfaketime for the clock-step tests
+  iproute2 nftables coturn faketime
 )
 PACKAGES+=("$@")
 

@@ -334,7 +334,7 @@ impl Config {
         if v.device.is_empty() {
             return bad("video.device", "must be \"auto\", \"test\" or a device path such as /dev/video0".into());
         }
-        use crate::protocol::payloads as pl;
+        use crate::wire::payloads as pl;
         if !(pl::MIN_WIDTH..=pl::MAX_WIDTH).contains(&v.width) || v.width % 2 == 1 {
             return bad(
                 "video.width",

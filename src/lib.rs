@@ -6,47 +6,34 @@
 //! integration tests exercise exactly the code that ships.
 //!
 //! # Layout
-//! Protocol and policy know nothing about pins or sockets; hardware knows
-//! nothing about MQTT.
+//! Four layers, each in its own folder; a layer only uses the ones above it.
 //!
-//! - [`config`]: the TOML configuration, loaded and validated; errors name the key.
-//! - [`identity`]: client IDs (random robot ID, md5 of E.164 phone numbers, keyed variant).
-//! - [`fsutil`]: durable state files (temp file, fsync, rename, fsync dir).
-//! - [`protocol`]: topic builders/parsers and payload types; nothing else formats topics.
-//! - [`auth`]: message MACs, HKDF key derivation, freshness and replay windows, the owners store.
-//! - [`pairing`]: pairing windows (pure state machine), the pairing URI and its QR code.
-//! - [`call`]: the call state machine (no I/O): session keys, replay window, idle timeout.
-//! - [`link`]: the one task that owns the MQTT event loop; presence, reconnects, routing.
-//! - [`control`]: the local admin socket used by `robotd pair`, `robotd owners`, `robotd status`.
-//! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl` and the tests.
-//! - [`hal`]: pin traits and their backends (rppal on a Pi, a simulated robot elsewhere).
-//! - [`media`]: starts and stops the call's GStreamer senders off the main loop.
-//! - [`motion`]: motor drivers, differential drive math and the deadman.
-//! - [`nav`]: the map of named places, route planning, the goto executor (odometry,
-//!   obstacles, status stream) and the current place.
-//! - [`video`]: camera discovery (v4l), the GStreamer sending pipeline (H.264/Opus over
-//!   SRTP) with its supervision, and the receiving pipeline `robotctl` uses.
-//! - [`shutdown`]: the shutdown signal every loop selects on.
-//! - [`service`]: the protocol brain: authentication gate, pairing, owners, admin requests.
-//! - [`app`]: wires the tasks together and owns the ordered shutdown.
-//! - [`logging`]: journal under systemd, stderr otherwise.
+//! - [`wire`]: everything that is a byte on the bus: client IDs, topics, MQTT
+//!   user properties and the one signer, payload types, MACs and HKDF keys,
+//!   freshness and replay windows, the pairing URI and its QR code.
+//! - [`robot`]: the pure core that decides everything the robot does: link
+//!   events, admin requests, media events and timer ticks go in with `now`
+//!   and an RNG, effects (publish, subscribe, media, state files, logs) come
+//!   out. No tokio, no files, no sockets, no clock of its own.
+//! - [`daemon`]: the shell: the main loop that executes the core's effects,
+//!   the MQTT link task, the admin socket, media supervision, durable state
+//!   files, shutdown, systemd notify and logging.
+//! - [`phone`]: the phone side (pairing, calls, commands) used by `robotctl`,
+//!   the tests and the benchmarks.
+//!
+//! Beside them, behind traits the core uses: [`hal`] (pins, the simulated
+//! robot, rppal), [`motion`] (motor drivers, differential drive, deadman),
+//! [`nav`] (map, routes, the goto executor) and [`video`] (camera discovery
+//! and the GStreamer pipelines). [`config`] is the TOML configuration, whose
+//! errors name the key; [`fsutil`] writes state files durably.
 
-pub mod app;
-pub mod auth;
-pub mod call;
 pub mod config;
-pub mod control;
+pub mod daemon;
 pub mod fsutil;
 pub mod hal;
-pub mod identity;
-pub mod link;
-pub mod logging;
-pub mod media;
 pub mod motion;
 pub mod nav;
-pub mod pairing;
 pub mod phone;
-pub mod protocol;
-pub mod service;
-pub mod shutdown;
+pub mod robot;
 pub mod video;
+pub mod wire;

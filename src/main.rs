@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use robotd::config::{self, Config};
-use robotd::control::Request;
+use robotd::daemon::control::Request;
 
 /// robotd: the robot side of "call your robot from your phone".
 #[derive(Parser)]
@@ -64,19 +64,19 @@ enum OwnersAction {
 }
 
 fn main() -> std::process::ExitCode {
-    robotd::app::exit_code(real_main())
+    robotd::daemon::exit_code(real_main())
 }
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    robotd::logging::init(!matches!(command, Command::Run));
+    robotd::daemon::logging::init(!matches!(command, Command::Run));
     let cfg = Config::load(&cli.config)?;
     match command {
         Command::Run => run(cfg),
         Command::Id => {
-            robotd::app::ensure_state_dir(&cfg.robot.state_dir)?;
-            let id = robotd::identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
+            robotd::daemon::ensure_state_dir(&cfg.robot.state_dir)?;
+            let id = robotd::wire::identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
             println!("{id}");
             Ok(())
         }
@@ -94,7 +94,7 @@ fn real_main() -> anyhow::Result<()> {
                 println!("  robotctl pair '{}' --phone +<your number>", data["uri"].as_str().unwrap_or_default());
                 println!("QR code image: {}", data["png"].as_str().unwrap_or_default());
                 if let Some(ms) = data["expires_at_ms"].as_u64() {
-                    let left = ms.saturating_sub(robotd::protocol::props::now_ms()) / 1000;
+                    let left = ms.saturating_sub(robotd::wire::props::now_ms()) / 1000;
                     println!("The window closes after the first phone pairs, 20 failed attempts, or in {left} s.");
                 }
             }
@@ -152,7 +152,7 @@ fn real_main() -> anyhow::Result<()> {
 
 /// Send a request to the running daemon; an error answer becomes an error.
 fn admin(cfg: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
-    let resp = robotd::control::call(&cfg.control.socket, &req)?;
+    let resp = robotd::daemon::control::call(&cfg.control.socket, &req)?;
     if !resp.ok {
         anyhow::bail!("robotd: {}", resp.error.unwrap_or_default());
     }
@@ -189,7 +189,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
-        robotd::app::run(cfg, rx).await
+        robotd::daemon::run(cfg, rx).await
     })
 }
 

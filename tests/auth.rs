@@ -15,9 +15,9 @@ mod common;
 
 use auth_support::*;
 use common::*;
-use robotd::identity::ClientId;
 use robotd::phone::{PairedRobot, Phone};
-use robotd::protocol::props::{self, AuthFields, now_ms};
+use robotd::wire::identity::ClientId;
+use robotd::wire::props::{self, AuthFields, now_ms};
 use serde_json::Value;
 
 /// A robot with one owner, and a probe on every invite answer of that robot.

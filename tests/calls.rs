@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use calls_kit::*;
 use common::*;
-use robotd::identity::ClientId;
 use robotd::phone::{InviteOutcome, Offer, PairedRobot, Phone};
-use robotd::protocol::props::{self, now_ms};
-use robotd::protocol::topics;
+use robotd::wire::identity::ClientId;
+use robotd::wire::props::{self, now_ms};
+use robotd::wire::topics;
 use serde_json::json;
 
 fn is_hex32(v: &serde_json::Value) -> bool {

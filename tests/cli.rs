@@ -35,7 +35,7 @@ fn robotd_id_is_stable_and_check_config_prints_effective_values() {
     assert!(ok, "{err}");
     let (_, b, _) = run(robotd_bin(), &["-c", c, "id"]);
     assert_eq!(a, b);
-    assert!(robotd::identity::is_client_id(a.trim()));
+    assert!(robotd::wire::identity::is_client_id(a.trim()));
     let (ok, out, _) = run(robotd_bin(), &["-c", c, "check-config"]);
     assert!(ok);
     assert!(out.contains("nickname = \"Bob\"") && out.contains("keep_alive_s = 5"), "{out}");

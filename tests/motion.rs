@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use calls_kit::*;
 use common::*;
-use robotd::protocol::props::{self, now_ms};
-use robotd::protocol::topics;
+use robotd::wire::props::{self, now_ms};
+use robotd::wire::topics;
 use serde_json::json;
 
 /// Sleep until 1.5 s after `drove_at` (past a 1000 ms drive's deadline).

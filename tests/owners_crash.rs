@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use robotd::auth::owners::{OWNERS_FILE, Owner, OwnerStore, owners_path};
-use robotd::identity::ClientId;
+use robotd::robot::owners::{OWNERS_FILE, Owner, OwnerStore, owners_path};
+use robotd::wire::identity::ClientId;
 
 /// Set in the child: the state directory it rewrites.
 const CHILD_ENV: &str = "ROBOTD_OWNERS_CRASH_CHILD_DIR";

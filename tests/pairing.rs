@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 use auth_support::*;
 use common::*;
 use data_encoding::{BASE32_NOPAD, BASE64};
-use robotd::identity::ClientId;
 use robotd::phone::{InviteOutcome, Keys, Phone};
-use robotd::protocol::props::AuthFields;
+use robotd::wire::identity::ClientId;
+use robotd::wire::props::AuthFields;
 use serde_json::{Value, json};
 
 /// The key owners.json holds for `phone` (hex), if it is an owner.
@@ -250,7 +250,7 @@ async fn nothing_secret_on_the_wire() {
     // The scanner itself can fail: a message carrying K in a property, or S
     // in base32 in a payload, is caught.
     let mut planted = wire.seen[0].clone();
-    planted.props = Some(robotd::protocol::props::unsigned(&hex::encode(paired.key), 1, 1));
+    planted.props = Some(robotd::wire::props::unsigned(&hex::encode(paired.key), 1, 1));
     assert!(leak(&planted, &secrets).is_some());
     let mut planted = wire.seen[0].clone();
     planted.props = None;

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use calls_kit::*;
 use common::*;
-use robotd::identity::ClientId;
 use robotd::phone::{InviteOutcome, Offer};
-use robotd::protocol::props::{self, now_ms};
-use robotd::protocol::topics;
+use robotd::wire::identity::ClientId;
+use robotd::wire::props::{self, now_ms};
+use robotd::wire::topics;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{Value, json};
 

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use robotd::motion::{DriveCommand, MAX_DRIVE_MS};
-use robotd::protocol::payloads::{self as pl, Command, CommandError, VideoChange};
+use robotd::wire::payloads::{self as pl, Command, CommandError, VideoChange};
 
 /// Index 7 is a name that passes topic hygiene but is not a command.
 const NAMES: [&str; 8] = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup", "dance"];

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use robotd::protocol::payloads::{self as pl, Invite, InviteError, VideoParams};
+use robotd::wire::payloads::{self as pl, Invite, InviteError, VideoParams};
 
 fuzz_target!(|data: &[u8]| {
     let inv = match Invite::parse(data) {

@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use robotd::auth::freshness::MAX_SKEW_MS;
-use robotd::auth::keys::owner_key;
-use robotd::auth::mac::{self, MacInput};
-use robotd::identity::ClientId;
-use robotd::pairing::{
+use robotd::wire::freshness::MAX_SKEW_MS;
+use robotd::wire::keys::owner_key;
+use robotd::wire::mac::{self, MacInput};
+use robotd::wire::identity::ClientId;
+use robotd::wire::pairing::{
     DEFAULT_MAX_FAILURES, MAX_NICKNAME_CHARS, MAX_WINDOW, PairOutcome, PairRequest, PairingWindows, Reject,
     WindowStatus,
 };
-use robotd::protocol::topics;
+use robotd::wire::topics;
 
 #[derive(Arbitrary, Debug)]
 enum TopicChoice {

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use robotd::protocol::props::{self, AuthFields};
+use robotd::wire::props::{self, AuthFields};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 #[derive(Arbitrary, Debug)]

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use robotd::protocol::topics::{self, Topic};
+use robotd::wire::topics::{self, Topic};
 
 fuzz_target!(|data: &[u8]| {
     // The link drops non-UTF-8 topics before parsing; feed what it would pass.

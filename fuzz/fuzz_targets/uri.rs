@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use robotd::identity::ClientId;
-use robotd::pairing::{PairingError, PairingUri};
+use robotd::wire::identity::ClientId;
+use robotd::wire::pairing::{PairingError, PairingUri};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

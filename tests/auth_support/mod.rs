@@ -3,10 +3,10 @@
 //! commands as a person runs them, and phones built on `robotd::phone`.
 #![allow(dead_code)]
 
-use robotd::identity::ClientId;
-use robotd::pairing::PairingUri;
 use robotd::phone::{Offer, PairedRobot, Phone, PhoneError};
-use robotd::protocol::{props, topics};
+use robotd::wire::identity::ClientId;
+use robotd::wire::pairing::PairingUri;
+use robotd::wire::{props, topics};
 
 use crate::common::*;
 

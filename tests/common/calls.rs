@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use robotd::identity::ClientId;
-use robotd::pairing::PairingUri;
 use robotd::phone::{ActiveCall, InviteOutcome, Offer, PairedRobot, Phone};
 use robotd::video::{Receiver, ReceiverParams};
+use robotd::wire::identity::ClientId;
+use robotd::wire::pairing::PairingUri;
 use serde_json::{Value, json};
 
 use crate::common::*;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use robotd::config::Config;
-use robotd::control::{self, Request};
-use robotd::identity;
-use robotd::pairing::PairingUri;
+use robotd::daemon::control::{self, Request};
 use robotd::phone::{ActiveCall, Keys, Offer, Phone};
-use robotd::protocol::topics;
+use robotd::wire::identity;
+use robotd::wire::pairing::PairingUri;
+use robotd::wire::topics;
 use serde_json::{Value, json};
 
 use super::{Media, next_response, pair_and_save, parse_step, start_call};

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use robotd::identity::{self, ClientId};
-use robotd::pairing::PairingUri;
 use robotd::phone::{ActiveCall, InviteOutcome, Keys, Offer, PairedRobot, Phone};
 use robotd::video::{Receiver, ReceiverParams};
+use robotd::wire::identity::{self, ClientId};
+use robotd::wire::pairing::PairingUri;
 use serde_json::{Value, json};
 
 /// robotctl: talk to a robotd robot as a phone would.
@@ -95,7 +95,7 @@ struct CallArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    robotd::app::exit_code(real_main())
+    robotd::daemon::exit_code(real_main())
 }
 
 fn real_main() -> anyhow::Result<()> {

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Transport};
-use crate::identity::ClientId;
-use crate::protocol::{self, topics};
+use crate::wire::identity::ClientId;
+use crate::wire::{self, topics};
 
 /// Failure to set up the link (before any network I/O).
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub enum LinkEvent {
 pub struct SessionGate {
     pub session: ClientId,
     pub caller: ClientId,
-    pub key: crate::auth::keys::Key32,
+    pub key: crate::wire::keys::Key32,
 }
 
 /// Counters for `robotd status`.
@@ -174,7 +174,7 @@ pub fn mqtt_options(cfg: &Config, robot: &ClientId) -> Result<MqttOptions, LinkE
     o.set_keep_alive(cfg.keep_alive())
         .set_clean_start(true)
         .set_session_expiry_interval(Some(0))
-        .set_max_packet_size(Some(protocol::MAX_PACKET))
+        .set_max_packet_size(Some(wire::MAX_PACKET))
         .set_request_channel_capacity(REQUEST_CAPACITY)
         .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_connection_timeout(5)
@@ -299,16 +299,16 @@ impl Link {
             debug!(topic = %topic_str, "dropped: retained request");
             return;
         }
-        if p.payload.len() > protocol::MAX_PAYLOAD {
+        if p.payload.len() > wire::MAX_PAYLOAD {
             stats.dropped_size.fetch_add(1, Ordering::Relaxed);
             debug!(topic = %topic_str, len = p.payload.len(), "dropped: payload over 16 KiB");
             return;
         }
         let genuine = match (&topic, self.handle.gate.lock().unwrap().as_ref()) {
             (topics::Topic::SessionRequest { session, .. }, Some(g)) if *session == g.session => {
-                let f = crate::protocol::props::AuthFields::from_properties(p.properties.as_ref());
+                let f = crate::wire::props::AuthFields::from_properties(p.properties.as_ref());
                 f.from.as_deref() == Some(g.caller.as_str())
-                    && crate::protocol::props::verify(&g.key, &topic_str, &p.payload, &f).is_some()
+                    && crate::wire::props::verify(&g.key, &topic_str, &p.payload, &f).is_some()
             }
             _ => false,
         };
@@ -360,7 +360,7 @@ impl Link {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = crate::shutdown::stopped(&mut shutdown), if stop_deadline.is_none() => {
+                        _ = crate::daemon::shutdown::stopped(&mut shutdown), if stop_deadline.is_none() => {
                             stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
                             if !was_connected {
                                 return;
@@ -440,7 +440,7 @@ impl Link {
                     // Not connected: a shutdown now has nothing to say goodbye on.
                     let delay = delays.next().unwrap_or(Duration::from_secs(2));
                     tokio::select! {
-                        _ = crate::shutdown::stopped(&mut shutdown) => return,
+                        _ = crate::daemon::shutdown::stopped(&mut shutdown) => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }

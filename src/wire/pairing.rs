@@ -24,12 +24,12 @@ use data_encoding::BASE32_NOPAD;
 use qrcode::{Color, EcLevel, QrCode};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::freshness::{SeqTracker, ts_is_fresh};
-use crate::auth::keys::{Key32, PairingSecret, owner_key};
-use crate::auth::mac::{self, MacInput};
 use crate::fsutil::{self, StateFileError};
-use crate::identity::{ClientId, is_client_id};
-use crate::protocol::topics;
+use crate::wire::freshness::{SeqTracker, ts_is_fresh};
+use crate::wire::identity::{ClientId, is_client_id};
+use crate::wire::keys::{Key32, PairingSecret, owner_key};
+use crate::wire::mac::{self, MacInput};
+use crate::wire::topics;
 
 /// The longest a pairing window may stay open (protocol limit). Longer requests
 /// are capped: the secret is on a screen, and every minute it stays valid is a

@@ -3,7 +3,7 @@
 //! IDs must match `^[0-9a-f]{32}$` and command names `^[a-z][a-z0-9_]{0,31}$`;
 //! anything else is rejected here, before a payload is looked at.
 
-use crate::identity::{ClientId, is_client_id};
+use crate::wire::identity::{ClientId, is_client_id};
 
 /// `user/{id}/isConnected` (retained presence).
 pub fn is_connected(id: &ClientId) -> String {

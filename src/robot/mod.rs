@@ -1,11 +1,14 @@
 //! The robot's brain: all protocol state, driven by link events, admin
-//! requests and a housekeeping tick. No task lives here; [`crate::app`]
+//! requests and a housekeeping tick. No task lives here; [`crate::daemon`]
 //! feeds events in and this module answers through the link handle.
 //!
 //! Every inbound message passes the same gate before a handler sees it:
 //! topic grammar and size (in the link), then sender, MAC and freshness here.
 //! Anything that fails is counted and logged at a rate-limited warning level
 //! and never reaches the motors or the camera.
+
+pub mod call;
+pub mod owners;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,23 +17,23 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use crate::auth::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
-use crate::auth::keys::Key32;
-use crate::auth::owners::{Owner, OwnerStore};
-use crate::call::{Call, EndReason, MAX_LATENESS_MS, Negotiated};
 use crate::config::Config;
-use crate::control::{Request, Response};
+use crate::daemon::control::{Request, Response};
+use crate::daemon::link::{Inbound, LinkEvent, LinkHandle, SessionGate};
+use crate::daemon::media::{Media, MediaEvent, MediaRequest};
 use crate::hal::sim::SimRunner;
 use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Input, ObstacleSensor, Sensor};
-use crate::identity::ClientId;
-use crate::link::{Inbound, LinkEvent, LinkHandle, SessionGate};
-use crate::media::{Media, MediaEvent, MediaRequest};
 use crate::motion::{DriveCommand, MotorController, StopReason};
 use crate::nav::{CancelledBy, MotorCmd, Navigator, Sensors};
-use crate::pairing::{self, PairOutcome, PairRequest, PairingUri, PairingWindows, Reject};
-use crate::protocol::payloads::{self, Command, CommandError, Invite, VideoChange, VideoParams};
-use crate::protocol::props::{self, AuthFields, now_ms};
-use crate::protocol::topics::{self, Topic};
+use crate::robot::call::{Call, EndReason, MAX_LATENESS_MS, Negotiated};
+use crate::robot::owners::{Owner, OwnerStore};
+use crate::wire::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
+use crate::wire::identity::ClientId;
+use crate::wire::keys::Key32;
+use crate::wire::pairing::{self, PairOutcome, PairRequest, PairingUri, PairingWindows, Reject};
+use crate::wire::payloads::{self, Command, CommandError, Invite, VideoChange, VideoParams};
+use crate::wire::props::{self, AuthFields, now_ms};
+use crate::wire::topics::{self, Topic};
 
 /// File name of the pairing QR code PNG in the state directory.
 pub const PAIRING_PNG: &str = "pairing-qr.png";
@@ -401,8 +404,8 @@ impl Service {
         match call.accept_request(seq, Instant::now()) {
             Ok(()) => {}
             // QoS 1 redelivery: already handled, drop silently.
-            Err(crate::auth::freshness::ReplayError::Duplicate) => return,
-            Err(crate::auth::freshness::ReplayError::TooOld) => {
+            Err(crate::wire::freshness::ReplayError::Duplicate) => return,
+            Err(crate::wire::freshness::ReplayError::TooOld) => {
                 self.drops.drop("stale", &m.topic_str);
                 if self.reject_budget.take() {
                     let body = json!({"status":"rejected","reason":"stale"});
@@ -816,7 +819,7 @@ impl Service {
                 Response::ok(json!({
                     "robot": self.robot,
                     "nickname": self.cfg.robot.nickname,
-                    "software": crate::protocol::SOFTWARE,
+                    "software": crate::wire::SOFTWARE,
                     "uptime_s": self.started.elapsed().as_secs(),
                     "broker": { "url": self.cfg.mqtt.url, "connected": self.link.is_connected(),
                                 "connects": st.connects.load(Relaxed) },

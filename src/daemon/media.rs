@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{AudioConfig, VideoConfig};
-use crate::identity::ClientId;
-use crate::protocol::payloads::VideoParams;
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
+use crate::wire::identity::ClientId;
+use crate::wire::payloads::VideoParams;
 
 /// What the media side reports to the main loop.
 pub enum MediaEvent {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
-use crate::auth::mac::{self, MacInput};
+use crate::wire::mac::{self, MacInput};
 
 /// The authentication fields of a received message, as found (unchecked).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

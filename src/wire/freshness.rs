@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::identity::ClientId;
+use crate::wire::identity::ClientId;
 
 /// The largest allowed difference between a request's `ts` and the robot's clock.
 pub const MAX_SKEW_MS: u64 = 60_000;

@@ -3,6 +3,11 @@
 //! Handlers never format topic strings by hand; everything that goes on the
 //! wire is built here, so `docs/protocol.md` has one place to check against.
 
+pub mod freshness;
+pub mod identity;
+pub mod keys;
+pub mod mac;
+pub mod pairing;
 pub mod payloads;
 pub mod props;
 pub mod topics;

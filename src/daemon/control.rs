@@ -97,7 +97,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Envelope>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = crate::shutdown::stopped(&mut shutdown) => break,
+            _ = crate::daemon::shutdown::stopped(&mut shutdown) => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let requests = requests.clone();

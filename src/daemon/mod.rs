@@ -5,6 +5,12 @@
 //! shutdown signal. Shutdown order: motors, then video, then MQTT, so the
 //! robot is physically safe before it says goodbye.
 
+pub mod control;
+pub mod link;
+pub mod logging;
+pub mod media;
+pub mod shutdown;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,15 +19,13 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::Config;
-use crate::control;
+use crate::daemon::link::Link;
+use crate::daemon::media::Media;
 use crate::hal::Hardware;
-use crate::identity::{self, ClientId};
-use crate::link::Link;
-use crate::media::Media;
 use crate::motion::MotorController;
-use crate::protocol::Profile;
-use crate::service::Service;
-use crate::shutdown;
+use crate::robot::Service;
+use crate::wire::Profile;
+use crate::wire::identity::{self, ClientId};
 
 /// Tell systemd something, if we run under it (no-op otherwise).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

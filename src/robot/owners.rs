@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, StateFileError};
-use crate::identity::ClientId;
+use crate::wire::identity::ClientId;
 
 /// Name of the owners file inside the state directory.
 pub const OWNERS_FILE: &str = "owners.json";
@@ -69,7 +69,7 @@ pub struct Owner {
     /// The name the phone gave at pairing, for `robotd owners` and logs.
     /// Sanitised by [`OwnerStore::add`] (see [`sanitize_nickname`]).
     pub nickname: String,
-    /// The owner key `K` (see [`crate::auth::keys::owner_key`]); hex in the file.
+    /// The owner key `K` (see [`crate::wire::keys::owner_key`]); hex in the file.
     #[serde(with = "hex_key")]
     pub key: [u8; 32],
     /// When pairing succeeded, unix milliseconds.

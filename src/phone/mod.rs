@@ -14,13 +14,13 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::auth::keys::Key32;
 use crate::config::{Transport, parse_broker_url};
 use crate::fsutil::{self, StateFileError};
-use crate::identity::ClientId;
-use crate::pairing::{self, PairResponse, PairResponseMessage, PairingUri};
-use crate::protocol::props::{self, AuthFields, now_ms};
-use crate::protocol::topics;
+use crate::wire::identity::ClientId;
+use crate::wire::keys::Key32;
+use crate::wire::pairing::{self, PairResponse, PairResponseMessage, PairingUri};
+use crate::wire::props::{self, AuthFields, now_ms};
+use crate::wire::topics;
 
 /// Errors of the phone side, each saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +183,7 @@ impl Phone {
             .set_clean_start(true)
             .set_max_packet_size(Some(1 << 20))
             .set_last_will(LastWill::new(topics::is_connected(&id), "false", QoS::AtLeastOnce, true, None));
-        // No Nagle, as on the robot (crate::link::mqtt_options): commands are small and latency-bound.
+        // No Nagle, as on the robot (crate::daemon::link::mqtt_options): commands are small and latency-bound.
         let mut net = o.network_options();
         net.set_tcp_nodelay(true);
         o.set_network_options(net);
@@ -394,8 +394,8 @@ pub struct ActiveCall {
     /// The accept message.
     pub accept: serde_json::Value,
     pub session_key: Key32,
-    pub srtp_video: crate::auth::keys::SrtpKey,
-    pub srtp_audio: crate::auth::keys::SrtpKey,
+    pub srtp_video: crate::wire::keys::SrtpKey,
+    pub srtp_audio: crate::wire::keys::SrtpKey,
     pub video_ssrc: u32,
     next_seq: u64,
 }
@@ -457,9 +457,9 @@ impl Phone {
         Ok(InviteOutcome::Accepted(ActiveCall {
             robot: robot.robot.clone(),
             session,
-            session_key: crate::auth::keys::session_key(&key, &sid, &nonce),
-            srtp_video: crate::auth::keys::srtp_video_key(&key, &sid, &nonce),
-            srtp_audio: crate::auth::keys::srtp_audio_key(&key, &sid, &nonce),
+            session_key: crate::wire::keys::session_key(&key, &sid, &nonce),
+            srtp_video: crate::wire::keys::srtp_video_key(&key, &sid, &nonce),
+            srtp_audio: crate::wire::keys::srtp_audio_key(&key, &sid, &nonce),
             video_ssrc: v["video"]["ssrc"].as_u64().unwrap_or(0) as u32,
             accept: v,
             next_seq: 1,

@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::auth::freshness::{ReplayError, ReplayWindow};
-use crate::auth::keys::{self, Key32, SrtpKey};
-use crate::identity::ClientId;
-use crate::protocol::payloads::{Invite, VideoParams};
+use crate::wire::freshness::{ReplayError, ReplayWindow};
+use crate::wire::identity::ClientId;
+use crate::wire::keys::{self, Key32, SrtpKey};
+use crate::wire::payloads::{Invite, VideoParams};
 
 /// A motion request (`drive`, `goto`) that arrives more than this many
 /// milliseconds later than the call's fastest message is refused as `stale`
@@ -164,7 +164,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::payloads::Invite;
+    use crate::wire::payloads::Invite;
 
     fn call(now: Instant) -> Call {
         let inv = Invite::parse(
