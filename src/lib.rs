@@ -25,15 +25,17 @@
 //! robot, rppal), [`motion`] (motor drivers, differential drive, deadman),
 //! [`nav`] (map, routes, the goto executor) and [`video`] (camera discovery
 //! and the GStreamer pipelines). [`config`] is the TOML configuration, whose
-//! errors name the key; [`fsutil`] writes state files durably.
+//! errors name the key; [`state`] holds the durable state files (owners,
+//! robot ID, place) behind the [`state::StateStore`] port the core writes through.
 
 pub mod config;
 pub mod daemon;
-pub mod fsutil;
+
 pub mod hal;
 pub mod motion;
 pub mod nav;
 pub mod phone;
 pub mod robot;
+pub mod state;
 pub mod video;
 pub mod wire;

@@ -8,7 +8,7 @@
 //!
 //! SIGKILL tests atomicity as other processes see it (the page cache outlives
 //! the process). Durability across a power cut rests on the fsyncs in
-//! `fsutil::write_durable`, which a test cannot observe without cutting power.
+//! `state::write_durable`, which a test cannot observe without cutting power.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use robotd::robot::owners::{OWNERS_FILE, Owner, OwnerStore, owners_path};
+use robotd::state::owners::{OWNERS_FILE, Owner, OwnerStore, owners_path};
 use robotd::wire::identity::ClientId;
 
 /// Set in the child: the state directory it rewrites.

@@ -60,7 +60,7 @@ pub mod status;
 #[cfg(test)]
 mod sim_tests;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -69,8 +69,8 @@ pub use exec::{DRIVE_MS, DriveParams, Goto, MOVING_EVERY, MotorCmd, OdometrySour
 pub use map::{EdgeConfig, Map, NavConfig, NavConfigError, Pose, Route, Step, StepConfig, UNKNOWN};
 pub use status::{CancelledBy, GotoState, Status};
 
-use crate::fsutil::{self, StateFileError};
 use crate::hal::HardwareConfig;
+use crate::state::{DirStore, StateFileError, StateStore};
 
 /// The file under the state directory that remembers the current place.
 pub const PLACE_FILE: &str = "place.json";
@@ -125,7 +125,7 @@ pub struct Navigator {
     map: Map,
     params: DriveParams,
     ticks_per_metre: Option<f64>,
-    path: PathBuf,
+    store: Box<dyn StateStore>,
     at: Option<String>,
     goto: Option<Goto>,
 }
@@ -134,9 +134,14 @@ impl Navigator {
     /// Validates the map and loads the current place from
     /// `{state_dir}/place.json` (missing: home).
     pub fn new(cfg: &NavConfig, hw: &HardwareConfig, state_dir: &Path) -> Result<Self, NavError> {
+        Self::with_store(cfg, hw, Box::new(DirStore::new(state_dir)))
+    }
+
+    /// [`Navigator::new`] with the place kept in any state store.
+    pub fn with_store(cfg: &NavConfig, hw: &HardwareConfig, store: Box<dyn StateStore>) -> Result<Self, NavError> {
         let map = Map::from_config(cfg)?;
-        let path = state_dir.join(PLACE_FILE);
-        let at = match fsutil::read_optional(&path)? {
+        let path = store.path(PLACE_FILE);
+        let at = match store.read(PLACE_FILE)? {
             None => Some(map.home().to_owned()),
             Some(bytes) => {
                 let corrupt = |detail: String| StateFileError::Corrupt { path: path.clone(), detail };
@@ -157,7 +162,7 @@ impl Navigator {
             params: DriveParams::new(cfg, hw),
             ticks_per_metre: hw.encoders.as_ref().map(|e| e.ticks_per_metre),
             map,
-            path,
+            store,
             at,
             goto: None,
         })
@@ -193,10 +198,10 @@ impl Navigator {
         self.goto.as_ref().filter(|g| !g.is_done())
     }
 
-    fn persist(&self, at: Option<&str>) -> Result<(), StateFileError> {
+    fn persist(&mut self, at: Option<&str>) -> Result<(), StateFileError> {
         let body = PlaceFile { version: 1, at: at.map(str::to_owned) };
         let json = serde_json::to_vec_pretty(&body).expect("place file serialises");
-        fsutil::write_durable(&self.path, &json, 0o644)
+        self.store.write(PLACE_FILE, &json, 0o644)
     }
 
     /// Forgets the place (durably) if one was known; a failed write is

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::{Transport, parse_broker_url};
-use crate::fsutil::{self, StateFileError};
+use crate::state::{self, StateFileError};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;
 use crate::wire::pairing::{self, PairResponse, PairResponseMessage, PairingUri};
@@ -99,7 +99,7 @@ impl Keys {
 
     /// Load (missing file = empty); a corrupt file is an error naming it.
     pub fn load(path: &Path) -> Result<Keys, StateFileError> {
-        match fsutil::read_optional(path)? {
+        match state::read_optional(path)? {
             None => Ok(Keys::default()),
             Some(b) => serde_json::from_slice(&b)
                 .map_err(|e| StateFileError::Corrupt { path: path.to_path_buf(), detail: e.to_string() }),
@@ -112,7 +112,7 @@ impl Keys {
             std::fs::create_dir_all(dir).map_err(|cause| StateFileError::Write { path: path.to_path_buf(), cause })?;
         }
         let text = serde_json::to_vec_pretty(self).expect("keys serialise");
-        fsutil::write_durable(path, &text, 0o600)
+        state::write_durable(path, &text, 0o600)
     }
 
     /// The stored entry for `robot`, or the only one when `robot` is None.

@@ -8,7 +8,6 @@
 //! and never reaches the motors or the camera.
 
 pub mod call;
-pub mod owners;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use crate::hal::{BinarySensor, Debounced, Encoder, EncoderCounter, Hardware, Inp
 use crate::motion::{DriveCommand, MotorController, StopReason};
 use crate::nav::{CancelledBy, MotorCmd, Navigator, Sensors};
 use crate::robot::call::{Call, EndReason, MAX_LATENESS_MS, Negotiated};
-use crate::robot::owners::{Owner, OwnerStore};
+use crate::state::owners::{Owner, OwnerStore};
 use crate::wire::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;

@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-use crate::fsutil::{self, StateFileError};
+use crate::state::{self, StateFileError};
 
 /// A validated client ID: exactly 32 lowercase hex characters.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -143,7 +143,7 @@ pub fn robot_id_path(state_dir: &Path) -> PathBuf {
 /// Read the robot ID from the state directory, without creating one.
 pub fn read_robot_id(state_dir: &Path) -> Result<Option<ClientId>, StateFileError> {
     let path = robot_id_path(state_dir);
-    let Some(bytes) = fsutil::read_optional(&path)? else { return Ok(None) };
+    let Some(bytes) = state::read_optional(&path)? else { return Ok(None) };
     let text = String::from_utf8_lossy(&bytes);
     text.trim().parse().map(Some).map_err(|e: InvalidClientId| StateFileError::Corrupt { path, detail: e.to_string() })
 }
@@ -154,7 +154,7 @@ pub fn load_or_create_robot_id(state_dir: &Path) -> Result<ClientId, StateFileEr
         return Ok(id);
     }
     let id = ClientId::random();
-    fsutil::write_durable(&robot_id_path(state_dir), format!("{id}\n").as_bytes(), 0o644)?;
+    state::write_durable(&robot_id_path(state_dir), format!("{id}\n").as_bytes(), 0o644)?;
     Ok(id)
 }
 

@@ -10,6 +10,7 @@ pub mod mac;
 pub mod pairing;
 pub mod payloads;
 pub mod props;
+pub mod replies;
 pub mod topics;
 
 /// Largest payload robotd reads; anything larger is dropped before parsing.

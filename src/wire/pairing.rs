@@ -24,7 +24,7 @@ use data_encoding::BASE32_NOPAD;
 use qrcode::{Color, EcLevel, QrCode};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{self, StateFileError};
+use crate::state::{self, StateFileError};
 use crate::wire::freshness::{SeqTracker, ts_is_fresh};
 use crate::wire::identity::{ClientId, is_client_id};
 use crate::wire::keys::{Key32, PairingSecret, owner_key};
@@ -379,7 +379,7 @@ pub fn png_bytes(data: &str) -> Result<Vec<u8>, PairingError> {
 /// the code carries the pairing secret, so only the robotd user may read it.
 pub fn write_png(data: &str, path: &Path) -> Result<(), PairingError> {
     let bytes = png_bytes(data)?;
-    fsutil::write_durable(path, &bytes, 0o600)?;
+    state::write_durable(path, &bytes, 0o600)?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@
 //! }
 //! ```
 //!
-//! Every change is written through [`fsutil::write_durable`] (temp file, fsync,
+//! Every change is written through [`crate::state::write_durable`] (temp file, fsync,
 //! rename, fsync dir) with mode 0600 before the call returns, so a pairing the
 //! phone was told succeeded survives a power cut, and a crash mid-write leaves
 //! the complete old or the complete new file. The in-memory state changes only
@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{self, StateFileError};
+use crate::state::{DirStore, StateFileError, StateStore};
 use crate::wire::identity::ClientId;
 
 /// Name of the owners file inside the state directory.
@@ -118,11 +118,16 @@ struct VersionOnly {
     version: serde_json::Value,
 }
 
-/// The owners of this robot, backed by `owners.json`.
-#[derive(Debug)]
+/// The owners of this robot, backed by `owners.json` in a [`StateStore`].
 pub struct OwnerStore {
-    path: PathBuf,
+    store: Box<dyn StateStore>,
     owners: Vec<Owner>,
+}
+
+impl fmt::Debug for OwnerStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnerStore").field("owners", &self.owners).finish_non_exhaustive()
+    }
 }
 
 impl OwnerStore {
@@ -137,19 +142,27 @@ impl OwnerStore {
     /// `version`, unknown fields, a duplicate owner ID or a key that is not 64
     /// hex characters. Both name the file.
     pub fn load(state_dir: &Path) -> Result<Self, StateFileError> {
-        let path = owners_path(state_dir);
         remove_stale_temp_files(state_dir);
-        let owners = match fsutil::read_optional(&path)? {
+        let store = Self::open(Box::new(DirStore::new(state_dir)))?;
+        warn_if_readable_by_others(&owners_path(state_dir));
+        Ok(store)
+    }
+
+    /// Load the owners from any state store (the daemon's directory, or
+    /// memory in the core's tests); errors as [`OwnerStore::load`].
+    pub fn open(store: Box<dyn StateStore>) -> Result<Self, StateFileError> {
+        let owners = match store.read(OWNERS_FILE)? {
             None => Vec::new(),
-            Some(bytes) => parse(&bytes).map_err(|detail| StateFileError::Corrupt { path: path.clone(), detail })?,
+            Some(bytes) => {
+                parse(&bytes).map_err(|detail| StateFileError::Corrupt { path: store.path(OWNERS_FILE), detail })?
+            }
         };
-        warn_if_readable_by_others(&path);
-        Ok(OwnerStore { path, owners })
+        Ok(OwnerStore { store, owners })
     }
 
     /// The file this store reads and writes.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.store.path(OWNERS_FILE)
     }
 
     /// All owners, in pairing order.
@@ -207,7 +220,7 @@ impl OwnerStore {
         let file = OwnersFile { version: FORMAT_VERSION, owners };
         let mut bytes = serde_json::to_vec_pretty(&file).expect("owners serialise to JSON");
         bytes.push(b'\n');
-        fsutil::write_durable(&self.path, &bytes, OWNERS_FILE_MODE)?;
+        self.store.write(OWNERS_FILE, &bytes, OWNERS_FILE_MODE)?;
         self.owners = file.owners;
         Ok(())
     }
@@ -488,7 +501,10 @@ mod tests {
     #[test]
     fn debug_never_prints_the_key() {
         let o = Owner { key: [0xab; 32], ..owner(1, "Alice") };
-        let text = format!("{o:?} {:?}", OwnerStore { path: PathBuf::from("x"), owners: vec![o.clone()] });
+        let text = format!(
+            "{o:?} {:?}",
+            OwnerStore { store: Box::new(crate::state::MemStore::default()), owners: vec![o.clone()] }
+        );
         assert!(!text.contains("abab"), "{text}");
         assert!(!text.contains("171"), "{text}");
         assert!(text.contains("<redacted>") && text.contains("Alice"), "{text}");

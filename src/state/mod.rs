@@ -1,4 +1,4 @@
-//! Durable state files.
+//! Durable state files: the robot ID, the owners and the last known place.
 //!
 //! A robot loses power without warning, so every state file (robot ID, owners,
 //! last known place) is replaced atomically: write a temporary file in the same
@@ -10,6 +10,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+pub mod owners;
 
 /// Failure to write or read a state file; always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,101 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(cause) => Err(StateFileError::Read { path: path.to_path_buf(), cause }),
+    }
+}
+
+/// Where the robot's state files live, as the pure core and the navigator
+/// see it: a small synchronous port, so a write is known to be durable
+/// before the robot says "paired" or moves, and tests can use memory
+/// ([`MemStore`]) instead of a directory ([`DirStore`]). Names are plain file
+/// names (`owners.json`), never paths.
+pub trait StateStore: Send + std::fmt::Debug {
+    /// The file's contents; `Ok(None)` when it does not exist.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateFileError>;
+    /// Replace the file durably, created with permission `mode`.
+    fn write(&mut self, name: &str, contents: &[u8], mode: u32) -> Result<(), StateFileError>;
+    /// Remove the file; a missing file is not an error.
+    fn remove(&mut self, name: &str) -> Result<(), StateFileError>;
+    /// Where the file is (for messages and `robotd pair`'s PNG path).
+    fn path(&self, name: &str) -> PathBuf;
+}
+
+/// State files in a directory, written with [`write_durable`].
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    /// State files under `dir` (which must exist).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirStore { dir: dir.into() }
+    }
+}
+
+impl StateStore for DirStore {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateFileError> {
+        read_optional(&self.dir.join(name))
+    }
+    fn write(&mut self, name: &str, contents: &[u8], mode: u32) -> Result<(), StateFileError> {
+        write_durable(&self.dir.join(name), contents, mode)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StateFileError> {
+        let path = self.dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(cause) => Err(StateFileError::Write { path, cause }),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// State files in memory, for tests of the core: clones share the files, so
+/// a test keeps one to look inside and to make writes fail.
+#[derive(Debug, Clone, Default)]
+pub struct MemStore {
+    inner: std::sync::Arc<std::sync::Mutex<MemFiles>>,
+}
+
+#[derive(Debug, Default)]
+struct MemFiles {
+    files: std::collections::BTreeMap<String, Vec<u8>>,
+    fail_writes: bool,
+}
+
+impl MemStore {
+    /// A file's contents, if it exists.
+    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.lock().expect("memstore lock").files.get(name).cloned()
+    }
+    /// Make every later write fail (as a full or read-only disk would).
+    pub fn fail_writes(&self, fail: bool) {
+        self.inner.lock().expect("memstore lock").fail_writes = fail;
+    }
+}
+
+impl StateStore for MemStore {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateFileError> {
+        Ok(self.get(name))
+    }
+    fn write(&mut self, name: &str, contents: &[u8], _mode: u32) -> Result<(), StateFileError> {
+        let mut m = self.inner.lock().expect("memstore lock");
+        if m.fail_writes {
+            let cause = io::Error::new(io::ErrorKind::StorageFull, "no space left on device (test)");
+            return Err(StateFileError::Write { path: self.path(name), cause });
+        }
+        m.files.insert(name.to_owned(), contents.to_vec());
+        Ok(())
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StateFileError> {
+        self.inner.lock().expect("memstore lock").files.remove(name);
+        Ok(())
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from("(memory)").join(name)
     }
 }
 
