@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use robotd::config::{self, Config};
-use robotd::daemon::control::Request;
+use robotd::robot::admin::{AtPlace, OwnerList, PairShown, Removed, Request, Status};
 
 /// robotd: the robot side of "call your robot from your phone".
 #[derive(Parser)]
@@ -85,46 +85,39 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pair { close } => {
-            let data = admin(&cfg, if close { Request::PairClose } else { Request::Pair })?;
             if close {
+                admin::<serde_json::Value>(&cfg, Request::PairClose)?;
                 println!("pairing window closed");
             } else {
-                println!("{}", data["qr"].as_str().unwrap_or_default());
+                let p: PairShown = admin(&cfg, Request::Pair)?;
+                println!("{}", p.qr);
                 println!("Scan the QR code with the app, or pair with robotctl:");
-                println!("  robotctl pair '{}' --phone +<your number>", data["uri"].as_str().unwrap_or_default());
-                println!("QR code image: {}", data["png"].as_str().unwrap_or_default());
-                if let Some(ms) = data["expires_at_ms"].as_u64() {
-                    let left = ms.saturating_sub(robotd::wire::props::now_ms()) / 1000;
-                    println!("The window closes after the first phone pairs, 20 failed attempts, or in {left} s.");
-                }
+                println!("  robotctl pair '{}' --phone +<your number>", p.uri);
+                println!("QR code image: {}", p.png.display());
+                let left = p.expires_at_ms.saturating_sub(robotd::wire::props::now_ms()) / 1000;
+                println!("The window closes after the first phone pairs, 20 failed attempts, or in {left} s.");
             }
             Ok(())
         }
         Command::Owners { action } => match action.unwrap_or(OwnersAction::List) {
             OwnersAction::List => {
-                let data = admin(&cfg, Request::Owners)?;
-                let owners = data["owners"].as_array().cloned().unwrap_or_default();
-                if owners.is_empty() {
+                let list: OwnerList = admin(&cfg, Request::Owners)?;
+                if list.owners.is_empty() {
                     println!("no owners; pair a phone with `robotd pair`");
                 }
-                for o in owners {
-                    println!(
-                        "{}  {}  paired {}",
-                        o["id"].as_str().unwrap_or("?"),
-                        o["nickname"].as_str().unwrap_or(""),
-                        o["paired_at_ms"].as_u64().map(format_ms).unwrap_or_default()
-                    );
+                for o in list.owners {
+                    println!("{}  {}  paired {}", o.id, o.nickname, format_ms(o.paired_at_ms));
                 }
                 Ok(())
             }
             OwnersAction::Remove { id } => {
-                admin(&cfg, Request::OwnersRemove { id: id.clone() })?;
+                admin::<Removed>(&cfg, Request::OwnersRemove { id: id.clone() })?;
                 println!("removed {id}");
                 Ok(())
             }
         },
         Command::At { place } => {
-            admin(&cfg, Request::SetAt { place: place.clone() })?;
+            admin::<AtPlace>(&cfg, Request::SetAt { place: place.clone() })?;
             println!("the robot is now at {place}");
             Ok(())
         }
@@ -143,20 +136,16 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => {
-            let data = admin(&cfg, Request::Status)?;
-            println!("{}", serde_json::to_string_pretty(&data)?);
+            let status: Status = admin(&cfg, Request::Status)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
     }
 }
 
 /// Send a request to the running daemon; an error answer becomes an error.
-fn admin(cfg: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
-    let resp = robotd::daemon::control::call(&cfg.control.socket, &req)?;
-    if !resp.ok {
-        anyhow::bail!("robotd: {}", resp.error.unwrap_or_default());
-    }
-    Ok(resp.data)
+fn admin<T: serde::de::DeserializeOwned>(cfg: &Config, req: Request) -> anyhow::Result<T> {
+    Ok(robotd::daemon::control::call_as(&cfg.control.socket, &req)?)
 }
 
 /// Unix milliseconds as a UTC date and time.
@@ -189,7 +178,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
-        robotd::daemon::run(cfg, rx).await
+        Ok(robotd::daemon::run(cfg, rx).await?)
     })
 }
 

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::robot::admin::AdminReply;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,23 +21,7 @@ use tracing::{debug, warn};
 /// Largest request line accepted.
 const MAX_REQUEST: u64 = 4096;
 
-/// An admin request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    /// Open a new pairing window (voids any previous secret).
-    Pair,
-    /// Close the pairing window.
-    PairClose,
-    /// List owners.
-    Owners,
-    /// Remove an owner (takes effect at once, ending its call if any).
-    OwnersRemove { id: String },
-    /// Daemon status.
-    Status,
-    /// Tell the navigator where the robot is (e.g. after carrying it to its dock).
-    SetAt { place: String },
-}
+pub use crate::robot::admin::Request;
 
 /// An admin response: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,12 +33,31 @@ pub struct Response {
     pub data: serde_json::Value,
 }
 
-impl Response {
-    pub fn ok(data: serde_json::Value) -> Self {
-        Response { ok: true, error: None, data }
+impl From<Result<AdminReply, String>> for Response {
+    fn from(r: Result<AdminReply, String>) -> Self {
+        match r {
+            Ok(data) => {
+                Response { ok: true, error: None, data: serde_json::to_value(data).expect("admin replies serialise") }
+            }
+            Err(msg) => Response { ok: false, error: Some(msg), data: serde_json::Value::Null },
+        }
     }
+}
+
+impl Response {
+    /// An error answer.
     pub fn err(msg: impl Into<String>) -> Self {
         Response { ok: false, error: Some(msg.into()), data: serde_json::Value::Null }
+    }
+
+    /// The answer's data as the type the request expects; an error answer
+    /// becomes [`ControlError::Refused`].
+    pub fn into_data<T: serde::de::DeserializeOwned>(self, path: &Path) -> Result<T, ControlError> {
+        if !self.ok {
+            return Err(ControlError::Refused(self.error.unwrap_or_default()));
+        }
+        serde_json::from_value(self.data)
+            .map_err(|e| ControlError::Protocol { path: path.to_path_buf(), detail: e.to_string() })
     }
 }
 
@@ -71,6 +76,9 @@ pub enum ControlError {
         "cannot reach robotd at {path}: {cause}; is the service running (systemctl status robotd) and are you root or in group robotd?"
     )]
     Connect { path: PathBuf, cause: std::io::Error },
+    /// The daemon refused the request; the message says why.
+    #[error("robotd: {0}")]
+    Refused(String),
     /// The daemon closed the connection or sent something unreadable.
     #[error("bad answer from robotd at {path}: {detail}")]
     Protocol { path: PathBuf, detail: String },
@@ -158,6 +166,11 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, ControlError> {
     serde_json::from_str(&answer).map_err(|e| proto_err(format!("{e}: {answer:?}")))
 }
 
+/// [`call`] and read the answer's data as `T` (e.g. [`crate::robot::admin::Status`]).
+pub fn call_as<T: serde::de::DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ControlError> {
+    call(path, req)?.into_data(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,13 +196,14 @@ mod tests {
         tokio::spawn(serve(listener, tx, stop_rx));
         tokio::spawn(async move {
             while let Some((req, reply)) = rx.recv().await {
-                let _ = reply.send(Response::ok(serde_json::json!({ "echo": format!("{req:?}") })));
+                let _ = reply
+                    .send(Response::from(Ok(AdminReply::At(crate::robot::admin::AtPlace { at: format!("{req:?}") }))));
             }
         });
         let p = path.clone();
         let resp = tokio::task::spawn_blocking(move || call(&p, &Request::Status)).await.unwrap().unwrap();
         assert!(resp.ok);
-        assert_eq!(resp.data["echo"], "Status");
+        assert_eq!(resp.data["at"], "Status");
         // A second bind replaces the stale socket file.
         drop(bind(&path).unwrap());
     }

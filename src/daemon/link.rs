@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use bytes::Bytes;
+
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Transport};
+use crate::robot::{Inbound, LinkEvent, SessionGate};
 use crate::wire::identity::ClientId;
 use crate::wire::{self, topics};
 
@@ -37,37 +38,6 @@ pub enum LinkError {
     /// A TLS file was read but holds no usable PEM item.
     #[error("{key} file {path}: {detail}")]
     Pem { key: &'static str, path: std::path::PathBuf, detail: String },
-}
-
-/// A message received from the broker whose topic passed the grammar check.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    pub topic: topics::Topic,
-    pub topic_str: String,
-    pub payload: Bytes,
-    pub props: Option<PublishProperties>,
-}
-
-/// What the link tells the application.
-#[derive(Debug, Clone)]
-pub enum LinkEvent {
-    /// CONNACK received; subscriptions and presence have been re-sent.
-    Connected,
-    /// The connection was lost (the application stops the motors).
-    Disconnected,
-    /// A message on one of our subscriptions.
-    Message(Box<Inbound>),
-}
-
-/// What the link needs to recognise the current call's genuine requests:
-/// they skip the general queue (which a flood of forged messages can fill)
-/// and go to a priority queue of their own. The service still checks every
-/// request itself (replay window, payload); this only decides the queue.
-#[derive(Clone)]
-pub struct SessionGate {
-    pub session: ClientId,
-    pub caller: ClientId,
-    pub key: crate::wire::keys::Key32,
 }
 
 /// Counters for `robotd status`.
@@ -371,7 +341,7 @@ impl Link {
                                 return;
                             }
                         }
-                        _ = sleep_until_opt(stop_deadline) => {
+                        _ = crate::daemon::shutdown::sleep_until_opt(stop_deadline) => {
                             self.handle.stats.connected.store(false, Ordering::Relaxed);
                             if disconnect_sent {
                                 info!("disconnected from broker (it did not close the connection)");
@@ -446,13 +416,5 @@ impl Link {
                 }
             }
         }
-    }
-}
-
-/// Sleep until `t`, or forever when there is no deadline.
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

@@ -3,15 +3,14 @@
 //! through events tagged with the session, so a late event from an earlier
 //! call can never touch the current one.
 
-use std::net::IpAddr;
-
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{AudioConfig, VideoConfig};
+use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 use crate::wire::identity::ClientId;
-use crate::wire::payloads::VideoParams;
+use crate::wire::payloads::{VideoChange, VideoParams};
 
 /// What the media side reports to the main loop.
 pub enum MediaEvent {
@@ -30,32 +29,6 @@ impl std::fmt::Debug for MediaEvent {
     }
 }
 
-/// Where and how to send a call's media. `Debug` leaves the keys out.
-#[derive(Clone)]
-pub struct MediaRequest {
-    pub session: ClientId,
-    pub host: IpAddr,
-    pub video_port: u16,
-    pub video_ssrc: u32,
-    pub video_key: [u8; 30],
-    pub video: VideoParams,
-    /// Audio port, SSRC and key, when audio was negotiated.
-    pub audio: Option<(u16, u32, [u8; 30])>,
-}
-
-impl std::fmt::Debug for MediaRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MediaRequest")
-            .field("session", &self.session)
-            .field("host", &self.host)
-            .field("video_port", &self.video_port)
-            .field("video_ssrc", &self.video_ssrc)
-            .field("video", &self.video)
-            .field("audio", &self.audio.as_ref().map(|(port, ssrc, _)| (port, ssrc)))
-            .finish_non_exhaustive()
-    }
-}
-
 /// The running senders of the current call.
 struct Running {
     session: ClientId,
@@ -68,21 +41,19 @@ pub struct Media {
     video_cfg: VideoConfig,
     audio_cfg: AudioConfig,
     events: mpsc::UnboundedSender<MediaEvent>,
+    /// The call whose media was last started and not stopped since.
+    current: Option<ClientId>,
     running: Option<Running>,
 }
 
 impl Media {
     pub fn new(video_cfg: VideoConfig, audio_cfg: AudioConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Self {
-        Media { video_cfg, audio_cfg, events, running: None }
-    }
-
-    /// Whether a microphone is configured.
-    pub fn has_audio(&self) -> bool {
-        self.audio_cfg.device.is_some()
+        Media { video_cfg, audio_cfg, events, current: None, running: None }
     }
 
     /// Start the senders in the background; a `Started` or `Failed` event follows.
     pub fn start(&mut self, req: MediaRequest) {
+        self.current = Some(req.session.clone());
         let video_cfg = self.video_cfg.clone();
         let audio_dev = self.audio_cfg.device.clone();
         let events = self.events.clone();
@@ -139,19 +110,24 @@ impl Media {
         });
     }
 
-    /// A `Started` event arrived: keep the senders if `current` is still
-    /// their call, else stop them. Watches them for failure.
-    pub fn on_started(
-        &mut self,
-        current: Option<&ClientId>,
-        session: ClientId,
-        video: VideoSender,
-        audio: Option<AudioSender>,
-    ) {
-        if current != Some(&session) {
-            stop_in_background(video, audio);
-            return;
+    /// What a media event means to the core: a `Started` keeps the senders
+    /// if their call is still the current one (else they are stopped and the
+    /// core hears nothing), and watches them for failure.
+    pub fn on_event(&mut self, ev: MediaEvent) -> Option<MediaReport> {
+        match ev {
+            MediaEvent::Started { session, video, audio } => {
+                if self.current.as_ref() != Some(&session) {
+                    stop_in_background(video, audio);
+                    return None;
+                }
+                self.keep(session.clone(), video, audio);
+                Some(MediaReport::Started { session })
+            }
+            MediaEvent::Failed { session, detail } => Some(MediaReport::Failed { session, detail }),
         }
+    }
+
+    fn keep(&mut self, session: ClientId, video: VideoSender, audio: Option<AudioSender>) {
         let mut failed = video.failed();
         let events = self.events.clone();
         let s = session.clone();
@@ -170,13 +146,24 @@ impl Media {
         self.running = Some(Running { session, video, audio });
     }
 
-    /// The running video sender of `session`, if any.
-    pub fn video(&self, session: &ClientId) -> Option<&VideoSender> {
-        self.running.as_ref().filter(|r| &r.session == session).map(|r| &r.video)
+    /// Change the running video of `session` (bitrate at once; a new size or
+    /// rate renegotiates the caps) and report what is now in force.
+    pub fn adjust(&mut self, session: ClientId, change: VideoChange, answer: Answer) -> MediaReport {
+        let result = match self.running.as_ref().filter(|r| r.session == session) {
+            None => Err(VideoAdjustError::Unavailable),
+            Some(r) => match change {
+                VideoChange::Bitrate(k) => r.video.set_bitrate(k),
+                VideoChange::Format { width, height, fps } => r.video.set_format(width, height, fps),
+            }
+            .map(|s| VideoParams { width: s.width, height: s.height, fps: s.fps, kbps: s.kbps })
+            .map_err(|e| VideoAdjustError::Invalid(e.to_string())),
+        };
+        MediaReport::VideoAdjusted { session, result, answer }
     }
 
     /// Stop whatever runs (in the background; returns at once).
     pub fn stop(&mut self) {
+        self.current = None;
         if let Some(r) = self.running.take() {
             stop_in_background(r.video, r.audio);
         }
@@ -184,6 +171,7 @@ impl Media {
 
     /// Stop whatever runs and wait for it (shutdown).
     pub async fn stop_and_wait(&mut self) {
+        self.current = None;
         if let Some(r) = self.running.take() {
             let _ = tokio::task::spawn_blocking(move || stop_all(r.video, r.audio)).await;
         }

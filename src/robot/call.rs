@@ -1,6 +1,6 @@
 //! The call state machine: idle -> in call -> ended. No I/O inside.
 //!
-//! The service feeds it authenticated invites, session requests, the
+//! The core feeds it authenticated invites, session requests, the
 //! caller's presence and the clock, and carries out what it returns
 //! (publish, start or stop video, stop the motors). Keeping I/O out makes
 //! every timing rule testable with a made-up `now`.
@@ -22,32 +22,6 @@ pub const MAX_LATENESS_MS: u64 = 2000;
 /// `now_ms - ts_ms` as a signed number of milliseconds.
 fn age_ms(ts_ms: u64, now_ms: u64) -> i64 {
     (i128::from(now_ms) - i128::from(ts_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-}
-
-/// Why a call ended (the `reason` of the `ended` response).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    Hangup,
-    CallerOffline,
-    Timeout,
-    Shutdown,
-    VideoFailed,
-    /// The caller was removed from the owners (robotd decision, documented).
-    Revoked,
-}
-
-impl EndReason {
-    /// The protocol string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Hangup => "hangup",
-            EndReason::CallerOffline => "caller_offline",
-            EndReason::Timeout => "timeout",
-            EndReason::Shutdown => "shutdown",
-            EndReason::VideoFailed => "video_failed",
-            EndReason::Revoked => "revoked",
-        }
-    }
 }
 
 /// What was agreed for a call's media.
@@ -236,6 +210,5 @@ mod tests {
         let mut c = call(Instant::now());
         assert_eq!(c.next_seq(), 1);
         assert_eq!(c.next_seq(), 2);
-        assert_eq!(EndReason::CallerOffline.as_str(), "caller_offline");
     }
 }

@@ -79,6 +79,8 @@ pub trait StateStore: Send + std::fmt::Debug {
     fn remove(&mut self, name: &str) -> Result<(), StateFileError>;
     /// Where the file is (for messages and `robotd pair`'s PNG path).
     fn path(&self, name: &str) -> PathBuf;
+    /// Another handle on the same files.
+    fn boxed_clone(&self) -> Box<dyn StateStore>;
 }
 
 /// State files in a directory, written with [`write_durable`].
@@ -111,6 +113,9 @@ impl StateStore for DirStore {
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+    fn boxed_clone(&self) -> Box<dyn StateStore> {
+        Box::new(self.clone())
     }
 }
 
@@ -157,6 +162,9 @@ impl StateStore for MemStore {
     }
     fn path(&self, name: &str) -> PathBuf {
         PathBuf::from("(memory)").join(name)
+    }
+    fn boxed_clone(&self) -> Box<dyn StateStore> {
+        Box::new(self.clone())
     }
 }
 

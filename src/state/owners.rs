@@ -248,7 +248,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<Owner>, String> {
 
 /// Best effort: a stale temp file is harmless to correctness (it is never
 /// read), so failing to remove one is not worth failing the start.
-fn remove_stale_temp_files(state_dir: &Path) {
+pub fn remove_stale_temp_files(state_dir: &Path) {
     let prefix = format!(".{OWNERS_FILE}.tmp.");
     let Ok(entries) = fs::read_dir(state_dir) else { return };
     for entry in entries.flatten() {

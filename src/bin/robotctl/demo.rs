@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use robotd::config::Config;
 use robotd::daemon::control::{self, Request};
 use robotd::phone::{ActiveCall, Keys, Offer, Phone};
+use robotd::robot::admin::{AtPlace, PairShown, Status};
 use robotd::wire::identity;
 use robotd::wire::pairing::PairingUri;
 use robotd::wire::topics;
@@ -127,29 +128,25 @@ pub async fn run(keys: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Ask the robot's admin socket (blocking; off the async threads).
-async fn admin(socket: &Path, req: Request) -> anyhow::Result<Value> {
+async fn admin<T: serde::de::DeserializeOwned + Send + 'static>(socket: &Path, req: Request) -> anyhow::Result<T> {
     let socket = socket.to_path_buf();
-    let r = tokio::task::spawn_blocking(move || control::call(&socket, &req)).await??;
-    if !r.ok {
-        bail!("robotd: {}", r.error.unwrap_or_default());
-    }
-    Ok(r.data)
+    Ok(tokio::task::spawn_blocking(move || control::call_as(&socket, &req)).await??)
 }
 
 /// The simulated pose from `robotd status`, for the timeline.
 async fn sim_pose(socket: &Path) -> String {
-    match admin(socket, Request::Status).await {
-        Ok(s) if s["sim"].is_object() => {
+    match admin::<Status>(socket, Request::Status).await {
+        Ok(Status { sim: Some(s), .. }) => {
             // Rounded first, so that -0.001 shows as 0.00 rather than -0.00.
-            let f = |k: &str, scale: f64, places: i32| {
+            let f = |v: f64, scale: f64, places: i32| {
                 let p = 10f64.powi(places);
-                (s["sim"][k].as_f64().unwrap_or(f64::NAN) * scale * p).round() / p + 0.0
+                (v * scale * p).round() / p + 0.0
             };
             format!(
                 "x {:.2} m, y {:.2} m, heading {:.0}°",
-                f("x", 1.0, 2),
-                f("y", 1.0, 2),
-                f("heading", 180.0 / std::f64::consts::PI, 0)
+                f(s.x, 1.0, 2),
+                f(s.y, 1.0, 2),
+                f(s.heading, 180.0 / std::f64::consts::PI, 0)
             )
         }
         Ok(_) => "no simulator".into(),
@@ -167,11 +164,10 @@ async fn script(t: &mut Timeline, keys: &Path, a: &DemoArgs) -> anyhow::Result<(
     }
 
     // Pairing: a window through the admin socket, as `robotd pair` opens one.
-    let data = admin(&socket, Request::Pair).await;
-    let uri =
-        t.step("open pairing", data.and_then(|d| Ok(PairingUri::parse(d["uri"].as_str().context("no uri")?)?)), |u| {
-            format!("window open on robot {} (admin socket {})", u.robot, socket.display())
-        });
+    let data = admin::<PairShown>(&socket, Request::Pair).await;
+    let uri = t.step("open pairing", data.and_then(|d| Ok(PairingUri::parse(&d.uri)?)), |u| {
+        format!("window open on robot {} (admin socket {})", u.robot, socket.display())
+    });
     let uri = uri.context("cannot pair without a pairing window")?;
     let phone_id = identity::human_id(&identity::normalize_e164(&a.phone)?);
     let mut p = Phone::connect(&uri.broker, phone_id).await?;
@@ -306,7 +302,7 @@ async fn in_call(
     }
     t.print("", format!("simulated pose {}", sim_pose(socket).await));
     // A manual drive loses the robot's place: put it back on its dock.
-    let r = admin(socket, Request::SetAt { place: "home".into() }).await;
+    let r = admin::<AtPlace>(socket, Request::SetAt { place: "home".into() }).await;
     t.step("at home", r, |_| "robotd at home: back on the dock (a manual drive loses the place)".into());
 
     for (place, expected, why) in [("kitchen", "arrived", ""), ("bedroom", "blocked", ": the door is shut")] {

@@ -1,0 +1,251 @@
+//! Admin requests (`robotd pair`, `owners`, `at`, `status`) and their typed
+//! answers. The admin socket ([`crate::daemon::control`]) carries them as
+//! one JSON line each way: `{"ok":true,"data":{...}}` or
+//! `{"ok":false,"error":"..."}`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::pairing::PAIRING_PNG;
+use super::{Core, DropReason, Effect, Now};
+use crate::hal::ObstacleSensor;
+use crate::wire::identity::ClientId;
+use crate::wire::pairing;
+use crate::wire::payloads::VideoParams;
+use crate::wire::replies::EndReason;
+
+/// An admin request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Open a new pairing window (voids any previous secret).
+    Pair,
+    /// Close the pairing window.
+    PairClose,
+    /// List owners.
+    Owners,
+    /// Remove an owner (takes effect at once, ending its call if any).
+    OwnersRemove { id: String },
+    /// Daemon status.
+    Status,
+    /// Tell the navigator where the robot is (e.g. after carrying it to its dock).
+    SetAt { place: String },
+}
+
+/// `pair`: the new window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairShown {
+    pub uri: String,
+    /// The QR code for a terminal.
+    pub qr: String,
+    /// Where the QR code PNG is.
+    pub png: PathBuf,
+    pub expires_at_ms: u64,
+}
+
+/// One owner, without its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerInfo {
+    pub id: ClientId,
+    pub nickname: String,
+    pub paired_at_ms: u64,
+}
+
+/// `owners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerList {
+    pub owners: Vec<OwnerInfo>,
+}
+
+/// `owners remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: ClientId,
+}
+
+/// `at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtPlace {
+    pub at: String,
+}
+
+/// What the shell knows of the MQTT link, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub url: String,
+    pub connected: bool,
+    pub connects: u64,
+    /// Dropped in the link: topic outside the protocol, oversized, backlog.
+    pub dropped_topic: u64,
+    pub dropped_size: u64,
+    pub dropped_backlog: u64,
+}
+
+/// `status`: the call in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallStatus {
+    pub session: ClientId,
+    pub caller: ClientId,
+    pub video: VideoParams,
+}
+
+/// `status`: the ultrasonic sensor's reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UltrasonicStatus {
+    Distance { distance_m: Option<f64> },
+    Error { error: String },
+}
+
+/// `status`: the simulated robot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimStatus {
+    pub x: f64,
+    pub y: f64,
+    pub heading: f64,
+    pub wheel_speed_mps: [f64; 2],
+    pub obstacle: bool,
+    pub ultrasonic_m: Option<f64>,
+}
+
+/// `status`: the broker connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    pub url: String,
+    pub connected: bool,
+    pub connects: u64,
+}
+
+/// `status`: dropped messages, in the link and by the core's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedStatus {
+    pub topic: u64,
+    pub size: u64,
+    pub backlog: u64,
+    pub auth: std::collections::BTreeMap<DropReason, u64>,
+}
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub robot: ClientId,
+    pub nickname: String,
+    pub software: String,
+    pub uptime_s: u64,
+    pub broker: BrokerStatus,
+    pub pairing: String,
+    pub owners: usize,
+    pub call: Option<CallStatus>,
+    pub motion: String,
+    pub at: String,
+    pub ultrasonic: Option<UltrasonicStatus>,
+    pub sim: Option<SimStatus>,
+    pub dropped: DroppedStatus,
+}
+
+/// A successful admin answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AdminReply {
+    Pair(PairShown),
+    /// `pair --close`: `{}`.
+    Closed {},
+    Owners(OwnerList),
+    Removed(Removed),
+    At(AtPlace),
+    Status(Box<Status>),
+}
+
+impl Core {
+    /// Answer an admin request; `link` is what the shell knows of the broker.
+    pub fn on_admin(&mut self, req: Request, link: &LinkInfo, now: Now) -> (Result<AdminReply, String>, Vec<Effect>) {
+        self.now = now;
+        let r = self.admin(req, link);
+        (r, self.take_effects())
+    }
+
+    fn admin(&mut self, req: Request, link: &LinkInfo) -> Result<AdminReply, String> {
+        match req {
+            Request::Pair => {
+                let p = self.open_pairing();
+                let uri = p.uri.to_string();
+                let expires_at_ms = p.expires_at_ms;
+                let qr = pairing::render_terminal(&uri).unwrap_or_default();
+                Ok(AdminReply::Pair(PairShown { uri, qr, png: self.store.path(PAIRING_PNG), expires_at_ms }))
+            }
+            Request::PairClose => {
+                self.pairing.close();
+                self.finish_pairing();
+                Ok(AdminReply::Closed {})
+            }
+            Request::Owners => Ok(AdminReply::Owners(OwnerList {
+                owners: (self.owners.list().iter())
+                    .map(|o| OwnerInfo { id: o.id.clone(), nickname: o.nickname.clone(), paired_at_ms: o.paired_at_ms })
+                    .collect(),
+            })),
+            Request::SetAt { place } => {
+                let nav = self.body.nav.as_mut().ok_or("no [nav] map is configured")?;
+                nav.set_at(&place).map_err(|e| e.to_string())?;
+                info!(%place, "position set by admin");
+                Ok(AdminReply::At(AtPlace { at: place }))
+            }
+            Request::OwnersRemove { id } => {
+                let id = id
+                    .parse::<ClientId>()
+                    .map_err(|_| format!("{id:?} is not a client ID (32 lowercase hex characters)"))?;
+                if !self.owners.remove(&id).map_err(|e| e.to_string())? {
+                    return Err(format!("{id} is not an owner"));
+                }
+                info!(owner = %id, "owner removed");
+                if self.call.as_ref().is_some_and(|c| c.caller == id) {
+                    self.end_call(EndReason::Revoked);
+                }
+                Ok(AdminReply::Removed(Removed { removed: id }))
+            }
+            Request::Status => Ok(AdminReply::Status(Box::new(self.status(link)))),
+        }
+    }
+
+    /// The state as `robotd status` shows it.
+    pub fn status(&self, link: &LinkInfo) -> Status {
+        Status {
+            robot: self.robot.clone(),
+            nickname: self.cfg.robot.nickname.clone(),
+            software: crate::wire::SOFTWARE.into(),
+            uptime_s: self.now.mono.saturating_duration_since(self.started).as_secs(),
+            broker: BrokerStatus { url: link.url.clone(), connected: link.connected, connects: link.connects },
+            pairing: self.pairing.status(self.now.wall_ms).to_string(),
+            owners: self.owners.list().len(),
+            call: self.call.as_ref().map(|c| CallStatus {
+                session: c.session.clone(),
+                caller: c.caller.clone(),
+                video: c.video,
+            }),
+            motion: self.motion().into(),
+            at: self.at().into(),
+            ultrasonic: self.body.obstacle.as_ref().and_then(ObstacleSensor::distance_m).map(|r| match r {
+                Ok(distance_m) => UltrasonicStatus::Distance { distance_m },
+                Err(e) => UltrasonicStatus::Error { error: e.to_string() },
+            }),
+            sim: self.body.hw.sim().map(|s| {
+                let snap = s.snapshot();
+                SimStatus {
+                    x: snap.pose.x,
+                    y: snap.pose.y,
+                    heading: snap.pose.heading,
+                    wheel_speed_mps: snap.wheel_speed_mps,
+                    obstacle: snap.obstacle_detected,
+                    ultrasonic_m: snap.ultrasonic_m,
+                }
+            }),
+            dropped: DroppedStatus {
+                topic: link.dropped_topic,
+                size: link.dropped_size,
+                backlog: link.dropped_backlog,
+                auth: self.drops.counts().clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Invites and the life of a call: authenticate, accept (or busy, or
+//! rejected), start the media; end on hangup, presence, timeout, revocation,
+//! media failure or shutdown.
+
+use bytes::Bytes;
+use tracing::{error, info, warn};
+
+use super::call::{Call, Negotiated};
+use super::{Core, DropReason, Effect, Inbound, MediaReport, MediaRequest, SessionGate, VideoAdjustError};
+use crate::nav::CancelledBy;
+use crate::wire::freshness::{SeqCheck, ts_is_fresh};
+use crate::wire::identity::ClientId;
+use crate::wire::keys::Key32;
+use crate::wire::payloads::{Invite, InviteError, VideoParams};
+use crate::wire::props::{self, AuthFields};
+use crate::wire::replies::{EndReason, RejectReason, Reply, Response};
+use crate::wire::topics;
+
+impl Core {
+    /// Authenticate an invite: sender must be an owner, MAC under its key,
+    /// fresh `ts`, increasing `seq`. Non-owners are dropped with no answer.
+    pub(super) fn on_invite(&mut self, session: &ClientId, m: &Inbound) {
+        let f = AuthFields::from_properties(m.props.as_ref());
+        let Some(owner) =
+            f.from.as_deref().and_then(|s| s.parse::<ClientId>().ok()).and_then(|id| self.owners.get(&id))
+        else {
+            return self.drop_msg(DropReason::NotOwner, &m.topic_str);
+        };
+        // A bad MAC proves nothing about the sender: no answer.
+        let Some((_, seq, ts)) = props::verify(&owner.key, &m.topic_str, &m.payload, &f) else {
+            return self.drop_msg(DropReason::BadMac, &m.topic_str);
+        };
+        let (owner_id, key) = (owner.id.clone(), owner.key);
+        let corr = f.correlation;
+        // From here the sender is a known owner: failures get a `rejected`
+        // answer (bounded by the same budget as pairing rejections).
+        let stale = !ts_is_fresh(ts, self.now.wall_ms)
+            || match self.invite_seqs.classify_and_record(&owner_id, seq) {
+                SeqCheck::New => false,
+                // QoS 1 redelivery of an invite already answered.
+                SeqCheck::Duplicate => return self.drop_msg(DropReason::Duplicate, &m.topic_str),
+                SeqCheck::Old => true,
+            };
+        if stale {
+            self.drop_msg(DropReason::Stale, &m.topic_str);
+            if self.reject_budget.take(self.now.mono) {
+                self.answer_invite(&key, session, Reply::rejected(RejectReason::Stale), corr);
+            }
+            return;
+        }
+        if self.call.is_some() {
+            info!(session = %session, caller = %owner_id, "busy: already in a call");
+            return self.answer_invite(&key, session, Reply::Busy, corr);
+        }
+        match Invite::parse(&m.payload) {
+            Ok(invite) => self.accept_call(session.clone(), owner_id, &key, (invite, ts), corr),
+            Err(e) => {
+                warn!(session = %session, error = ?e, "invite rejected");
+                let reply = match e {
+                    InviteError::Invalid(detail) => Reply::rejected_because(RejectReason::InvalidRequest, detail),
+                    InviteError::NoCommonCodec => Reply::rejected(RejectReason::NoCommonCodec),
+                };
+                self.answer_invite(&key, session, reply, corr);
+            }
+        }
+    }
+
+    /// Publish an answer on `invite/{robot}/{session}/response`, MACed with `K`.
+    fn answer_invite(&mut self, key: &Key32, session: &ClientId, reply: Reply, corr: Option<Bytes>) {
+        let topic = topics::invite_response(&self.robot, session);
+        let seq = self.seq();
+        self.publish_signed(key, topic, Response { body: reply.into(), re: None }.to_bytes(), seq, corr);
+    }
+
+    fn accept_call(
+        &mut self,
+        session: ClientId,
+        caller: ClientId,
+        key: &Key32,
+        (invite, invite_ts_ms): (Invite, u64),
+        corr: Option<Bytes>,
+    ) {
+        let v = &self.cfg.video;
+        let video = invite.negotiate(VideoParams { width: v.width, height: v.height, fps: v.fps, kbps: v.kbps });
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        let video_ssrc = self.nonzero_ssrc();
+        let audio_ssrc = (invite.wants_audio() && self.cfg.audio.device.is_some()).then(|| self.nonzero_ssrc());
+        let agreed = Negotiated { invite, video, video_ssrc, audio_ssrc };
+        let call = Call::new(
+            session.clone(),
+            caller.clone(),
+            key,
+            nonce,
+            agreed,
+            self.now.mono,
+            (invite_ts_ms, self.now.wall_ms),
+        );
+        let media = MediaRequest {
+            session: session.clone(),
+            host: call.invite.media.host,
+            video_port: call.invite.media.port,
+            video_ssrc,
+            video_key: call.srtp_video,
+            video,
+            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio)),
+        };
+        let gate = SessionGate { session: session.clone(), caller: caller.clone(), key: call.session_key };
+        self.out.push(Effect::SessionGate(Some(gate)));
+        self.out.push(Effect::Subscribe(topics::session_request_filter(&session)));
+        self.out.push(Effect::Subscribe(topics::is_connected(&caller)));
+        self.call = Some(call);
+        self.media_running = false;
+        info!(session = %session, caller = %caller, ?video, "call accepted");
+        self.answer_invite(key, &session, Reply::accepted(&nonce, video_ssrc, video, audio_ssrc), corr);
+        self.out.push(Effect::StartMedia(media));
+    }
+
+    /// A random SSRC; 0 is avoided because some receivers treat it as unset.
+    fn nonzero_ssrc(&mut self) -> u32 {
+        loop {
+            let s = self.rng.next_u32();
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    /// The caller's presence: `false` ends its call.
+    pub(super) fn on_presence(&mut self, user: &ClientId, payload: &[u8]) {
+        if self.call.as_ref().is_some_and(|c| &c.caller == user) && payload == b"false" {
+            self.end_call(EndReason::CallerOffline);
+        }
+    }
+
+    /// End the call: motors, video, subscriptions, then the `ended` response.
+    pub(super) fn end_call(&mut self, reason: EndReason) {
+        self.end_call_answering(reason, None);
+    }
+
+    /// End the call; `answering` is the (seq, correlation) of the `hangup`
+    /// request being answered, if the phone asked.
+    pub(super) fn end_call_answering(&mut self, reason: EndReason, answering: Option<(u64, Option<Bytes>)>) {
+        let Some(call) = self.call.as_ref() else { return };
+        let (session, caller) = (call.session.clone(), call.caller.clone());
+        let by = if reason == EndReason::Shutdown { CancelledBy::Shutdown } else { CancelledBy::Hangup };
+        self.cancel_goto(by);
+        self.stop_motors("call ended");
+        self.out.push(Effect::StopMedia);
+        self.media_running = false;
+        self.out.push(Effect::SessionGate(None));
+        self.out.push(Effect::Unsubscribe(topics::session_request_filter(&session)));
+        self.out.push(Effect::Unsubscribe(topics::is_connected(&caller)));
+        info!(session = %session, reason = reason.as_str(), "call ended");
+        let (re, correlation) = answering.map_or((None, None), |(s, c)| (Some(s), c));
+        self.respond("hangup", Reply::Ended { reason }, re, correlation);
+        self.call = None;
+    }
+
+    /// React to the media side.
+    pub fn on_media(&mut self, ev: MediaReport, now: super::Now) -> Vec<Effect> {
+        self.now = now;
+        let current = |c: &Option<Call>, s: &ClientId| c.as_ref().is_some_and(|c| &c.session == s);
+        match ev {
+            MediaReport::Started { session } if current(&self.call, &session) => self.media_running = true,
+            MediaReport::Failed { session, detail } if current(&self.call, &session) => {
+                error!(session = %session, %detail, "video failed");
+                self.end_call(EndReason::VideoFailed);
+            }
+            MediaReport::VideoAdjusted { session, result, answer } if current(&self.call, &session) => {
+                let reply = match result {
+                    Ok(video) => {
+                        if let Some(c) = self.call.as_mut() {
+                            c.video = video;
+                        }
+                        Reply::Video { video }
+                    }
+                    Err(VideoAdjustError::Unavailable) => video_unavailable(),
+                    Err(VideoAdjustError::Invalid(d)) => Reply::rejected_because(RejectReason::InvalidRequest, d),
+                };
+                self.respond(&answer.command, reply, Some(answer.re), answer.correlation);
+            }
+            // A late report of an earlier call.
+            _ => {}
+        }
+        self.take_effects()
+    }
+}
+
+/// The answer to a `video` change before the video runs.
+pub(super) fn video_unavailable() -> Reply {
+    Reply::rejected_because(RejectReason::VideoUnavailable, "video is not running yet")
+}
