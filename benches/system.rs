@@ -507,6 +507,9 @@ async fn drive_series(
         tokio::time::sleep_until(next).await;
         ev.drain();
         let body = drive_body(i, 1000);
+        // The drive must echo a fresh token (protocol 5.7); fetching one is
+        // not part of the drive's latency.
+        phone.refresh_token(call).await;
         let t0 = mono_ns();
         phone.send(call, "drive", &body).await;
         match ev.first_after(t0, Duration::from_secs(1), |p| p != FLOOR_PIN).await {

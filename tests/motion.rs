@@ -54,7 +54,7 @@ async fn drive_moves_the_sim_robot_then_stop_stops_it() {
     let deadman_before = deadman_count(&robot);
     let seq = phone.send(&mut c, "stop", &json!({})).await;
     let (_, v) = phone.response(&c, SOON, |k, v| k == "stop" && v["re"] == seq).await.expect("stop answered");
-    assert_eq!(v, json!({"status":"stopped","re":seq}));
+    assert_eq!(untokened(v), json!({"status":"stopped","re":seq}));
     assert_eq!(status(&robot)["motion"], "idle");
     let still = wait_until_still(&robot, Duration::from_millis(500)).await;
     assert!(still.x > p.x - 1e-6, "it went backwards: {p:?} -> {still:?}");
@@ -157,7 +157,7 @@ async fn replayed_drive_is_ignored() {
     // QoS 1 redelivery would).
     let seq = c.next_seq();
     let topic = topics::session_request(&c.session, "drive");
-    let payload = br#"{"linear":0.3,"angular":0.0,"ms":200}"#.to_vec();
+    let payload = serde_json::to_vec(&json!({"linear":0.3,"angular":0.0,"ms":200,"token":c.latest_token()})).unwrap();
     let p = props::signed(&c.session_key, &topic, phone.id.as_str(), seq, now_ms(), &payload, None);
     phone.publish_raw(topic.clone(), payload.clone(), false, Some(p.clone())).await;
     let (_, v) = phone.response(&c, SOON, |k, v| k == "drive" && v["re"] == seq).await.expect("first drive answered");
@@ -181,7 +181,7 @@ async fn replayed_drive_is_ignored() {
     // The same drive with a fresh seq is accepted: it is the seq that is refused.
     let fresh = c.next_seq();
     let topic = topics::session_request(&c.session, "drive");
-    let payload = br#"{"linear":0.3,"angular":0.0,"ms":200}"#.to_vec();
+    let payload = serde_json::to_vec(&json!({"linear":0.3,"angular":0.0,"ms":200,"token":c.latest_token()})).unwrap();
     phone.publish_signed(&c.session_key, topic, payload, fresh, now_ms()).await;
     let (_, v) = phone.response(&c, SOON, |k, v| k == "drive" && v["re"] == fresh).await.expect("fresh drive answered");
     assert_eq!(v["status"], "ok", "{v}");

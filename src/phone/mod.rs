@@ -398,9 +398,36 @@ pub struct ActiveCall {
     pub srtp_audio: crate::wire::keys::SrtpKey,
     pub video_ssrc: u32,
     next_seq: u64,
+    /// The robot's latest freshness token (docs/protocol.md 5.7) and when it
+    /// arrived; every response carries one, `drive` and `goto` echo it.
+    token: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
+/// A phone refreshes its token (with a `ping`) before a `drive` or `goto`
+/// when the one it has is older than this on its own clock, so that the
+/// robot, which refuses tokens older than 1.5 s, does not refuse it.
+pub const TOKEN_REFRESH_AFTER: Duration = Duration::from_millis(1000);
+
 impl ActiveCall {
+    /// Keep the token of a verified response, if it has one.
+    fn keep_token(&self, response: &serde_json::Value) {
+        if let Some(t) = response["token"].as_str() {
+            *self.token.lock().expect("token lock") = Some((t.to_owned(), std::time::Instant::now()));
+        }
+    }
+
+    /// The latest token the robot sent, however old (for tests that build
+    /// requests by hand).
+    pub fn latest_token(&self) -> Option<String> {
+        self.token.lock().expect("token lock").as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// The latest token, if it is young enough to send.
+    fn fresh_token(&self) -> Option<String> {
+        let t = self.token.lock().expect("token lock");
+        t.as_ref().filter(|(_, at)| at.elapsed() < TOKEN_REFRESH_AFTER).map(|(t, _)| t.clone())
+    }
+
     /// The phone's next `seq` in this call (starts at 1).
     pub fn next_seq(&mut self) -> u64 {
         let s = self.next_seq;
@@ -454,6 +481,7 @@ impl Phone {
         hex::decode_to_slice(v["nonce"].as_str().unwrap_or(""), &mut nonce)
             .map_err(|_| PhoneError::Rejected("accept without a valid nonce".into()))?;
         let sid = session.to_bytes();
+        let token = v["token"].as_str().map(|t| (t.to_owned(), std::time::Instant::now()));
         Ok(InviteOutcome::Accepted(ActiveCall {
             robot: robot.robot.clone(),
             session,
@@ -463,15 +491,36 @@ impl Phone {
             video_ssrc: v["video"]["ssrc"].as_u64().unwrap_or(0) as u32,
             accept: v,
             next_seq: 1,
+            token: std::sync::Mutex::new(token),
         }))
     }
 
-    /// Send a request in a call; returns its `seq`.
+    /// Send a request in a call; returns its `seq`. A `drive` or `goto`
+    /// echoes the robot's latest token, refreshed first with a `ping` when
+    /// it is older than [`TOKEN_REFRESH_AFTER`].
     pub async fn send(&mut self, call: &mut ActiveCall, command: &str, payload: &serde_json::Value) -> u64 {
+        let mut payload = payload.clone();
+        if matches!(command, "drive" | "goto") && payload.get("token").is_none() {
+            self.refresh_token(call).await;
+            let token = call.fresh_token().or_else(|| call.latest_token());
+            if let (Some(obj), Some(t)) = (payload.as_object_mut(), token) {
+                obj.insert("token".into(), t.into());
+            }
+        }
+        let payload = &payload;
         let seq = call.next_seq();
         let topic = topics::session_request(&call.session, command);
         self.publish_signed(&call.session_key, topic, serde_json::to_vec(payload).expect("json"), seq, now_ms()).await;
         seq
+    }
+
+    /// Make sure the call's token is younger than [`TOKEN_REFRESH_AFTER`]:
+    /// if not, a `ping` fetches a fresh one (its answer carries it).
+    pub async fn refresh_token(&mut self, call: &mut ActiveCall) {
+        if call.fresh_token().is_none() {
+            let ping = Box::pin(self.request(call, "ping", serde_json::json!({}), Duration::from_secs(2)));
+            let _ = ping.await;
+        }
     }
 
     /// Wait for an authenticated response in the call matching `pred`.
@@ -495,7 +544,9 @@ impl Phone {
             })
             .await?;
         let cmd = m.topic.strip_prefix(&prefix)?.strip_suffix("/response")?.to_owned();
-        Some((cmd, m.json()))
+        let v = m.json();
+        call.keep_token(&v);
+        Some((cmd, v))
     }
 
     /// Send a request and wait for its response (`re` = its seq).

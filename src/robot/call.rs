@@ -11,18 +11,7 @@ use crate::wire::freshness::{ReplayError, ReplayWindow};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::{self, Key32, SrtpKey};
 use crate::wire::payloads::{Invite, VideoParams};
-
-/// A motion request (`drive`, `goto`) that arrives more than this many
-/// milliseconds later than the call's fastest message is refused as `stale`
-/// (docs/protocol.md 5.5): it waited somewhere (a partition that healed, a
-/// phone that queued it while offline, a broker holding it back) and the
-/// person who sent it no longer sees what it would do.
-pub const MAX_LATENESS_MS: u64 = 2000;
-
-/// `now_ms - ts_ms` as a signed number of milliseconds.
-fn age_ms(ts_ms: u64, now_ms: u64) -> i64 {
-    (i128::from(now_ms) - i128::from(ts_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-}
+use crate::wire::token::{self, TokenError};
 
 /// What was agreed for a call's media.
 #[derive(Debug, Clone)]
@@ -48,10 +37,10 @@ pub struct Call {
     pub audio_ssrc: Option<u32>,
     replay: ReplayWindow,
     last_request: Instant,
-    /// The smallest `now - ts` seen in this call, the invite included (ms):
-    /// the fastest transit plus the offset between the two clocks. Lateness
-    /// is measured from it, so the clocks need not agree.
-    transit_floor_ms: i64,
+    /// When the call was accepted: the origin of its freshness tokens.
+    started: Instant,
+    /// The key of this call's freshness tokens; only the robot knows it.
+    token_key: Key32,
     /// The robot's `seq` in this call: starts at 1.
     next_seq: u64,
 }
@@ -78,7 +67,7 @@ impl Call {
         robot_nonce: [u8; 16],
         agreed: Negotiated,
         now: Instant,
-        (invite_ts_ms, now_ms): (u64, u64),
+        token_key: Key32,
     ) -> Call {
         let Negotiated { invite, video, video_ssrc, audio_ssrc } = agreed;
         let sid = session.to_bytes();
@@ -95,7 +84,8 @@ impl Call {
             audio_ssrc,
             replay: ReplayWindow::default(),
             last_request: now,
-            transit_floor_ms: age_ms(invite_ts_ms, now_ms),
+            started: now,
+            token_key,
             next_seq: 1,
         }
     }
@@ -108,13 +98,19 @@ impl Call {
         Ok(())
     }
 
-    /// How much later (ms) than the call's fastest message a request with
-    /// this `ts` arrived; a faster one lowers the floor. Call it for every
-    /// request that passed the MAC and the replay window.
-    pub fn lateness_ms(&mut self, ts_ms: u64, now_ms: u64) -> u64 {
-        let age = age_ms(ts_ms, now_ms);
-        self.transit_floor_ms = self.transit_floor_ms.min(age);
-        age.abs_diff(self.transit_floor_ms)
+    /// A fresh token for a response sent at `now` (docs/protocol.md 5.7).
+    pub fn token(&self, now: Instant) -> String {
+        token::issue(&self.token_key, self.robot_ms(now))
+    }
+
+    /// The age of a motion request's echoed token at `now`, if it is one of
+    /// this call's and at most [`token::MAX_TOKEN_AGE_MS`] old.
+    pub fn check_token(&self, echoed: Option<&str>, now: Instant) -> Result<u64, TokenError> {
+        token::check(&self.token_key, echoed, self.robot_ms(now))
+    }
+
+    fn robot_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// When the call times out unless a request arrives.
@@ -162,26 +158,19 @@ mod tests {
                 audio_ssrc: None,
             },
             now,
-            (1_764_072_000_000, 1_764_072_000_100),
+            [5u8; 32],
         )
     }
 
     #[test]
-    fn lateness_is_measured_from_the_fastest_message_whatever_the_clock_offset() {
-        let mut c = call(Instant::now());
-        // The invite took 100 ms (or the clocks differ by that): the floor.
-        let t = 1_764_072_001_000;
-        assert_eq!(c.lateness_ms(t, t + 100), 0);
-        assert_eq!(c.lateness_ms(t, t + 2100), 2000);
-        assert_eq!(c.lateness_ms(t, t + 2101), 2001);
-        // A faster message lowers the floor (phone clock 5 s ahead: negative age).
-        assert_eq!(c.lateness_ms(t + 5000, t), 0);
-        assert_eq!(c.lateness_ms(t + 5000, t + 1500), 1500);
-        // Nonsense timestamps saturate instead of wrapping, and fail safe:
-        // a `ts` far in the future makes every later request late.
-        assert!(c.lateness_ms(0, u64::MAX) > MAX_LATENESS_MS);
-        assert_eq!(c.lateness_ms(u64::MAX, 0), 0);
-        assert!(c.lateness_ms(t, t + 100) > MAX_LATENESS_MS);
+    fn tokens_are_issued_and_checked_on_the_calls_monotonic_clock() {
+        let t0 = Instant::now();
+        let c = call(t0);
+        let tok = c.token(t0 + Duration::from_millis(300));
+        assert!(tok.starts_with("300."), "{tok}");
+        assert_eq!(c.check_token(Some(&tok), t0 + Duration::from_millis(1800)), Ok(1500));
+        assert_eq!(c.check_token(Some(&tok), t0 + Duration::from_millis(1801)), Err(TokenError::Old(1501)));
+        assert_eq!(c.check_token(None, t0), Err(TokenError::Missing));
     }
 
     #[test]

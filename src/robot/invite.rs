@@ -53,7 +53,7 @@ impl Core {
             return self.answer_invite(&key, session, Reply::Busy, corr);
         }
         match Invite::parse(&m.payload) {
-            Ok(invite) => self.accept_call(session.clone(), owner_id, &key, (invite, ts), corr),
+            Ok(invite) => self.accept_call(session.clone(), owner_id, &key, invite, corr),
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");
                 let reply = match e {
@@ -69,17 +69,13 @@ impl Core {
     fn answer_invite(&mut self, key: &Key32, session: &ClientId, reply: Reply, corr: Option<Bytes>) {
         let topic = topics::invite_response(&self.robot, session);
         let seq = self.seq();
-        self.publish_signed(key, topic, Response { body: reply.into(), re: None }.to_bytes(), seq, corr);
+        // The accept carries the call's first freshness token.
+        let token = self.call.as_ref().filter(|c| &c.session == session).map(|c| c.token(self.now.mono));
+        let payload = Response { body: reply.into(), token, re: None }.to_bytes();
+        self.publish_signed(key, topic, payload, seq, corr);
     }
 
-    fn accept_call(
-        &mut self,
-        session: ClientId,
-        caller: ClientId,
-        key: &Key32,
-        (invite, invite_ts_ms): (Invite, u64),
-        corr: Option<Bytes>,
-    ) {
+    fn accept_call(&mut self, session: ClientId, caller: ClientId, key: &Key32, invite: Invite, corr: Option<Bytes>) {
         let v = &self.cfg.video;
         let video = invite.negotiate(VideoParams { width: v.width, height: v.height, fps: v.fps, kbps: v.kbps });
         let mut nonce = [0u8; 16];
@@ -87,15 +83,9 @@ impl Core {
         let video_ssrc = self.nonzero_ssrc();
         let audio_ssrc = (invite.wants_audio() && self.cfg.audio.device.is_some()).then(|| self.nonzero_ssrc());
         let agreed = Negotiated { invite, video, video_ssrc, audio_ssrc };
-        let call = Call::new(
-            session.clone(),
-            caller.clone(),
-            key,
-            nonce,
-            agreed,
-            self.now.mono,
-            (invite_ts_ms, self.now.wall_ms),
-        );
+        let mut token_key = [0u8; 32];
+        self.rng.fill_bytes(&mut token_key);
+        let call = Call::new(session.clone(), caller.clone(), key, nonce, agreed, self.now.mono, token_key);
         let media = MediaRequest {
             session: session.clone(),
             host: call.invite.media.host,

@@ -375,7 +375,11 @@ impl Core {
     fn respond(&mut self, command: &str, body: impl Into<ReplyBody>, re: Option<u64>, correlation: Option<Bytes>) {
         let Some(call) = self.call.as_mut() else { return };
         let topic = topics::session_response(&call.session, command);
-        let payload = Response { body: body.into(), re }.to_bytes();
+        let body = body.into();
+        // Every answer in a call carries a fresh token, but `ended`: the call is over.
+        let ended = matches!(body, ReplyBody::Reply(crate::wire::replies::Reply::Ended { .. }));
+        let token = (!ended).then(|| call.token(self.now.mono));
+        let payload = Response { body, token, re }.to_bytes();
         let (key, seq) = (call.session_key, call.next_seq());
         self.publish_signed(&key, topic, payload, seq, correlation);
     }

@@ -43,7 +43,7 @@ impl Core {
                     // Not stored: do not tell the phone it is paired.
                     error!(error = %e, phone = %phone_id, "pairing succeeded but the owner could not be stored");
                     self.finish_pairing();
-                    let body = Response { body: Reply::rejected(RejectReason::InternalError).into(), re: None };
+                    let body = Response::plain(Reply::rejected(RejectReason::InternalError));
                     return self.publish_unsigned(topic, body.to_bytes(), f.correlation);
                 }
                 info!(phone = %phone_id, "paired a new owner");

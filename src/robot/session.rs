@@ -1,9 +1,8 @@
 //! Requests in a call: authenticated with `Ks`, checked against the replay
-//! window and (for motion) lateness, then dispatched by command.
+//! window and (for motion) the freshness token, then dispatched by command.
 
 use bytes::Bytes;
 
-use super::call::MAX_LATENESS_MS;
 use super::invite::video_unavailable;
 use super::{Answer, Core, DropReason, Effect, Inbound};
 use crate::motion::{DriveCommand, MotionError};
@@ -13,6 +12,7 @@ use crate::wire::identity::ClientId;
 use crate::wire::payloads::{self, Command, CommandError, VideoChange};
 use crate::wire::props::{self, AuthFields};
 use crate::wire::replies::{EndReason, RejectReason, Reply};
+use crate::wire::token::{MAX_TOKEN_AGE_MS, TokenError};
 
 impl Core {
     /// A request in the call: sender, MAC under `Ks` and the replay window
@@ -26,7 +26,7 @@ impl Core {
         if f.from.as_deref() != Some(call.caller.as_str()) {
             return self.drop_msg(DropReason::NotCaller, &m.topic_str);
         }
-        let Some((_, seq, ts)) = props::verify(&call.session_key, &m.topic_str, &m.payload, &f) else {
+        let Some((_, seq, _ts)) = props::verify(&call.session_key, &m.topic_str, &m.payload, &f) else {
             return self.drop_msg(DropReason::BadMac, &m.topic_str);
         };
         match call.accept_request(seq, now.mono) {
@@ -41,13 +41,15 @@ impl Core {
                 return;
             }
         }
-        // A motion request that waited somewhere must not move the robot
-        // now (5.5); anything else late is harmless and handled as usual.
-        let lateness = call.lateness_ms(ts, now.wall_ms);
+        // A motion request must echo a fresh token (5.7): one that waited
+        // somewhere must not move the robot now. Anything else late is
+        // harmless and handled as usual.
         let parsed = payloads::parse_command(command, &m.payload);
-        if matches!(command, "drive" | "goto") && lateness > MAX_LATENESS_MS {
-            self.drop_msg(DropReason::Late, &m.topic_str);
-            return self.refuse_late(command, &parsed, lateness, seq, f.correlation);
+        if parsed.as_ref().is_ok_and(|c| matches!(c, Command::Drive { .. } | Command::Goto { .. })) {
+            if let Err(e) = call.check_token(echoed_token(&m.payload).as_deref(), now.mono) {
+                self.drop_msg(DropReason::Late, &m.topic_str);
+                return self.refuse_late(command, &parsed, e, seq, f.correlation);
+            }
         }
         let correlation = f.correlation;
         let reply = match parsed {
@@ -69,19 +71,25 @@ impl Core {
         self.respond(command, reply, Some(seq), correlation);
     }
 
-    /// Answer a motion request that arrived too late: `stale`, and for a
+    /// Answer a motion request whose token is missing or too old: `stale`, and for a
     /// goto as a goto status (they lead with their destination, section 8).
     fn refuse_late(
         &mut self,
         command: &str,
         parsed: &Result<Command, CommandError>,
-        lateness: u64,
+        why: TokenError,
         re: u64,
         correlation: Option<Bytes>,
     ) {
-        let detail = format!(
-            "arrived {lateness} ms later than this call's fastest message; motion requests more than {MAX_LATENESS_MS} ms late are refused"
-        );
+        let detail = match why {
+            TokenError::Old(age) => format!(
+                "its token is {age} ms old; motion requests must echo a token at most {MAX_TOKEN_AGE_MS} ms old (the one in this answer is fresh)"
+            ),
+            TokenError::Missing => {
+                "motion requests must echo the latest token (the one in this answer is fresh)".into()
+            }
+            TokenError::Forged => "its token was not issued in this call (use the one in this answer)".into(),
+        };
         match parsed {
             Ok(Command::Goto { destination }) => {
                 let st = GotoStatus::new(destination, GotoState::Rejected { reason: "stale".into(), detail });
@@ -164,6 +172,15 @@ impl Core {
     pub(super) fn at(&self) -> &str {
         self.body.nav.as_ref().map_or("unknown", crate::nav::Navigator::at_or_unknown)
     }
+}
+
+/// The `token` a request echoes, if its payload is an object with one.
+fn echoed_token(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Echo {
+        token: Option<String>,
+    }
+    serde_json::from_slice::<Echo>(payload).ok()?.token
 }
 
 /// The `rejected` answer to a request that does not parse.

@@ -11,6 +11,7 @@ pub mod pairing;
 pub mod payloads;
 pub mod props;
 pub mod replies;
+pub mod token;
 pub mod topics;
 
 /// Largest payload robotd reads; anything larger is dropped before parsing.

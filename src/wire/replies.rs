@@ -165,14 +165,24 @@ impl From<GotoStatus> for Body {
     }
 }
 
-/// A body with the `re` of the request it answers (absent on answers to
-/// nothing, such as an `ended` the robot decided on its own).
+/// A body with the call's latest freshness token (docs/protocol.md 5.7) and
+/// the `re` of the request it answers (absent on answers to nothing, such
+/// as an `ended` the robot decided on its own).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Response {
     #[serde(flatten)]
     pub body: Body,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub re: Option<u64>,
+}
+
+impl Response {
+    /// A body outside a call: no token, no `re`.
+    pub fn plain(body: impl Into<Body>) -> Response {
+        Response { body: body.into(), token: None, re: None }
+    }
 }
 
 impl Response {
@@ -188,7 +198,7 @@ mod tests {
     use crate::nav::GotoState;
 
     fn bytes(body: impl Into<Body>, re: Option<u64>) -> String {
-        String::from_utf8(Response { body: body.into(), re }.to_bytes()).unwrap()
+        String::from_utf8(Response { body: body.into(), token: None, re }.to_bytes()).unwrap()
     }
 
     #[test]
@@ -231,5 +241,7 @@ mod tests {
             r#"{"destination":"bedroom","status":"blocked","re":4}"#
         );
         assert_eq!(EndReason::Revoked.as_str(), "revoked");
+        let r = Response { body: Reply::Ok.into(), token: Some("12.00112233445566ff".into()), re: Some(5) };
+        assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), r#"{"status":"ok","token":"12.00112233445566ff","re":5}"#);
     }
 }

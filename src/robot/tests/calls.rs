@@ -7,45 +7,90 @@ use crate::robot::{DropReason, Effect, LinkEvent, MediaReport};
 const DRIVE: &str = r#"{"linear":0.5,"angular":0.0,"ms":500}"#;
 
 #[test]
-fn a_drive_more_than_2_s_late_is_refused_stale_and_does_not_move() {
+fn a_drive_whose_token_is_older_than_1_5_s_is_refused_stale_and_does_not_move() {
     let mut r = Rig::new();
     let (phone, mut c) = r.call();
-    // On time: it moves.
-    assert_eq!(r.request(&mut c, &phone, "drive", DRIVE)[0]["status"], "ok");
+    // On time: it moves, and its answer carries a new token.
+    let v = r.request(&mut c, &phone, "drive", DRIVE);
+    assert_eq!(v[0]["status"], "ok", "{v:?}");
     assert_eq!(r.motion(), MotionState::Driving);
     r.request(&mut c, &phone, "stop", "{}");
-    assert_eq!(r.motor_command(), [0.0, 0.0]);
-    // Sent 2.1 s before it arrived (held somewhere): refused, no motion.
-    let sent = r.now().wall_ms - 2100;
-    let v = r.request_at(&mut c, &phone, "drive", DRIVE, sent);
+    // Held somewhere for 1.6 s (robot's monotonic clock): refused, no motion.
+    let held = c.token.clone();
+    r.advance(1600);
+    let v = r.request(
+        &mut c,
+        &phone,
+        "drive",
+        &format!(r#"{{"linear":0.5,"angular":0.0,"ms":500,"token":{:?}}}"#, held.unwrap()),
+    );
     assert_eq!((v[0]["status"].as_str(), v[0]["reason"].as_str()), (Some("rejected"), Some("stale")), "{v:?}");
-    assert!(v[0]["detail"].as_str().unwrap().contains("2100 ms later"), "{v:?}");
+    assert!(v[0]["detail"].as_str().unwrap().contains("1600 ms old"), "{v:?}");
+    assert!(v[0]["token"].is_string(), "the refusal carries a fresh token: {v:?}");
     assert_eq!(v[0]["re"], c.seq);
     assert_eq!(r.motion(), MotionState::Idle);
     assert_eq!(r.motor_command(), [0.0, 0.0]);
     assert_eq!(r.core.drops().count(DropReason::Late), 1);
+    // With the token of that refusal it moves.
+    assert_eq!(r.request(&mut c, &phone, "drive", DRIVE)[0]["status"], "ok");
+    r.request(&mut c, &phone, "stop", "{}");
+    // No token, or one made up: refused too.
+    for bad in [
+        r#"{"linear":0.5,"angular":0.0,"token":"99999999.0011223344556677"}"#,
+        r#"{"linear":0.5,"angular":0.0,"token":null}"#,
+    ] {
+        let v = r.request(&mut c, &phone, "drive", bad);
+        assert_eq!(v[0]["reason"], "stale", "{bad}: {v:?}");
+    }
+    assert_eq!(r.motion(), MotionState::Idle);
     // A late goto is refused with its destination first.
-    let v = r.request_at(&mut c, &phone, "goto", r#"{"destination":"kitchen"}"#, sent);
+    let old = r.request(&mut c, &phone, "ping", "{}")[0]["token"].as_str().unwrap().to_owned();
+    r.advance(2000);
+    let v = r.request(&mut c, &phone, "goto", &format!(r#"{{"destination":"kitchen","token":{old:?}}}"#));
     assert_eq!((v[0]["destination"].as_str(), v[0]["reason"].as_str()), (Some("kitchen"), Some("stale")));
-    // Something harmless that is late is still answered.
-    assert_eq!(r.request_at(&mut c, &phone, "ping", "{}", sent)[0]["status"], "ok");
+    // Something harmless is answered whatever its token.
+    assert_eq!(r.request(&mut c, &phone, "ping", "{}")[0]["status"], "ok");
+}
+
+#[test]
+fn wall_clock_steps_on_either_side_neither_lock_out_nor_let_a_held_drive_move() {
+    let mut r = Rig::new();
+    let (phone, mut c) = r.call();
+    for step in [6000, -12000, 6000] {
+        // The robot's wall clock steps: fresh drives still move.
+        r.step_wall(step);
+        assert_eq!(r.request(&mut c, &phone, "drive", DRIVE)[0]["status"], "ok", "robot clock stepped {step} ms");
+        // The phone's clock is 6 s off either way (its `ts`): still moves.
+        for off in [-6000i64, 6000] {
+            let ts = r.now().wall_ms.saturating_add_signed(off);
+            assert_eq!(r.request_at(&mut c, &phone, "drive", DRIVE, ts)[0]["status"], "ok", "phone clock {off} ms off");
+        }
+        r.request(&mut c, &phone, "stop", "{}");
+    }
+    // A drive held 9.5 s while the robot's clock steps back 6 s: refused.
+    let held = c.token.clone().unwrap();
+    r.advance(9500);
+    r.step_wall(-6000);
+    let v = r.request(&mut c, &phone, "drive", &format!(r#"{{"linear":0.5,"angular":0.0,"token":{held:?}}}"#));
+    assert_eq!(v[0]["reason"], "stale", "{v:?}");
+    assert_eq!(r.motion(), MotionState::Idle);
 }
 
 #[test]
 fn replays_and_duplicates_are_dropped() {
     let mut r = Rig::new();
-    let (phone, c) = r.call();
+    let (phone, mut c) = r.call();
     let ts = r.now().wall_ms;
-    assert_eq!(r.request_seq(&c, &phone, "drive", DRIVE, 100, ts).len(), 1);
-    assert_eq!(r.request_seq(&c, &phone, "stop", "{}", 101, ts)[0]["status"], "stopped");
+    assert_eq!(r.request_seq(&mut c, &phone, "drive", DRIVE, 100, ts).len(), 1);
+    assert_eq!(r.request_seq(&mut c, &phone, "stop", "{}", 101, ts)[0]["status"], "stopped");
     // The same seq again (QoS 1 redelivery or a replay): silently dropped.
-    assert!(r.request_seq(&c, &phone, "drive", DRIVE, 100, ts).is_empty());
+    assert!(r.request_seq(&mut c, &phone, "drive", DRIVE, 100, ts).is_empty());
     assert_eq!(r.motion(), MotionState::Idle, "a replayed drive must not move");
     // Far below the window: stale, answered (the MAC verified).
     for s in 102..=170 {
-        r.request_seq(&c, &phone, "ping", "{}", s, ts);
+        r.request_seq(&mut c, &phone, "ping", "{}", s, ts);
     }
-    let v = r.request_seq(&c, &phone, "drive", DRIVE, 101, ts);
+    let v = r.request_seq(&mut c, &phone, "drive", DRIVE, 101, ts);
     assert_eq!(v[0]["reason"], "stale", "{v:?}");
     assert_eq!(r.motion(), MotionState::Idle);
     // A forged MAC: no answer at all.
@@ -62,15 +107,15 @@ fn refusals_are_answered_within_the_reply_budget() {
     let (phone, mut c) = r.call();
     let ts = r.now().wall_ms;
     for s in 1000..1100 {
-        r.request_seq(&c, &phone, "ping", "{}", s, ts);
+        r.request_seq(&mut c, &phone, "ping", "{}", s, ts);
     }
     // 200 stale requests at once: 20 answers (the burst), the rest counted.
-    let answered: usize = (0..200).map(|i| r.request_seq(&c, &phone, "ping", "{}", 900 - i, ts).len()).sum();
+    let answered: usize = (0..200).map(|i| r.request_seq(&mut c, &phone, "ping", "{}", 900 - i, ts).len()).sum();
     assert_eq!(answered, 20);
     assert_eq!(r.core.drops().count(DropReason::Stale), 200);
     // Refilled at 10 a second.
     r.advance(1000);
-    let answered: usize = (0..50).map(|i| r.request_seq(&c, &phone, "ping", "{}", 600 - i, ts).len()).sum();
+    let answered: usize = (0..50).map(|i| r.request_seq(&mut c, &phone, "ping", "{}", 600 - i, ts).len()).sum();
     assert_eq!(answered, 10);
     c.seq = 2000;
     assert_eq!(r.request(&mut c, &phone, "ping", "{}")[0]["status"], "ok", "genuine requests are always answered");
@@ -172,7 +217,7 @@ fn goto_statuses_carry_the_re_of_their_goto() {
     assert_eq!(by_status("accepted")["re"], re2, "{second:?}");
     // stop ends it: `cancelled` with the second re, then `stopped`.
     let stopped = r.request(&mut c, &phone, "stop", "{}");
-    assert_eq!(stopped, vec![serde_json::json!({"status":"stopped","re":c.seq})]);
+    assert_eq!(untokened(stopped), vec![serde_json::json!({"status":"stopped","re":c.seq})]);
     let last = jsons_of(&r.effects, &topics::session_response(&c.session, "goto")).pop().unwrap();
     assert_eq!((last["status"].as_str(), last["re"].as_u64()), (Some("cancelled"), Some(re2)));
     assert_eq!(r.motor_command(), [0.0, 0.0]);
@@ -189,7 +234,7 @@ fn a_video_change_is_capped_by_the_invite_and_answered_by_the_media() {
     let video = crate::wire::payloads::VideoParams { width: 640, height: 480, fps: 30, kbps: 800 };
     let fx = r.media(MediaReport::VideoAdjusted { session, result: Ok(video), answer });
     let v = jsons_of(&fx, &topics::session_response(&c.session, "video"));
-    assert_eq!(v, vec![serde_json::json!({"status":"ok","video":video,"re":c.seq})]);
+    assert_eq!(untokened(v), vec![serde_json::json!({"status":"ok","video":video,"re":c.seq})]);
 }
 
 #[test]
@@ -200,4 +245,12 @@ fn a_media_failure_ends_the_call_and_late_reports_of_old_calls_do_nothing() {
     assert!(r.media(MediaReport::Failed { session: old, detail: "x".into() }).is_empty());
     r.media(MediaReport::Failed { session: c.session.clone(), detail: "camera unplugged".into() });
     assert_eq!(r.ended(&c), vec![serde_json::json!({"status":"ended","reason":"video_failed"})]);
+}
+
+/// The answers without their (always different) freshness tokens.
+fn untokened(mut v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    for x in &mut v {
+        assert!(x.as_object_mut().unwrap().remove("token").is_some(), "every answer in a call has a token: {x}");
+    }
+    v
 }

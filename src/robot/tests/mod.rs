@@ -53,6 +53,8 @@ pub(super) struct PhoneCall {
     pub session: ClientId,
     pub ks: Key32,
     pub seq: u64,
+    /// The robot's latest freshness token; `drive` and `goto` echo it.
+    pub token: Option<String>,
 }
 
 impl Rig {
@@ -156,7 +158,9 @@ impl Rig {
         let sid: ClientId = session.parse().unwrap();
         let ks = keys::session_key(&phone.key, &sid.to_bytes(), &nonce);
         self.media(MediaReport::Started { session: sid.clone() });
-        (phone, PhoneCall { session: sid, ks, seq: 0 })
+        let token = answer["token"].as_str().map(str::to_owned);
+        assert!(token.is_some(), "the accept carries the first token: {answer}");
+        (phone, PhoneCall { session: sid, ks, seq: 0, token })
     }
 
     /// A request in the call with `ts` = `ts_ms`; returns its response(s).
@@ -169,7 +173,8 @@ impl Rig {
         ts_ms: u64,
     ) -> Vec<Value> {
         c.seq += 1;
-        self.request_seq(c, phone, command, payload, c.seq, ts_ms)
+        let seq = c.seq;
+        self.request_seq(c, phone, command, payload, seq, ts_ms)
     }
 
     pub fn request(&mut self, c: &mut PhoneCall, phone: &PhoneKey, command: &str, payload: &str) -> Vec<Value> {
@@ -177,19 +182,40 @@ impl Rig {
         self.request_at(c, phone, command, payload, ts)
     }
 
+    /// A request with this `seq`; a `drive` or `goto` echoes the latest token
+    /// unless its payload names one. Tokens in the answers are kept.
     pub fn request_seq(
         &mut self,
-        c: &PhoneCall,
+        c: &mut PhoneCall,
         phone: &PhoneKey,
         command: &str,
         payload: &str,
         seq: u64,
         ts_ms: u64,
     ) -> Vec<Value> {
+        let mut body: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+        if let (true, Some(obj), Some(t)) = (matches!(command, "drive" | "goto"), body.as_object_mut(), &c.token) {
+            obj.entry("token").or_insert_with(|| t.clone().into());
+        }
+        let payload = if body.is_object() { body.to_string() } else { payload.to_owned() };
         let topic = topics::session_request(&c.session, command);
         let p = props::signed(&c.ks, &topic, phone.id.as_str(), seq, ts_ms, payload.as_bytes(), None);
         let fx = self.deliver(&topic, payload.as_bytes(), Some(p));
+        let prefix = format!("session/{}/", c.session);
+        for e in &fx {
+            if let Effect::Publish { topic, payload, .. } = e {
+                let v: Value = serde_json::from_slice(payload).unwrap();
+                if let (true, Some(t)) = (topic.starts_with(&prefix), v["token"].as_str()) {
+                    c.token = Some(t.to_owned());
+                }
+            }
+        }
         jsons_of(&fx, &topics::session_response(&c.session, command))
+    }
+
+    /// Step the wall clock (as NTP or a person would); the monotonic one goes on.
+    pub fn step_wall(&mut self, ms: i64) {
+        self.wall0 = self.wall0.saturating_add_signed(ms);
     }
 
     pub fn motion(&self) -> MotionState {
