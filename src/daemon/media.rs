@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::config::{AudioConfig, VideoConfig};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 use crate::wire::identity::ClientId;
+use crate::wire::keys::SrtpKey;
 use crate::wire::payloads::VideoParams;
 
 /// What the media side reports to the main loop.
@@ -37,10 +38,10 @@ pub struct MediaRequest {
     pub host: IpAddr,
     pub video_port: u16,
     pub video_ssrc: u32,
-    pub video_key: [u8; 30],
+    pub video_key: SrtpKey,
     pub video: VideoParams,
     /// Audio port, SSRC and key, when audio was negotiated.
-    pub audio: Option<(u16, u32, [u8; 30])>,
+    pub audio: Option<(u16, u32, SrtpKey)>,
 }
 
 impl std::fmt::Debug for MediaRequest {
@@ -99,7 +100,7 @@ impl Media {
                 host: req.host,
                 port: req.video_port,
                 ssrc: req.video_ssrc,
-                srtp_key: req.video_key.into(),
+                srtp_key: req.video_key,
                 width: req.video.width,
                 height: req.video.height,
                 fps: req.video.fps,
@@ -120,7 +121,7 @@ impl Media {
                         host: req.host,
                         port,
                         ssrc,
-                        srtp_key: key.into(),
+                        srtp_key: key,
                         bitrate: 32_000,
                         source: AudioSource::from_config(&dev),
                     };

@@ -371,9 +371,9 @@ impl Service {
             host: call.invite.media.host,
             video_port: call.invite.media.port,
             video_ssrc,
-            video_key: call.srtp_video,
+            video_key: call.srtp_video.clone(),
             video,
-            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio)),
+            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio.clone())),
         };
         self.link.set_session_gate(Some(SessionGate {
             session: session.clone(),

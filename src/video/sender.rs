@@ -332,7 +332,7 @@ pub(crate) fn make_srtpenc(name: &str, key: &SrtpKey) -> Result<gst::Element, Vi
     build(
         "srtpenc",
         element("srtpenc", name)?
-            .property("key", key.to_buffer())
+            .property("key", super::srtp_key_buffer(key))
             .property_from_str("rtp-cipher", "aes-128-icm")
             .property_from_str("rtp-auth", "hmac-sha1-80")
             .property_from_str("rtcp-cipher", "aes-128-icm")

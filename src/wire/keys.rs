@@ -8,6 +8,8 @@
 //! useless for any other; a fresh robot nonce per call means session and media
 //! keys are never reused across calls.
 
+use std::fmt;
+
 use hkdf::Hkdf;
 use sha2::Sha256;
 
@@ -15,8 +17,26 @@ use sha2::Sha256;
 pub type PairingSecret = [u8; 16];
 /// An owner key `K` or session key `Ks`.
 pub type Key32 = [u8; 32];
-/// SRTP master key (16 bytes) followed by master salt (14 bytes).
-pub type SrtpKey = [u8; 30];
+/// The SRTP master key (16 bytes) followed by the master salt (14 bytes),
+/// 30 bytes as the protocol derives it (HKDF info `robotd srtp v1` /
+/// `robotd srtp audio v1`).
+///
+/// One type from the derivation to the GStreamer pipeline. `Debug` never shows
+/// the bytes, so parameters and requests holding it can be logged safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpKey(pub [u8; 30]);
+
+impl fmt::Debug for SrtpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SrtpKey(..)")
+    }
+}
+
+impl From<[u8; 30]> for SrtpKey {
+    fn from(bytes: [u8; 30]) -> Self {
+        SrtpKey(bytes)
+    }
+}
 
 fn expand<const N: usize>(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> [u8; N] {
     let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
@@ -44,12 +64,12 @@ pub fn session_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 
 
 /// The SRTP master key and salt of a call's video stream.
 pub fn srtp_video_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> SrtpKey {
-    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp v1"])
+    SrtpKey(expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp v1"]))
 }
 
 /// The SRTP master key and salt of a call's audio stream.
 pub fn srtp_audio_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> SrtpKey {
-    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp audio v1"])
+    SrtpKey(expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp audio v1"]))
 }
 
 #[cfg(test)]
@@ -73,11 +93,11 @@ mod tests {
             "61edd9aca22ea26a0234b90e26ea7a69e592d8b50fa7b4d1ddbe38c2d10458b8"
         );
         assert_eq!(
-            hex::encode(srtp_video_key(&k, &sid, &rn)),
+            hex::encode(srtp_video_key(&k, &sid, &rn).0),
             "149ffed491d44212d2672dae6389779a919e58f9d95716ab76edadfb00b6"
         );
         assert_eq!(
-            hex::encode(srtp_audio_key(&k, &sid, &rn)),
+            hex::encode(srtp_audio_key(&k, &sid, &rn).0),
             "65532e412027e9558121d11c6189bd91739cfb7fe969b8e46f8c1ef78c44"
         );
     }
@@ -90,5 +110,12 @@ mod tests {
         let b = owner_key(&s, &n, "0123456789abcdef0123456789abcdef", "36940d0ece18aebf69d0ef6825534e25");
         assert_ne!(a, b);
         assert_ne!(session_key(&a, &[0; 16], &[1; 16]), session_key(&a, &[0; 16], &[2; 16]));
+    }
+
+    #[test]
+    fn srtp_key_debug_hides_the_bytes() {
+        let key = SrtpKey([0x5a; 30]);
+        let text = format!("{key:?} {:?}", Some(&key));
+        assert_eq!(text, "SrtpKey(..) Some(SrtpKey(..))");
     }
 }
