@@ -56,26 +56,13 @@ pub struct PairedRobot {
     pub robot: ClientId,
     pub nickname: String,
     pub broker: String,
-    #[serde(with = "hex_key")]
+    #[serde(with = "crate::wire::keys::hex_key")]
     pub key: Key32,
 }
 
 impl std::fmt::Debug for PairedRobot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PairedRobot").field("robot", &self.robot).field("nickname", &self.nickname).finish()
-    }
-}
-
-mod hex_key {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(k))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = String::deserialize(d)?;
-        let mut k = [0u8; 32];
-        hex::decode_to_slice(&s, &mut k).map_err(|_| D::Error::custom("key must be 64 hex characters"))?;
-        Ok(k)
     }
 }
 

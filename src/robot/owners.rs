@@ -70,7 +70,7 @@ pub struct Owner {
     /// Sanitised by [`OwnerStore::add`] (see [`sanitize_nickname`]).
     pub nickname: String,
     /// The owner key `K` (see [`crate::wire::keys::owner_key`]); hex in the file.
-    #[serde(with = "hex_key")]
+    #[serde(with = "crate::wire::keys::hex_key")]
     pub key: [u8; 32],
     /// When pairing succeeded, unix milliseconds.
     pub paired_at_ms: u64,
@@ -261,24 +261,6 @@ fn warn_if_readable_by_others(path: &Path) {
             mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
             "owners file is readable by other users; it holds owner keys (it is rewritten as 0600 on the next change)"
         );
-    }
-}
-
-/// `[u8; 32]` as 64 lowercase hex characters. Errors never echo the value.
-mod hex_key {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(key))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut key = [0u8; 32];
-        if text.len() != 64 || hex::decode_to_slice(&text, &mut key).is_err() {
-            return Err(D::Error::custom("owner key must be 64 hex characters (32 bytes)"));
-        }
-        Ok(key)
     }
 }
 

@@ -72,6 +72,33 @@ pub fn srtp_audio_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u
     SrtpKey(expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp audio v1"]))
 }
 
+/// Serde for a [`Key32`] as 64 hex characters (lowercase when written,
+/// either case when read), for `#[serde(with = "crate::wire::keys::hex_key")]`.
+///
+/// Used by both sides' key files: the robot's owners file and the phone's
+/// keys file. Errors never echo the value, so a corrupt file never puts key
+/// material in a log.
+pub mod hex_key {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::Key32;
+
+    /// Write the key as 64 lowercase hex characters.
+    pub fn serialize<S: Serializer>(key: &Key32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(key))
+    }
+
+    /// Read 64 hex characters; anything else is an error that does not echo the input.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Key32, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut key = [0u8; 32];
+        if text.len() != 64 || hex::decode_to_slice(&text, &mut key).is_err() {
+            return Err(D::Error::custom("owner key must be 64 hex characters (32 bytes)"));
+        }
+        Ok(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +137,27 @@ mod tests {
         let b = owner_key(&s, &n, "0123456789abcdef0123456789abcdef", "36940d0ece18aebf69d0ef6825534e25");
         assert_ne!(a, b);
         assert_ne!(session_key(&a, &[0; 16], &[1; 16]), session_key(&a, &[0; 16], &[2; 16]));
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct WithKey {
+        #[serde(with = "hex_key")]
+        key: Key32,
+    }
+
+    #[test]
+    fn hex_key_round_trips_and_never_echoes_bad_input() {
+        let text = serde_json::to_string(&WithKey { key: [0xab; 32] }).unwrap();
+        assert_eq!(text, format!(r#"{{"key":"{}"}}"#, "ab".repeat(32)));
+        assert_eq!(
+            serde_json::from_str::<WithKey>(&text.to_uppercase().replace("KEY", "key")).unwrap().key,
+            [0xab; 32]
+        );
+        for bad in ["cd".repeat(31), "cd".repeat(33), format!("{}zz", "cd".repeat(31))] {
+            let err = serde_json::from_str::<WithKey>(&format!(r#"{{"key":"{bad}"}}"#)).unwrap_err().to_string();
+            assert!(err.contains("64 hex characters"), "{err}");
+            assert!(!err.contains(&bad), "the error echoes the key: {err}");
+        }
     }
 
     #[test]
