@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::nickname;
+
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/robotd/robotd.toml";
 
@@ -96,7 +98,8 @@ pub struct AudioConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RobotConfig {
-    /// Name shown to phones in the profile and the pairing reply.
+    /// Name shown to phones in the profile and the pairing reply; kept as
+    /// [`nickname::check`] cleans it (trimmed, bidi controls removed).
     pub nickname: String,
     /// Optional URL of a photo for the profile.
     pub photo: Option<String>,
@@ -264,7 +267,7 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string().trim().to_string() })?;
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             key: e.path().to_string(),
             message: e.inner().message().to_string(),
@@ -273,12 +276,13 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Check values that serde's types cannot express. Returns (key, message).
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Check values that serde's types cannot express, and keep the nickname
+    /// as the profile shows it ([`nickname::check`]). Returns (key, message).
+    fn validate(&mut self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((k.to_string(), m));
-        let nick = self.robot.nickname.trim();
-        if nick.is_empty() || nick.chars().count() > 64 || nick.chars().any(char::is_control) {
-            return bad("robot.nickname", "must be 1 to 64 printable characters".into());
+        match nickname::check(&self.robot.nickname) {
+            Ok(nick) => self.robot.nickname = nick,
+            Err(_) => return bad("robot.nickname", "must be 1 to 64 printable characters".into()),
         }
         if !self.robot.state_dir.is_absolute() {
             return bad("robot.state_dir", format!("{:?} must be an absolute path", self.robot.state_dir));
@@ -446,6 +450,16 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{text:?} gave {e}");
             assert!(e.contains("/etc/robotd/robotd.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn nickname_follows_the_one_rule() {
+        assert_eq!(parse("[robot]\nnickname = \"  \\u202eRover \"").unwrap().robot.nickname, "Rover");
+        // TOML escapes: U+202E RIGHT-TO-LEFT OVERRIDE above, ESC here.
+        for bad in ["", "   ", "a\\u001b[2J", &"x".repeat(65)] {
+            let e = parse(&format!("[robot]\nnickname = \"{bad}\"")).unwrap_err().to_string();
+            assert!(e.contains("`robot.nickname`") && e.contains("1 to 64 printable characters"), "{e}");
         }
     }
 

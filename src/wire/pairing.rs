@@ -29,6 +29,7 @@ use crate::wire::freshness::{SeqTracker, ts_is_fresh};
 use crate::wire::identity::{ClientId, is_client_id};
 use crate::wire::keys::{Key32, PairingSecret, owner_key};
 use crate::wire::mac::{self, MacInput};
+use crate::wire::nickname::{self, NicknameError};
 use crate::wire::topics;
 
 /// The longest a pairing window may stay open (protocol limit). Longer requests
@@ -40,10 +41,6 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 /// guessing and flooding while leaving room for a few honest mistakes (a
 /// mistyped URI, a phone with a skewed clock).
 pub const DEFAULT_MAX_FAILURES: u32 = 20;
-
-/// Longest owner nickname, in characters after trimming. Nicknames are shown in
-/// `robotd owners` and logs, so they are kept short and printable.
-pub const MAX_NICKNAME_CHARS: usize = 64;
 
 /// The only pairing URI version this code speaks. A change that old readers
 /// would misread must bump it, so they refuse instead of guessing.
@@ -111,14 +108,15 @@ pub enum PairingError {
         /// Why it was refused.
         detail: String,
     },
-    /// The nickname the phone wants to send would be refused by the robot:
-    /// it must be 1 to 64 characters after trimming, with no control characters.
+    /// The nickname the phone wants to send would be refused by the robot
+    /// ([`nickname::check`]): it must be 1 to 64 characters after trimming,
+    /// with no control characters.
     #[error("nickname {found:?} is not allowed: {detail}")]
     BadNickname {
         /// The nickname given.
         found: String,
         /// Why it was refused.
-        detail: &'static str,
+        detail: NicknameError,
     },
     /// The data does not fit in a QR code (about 2.9 kB in byte mode). The
     /// pairing URI is ~130 bytes, so this means an absurdly long broker URL.
@@ -422,23 +420,6 @@ pub fn rejected_reply(reason: Reject) -> Vec<u8> {
     serde_json::to_vec(&reply).expect("strings always serialize")
 }
 
-/// The robot's trimmed nickname if acceptable. Control characters are refused
-/// because nicknames are printed to terminals and logs, where escape sequences
-/// could rewrite what an admin sees.
-fn clean_nickname(raw: &str) -> Result<&str, &'static str> {
-    let nick = raw.trim();
-    let n = nick.chars().count();
-    if n == 0 {
-        Err("it is empty")
-    } else if n > MAX_NICKNAME_CHARS {
-        Err("it is longer than 64 characters")
-    } else if nick.chars().any(char::is_control) {
-        Err("it contains control characters")
-    } else {
-        Ok(nick)
-    }
-}
-
 fn parse_nonce(s: &str) -> Option<[u8; 16]> {
     // Same shape as a client ID: 32 lowercase hex. Upper case is refused so the
     // nonce has one spelling.
@@ -460,7 +441,7 @@ fn parse_pair_payload(payload: &[u8]) -> Option<(String, [u8; 16])> {
         return None;
     }
     let p: PairPayload = serde_json::from_slice(payload).ok()?;
-    let nickname = clean_nickname(&p.nickname).ok()?.to_owned();
+    let nickname = nickname::check(&p.nickname).ok()?;
     Some((nickname, parse_nonce(&p.nonce)?))
 }
 
@@ -538,7 +519,7 @@ pub enum PairOutcome {
     Paired {
         /// The new owner.
         phone_id: ClientId,
-        /// Its nickname, trimmed.
+        /// Its nickname, cleaned by [`nickname::check`].
         nickname: String,
         /// The owner key `K`.
         key: Key32,
@@ -817,8 +798,8 @@ fn check_request(
 
 /// The phone's pairing request for `uri`: `(topic, payload, mac_hex)`, to be
 /// published QoS 1 with user properties `from` = `phone_id`, `seq`, `ts` =
-/// `ts_ms` and `mac` = `mac_hex`. The nickname is trimmed and checked here with
-/// the robot's rules, so a bad one is reported to the user instead of costing
+/// `ts_ms` and `mac` = `mac_hex`. The nickname is cleaned and checked here with
+/// the robot's rule ([`nickname::check`]), so a bad one is reported to the user instead of costing
 /// one of the window's 20 attempts. `nonce` must be fresh randomness
 /// (`rand::random()`): it salts `K`.
 pub fn build_pair_request(
@@ -830,9 +811,9 @@ pub fn build_pair_request(
     ts_ms: u64,
 ) -> Result<(String, Vec<u8>, String), PairingError> {
     let nick =
-        clean_nickname(nickname).map_err(|detail| PairingError::BadNickname { found: nickname.to_owned(), detail })?;
+        nickname::check(nickname).map_err(|detail| PairingError::BadNickname { found: nickname.to_owned(), detail })?;
     let topic = topics::pair_request(&uri.robot, phone_id);
-    let payload = serde_json::to_vec(&PairPayload { nickname: nick.to_owned(), nonce: hex::encode(nonce) })
+    let payload = serde_json::to_vec(&PairPayload { nickname: nick, nonce: hex::encode(nonce) })
         .expect("strings always serialize");
     let mac_hex =
         mac::compute(&uri.secret, &MacInput { topic: &topic, from: phone_id.as_str(), seq, ts_ms, payload: &payload });
