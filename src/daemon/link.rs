@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Transport};
+use crate::daemon::time::sleep_until_opt;
 use crate::wire::identity::ClientId;
 use crate::wire::{self, topics};
 
@@ -446,13 +447,5 @@ impl Link {
                 }
             }
         }
-    }
-}
-
-/// Sleep until `t`, or forever when there is no deadline.
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

@@ -10,6 +10,7 @@ pub mod link;
 pub mod logging;
 pub mod media;
 pub mod shutdown;
+mod time;
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::daemon::link::Link;
 use crate::daemon::media::Media;
+use crate::daemon::time::sleep_until_opt;
 use crate::hal::Hardware;
 use crate::motion::MotorController;
 use crate::robot::Service;
@@ -61,14 +63,6 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Sleep until `t`, or forever when there is nothing to wait for.
-async fn sleep_until_opt(t: Option<std::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
 
