@@ -24,6 +24,7 @@ use robotd::wire::nickname::MAX_CHARS as MAX_NICKNAME_CHARS;
 use robotd::wire::pairing::{
     DEFAULT_MAX_FAILURES, MAX_WINDOW, PairOutcome, PairRequest, PairingWindows, Reject, WindowStatus,
 };
+use robotd::wire::props::SignedMessage;
 use robotd::wire::topics;
 
 #[derive(Arbitrary, Debug)]
@@ -279,13 +280,15 @@ fuzz_target!(|inp: Input| {
         };
         let req = PairRequest {
             robot_id: &robot,
-            topic: &msg.topic,
             phone_id: &msg.phone,
-            from: msg.from.as_deref(),
-            seq: msg.seq,
-            ts_ms: msg.ts,
-            mac: msg.mac.as_deref(),
-            payload: &msg.payload,
+            message: SignedMessage {
+                topic: &msg.topic,
+                payload: &msg.payload,
+                from: msg.from.as_deref(),
+                seq: msg.seq,
+                ts_ms: msg.ts,
+                mac: msg.mac.as_deref(),
+            },
         };
         let got = w.handle(now, &req);
         match (expected, &got) {

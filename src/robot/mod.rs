@@ -243,13 +243,8 @@ impl Service {
         let f = AuthFields::from_properties(m.props.as_ref());
         let req = PairRequest {
             robot_id: &self.robot,
-            topic: &m.topic_str,
             phone_id: phone,
-            from: f.from.as_deref(),
-            seq: f.seq,
-            ts_ms: f.ts_ms,
-            mac: f.mac.as_deref(),
-            payload: &m.payload,
+            message: props::SignedMessage::new(&m.topic_str, &m.payload, &f),
         };
         let now = now_ms();
         match self.pairing.handle(now, &req) {
