@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::nickname;
+use crate::wire::payloads::VideoParams;
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/robotd/robotd.toml";
@@ -50,8 +51,12 @@ pub struct Config {
 }
 
 /// `[video]`: the camera stream of a call.
+///
+/// In the file the preferred shape is four flat keys (`width`, `height`,
+/// `fps`, `kbps`) beside `device` and `encoder`; in code it is one
+/// [`VideoParams`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "VideoToml", into = "VideoToml")]
 pub struct VideoConfig {
     /// `"auto"` (the first V4L2 camera with a usable format), a device such as
     /// `"/dev/video0"`, or `"test"` for GStreamer's test pattern (no camera).
@@ -60,15 +65,49 @@ pub struct VideoConfig {
     pub encoder: String,
     /// Preferred size, frame rate and bitrate; each call gets these capped by
     /// what the phone's invite allows.
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub kbps: u32,
+    pub preferred: VideoParams,
 }
 
 impl Default for VideoConfig {
     fn default() -> Self {
-        VideoConfig { device: "auto".into(), encoder: "auto".into(), width: 1280, height: 720, fps: 30, kbps: 2000 }
+        VideoConfig {
+            device: "auto".into(),
+            encoder: "auto".into(),
+            preferred: VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
+        }
+    }
+}
+
+/// `[video]` as written in the file. serde's `flatten` cannot be combined
+/// with `deny_unknown_fields`, so the flat keys go through this twin.
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct VideoToml {
+    device: String,
+    encoder: String,
+    width: u32,
+    height: u32,
+    fps: u32,
+    kbps: u32,
+}
+
+impl Default for VideoToml {
+    fn default() -> Self {
+        VideoConfig::default().into()
+    }
+}
+
+impl From<VideoToml> for VideoConfig {
+    fn from(t: VideoToml) -> Self {
+        let preferred = VideoParams { width: t.width, height: t.height, fps: t.fps, kbps: t.kbps };
+        VideoConfig { device: t.device, encoder: t.encoder, preferred }
+    }
+}
+
+impl From<VideoConfig> for VideoToml {
+    fn from(c: VideoConfig) -> Self {
+        let VideoParams { width, height, fps, kbps } = c.preferred;
+        VideoToml { device: c.device, encoder: c.encoder, width, height, fps, kbps }
     }
 }
 
@@ -339,6 +378,7 @@ impl Config {
             return bad("video.device", "must be \"auto\", \"test\" or a device path such as /dev/video0".into());
         }
         use crate::wire::payloads as pl;
+        let v = &self.video.preferred;
         if !(pl::MIN_WIDTH..=pl::MAX_WIDTH).contains(&v.width) || v.width % 2 == 1 {
             return bad(
                 "video.width",
@@ -451,6 +491,21 @@ mod tests {
             assert!(e.contains(&format!("`{key}`")), "{text:?} gave {e}");
             assert!(e.contains("/etc/robotd/robotd.toml"), "{e}");
         }
+    }
+
+    #[test]
+    fn video_keys_stay_flat_and_strict() {
+        let c = parse("[video]\ndevice = \"test\"\nwidth = 640\nheight = 480\nfps = 15\nkbps = 800").unwrap();
+        assert_eq!(c.video.preferred, VideoParams { width: 640, height: 480, fps: 15, kbps: 800 });
+        assert_eq!((c.video.device.as_str(), c.video.encoder.as_str()), ("test", "auto"));
+        let c = parse("[video]\nfps = 20").unwrap();
+        assert_eq!(c.video.preferred, VideoParams { fps: 20, ..VideoConfig::default().preferred });
+        let text = toml::to_string(&c.video).unwrap();
+        assert_eq!(text, "device = \"auto\"\nencoder = \"auto\"\nwidth = 1280\nheight = 720\nfps = 20\nkbps = 2000\n");
+        let e = parse("[video]\npreferred = { width = 640 }").unwrap_err().to_string();
+        assert!(e.contains("unknown field `preferred`"), "{e}");
+        let e = parse("[video]\nwidth = \"wide\"").unwrap_err().to_string();
+        assert!(e.contains("`video.width`"), "{e}");
     }
 
     #[test]

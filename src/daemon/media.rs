@@ -101,10 +101,7 @@ impl Media {
                 port: req.video_port,
                 ssrc: req.video_ssrc,
                 srtp_key: req.video_key,
-                width: req.video.width,
-                height: req.video.height,
-                fps: req.video.fps,
-                kbps: req.video.kbps,
+                video: req.video,
                 encoder: video_cfg.encoder_preference(),
                 source,
             };

@@ -31,7 +31,7 @@ use crate::wire::freshness::{SeqCheck, SeqTracker, ts_is_fresh};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;
 use crate::wire::pairing::{self, PairOutcome, PairRequest, PairingUri, PairingWindows, Reject};
-use crate::wire::payloads::{self, Command, CommandError, Invite, VideoChange, VideoParams};
+use crate::wire::payloads::{self, Command, CommandError, Invite, VideoChange};
 use crate::wire::props::{self, AuthFields, now_ms};
 use crate::wire::topics::{self, Topic};
 
@@ -354,7 +354,7 @@ impl Service {
         reply: impl FnOnce(&mut Service, Value),
     ) {
         let v = &self.cfg.video;
-        let video = invite.negotiate(VideoParams { width: v.width, height: v.height, fps: v.fps, kbps: v.kbps });
+        let video = invite.negotiate(v.preferred);
         let nonce: [u8; 16] = rand::random();
         let video_ssrc = nonzero_ssrc();
         let audio_ssrc = (invite.wants_audio() && self.media.has_audio()).then(nonzero_ssrc);
@@ -510,7 +510,7 @@ impl Service {
                 };
                 match r {
                     Ok(s) => {
-                        let video = VideoParams { width: s.width, height: s.height, fps: s.fps, kbps: s.kbps };
+                        let video = s.video;
                         if let Some(c) = self.call.as_mut() {
                             c.video = video;
                         }

@@ -44,12 +44,19 @@ pub struct Invite {
     pub audio: Option<AudioOffer>,
 }
 
-/// Video parameters in force (accept message and `video` responses).
+/// A video shape: size, frame rate and bitrate. On the wire, the parameters
+/// in force (accept message and `video` responses); also the one type for
+/// the robot's preference (`[video]` in the configuration), what a sender is
+/// started with and what it runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoParams {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Frames per second.
     pub fps: u32,
+    /// Bitrate in kbit/s.
     pub kbps: u32,
 }
 
