@@ -15,18 +15,16 @@ use embedded_hal::pwm::SetDutyCycle;
 
 use super::{MotionError, Motor};
 use crate::hal::config::{Decay, MotorConfig};
+use crate::wire::payloads::is_speed_fraction;
 
 fn pin_err<E: core::fmt::Debug>(pin: &'static str) -> impl FnOnce(E) -> MotionError {
     move |e| MotionError::Pin { pin, detail: format!("{e:?}") }
 }
 
-/// Rejects NaN, infinities and anything outside -1..=1.
+/// Rejects NaN, infinities and anything outside -1..=1
+/// ([`is_speed_fraction`]).
 pub fn check_speed(speed: f64) -> Result<f64, MotionError> {
-    if speed.is_finite() && (-1.0..=1.0).contains(&speed) {
-        Ok(speed)
-    } else {
-        Err(MotionError::InvalidSpeed { value: speed })
-    }
+    if is_speed_fraction(speed) { Ok(speed) } else { Err(MotionError::InvalidSpeed { value: speed }) }
 }
 
 /// Per-motor tuning shared by all boards.

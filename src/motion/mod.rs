@@ -184,7 +184,7 @@ pub fn open_motors(hw: &mut Hardware) -> Result<(AnyMotor, AnyMotor), MotionErro
 /// outside -1..=1 are errors.
 pub fn mix(linear: f64, angular: f64) -> Result<(f64, f64), MotionError> {
     let check = |field, v: f64| {
-        if v.is_finite() && (-1.0..=1.0).contains(&v) {
+        if crate::wire::payloads::is_speed_fraction(v) {
             Ok(v)
         } else {
             Err(MotionError::InvalidCommand { field, expected: "a number within -1..=1", value: v.to_string() })
