@@ -196,7 +196,7 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
             Err(err) => {
                 // An unreadable e-stop is treated as pressed.
                 let _ = self.stop();
-                Err(MotionError::EstopUnreadable { detail: format!("{err:?}") })
+                Err(MotionError::EstopUnreadable { source: Box::new(err) })
             }
         }
     }
@@ -211,8 +211,8 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hal::HardwareConfig;
     use crate::hal::config::{InputConfig, Level, Pull};
+    use crate::hal::{HalError, HardwareConfig};
     use std::sync::{Arc, Mutex};
 
     /// Records what the controller asked of a motor.
@@ -252,8 +252,8 @@ mod tests {
     struct FakeSwitch(Arc<Mutex<bool>>);
 
     impl BinarySensor for FakeSwitch {
-        type Error = ();
-        fn is_active(&mut self) -> Result<bool, ()> {
+        type Error = std::convert::Infallible;
+        fn is_active(&mut self) -> Result<bool, Self::Error> {
             Ok(*self.0.lock().unwrap())
         }
     }
@@ -408,9 +408,9 @@ mod tests {
     fn unreadable_estop_stops_the_motors() {
         struct Broken;
         impl BinarySensor for Broken {
-            type Error = &'static str;
-            fn is_active(&mut self) -> Result<bool, &'static str> {
-                Err("wire cut")
+            type Error = HalError;
+            fn is_active(&mut self) -> Result<bool, HalError> {
+                Err(HalError::NoEcho { trigger_pin: 20, echo_pin: 21, age_ms: None })
             }
         }
         let l = FakeMotor::default();
@@ -425,6 +425,11 @@ mod tests {
         };
         let e = c.poll(Instant::now()).unwrap_err();
         assert!(matches!(e, MotionError::EstopUnreadable { .. }), "{e}");
+        // The cause and its remedy survive: in the message and as the source.
+        let cause = HalError::NoEcho { trigger_pin: 20, echo_pin: 21, age_ms: None }.to_string();
+        assert!(e.to_string().contains(&cause), "{e}");
+        let source = std::error::Error::source(&e).expect("the pin error is the source");
+        assert!(matches!(source.downcast_ref::<HalError>(), Some(HalError::NoEcho { .. })), "{source:?}");
         assert_eq!(l.take(), vec![Call::Brake]);
         assert_eq!(c.state(), MotionState::Idle);
     }
