@@ -311,14 +311,17 @@ impl Config {
             key: e.path().to_string(),
             message: e.inner().message().to_string(),
         })?;
-        cfg.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
+        cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Check values that serde's types cannot express, and keep the nickname
-    /// as the profile shows it ([`nickname::check`]). Returns (key, message).
-    fn validate(&mut self) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((k.to_string(), m));
+    /// as the profile shows it ([`nickname::check`]). The error is a
+    /// [`ConfigError::Invalid`] naming `path`, the key and the fix.
+    fn validate(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, message: String| ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), message };
+        let bad = |key: &str, message: String| Err(invalid(key, message));
         match nickname::check(&self.robot.nickname) {
             Ok(nick) => self.robot.nickname = nick,
             Err(_) => return bad("robot.nickname", "must be 1 to 64 printable characters".into()),
@@ -326,7 +329,7 @@ impl Config {
         if !self.robot.state_dir.is_absolute() {
             return bad("robot.state_dir", format!("{:?} must be an absolute path", self.robot.state_dir));
         }
-        let addr = parse_broker_url(&self.mqtt.url).map_err(|m| ("mqtt.url".to_string(), m))?;
+        let addr = parse_broker_url(&self.mqtt.url).map_err(|m| invalid("mqtt.url", m))?;
         // rumqttc refuses (panics on) keep-alives under 5 s.
         if !(5..=600).contains(&self.mqtt.keep_alive_s) {
             return bad("mqtt.keep_alive_s", format!("{} is outside 5..=600 seconds", self.mqtt.keep_alive_s));
@@ -363,9 +366,9 @@ impl Config {
         if !self.control.socket.is_absolute() {
             return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));
         }
-        self.hardware.validate().map_err(|e| (e.key, e.message))?;
+        self.hardware.validate().map_err(|e| invalid(&e.key, e.message))?;
         if let Some(nav) = &self.nav {
-            nav.validate().map_err(|e| (e.key, e.message))?;
+            nav.validate().map_err(|e| invalid(&e.key, e.message))?;
         }
         let v = &self.video;
         if !matches!(v.encoder.as_str(), "auto" | "v4l2h264enc" | "x264enc" | "openh264enc") {
