@@ -2,19 +2,17 @@
 //!
 //! No I/O of its own beyond the pins and no clock: every call that depends
 //! on time takes `now`, so the deadman is tested with a controlled clock and
-//! the daemon decides how to wait. The intended loop in the daemon is
+//! the caller decides how to wait. What the caller does:
 //!
-//! ```text
-//! loop {
-//!     select! {
-//!         _ = sleep_until(controller.deadline() or far future) => controller.poll(now),
-//!         _ = estop_tick (every ~20 ms, only with an e-stop)  => controller.poll(now),
-//!         cmd = commands.recv()                               => controller.drive/stop(...),
-//!         _ = shutdown                                         => { controller.stop(); break }
-//!     }
-//! }
-//! ```
+//! - [`MotorController::drive`] and [`MotorController::stop`] as requests
+//!   arrive;
+//! - [`MotorController::poll`] once [`MotorController::deadline`] is reached
+//!   and, with an e-stop configured, every few tens of milliseconds;
+//! - [`MotorController::stop`] on shutdown (the drivers also stop their
+//!   motors when dropped, but drop does not run on SIGKILL).
 //!
+//! In robotd the core folds the deadline and the e-stop poll into the next
+//! wake-up of the main loop ([`crate::daemon`]), which sleeps until then.
 //! Sleeping until [`MotorController::deadline`] (rather than ticking) is what
 //! keeps "motors off within `ms` + 20 ms".
 
