@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::nickname;
+use crate::wire::payloads::VideoParams;
+
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/robotd/robotd.toml";
 
@@ -48,8 +51,12 @@ pub struct Config {
 }
 
 /// `[video]`: the camera stream of a call.
+///
+/// In the file the preferred shape is four flat keys (`width`, `height`,
+/// `fps`, `kbps`) beside `device` and `encoder`; in code it is one
+/// [`VideoParams`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "VideoToml", into = "VideoToml")]
 pub struct VideoConfig {
     /// `"auto"` (the first V4L2 camera with a usable format), a device such as
     /// `"/dev/video0"`, or `"test"` for GStreamer's test pattern (no camera).
@@ -58,15 +65,49 @@ pub struct VideoConfig {
     pub encoder: String,
     /// Preferred size, frame rate and bitrate; each call gets these capped by
     /// what the phone's invite allows.
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub kbps: u32,
+    pub preferred: VideoParams,
 }
 
 impl Default for VideoConfig {
     fn default() -> Self {
-        VideoConfig { device: "auto".into(), encoder: "auto".into(), width: 1280, height: 720, fps: 30, kbps: 2000 }
+        VideoConfig {
+            device: "auto".into(),
+            encoder: "auto".into(),
+            preferred: VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
+        }
+    }
+}
+
+/// `[video]` as written in the file. serde's `flatten` cannot be combined
+/// with `deny_unknown_fields`, so the flat keys go through this twin.
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct VideoToml {
+    device: String,
+    encoder: String,
+    width: u32,
+    height: u32,
+    fps: u32,
+    kbps: u32,
+}
+
+impl Default for VideoToml {
+    fn default() -> Self {
+        VideoConfig::default().into()
+    }
+}
+
+impl From<VideoToml> for VideoConfig {
+    fn from(t: VideoToml) -> Self {
+        let preferred = VideoParams { width: t.width, height: t.height, fps: t.fps, kbps: t.kbps };
+        VideoConfig { device: t.device, encoder: t.encoder, preferred }
+    }
+}
+
+impl From<VideoConfig> for VideoToml {
+    fn from(c: VideoConfig) -> Self {
+        let VideoParams { width, height, fps, kbps } = c.preferred;
+        VideoToml { device: c.device, encoder: c.encoder, width, height, fps, kbps }
     }
 }
 
@@ -96,7 +137,8 @@ pub struct AudioConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RobotConfig {
-    /// Name shown to phones in the profile and the pairing reply.
+    /// Name shown to phones in the profile and the pairing reply; kept as
+    /// [`nickname::check`] cleans it (trimmed, bidi controls removed).
     pub nickname: String,
     /// Optional URL of a photo for the profile.
     pub photo: Option<String>,
@@ -264,26 +306,30 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string().trim().to_string() })?;
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             key: e.path().to_string(),
             message: e.inner().message().to_string(),
         })?;
-        cfg.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_path_buf(), key, message })?;
+        cfg.validate(path)?;
         Ok(cfg)
     }
 
-    /// Check values that serde's types cannot express. Returns (key, message).
-    fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((k.to_string(), m));
-        let nick = self.robot.nickname.trim();
-        if nick.is_empty() || nick.chars().count() > 64 || nick.chars().any(char::is_control) {
-            return bad("robot.nickname", "must be 1 to 64 printable characters".into());
+    /// Check values that serde's types cannot express, and keep the nickname
+    /// as the profile shows it ([`nickname::check`]). The error is a
+    /// [`ConfigError::Invalid`] naming `path`, the key and the fix.
+    fn validate(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, message: String| ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), message };
+        let bad = |key: &str, message: String| Err(invalid(key, message));
+        match nickname::check(&self.robot.nickname) {
+            Ok(nick) => self.robot.nickname = nick,
+            Err(_) => return bad("robot.nickname", "must be 1 to 64 printable characters".into()),
         }
         if !self.robot.state_dir.is_absolute() {
             return bad("robot.state_dir", format!("{:?} must be an absolute path", self.robot.state_dir));
         }
-        let addr = parse_broker_url(&self.mqtt.url).map_err(|m| ("mqtt.url".to_string(), m))?;
+        let addr = parse_broker_url(&self.mqtt.url).map_err(|m| invalid("mqtt.url", m))?;
         // rumqttc refuses (panics on) keep-alives under 5 s.
         if !(5..=600).contains(&self.mqtt.keep_alive_s) {
             return bad("mqtt.keep_alive_s", format!("{} is outside 5..=600 seconds", self.mqtt.keep_alive_s));
@@ -320,9 +366,9 @@ impl Config {
         if !self.control.socket.is_absolute() {
             return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));
         }
-        self.hardware.validate().map_err(|e| (e.key, e.message))?;
+        self.hardware.validate().map_err(|e| invalid(&e.key, e.message))?;
         if let Some(nav) = &self.nav {
-            nav.validate().map_err(|e| (e.key, e.message))?;
+            nav.validate().map_err(|e| invalid(&e.key, e.message))?;
         }
         let v = &self.video;
         if !matches!(v.encoder.as_str(), "auto" | "v4l2h264enc" | "x264enc" | "openh264enc") {
@@ -335,6 +381,7 @@ impl Config {
             return bad("video.device", "must be \"auto\", \"test\" or a device path such as /dev/video0".into());
         }
         use crate::wire::payloads as pl;
+        let v = &self.video.preferred;
         if !(pl::MIN_WIDTH..=pl::MAX_WIDTH).contains(&v.width) || v.width % 2 == 1 {
             return bad(
                 "video.width",
@@ -446,6 +493,31 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{text:?} gave {e}");
             assert!(e.contains("/etc/robotd/robotd.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn video_keys_stay_flat_and_strict() {
+        let c = parse("[video]\ndevice = \"test\"\nwidth = 640\nheight = 480\nfps = 15\nkbps = 800").unwrap();
+        assert_eq!(c.video.preferred, VideoParams { width: 640, height: 480, fps: 15, kbps: 800 });
+        assert_eq!((c.video.device.as_str(), c.video.encoder.as_str()), ("test", "auto"));
+        let c = parse("[video]\nfps = 20").unwrap();
+        assert_eq!(c.video.preferred, VideoParams { fps: 20, ..VideoConfig::default().preferred });
+        let text = toml::to_string(&c.video).unwrap();
+        assert_eq!(text, "device = \"auto\"\nencoder = \"auto\"\nwidth = 1280\nheight = 720\nfps = 20\nkbps = 2000\n");
+        let e = parse("[video]\npreferred = { width = 640 }").unwrap_err().to_string();
+        assert!(e.contains("unknown field `preferred`"), "{e}");
+        let e = parse("[video]\nwidth = \"wide\"").unwrap_err().to_string();
+        assert!(e.contains("`video.width`"), "{e}");
+    }
+
+    #[test]
+    fn nickname_follows_the_one_rule() {
+        assert_eq!(parse("[robot]\nnickname = \"  \\u202eRover \"").unwrap().robot.nickname, "Rover");
+        // TOML escapes: U+202E RIGHT-TO-LEFT OVERRIDE above, ESC here.
+        for bad in ["", "   ", "a\\u001b[2J", &"x".repeat(65)] {
+            let e = parse(&format!("[robot]\nnickname = \"{bad}\"")).unwrap_err().to_string();
+            assert!(e.contains("`robot.nickname`") && e.contains("1 to 64 printable characters"), "{e}");
         }
     }
 

@@ -54,7 +54,7 @@ async fn owner_calls_and_receives_video() {
     assert_eq!(a["srtp"]["profile"], "AES_CM_128_HMAC_SHA1_80", "{a}");
     assert!(a.get("audio").is_none(), "no audio asked for, none granted: {a}");
 
-    let rx = receiver(port, c.video_ssrc, c.srtp_video).await;
+    let rx = receiver(port, c.video_ssrc, c.srtp_video.clone()).await;
     let got = frames_with_pings(&mut phone, &mut c, &rx, 60, Duration::from_secs(40)).await;
     assert!(got, "only {} of 60 frames decoded through SRTP", rx.frames());
     assert_eq!(rx.frame_size(), Some((w as u32, h as u32)), "decoded size is the accepted size");
@@ -100,8 +100,8 @@ async fn wrong_key_receiver_decodes_nothing() {
     let Owned { broker: _broker, robot, mut phone, paired } = robot_with_owner("").await;
     let port = free_udp_port();
     let mut c = call(&mut phone, &paired, port).await;
-    let mut wrong_key = c.srtp_video;
-    wrong_key[0] ^= 0x01;
+    let mut wrong_key = c.srtp_video.clone();
+    wrong_key.0[0] ^= 0x01;
     let wrong = receiver(port, c.video_ssrc, wrong_key).await;
     // Two keyframe intervals and more, with the call demonstrably up.
     sleep_pinging(&mut phone, &mut c, Duration::from_secs(5)).await;
@@ -110,7 +110,7 @@ async fn wrong_key_receiver_decodes_nothing() {
     assert_eq!(wrong.frames(), 0, "a receiver with the wrong SRTP key decoded frames");
     stop_receiver(wrong).await;
     // Positive control: the same stream, same port, the right key.
-    let right = receiver(port, c.video_ssrc, c.srtp_video).await;
+    let right = receiver(port, c.video_ssrc, c.srtp_video.clone()).await;
     assert!(
         frames_with_pings(&mut phone, &mut c, &right, 10, Duration::from_secs(30)).await,
         "the right key decoded only {} frames",
@@ -289,7 +289,7 @@ async fn video_command_changes_bitrate() {
     let port = free_udp_port();
     let mut c = call(&mut phone, &paired, port).await;
     let a = c.accept["video"].clone();
-    let rx = receiver(port, c.video_ssrc, c.srtp_video).await;
+    let rx = receiver(port, c.video_ssrc, c.srtp_video.clone()).await;
     assert!(frames_with_pings(&mut phone, &mut c, &rx, 10, Duration::from_secs(30)).await, "no frames");
 
     // Section 8: the response's video holds the four values now in force.

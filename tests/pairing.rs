@@ -244,8 +244,8 @@ async fn nothing_secret_on_the_wire() {
         ("pairing secret S", spellings(&uri.secret)),
         ("owner key K", spellings(&paired.key)),
         ("session key Ks", spellings(&call.session_key)),
-        ("SRTP video key", spellings(&call.srtp_video)),
-        ("SRTP audio key", spellings(&call.srtp_audio)),
+        ("SRTP video key", spellings(&call.srtp_video.0)),
+        ("SRTP audio key", spellings(&call.srtp_audio.0)),
     ];
     // The scanner itself can fail: a message carrying K in a property, or S
     // in base32 in a payload, is caught.

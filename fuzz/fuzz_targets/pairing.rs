@@ -20,10 +20,11 @@ use robotd::wire::freshness::MAX_SKEW_MS;
 use robotd::wire::keys::owner_key;
 use robotd::wire::mac::{self, MacInput};
 use robotd::wire::identity::ClientId;
+use robotd::wire::nickname::MAX_CHARS as MAX_NICKNAME_CHARS;
 use robotd::wire::pairing::{
-    DEFAULT_MAX_FAILURES, MAX_NICKNAME_CHARS, MAX_WINDOW, PairOutcome, PairRequest, PairingWindows, Reject,
-    WindowStatus,
+    DEFAULT_MAX_FAILURES, MAX_WINDOW, PairOutcome, PairRequest, PairingWindows, Reject, WindowStatus,
 };
+use robotd::wire::props::SignedMessage;
 use robotd::wire::topics;
 
 #[derive(Arbitrary, Debug)]
@@ -118,10 +119,22 @@ struct Msg {
     expect_payload: Option<Option<(String, [u8; 16])>>,
 }
 
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// docs/protocol.md 6.3: 1 to 64 characters after trimming, no control
+/// characters; bidi controls accepted but removed.
 fn nickname_ok(raw: &str) -> Option<String> {
     let n = raw.trim();
     let c = n.chars().count();
-    (c >= 1 && c <= MAX_NICKNAME_CHARS && !n.chars().any(char::is_control)).then(|| n.to_owned())
+    (c >= 1 && c <= MAX_NICKNAME_CHARS && !n.chars().any(char::is_control))
+        .then(|| n.chars().filter(|&c| !is_bidi(c)).collect::<String>().trim().to_owned())
+}
+
+/// What a paired nickname may look like, whatever was sent.
+fn nickname_is_clean(n: &str) -> bool {
+    n.trim() == n && n.chars().count() <= MAX_NICKNAME_CHARS && !n.chars().any(|c| c.is_control() || is_bidi(c))
 }
 
 fn build(robot: &ClientId, state: &State, now: u64, r: Req) -> Msg {
@@ -267,13 +280,15 @@ fuzz_target!(|inp: Input| {
         };
         let req = PairRequest {
             robot_id: &robot,
-            topic: &msg.topic,
             phone_id: &msg.phone,
-            from: msg.from.as_deref(),
-            seq: msg.seq,
-            ts_ms: msg.ts,
-            mac: msg.mac.as_deref(),
-            payload: &msg.payload,
+            message: SignedMessage {
+                topic: &msg.topic,
+                payload: &msg.payload,
+                from: msg.from.as_deref(),
+                seq: msg.seq,
+                ts_ms: msg.ts,
+                mac: msg.mac.as_deref(),
+            },
         };
         let got = w.handle(now, &req);
         match (expected, &got) {
@@ -281,7 +296,7 @@ fuzz_target!(|inp: Input| {
             (Ok(p), PairOutcome::Paired { phone_id, nickname, key }) => {
                 let State::Open { secret, .. } = state else { unreachable!() };
                 assert_eq!(phone_id, &msg.phone);
-                assert!(nickname_ok(nickname).as_deref() == Some(nickname.as_str()), "{nickname:?}");
+                assert!(nickname_is_clean(nickname), "{nickname:?}");
                 let nonce = match p {
                     Some((n, nonce)) => {
                         assert_eq!(&n, nickname);

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Transport};
+use crate::daemon::time::sleep_until_opt;
 use crate::robot::{Inbound, LinkEvent, SessionGate};
 use crate::wire::identity::ClientId;
 use crate::wire::{self, topics};
@@ -341,7 +342,7 @@ impl Link {
                                 return;
                             }
                         }
-                        _ = crate::daemon::shutdown::sleep_until_opt(stop_deadline) => {
+                        _ = sleep_until_opt(stop_deadline) => {
                             self.handle.stats.connected.store(false, Ordering::Relaxed);
                             if disconnect_sent {
                                 info!("disconnected from broker (it did not close the connection)");

@@ -10,7 +10,7 @@ use crate::config::{AudioConfig, VideoConfig};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 use crate::wire::identity::ClientId;
-use crate::wire::payloads::{VideoChange, VideoParams};
+use crate::wire::payloads::VideoChange;
 
 /// What the media side reports to the main loop.
 pub enum MediaEvent {
@@ -70,11 +70,8 @@ impl Media {
                 host: req.host,
                 port: req.video_port,
                 ssrc: req.video_ssrc,
-                srtp_key: req.video_key.into(),
-                width: req.video.width,
-                height: req.video.height,
-                fps: req.video.fps,
-                kbps: req.video.kbps,
+                srtp_key: req.video_key,
+                video: req.video,
                 encoder: video_cfg.encoder_preference(),
                 source,
             };
@@ -91,7 +88,7 @@ impl Media {
                         host: req.host,
                         port,
                         ssrc,
-                        srtp_key: key.into(),
+                        srtp_key: key,
                         bitrate: 32_000,
                         source: AudioSource::from_config(&dev),
                     };
@@ -155,7 +152,7 @@ impl Media {
                 VideoChange::Bitrate(k) => r.video.set_bitrate(k),
                 VideoChange::Format { width, height, fps } => r.video.set_format(width, height, fps),
             }
-            .map(|s| VideoParams { width: s.width, height: s.height, fps: s.fps, kbps: s.kbps })
+            .map(|s| s.video)
             .map_err(|e| VideoAdjustError::Invalid(e.to_string())),
         };
         MediaReport::VideoAdjusted { session, result, answer }

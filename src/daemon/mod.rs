@@ -10,6 +10,7 @@ pub mod link;
 pub mod logging;
 pub mod media;
 pub mod shutdown;
+mod time;
 
 use std::path::Path;
 use std::time::Duration;
@@ -208,7 +209,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
         let wakeup = core.next_wakeup(now());
         let fx = tokio::select! {
             _ = shutdown::stopped(&mut shutdown) => break,
-            _ = shutdown::sleep_until_opt(wakeup) => core.on_timer(now()),
+            _ = time::sleep_until_opt(wakeup) => core.on_timer(now()),
             Some(ev) = priority.recv() => core.on_link(ev, now()),
             Some(ev) = media_events.recv() => match shell.media.on_event(ev) {
                 Some(report) => core.on_media(report, now()),
@@ -228,7 +229,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 Vec::new()
             }
-            _ = shutdown::sleep_until_opt(stall_at), if stall_at.is_some() => {
+            _ = time::sleep_until_opt(stall_at), if stall_at.is_some() => {
                 tracing::error!(env = TEST_STALL_ENV, "TEST MODE: main loop stalled on purpose");
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));

@@ -18,12 +18,3 @@ pub fn channel() -> (Trigger, Signal) {
 pub async fn stopped(rx: &mut Signal) {
     let _ = rx.wait_for(|s| *s).await;
 }
-
-/// Sleep until `t`, or forever when there is nothing to wait for (a timer
-/// arm of a `select!` that may have nothing to wait for).
-pub async fn sleep_until_opt<T: Into<tokio::time::Instant>>(t: Option<T>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}

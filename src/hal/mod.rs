@@ -173,8 +173,9 @@ pub trait Encoder {
 
 /// A two-state input whose "on" level is configurable (obstacle sensor, e-stop).
 pub trait BinarySensor {
-    /// Error reading the underlying pin.
-    type Error: core::fmt::Debug;
+    /// Error reading the underlying pin; kept as the cause of
+    /// [`crate::motion::MotionError::EstopUnreadable`].
+    type Error: std::error::Error + Send + Sync + 'static;
     /// True when the sensor reports its condition (obstacle seen, e-stop pressed).
     fn is_active(&mut self) -> Result<bool, Self::Error>;
 }
@@ -198,7 +199,7 @@ impl<I: InputPin> Sensor<I> {
     }
 }
 
-impl<I: InputPin> BinarySensor for Sensor<I> {
+impl<I: InputPin<Error: std::error::Error + Send + Sync + 'static>> BinarySensor for Sensor<I> {
     type Error = I::Error;
     fn is_active(&mut self) -> Result<bool, I::Error> {
         let high = self.pin.is_high()?;

@@ -241,16 +241,18 @@ impl World {
         ([self.pose.x + r * c, self.pose.y + r * s], [c, s])
     }
 
-    /// What an ultrasonic sensor at the robot's front would measure: the
-    /// nearest obstacle straight ahead (a single ray: the real beam's ~15°
-    /// cone is not modelled), `None` beyond `max_range_m`.
-    fn sonar_distance(&self, max_range_m: f64) -> Option<f64> {
+    /// The one sensor ray: distance from the robot's front edge straight
+    /// ahead to the nearest obstacle within `range_m` (0 when the front is
+    /// already inside one), `None` when nothing is that close. Both the
+    /// obstacle sensor and the ultrasonic sensor look along it; the real
+    /// beams' cones are not modelled.
+    fn ray_distance(&self, range_m: f64) -> Option<f64> {
         let (from, dir) = self.front();
         self.obstacles
             .iter()
             .filter_map(|o| ray_hit(o, from, dir))
             .fold(None, |best: Option<f64>, t| Some(best.map_or(t, |b| b.min(t))))
-            .filter(|&t| t <= max_range_m)
+            .filter(|&t| t <= range_m)
     }
 
     /// Takes an ultrasonic measurement when one is due.
@@ -259,7 +261,8 @@ impl World {
         let Some(max) = self.sonar.as_ref().filter(|s| time_s + 1e-9 >= s.next_at_s).map(|s| s.cfg.max_range_m) else {
             return;
         };
-        let d = self.sonar_distance(max);
+        // What an ultrasonic sensor at the robot's front measures.
+        let d = self.ray_distance(max);
         let at = self.clock_us.load(Ordering::Relaxed);
         if let Some(s) = &mut self.sonar {
             if !s.silent {
@@ -313,24 +316,10 @@ impl World {
         (if m.invert { -u } else { u }, coast)
     }
 
+    /// The obstacle sensor: something within `hardware.sim.sensor_range_m`
+    /// of the robot's front, on the same ray as the ultrasonic sensor.
     fn obstacle_detected(&self) -> bool {
-        let r = self.cfg.sim.robot_radius_m;
-        let (s, c) = self.pose.heading.sin_cos();
-        let front = [self.pose.x + r * c, self.pose.y + r * s];
-        // March along the sensor ray by the clearance (sphere tracing).
-        let range = self.cfg.sim.sensor_range_m;
-        let mut t = 0.0;
-        for _ in 0..64 {
-            let d = self.clearance([front[0] + t * c, front[1] + t * s]);
-            if d <= 1e-4 {
-                return true;
-            }
-            t += d;
-            if t > range {
-                return false;
-            }
-        }
-        false
+        self.ray_distance(self.cfg.sim.sensor_range_m).is_some()
     }
 
     fn input_high(&self, pin: u8) -> bool {
@@ -487,7 +476,7 @@ impl Sim {
             encoder_counts: [w.encoders[0].load(Ordering::Relaxed), w.encoders[1].load(Ordering::Relaxed)],
             motor_command: w.command,
             obstacle_detected: w.obstacle_detected(),
-            ultrasonic_m: w.sonar.as_ref().and_then(|s| w.sonar_distance(s.cfg.max_range_m)),
+            ultrasonic_m: w.sonar.as_ref().and_then(|s| w.ray_distance(s.cfg.max_range_m)),
             blocked: w.blocked,
             pins: w.pins.clone(),
         }
@@ -1180,6 +1169,27 @@ mod tests {
         sim.set_obstacles(vec![Obstacle::Box { min: [2.5, -0.5], max: [2.6, 0.5] }]);
         sim.run_for(Duration::from_millis(60), MS5);
         assert_eq!(sensor.distance_m().unwrap().unwrap(), None);
+    }
+
+    #[test]
+    fn obstacle_sensor_and_ultrasonic_look_along_the_same_ray() {
+        // A wall running 1 mm beside the ray, and a box 0.1 m ahead: marching
+        // by the clearance would crawl along the wall and never reach the box.
+        let r = HardwareConfig::default().sim.robot_radius_m;
+        let wall = Obstacle::Box { min: [r, -1.0], max: [2.0, -0.001] };
+        let ahead = Obstacle::Box { min: [r + 0.1, -0.5], max: [r + 0.2, 0.5] };
+        let mut cfg = sonar_config(vec![wall.clone(), ahead]);
+        cfg.sim.sensor_range_m = 0.15;
+        let mut hw = Hardware::open(&cfg).unwrap();
+        let sim = hw.sim().unwrap().clone();
+        let _sonar = hw.obstacle_sensor().unwrap().expect("ultrasonic configured");
+        let s = sim.snapshot();
+        assert!(s.obstacle_detected, "the box 0.1 m ahead is within the 0.15 m sensor range");
+        assert!((s.ultrasonic_m.unwrap() - 0.1).abs() < 1e-9, "{:?}", s.ultrasonic_m);
+        // The wall alone is beside the ray, not on it: neither sensor sees it.
+        sim.set_obstacles(vec![wall]);
+        let s = sim.snapshot();
+        assert!(!s.obstacle_detected && s.ultrasonic_m.is_none(), "{s:?}");
     }
 
     #[test]

@@ -2,19 +2,17 @@
 //!
 //! No I/O of its own beyond the pins and no clock: every call that depends
 //! on time takes `now`, so the deadman is tested with a controlled clock and
-//! the daemon decides how to wait. The intended loop in the daemon is
+//! the caller decides how to wait. What the caller does:
 //!
-//! ```text
-//! loop {
-//!     select! {
-//!         _ = sleep_until(controller.deadline() or far future) => controller.poll(now),
-//!         _ = estop_tick (every ~20 ms, only with an e-stop)  => controller.poll(now),
-//!         cmd = commands.recv()                               => controller.drive/stop(...),
-//!         _ = shutdown                                         => { controller.stop(); break }
-//!     }
-//! }
-//! ```
+//! - [`MotorController::drive`] and [`MotorController::stop`] as requests
+//!   arrive;
+//! - [`MotorController::poll`] once [`MotorController::deadline`] is reached
+//!   and, with an e-stop configured, every few tens of milliseconds;
+//! - [`MotorController::stop`] on shutdown (the drivers also stop their
+//!   motors when dropped, but drop does not run on SIGKILL).
 //!
+//! In robotd the core folds the deadline and the e-stop poll into the next
+//! wake-up of the main loop ([`crate::daemon`]), which sleeps until then.
 //! Sleeping until [`MotorController::deadline`] (rather than ticking) is what
 //! keeps "motors off within `ms` + 20 ms".
 
@@ -196,7 +194,7 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
             Err(err) => {
                 // An unreadable e-stop is treated as pressed.
                 let _ = self.stop();
-                Err(MotionError::EstopUnreadable { detail: format!("{err:?}") })
+                Err(MotionError::EstopUnreadable { source: Box::new(err) })
             }
         }
     }
@@ -211,8 +209,8 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hal::HardwareConfig;
     use crate::hal::config::{InputConfig, Level, Pull};
+    use crate::hal::{HalError, HardwareConfig};
     use std::sync::{Arc, Mutex};
 
     /// Records what the controller asked of a motor.
@@ -252,8 +250,8 @@ mod tests {
     struct FakeSwitch(Arc<Mutex<bool>>);
 
     impl BinarySensor for FakeSwitch {
-        type Error = ();
-        fn is_active(&mut self) -> Result<bool, ()> {
+        type Error = std::convert::Infallible;
+        fn is_active(&mut self) -> Result<bool, Self::Error> {
             Ok(*self.0.lock().unwrap())
         }
     }
@@ -408,9 +406,9 @@ mod tests {
     fn unreadable_estop_stops_the_motors() {
         struct Broken;
         impl BinarySensor for Broken {
-            type Error = &'static str;
-            fn is_active(&mut self) -> Result<bool, &'static str> {
-                Err("wire cut")
+            type Error = HalError;
+            fn is_active(&mut self) -> Result<bool, HalError> {
+                Err(HalError::NoEcho { trigger_pin: 20, echo_pin: 21, age_ms: None })
             }
         }
         let l = FakeMotor::default();
@@ -425,6 +423,11 @@ mod tests {
         };
         let e = c.poll(Instant::now()).unwrap_err();
         assert!(matches!(e, MotionError::EstopUnreadable { .. }), "{e}");
+        // The cause and its remedy survive: in the message and as the source.
+        let cause = HalError::NoEcho { trigger_pin: 20, echo_pin: 21, age_ms: None }.to_string();
+        assert!(e.to_string().contains(&cause), "{e}");
+        let source = std::error::Error::source(&e).expect("the pin error is the source");
+        assert!(matches!(source.downcast_ref::<HalError>(), Some(HalError::NoEcho { .. })), "{source:?}");
         assert_eq!(l.take(), vec![Call::Brake]);
         assert_eq!(c.state(), MotionState::Idle);
     }

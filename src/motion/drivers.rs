@@ -15,18 +15,27 @@ use embedded_hal::pwm::SetDutyCycle;
 
 use super::{MotionError, Motor};
 use crate::hal::config::{Decay, MotorConfig};
+use crate::wire::payloads::is_speed_fraction;
 
-fn pin_err<E: core::fmt::Debug>(pin: &'static str) -> impl FnOnce(E) -> MotionError {
-    move |e| MotionError::Pin { pin, detail: format!("{e:?}") }
+/// An embedded-hal output pin whose error can be kept as the cause of a
+/// [`MotionError::Pin`] (the backends' pins fail with a [`crate::hal::HalError`]).
+pub trait MotorPin: OutputPin<Error: std::error::Error + Send + Sync + 'static> {}
+impl<T> MotorPin for T where T: OutputPin<Error: std::error::Error + Send + Sync + 'static> {}
+
+/// An embedded-hal PWM channel whose error can be kept as the cause of a
+/// [`MotionError::Pin`].
+pub trait MotorPwm: SetDutyCycle<Error: std::error::Error + Send + Sync + 'static> {}
+impl<T> MotorPwm for T where T: SetDutyCycle<Error: std::error::Error + Send + Sync + 'static> {}
+
+/// Wraps a pin's error, keeping it as the source, with the pin's role.
+fn pin_err<E: std::error::Error + Send + Sync + 'static>(pin: &'static str) -> impl FnOnce(E) -> MotionError {
+    move |e| MotionError::Pin { pin, source: Box::new(e) }
 }
 
-/// Rejects NaN, infinities and anything outside -1..=1.
+/// Rejects NaN, infinities and anything outside -1..=1
+/// ([`is_speed_fraction`]).
 pub fn check_speed(speed: f64) -> Result<f64, MotionError> {
-    if speed.is_finite() && (-1.0..=1.0).contains(&speed) {
-        Ok(speed)
-    } else {
-        Err(MotionError::InvalidSpeed { value: speed })
-    }
+    if is_speed_fraction(speed) { Ok(speed) } else { Err(MotionError::InvalidSpeed { value: speed }) }
 }
 
 /// Per-motor tuning shared by all boards.
@@ -103,7 +112,7 @@ fn direction(speed: f64) -> Bridge {
 /// | brake   | L   | L   | H     |
 /// | coast   | L   | L   | L     |
 #[derive(Debug)]
-pub struct L298n<O: OutputPin, P: SetDutyCycle> {
+pub struct L298n<O: MotorPin, P: MotorPwm> {
     in1: O,
     in2: O,
     en: P,
@@ -112,7 +121,7 @@ pub struct L298n<O: OutputPin, P: SetDutyCycle> {
     bridge: Bridge,
 }
 
-impl<O: OutputPin, P: SetDutyCycle> L298n<O, P> {
+impl<O: MotorPin, P: MotorPwm> L298n<O, P> {
     /// Takes the pins and stops the motor (all low).
     pub fn new(in1: O, in2: O, en: P, settings: MotorSettings) -> Result<Self, MotionError> {
         settings.check()?;
@@ -142,7 +151,7 @@ impl<O: OutputPin, P: SetDutyCycle> L298n<O, P> {
     }
 }
 
-impl<O: OutputPin, P: SetDutyCycle> Motor for L298n<O, P> {
+impl<O: MotorPin, P: MotorPwm> Motor for L298n<O, P> {
     fn set_speed(&mut self, speed: f64) -> Result<(), MotionError> {
         let speed = self.settings.oriented(check_speed(speed)?);
         let duty = self.settings.duty(speed.abs(), self.max);
@@ -165,7 +174,7 @@ impl<O: OutputPin, P: SetDutyCycle> Motor for L298n<O, P> {
     }
 }
 
-impl<O: OutputPin, P: SetDutyCycle> Drop for L298n<O, P> {
+impl<O: MotorPin, P: MotorPwm> Drop for L298n<O, P> {
     fn drop(&mut self) {
         if let Err(e) = self.coast() {
             tracing::error!(error = %e, "L298N: could not stop the motor on drop");
@@ -187,7 +196,7 @@ impl<O: OutputPin, P: SetDutyCycle> Drop for L298n<O, P> {
 /// PWM low with a direction set is a short brake on this chip, so speed zero
 /// brakes gently.
 #[derive(Debug)]
-pub struct Tb6612fng<O: OutputPin, P: SetDutyCycle, S: OutputPin> {
+pub struct Tb6612fng<O: MotorPin, P: MotorPwm, S: MotorPin> {
     in1: O,
     in2: O,
     pwm: P,
@@ -198,7 +207,7 @@ pub struct Tb6612fng<O: OutputPin, P: SetDutyCycle, S: OutputPin> {
     awake: bool,
 }
 
-impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Tb6612fng<O, P, S> {
+impl<O: MotorPin, P: MotorPwm, S: MotorPin> Tb6612fng<O, P, S> {
     /// Takes the pins and stops the motor (all low, chip in standby).
     pub fn new(in1: O, in2: O, pwm: P, stby: Option<S>, settings: MotorSettings) -> Result<Self, MotionError> {
         settings.check()?;
@@ -231,7 +240,7 @@ impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Tb6612fng<O, P, S> {
     }
 }
 
-impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Motor for Tb6612fng<O, P, S> {
+impl<O: MotorPin, P: MotorPwm, S: MotorPin> Motor for Tb6612fng<O, P, S> {
     fn set_speed(&mut self, speed: f64) -> Result<(), MotionError> {
         let speed = self.settings.oriented(check_speed(speed)?);
         let duty = self.settings.duty(speed.abs(), self.max);
@@ -260,7 +269,7 @@ impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Motor for Tb6612fng<O, P, S> {
     }
 }
 
-impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Drop for Tb6612fng<O, P, S> {
+impl<O: MotorPin, P: MotorPwm, S: MotorPin> Drop for Tb6612fng<O, P, S> {
     fn drop(&mut self) {
         if let Err(e) = self.standby() {
             tracing::error!(error = %e, "TB6612FNG: could not stop the motor on drop");
@@ -284,7 +293,7 @@ impl<O: OutputPin, P: SetDutyCycle, S: OutputPin> Drop for Tb6612fng<O, P, S> {
 /// both: between coast and brake a brief drive one way cannot be avoided
 /// with two independent PWM inputs.
 #[derive(Debug)]
-pub struct Drv8833<P: SetDutyCycle> {
+pub struct Drv8833<P: MotorPwm> {
     in1: P,
     in2: P,
     max1: u16,
@@ -294,7 +303,7 @@ pub struct Drv8833<P: SetDutyCycle> {
     current: (f64, f64),
 }
 
-impl<P: SetDutyCycle> Drv8833<P> {
+impl<P: MotorPwm> Drv8833<P> {
     /// Takes the pins and stops the motor (both low).
     pub fn new(in1: P, in2: P, settings: MotorSettings) -> Result<Self, MotionError> {
         settings.check()?;
@@ -339,7 +348,7 @@ impl<P: SetDutyCycle> Drv8833<P> {
     }
 }
 
-impl<P: SetDutyCycle> Motor for Drv8833<P> {
+impl<P: MotorPwm> Motor for Drv8833<P> {
     fn set_speed(&mut self, speed: f64) -> Result<(), MotionError> {
         let speed = self.settings.oriented(check_speed(speed)?);
         // Work in fractions of full duty; both pins may differ in resolution.
@@ -362,7 +371,7 @@ impl<P: SetDutyCycle> Motor for Drv8833<P> {
     }
 }
 
-impl<P: SetDutyCycle> Drop for Drv8833<P> {
+impl<P: MotorPwm> Drop for Drv8833<P> {
     fn drop(&mut self) {
         if let Err(e) = self.coast() {
             tracing::error!(error = %e, "DRV8833: could not stop the motor on drop");
@@ -640,6 +649,11 @@ mod tests {
         let mut m = L298n::new(in1.clone(), in2.clone(), en.clone(), MotorSettings::default()).unwrap();
         let e = m.set_speed(0.5).unwrap_err();
         assert!(matches!(e, MotionError::Pin { pin: "in1", .. }), "{e}");
+        // The pin's own error is kept: in the message and as the source.
+        let cause = MockError::Io(std::io::ErrorKind::Other);
+        assert!(e.to_string().contains(&cause.to_string()), "{e}");
+        let source = std::error::Error::source(&e).expect("the pin error is the source");
+        assert_eq!(source.downcast_ref::<MockError>(), Some(&cause));
         drop(m);
         in1.done();
         in2.done();

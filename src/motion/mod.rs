@@ -16,10 +16,14 @@ mod controller;
 pub mod drivers;
 
 pub use controller::{DriveCommand, MAX_DRIVE_MS, MotionState, MotorController, StopReason};
-pub use drivers::{Drv8833, L298n, MotorSettings, Tb6612fng, check_speed};
+pub use drivers::{Drv8833, L298n, MotorPin, MotorPwm, MotorSettings, Tb6612fng, check_speed};
 
 use crate::hal::config::{DriverKind, HardwareConfig, MotorConfig, StopMode};
 use crate::hal::{self, Backend, HalError, Hardware, Output, Pwm, SharedOutput};
+
+/// The cause of a pin failure, kept as the source of [`MotionError::Pin`]
+/// and [`MotionError::EstopUnreadable`] (downcast to [`HalError`] to inspect it).
+pub type PinError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a motion request failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,18 +59,20 @@ pub enum MotionError {
     #[error("e-stop switch is still active; release it before clearing")]
     EstopStillActive,
     /// The e-stop input could not be read; the motors were stopped to be safe.
-    #[error("cannot read the e-stop input ({detail}); motors stopped, check [hardware.estop] wiring")]
+    #[error("cannot read the e-stop input ({source}); motors stopped, check [hardware.estop] wiring")]
     EstopUnreadable {
-        /// The pin error.
-        detail: String,
+        /// The pin error (a [`HalError`] on the real and simulated backends),
+        /// with its own remedy.
+        source: PinError,
     },
     /// Writing a motor pin failed; the wiring or the backend is at fault.
-    #[error("motor pin {pin}: {detail}; check the wiring and the pins in [hardware]")]
+    #[error("motor pin {pin}: {source}; check the wiring and the pins in [hardware]")]
     Pin {
         /// Role of the pin on the board (`in1`, `in2`, `en`, `pwm`, `stby`).
         pin: &'static str,
-        /// The pin error.
-        detail: String,
+        /// The pin error (a [`HalError`] on the real and simulated backends),
+        /// with its own remedy.
+        source: PinError,
     },
     /// Opening the hardware failed (the message names the pin and the fix).
     #[error(transparent)]
@@ -184,7 +190,7 @@ pub fn open_motors(hw: &mut Hardware) -> Result<(AnyMotor, AnyMotor), MotionErro
 /// outside -1..=1 are errors.
 pub fn mix(linear: f64, angular: f64) -> Result<(f64, f64), MotionError> {
     let check = |field, v: f64| {
-        if v.is_finite() && (-1.0..=1.0).contains(&v) {
+        if crate::wire::payloads::is_speed_fraction(v) {
             Ok(v)
         } else {
             Err(MotionError::InvalidCommand { field, expected: "a number within -1..=1", value: v.to_string() })

@@ -25,6 +25,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::payloads::is_speed_fraction;
+
 /// Name of the robot's dock unless `nav.home` says otherwise.
 pub const DEFAULT_HOME: &str = "home";
 /// The word `at` uses when the robot does not know where it is; no place may have it.
@@ -260,7 +262,7 @@ fn check_name(key: &str, name: &str) -> Result<(), NavConfigError> {
 }
 
 fn check_speed(key: &str, v: f64) -> Result<(), NavConfigError> {
-    if !v.is_finite() || v <= 0.0 || v > 1.0 {
+    if !is_speed_fraction(v) || v <= 0.0 {
         return err(key, format!("must be a fraction of full speed within 0 (exclusive) to 1, got {v}"));
     }
     Ok(())

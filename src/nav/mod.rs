@@ -10,33 +10,31 @@
 //!
 //! Nothing here does MQTT, sleeps or reads a clock: time is an argument.
 //!
-//! # How the daemon drives it
-//! ```text
-//! start:     nav = Navigator::new(&cfg.nav, &cfg.hardware, &cfg.robot.state_dir)?
-//!            encoders = hw.encoders()?;  obstacle = hw.obstacle_sensor()?   (open once)
-//! goto:      match nav.goto(dest, now) { Ok(st) | Err(st) => publish each on goto/response }
-//! every TICK (50 ms) while nav.is_navigating():
-//!            let sensors = Sensors {
-//!                encoders: encoders.as_ref().map(|(l, r)| [l.count(), r.count()]),
-//!                obstacle: obstacle.as_mut().map_or(false, |s| s.is_active().unwrap_or(true)),
-//!            };
-//!            let t = nav.tick(now, &sensors);
-//!            match t.motor {
-//!                Some(MotorCmd::Drive { linear, angular }) =>
-//!                    motors.drive(DriveCommand { linear, angular, ms: DRIVE_MS }, now)
-//!                        // on Err (e-stop): publish nav.fail(now, "estop", ...) and stop
-//!                Some(MotorCmd::Stop) => motors.stop(),
-//!                None => {}
-//!            }
-//!            publish t.statuses
-//! stop:      publish nav.cancel(now, CancelledBy::Stop); motors.stop()
-//! drive:     publish nav.manual_drive(now, CancelledBy::Drive) before applying the drive
-//! hangup/call end/shutdown: publish nav.cancel(now, CancelledBy::Hangup) (while the call's
-//!            topics still exist); motors.stop()
-//! ping:      "motion": if nav.is_navigating() { "navigating" } else { motors.state() },
-//!            "at": nav.at() (None = unknown)
-//! destinations: nav.destinations(), nav.at()
-//! ```
+//! # How the robot drives it
+//! The robot's core ([`crate::robot`]) holds one [`Navigator`], made once at
+//! start by [`Navigator::new`] from `[nav]`, the hardware configuration and
+//! the state directory; the encoders and the obstacle sensor are opened once
+//! beside it. Then:
+//!
+//! - A `goto` request calls [`Navigator::goto`]; every status it returns,
+//!   `Ok` or `Err`, is published on `goto/response`.
+//! - While [`Navigator::is_navigating`], [`Navigator::tick`] runs every
+//!   [`TICK`] with the [`Sensors`] read just before, and the returned
+//!   [`NavTick`] is applied at once: [`MotorCmd::Drive`] becomes a drive of
+//!   [`DRIVE_MS`], [`MotorCmd::Stop`] a stop, and its statuses are
+//!   published. When the motors refuse a drive (a latched e-stop), the goto
+//!   ends with [`Navigator::fail`] (`estop`) and the motors stop.
+//! - A `stop` request ends the goto with [`Navigator::cancel`]
+//!   ([`CancelledBy::Stop`]); a moving `drive` request first calls
+//!   [`Navigator::manual_drive`] (the robot then no longer knows its place);
+//!   the end of the call and shutdown cancel it ([`CancelledBy::Hangup`],
+//!   [`CancelledBy::Shutdown`]) while the call's topics still exist; losing
+//!   the broker connection ends it with [`Navigator::fail`] (`link_lost`).
+//!   Each time the motors stop.
+//! - `ping` reports `navigating` while a goto runs and the place from
+//!   [`Navigator::at_or_unknown`]; `destinations` lists
+//!   [`Navigator::destinations`].
+//!
 //! An unreadable obstacle sensor counts as an obstacle. The drive commands
 //! are short ([`DRIVE_MS`]), so if ticks stop (a stalled daemon, a lost
 //! call) the deadman stops the robot within 200 ms.

@@ -65,14 +65,17 @@ pub enum GotoState {
     },
     /// Could not finish.
     Failed {
-        /// `stalled`, `timeout`, `estop` or `motor_error`.
+        /// `stalled` or `timeout` (from the navigator), `estop` or
+        /// `motor_error` (the motors refused a drive), `link_lost` (the robot
+        /// lost its broker connection).
         reason: String,
         /// A sentence for people.
         detail: String,
     },
     /// Not started.
     Rejected {
-        /// `unknown_destination`, `position_unknown` or `internal_error`.
+        /// `unknown_destination`, `position_unknown` or `internal_error`
+        /// (from the navigator), `stale` or `no_map` (from the robot core).
         reason: String,
         /// A sentence for people.
         detail: String,

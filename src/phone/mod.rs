@@ -18,8 +18,8 @@ use crate::config::{Transport, parse_broker_url};
 use crate::state::{self, StateFileError};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;
-use crate::wire::pairing::{self, PairResponse, PairResponseMessage, PairingUri};
-use crate::wire::props::{self, AuthFields, now_ms};
+use crate::wire::pairing::{self, PairResponse, PairingUri};
+use crate::wire::props::{self, AuthFields, SignedMessage, Signer, now_ms};
 use crate::wire::topics;
 
 /// Errors of the phone side, each saying what to do.
@@ -56,26 +56,13 @@ pub struct PairedRobot {
     pub robot: ClientId,
     pub nickname: String,
     pub broker: String,
-    #[serde(with = "hex_key")]
+    #[serde(with = "crate::wire::keys::hex_key")]
     pub key: Key32,
 }
 
 impl std::fmt::Debug for PairedRobot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PairedRobot").field("robot", &self.robot).field("nickname", &self.nickname).finish()
-    }
-}
-
-mod hex_key {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(k))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = String::deserialize(d)?;
-        let mut k = [0u8; 32];
-        hex::decode_to_slice(&s, &mut k).map_err(|_| D::Error::custom("key must be 64 hex characters"))?;
-        Ok(k)
     }
 }
 
@@ -247,10 +234,15 @@ impl Phone {
         let _ = r;
     }
 
+    /// The signer of this phone's messages under `key` (`from` = this phone).
+    pub fn signer<'k>(&'k self, key: &'k [u8]) -> Signer<'k> {
+        Signer::new(key, self.id.as_str())
+    }
+
     /// Publish an authenticated message: from = this phone, MAC under `key`.
     pub async fn publish_signed(&self, key: &[u8], topic: String, payload: Vec<u8>, seq: u64, ts_ms: u64) {
-        let p = props::signed(key, &topic, self.id.as_str(), seq, ts_ms, &payload, None);
-        self.publish_raw(topic, payload, false, Some(p)).await;
+        let m = self.signer(key).message(topic, payload, seq, ts_ms, None);
+        self.publish_raw(m.topic, m.payload, false, Some(m.props)).await;
     }
 
     /// Wait for a message matching `pred`. Others are kept (bounded) for
@@ -286,17 +278,8 @@ impl Phone {
         self.subscribe(&resp_topic).await?;
         let nonce: [u8; 16] = rand::random();
         let seq = self.next_seq();
-        let (topic, payload, mac) = pairing::build_pair_request(uri, &self.id, nickname, nonce, seq, seq)?;
-        let p = PublishProperties {
-            user_properties: vec![
-                ("from".into(), self.id.to_string()),
-                ("seq".into(), seq.to_string()),
-                ("ts".into(), seq.to_string()),
-                ("mac".into(), mac),
-            ],
-            ..Default::default()
-        };
-        self.publish_raw(topic, payload, false, Some(p)).await;
+        let request = pairing::build_pair_request(uri, &self.id, nickname, nonce, seq, seq)?;
+        self.publish_raw(request.topic, request.payload, false, Some(request.props)).await;
         let key = pairing::derive_owner_key(uri, &self.id, &nonce);
         let end = tokio::time::Instant::now() + timeout;
         let mut rejected = None;
@@ -304,15 +287,7 @@ impl Phone {
             let left = end.saturating_duration_since(tokio::time::Instant::now());
             let Some(m) = self.recv_until(left, |m| m.topic == resp_topic).await else { break };
             let f = m.auth();
-            let msg = PairResponseMessage {
-                topic: &m.topic,
-                from: f.from.as_deref(),
-                seq: f.seq,
-                ts_ms: f.ts_ms,
-                mac: f.mac.as_deref(),
-                payload: &m.payload,
-            };
-            match pairing::check_pair_response(uri, &self.id, &key, &msg) {
+            match pairing::check_pair_response(uri, &self.id, &key, &SignedMessage::new(&m.topic, &m.payload, &f)) {
                 Ok(PairResponse::Paired { robot_nickname }) => {
                     return Ok(PairedRobot {
                         robot: uri.robot.clone(),
@@ -460,9 +435,9 @@ impl Phone {
         let topic = topics::invite(&robot.robot, &session);
         let payload = offer.payload();
         let seq = self.next_seq();
-        let mut p = props::signed(&robot.key, &topic, self.id.as_str(), seq, seq, &payload, None);
-        p.message_expiry_interval = Some(30);
-        self.publish_raw(topic, payload, false, Some(p)).await;
+        let mut m = self.signer(&robot.key).message(topic, payload, seq, seq, None);
+        m.props.message_expiry_interval = Some(30);
+        self.publish_raw(m.topic, m.payload, false, Some(m.props)).await;
         let key = robot.key;
         let robot_id = robot.robot.clone();
         let m = self

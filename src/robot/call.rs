@@ -177,7 +177,7 @@ mod tests {
     fn keys_follow_the_protocol_vectors() {
         let c = call(Instant::now());
         assert_eq!(hex::encode(c.session_key), "61edd9aca22ea26a0234b90e26ea7a69e592d8b50fa7b4d1ddbe38c2d10458b8");
-        assert_eq!(hex::encode(c.srtp_video), "149ffed491d44212d2672dae6389779a919e58f9d95716ab76edadfb00b6");
+        assert_eq!(hex::encode(c.srtp_video.0), "149ffed491d44212d2672dae6389779a919e58f9d95716ab76edadfb00b6");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::nav::CancelledBy;
 use crate::wire::freshness::{SeqCheck, ts_is_fresh};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;
-use crate::wire::payloads::{Invite, InviteError, VideoParams};
+use crate::wire::payloads::{Invite, InviteError};
 use crate::wire::props::{self, AuthFields};
 use crate::wire::replies::{EndReason, RejectReason, Reply, Response};
 use crate::wire::topics;
@@ -76,8 +76,7 @@ impl Core {
     }
 
     fn accept_call(&mut self, session: ClientId, caller: ClientId, key: &Key32, invite: Invite, corr: Option<Bytes>) {
-        let v = &self.cfg.video;
-        let video = invite.negotiate(VideoParams { width: v.width, height: v.height, fps: v.fps, kbps: v.kbps });
+        let video = invite.negotiate(self.cfg.video.preferred);
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);
         let video_ssrc = self.nonzero_ssrc();
@@ -91,9 +90,9 @@ impl Core {
             host: call.invite.media.host,
             video_port: call.invite.media.port,
             video_ssrc,
-            video_key: call.srtp_video,
+            video_key: call.srtp_video.clone(),
             video,
-            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio)),
+            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio.clone())),
         };
         let gate = SessionGate { session: session.clone(), caller: caller.clone(), key: call.session_key };
         self.out.push(Effect::SessionGate(Some(gate)));

@@ -359,7 +359,8 @@ impl Core {
     /// The one signer of the robot: MAC `body` under `key` as a message
     /// from the robot with `seq`, and queue it for publishing.
     fn publish_signed(&mut self, key: &Key32, topic: String, payload: Vec<u8>, seq: u64, correlation: Option<Bytes>) {
-        let props = props::signed(key, &topic, self.robot.as_str(), seq, self.now.wall_ms, &payload, correlation);
+        let props =
+            props::Signer::new(key, self.robot.as_str()).sign(&topic, seq, self.now.wall_ms, &payload, correlation);
         self.out.push(Effect::Publish { topic, payload, props });
     }
 

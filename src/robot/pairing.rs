@@ -8,7 +8,7 @@ use super::{Core, DropReason, Inbound};
 use crate::state::owners::Owner;
 use crate::wire::identity::ClientId;
 use crate::wire::pairing::{self, PairOutcome, PairRequest, PairingUri, Reject};
-use crate::wire::props::AuthFields;
+use crate::wire::props::{self, AuthFields};
 use crate::wire::replies::{RejectReason, Reply, Response};
 use crate::wire::topics;
 
@@ -26,13 +26,8 @@ impl Core {
         let f = AuthFields::from_properties(m.props.as_ref());
         let req = PairRequest {
             robot_id: &self.robot,
-            topic: &m.topic_str,
             phone_id: phone,
-            from: f.from.as_deref(),
-            seq: f.seq,
-            ts_ms: f.ts_ms,
-            mac: f.mac.as_deref(),
-            payload: &m.payload,
+            message: props::SignedMessage::new(&m.topic_str, &m.payload, &f),
         };
         let now_ms = self.now.wall_ms;
         let topic = topics::pair_response(&self.robot, phone);

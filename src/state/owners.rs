@@ -41,16 +41,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{DirStore, StateFileError, StateStore};
 use crate::wire::identity::ClientId;
+use crate::wire::nickname;
 
 /// Name of the owners file inside the state directory.
 pub const OWNERS_FILE: &str = "owners.json";
 
 /// The file format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-
-/// Longest nickname kept, in characters (Unicode scalar values); longer ones
-/// are truncated, not rejected.
-pub const NICKNAME_MAX_CHARS: usize = 64;
 
 /// Permission bits of the owners file: it holds owner keys.
 pub const OWNERS_FILE_MODE: u32 = 0o600;
@@ -67,10 +64,10 @@ pub struct Owner {
     /// The phone's client ID (`from` on its messages).
     pub id: ClientId,
     /// The name the phone gave at pairing, for `robotd owners` and logs.
-    /// Sanitised by [`OwnerStore::add`] (see [`sanitize_nickname`]).
+    /// Sanitised by [`OwnerStore::add`] (see [`nickname::sanitize`]).
     pub nickname: String,
     /// The owner key `K` (see [`crate::wire::keys::owner_key`]); hex in the file.
-    #[serde(with = "hex_key")]
+    #[serde(with = "crate::wire::keys::hex_key")]
     pub key: [u8; 32],
     /// When pairing succeeded, unix milliseconds.
     pub paired_at_ms: u64,
@@ -86,21 +83,6 @@ impl fmt::Debug for Owner {
             .field("paired_at_ms", &self.paired_at_ms)
             .finish()
     }
-}
-
-/// Make a nickname safe to print in a terminal or log line: drop control
-/// characters (C0, DEL, C1, which includes newlines and ANSI escapes) and
-/// bidirectional-override characters (which can make one name display as
-/// another), trim surrounding whitespace and keep at most
-/// [`NICKNAME_MAX_CHARS`] characters. May return an empty string.
-pub fn sanitize_nickname(raw: &str) -> String {
-    let cleaned: String = raw.chars().filter(|&c| !c.is_control() && !is_bidi_control(c)).collect();
-    let truncated: String = cleaned.trim().chars().take(NICKNAME_MAX_CHARS).collect();
-    truncated.trim_end().to_owned()
-}
-
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The on-disk shape.
@@ -182,12 +164,12 @@ impl OwnerStore {
 
     /// Add an owner, or replace the owner with the same ID (a phone pairing
     /// again gets a new key), and persist durably before returning. The
-    /// nickname is sanitised first ([`sanitize_nickname`]).
+    /// nickname is sanitised first ([`nickname::sanitize`]).
     ///
     /// Returns `true` when an owner was replaced. On error nothing changes,
     /// in memory or on disk.
     pub fn add(&mut self, mut owner: Owner) -> Result<bool, StateFileError> {
-        owner.nickname = sanitize_nickname(&owner.nickname);
+        owner.nickname = nickname::sanitize(&owner.nickname);
         let mut next = self.owners.clone();
         let replaced = match next.iter_mut().find(|o| o.id == owner.id) {
             Some(slot) => {
@@ -241,7 +223,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<Owner>, String> {
             return Err(format!("owner {} is listed twice", owner.id));
         }
         // A hand-edited file must not smuggle escapes into terminals either.
-        owner.nickname = sanitize_nickname(&owner.nickname);
+        owner.nickname = nickname::sanitize(&owner.nickname);
     }
     Ok(owners)
 }
@@ -274,24 +256,6 @@ fn warn_if_readable_by_others(path: &Path) {
             mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
             "owners file is readable by other users; it holds owner keys (it is rewritten as 0600 on the next change)"
         );
-    }
-}
-
-/// `[u8; 32]` as 64 lowercase hex characters. Errors never echo the value.
-mod hex_key {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(key))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut key = [0u8; 32];
-        if text.len() != 64 || hex::decode_to_slice(&text, &mut key).is_err() {
-            return Err(D::Error::custom("owner key must be 64 hex characters (32 bytes)"));
-        }
-        Ok(key)
     }
 }
 
@@ -491,11 +455,8 @@ mod tests {
         store.add(owner(1, "  Al\u{1b}[31mice\n\u{202e}\u{7f}\u{85} ")).unwrap();
         assert_eq!(store.get(&id(1)).unwrap().nickname, "Al[31mice");
         store.add(owner(2, &"ż".repeat(100))).unwrap();
-        assert_eq!(store.get(&id(2)).unwrap().nickname, "ż".repeat(NICKNAME_MAX_CHARS));
+        assert_eq!(store.get(&id(2)).unwrap().nickname, "ż".repeat(nickname::MAX_CHARS));
         assert_eq!(OwnerStore::load(dir.path()).unwrap().list(), store.list());
-        assert_eq!(sanitize_nickname("a\tb"), "ab");
-        assert_eq!(sanitize_nickname(&format!("{} x", "a".repeat(63))), "a".repeat(63));
-        assert_eq!(sanitize_nickname("\n"), "");
     }
 
     #[test]

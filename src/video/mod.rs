@@ -30,7 +30,6 @@ pub mod receiver;
 pub mod sender;
 mod supervise;
 
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -156,29 +155,11 @@ pub enum VideoError {
     },
 }
 
-/// The SRTP master key followed by the master salt: 16 + 14 = 30 bytes, as the
-/// protocol derives it (HKDF info `robotd srtp v1` / `robotd srtp audio v1`).
-///
-/// `Debug` never shows the bytes, so parameters can be logged safely.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SrtpKey(pub [u8; 30]);
+pub use crate::wire::keys::SrtpKey;
 
-impl fmt::Debug for SrtpKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SrtpKey(..)")
-    }
-}
-
-impl From<[u8; 30]> for SrtpKey {
-    fn from(bytes: [u8; 30]) -> Self {
-        SrtpKey(bytes)
-    }
-}
-
-impl SrtpKey {
-    pub(crate) fn to_buffer(&self) -> gst::Buffer {
-        gst::Buffer::from_slice(self.0)
-    }
+/// The key as the buffer `srtpenc` / `srtpdec` caps take.
+pub(crate) fn srtp_key_buffer(key: &SrtpKey) -> gst::Buffer {
+    gst::Buffer::from_slice(key.0)
 }
 
 /// Initialise GStreamer once; later calls are free.

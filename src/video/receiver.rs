@@ -256,7 +256,7 @@ fn srtp_caps(media: Media, ssrc: u32, key: &SrtpKey) -> gst::Caps {
             .field("encoding-name", "OPUS"),
     };
     b.field("ssrc", ssrc)
-        .field("srtp-key", key.to_buffer())
+        .field("srtp-key", super::srtp_key_buffer(key))
         .field("srtp-cipher", "aes-128-icm")
         .field("srtp-auth", "hmac-sha1-80")
         .field("srtcp-cipher", "aes-128-icm")

@@ -25,6 +25,7 @@ use super::camera::{self, CaptureKind, CaptureMode};
 use super::encoder::{self, Encoder, EncoderPreference};
 use super::supervise::Supervised;
 use super::{SrtpKey, VideoError, build, element, link_chain};
+use crate::wire::payloads::VideoParams;
 
 /// Where the picture comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,14 +55,8 @@ pub struct SenderParams {
     pub ssrc: u32,
     /// SRTP master key || salt for video.
     pub srtp_key: SrtpKey,
-    /// Output width in pixels (even).
-    pub width: u32,
-    /// Output height in pixels (even).
-    pub height: u32,
-    /// Output frames per second.
-    pub fps: u32,
-    /// Target bitrate in kbit/s.
-    pub kbps: u32,
+    /// Output size (even width and height), frame rate and target bitrate.
+    pub video: VideoParams,
     /// Encoder choice (`video.encoder`).
     pub encoder: EncoderPreference,
     /// Camera or test pattern (`video.device`).
@@ -71,14 +66,9 @@ pub struct SenderParams {
 /// The parameters in force, for the accept message and the `video` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoSettings {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Frames per second.
-    pub fps: u32,
-    /// Bitrate in kbit/s (the target; a native H.264 camera may not honour it).
-    pub kbps: u32,
+    /// Size, frame rate and bitrate (the target; a native H.264 camera may
+    /// not honour it).
+    pub video: VideoParams,
     /// The encoder in use, or `None` when a native H.264 camera is passed through.
     pub encoder: Option<Encoder>,
 }
@@ -102,15 +92,16 @@ impl VideoSender {
     /// Blocking (camera probing, plugin loading, state change): from async code
     /// call it inside `tokio::task::spawn_blocking`, like [`VideoSender::stop`].
     pub fn start(params: SenderParams) -> Result<Self, VideoError> {
-        super::validate_format(params.width, params.height, params.fps)?;
-        super::validate_kbps(params.kbps)?;
+        let v = params.video;
+        super::validate_format(v.width, v.height, v.fps)?;
+        super::validate_kbps(v.kbps)?;
         super::ensure_init()?;
         let capture = match &params.source {
             VideoSource::Test => None,
             VideoSource::Device(path) => {
                 let info =
                     camera::probe_camera(path)?.ok_or_else(|| VideoError::NoCaptureFormat { path: path.clone() })?;
-                let mode = camera::choose_capture(&info.formats, params.width, params.height, params.fps)
+                let mode = camera::choose_capture(&info.formats, v.width, v.height, v.fps)
                     .ok_or_else(|| VideoError::NoCaptureFormat { path: path.clone() })?;
                 tracing::info!(device = %path.display(), fourcc = %mode.fourcc, width = mode.width,
                     height = mode.height, rate = %mode.rate, "camera capture mode");
@@ -126,8 +117,7 @@ impl VideoSender {
         let mut chain: Vec<gst::Element> = Vec::new();
 
         // Source (and camera caps / decoding).
-        let mut settings =
-            VideoSettings { width: params.width, height: params.height, fps: params.fps, kbps: params.kbps, encoder };
+        let mut settings = VideoSettings { video: v, encoder };
         match &capture {
             None => {
                 chain.push(build(
@@ -145,15 +135,15 @@ impl VideoSender {
                     CaptureKind::Mjpeg => chain.push(build("jpegdec", element("jpegdec", &n("jpeg"))?)?),
                     CaptureKind::Raw => {}
                     CaptureKind::H264 => {
-                        settings.width = mode.width;
-                        settings.height = mode.height;
-                        settings.fps = mode.rate.fps().round().max(1.0) as u32;
+                        settings.video.width = mode.width;
+                        settings.video.height = mode.height;
+                        settings.video.fps = mode.rate.fps().round().max(1.0) as u32;
                     }
                 }
                 if mode.kind != CaptureKind::H264 {
                     // Never claim more frames than the camera delivers.
                     let cam_fps = mode.rate.fps().floor().max(1.0) as u32;
-                    settings.fps = settings.fps.min(cam_fps);
+                    settings.video.fps = settings.video.fps.min(cam_fps);
                 }
             }
         }
@@ -167,7 +157,7 @@ impl VideoSender {
             let caps_el = build(
                 "capsfilter",
                 element("capsfilter", &n("out"))?
-                    .property("caps", raw_caps(settings.width, settings.height, settings.fps)),
+                    .property("caps", raw_caps(settings.video.width, settings.video.height, settings.video.fps)),
             )?;
             chain.push(caps_el.clone());
             out_caps = Some(caps_el);
@@ -179,7 +169,7 @@ impl VideoSender {
                     .property("max-size-bytes", 0u32)
                     .property("max-size-time", 0u64),
             )?);
-            let enc_el = enc.make(&n("enc"), settings.kbps, settings.fps)?;
+            let enc_el = enc.make(&n("enc"), settings.video.kbps, settings.video.fps)?;
             chain.push(enc_el.clone());
             encoder_element = Some(enc_el);
             if enc == Encoder::V4l2 {
@@ -209,7 +199,8 @@ impl VideoSender {
 
         let run = Supervised::start("video sender", format!("{p}-bus"), pipeline)?;
         tracing::info!(host = %params.host, port = params.port, ssrc = params.ssrc,
-            width = settings.width, height = settings.height, fps = settings.fps, kbps = settings.kbps,
+            width = settings.video.width, height = settings.video.height, fps = settings.video.fps,
+            kbps = settings.video.kbps,
             encoder = %settings.encoder.map_or("passthrough", Encoder::element_name), "video sender started");
         Ok(VideoSender {
             run,
@@ -234,9 +225,9 @@ impl VideoSender {
         super::validate_kbps(kbps)?;
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some(enc), Some(el)) = (s.encoder, &self.encoder_element) {
-            enc.set_bitrate(el, kbps, s.fps);
+            enc.set_bitrate(el, kbps, s.video.fps);
         }
-        s.kbps = kbps;
+        s.video.kbps = kbps;
         tracing::info!(kbps, "video bitrate changed");
         Ok(*s)
     }
@@ -254,11 +245,9 @@ impl VideoSender {
             ));
         };
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        enc.set_keyframe_rate(enc_el, s.kbps, fps);
+        enc.set_keyframe_rate(enc_el, s.video.kbps, fps);
         caps_el.set_property("caps", raw_caps(width, height, fps));
-        s.width = width;
-        s.height = height;
-        s.fps = fps;
+        s.video = VideoParams { width, height, fps, ..s.video };
         tracing::info!(width, height, fps, "video format changed");
         Ok(*s)
     }
@@ -332,7 +321,7 @@ pub(crate) fn make_srtpenc(name: &str, key: &SrtpKey) -> Result<gst::Element, Vi
     build(
         "srtpenc",
         element("srtpenc", name)?
-            .property("key", key.to_buffer())
+            .property("key", super::srtp_key_buffer(key))
             .property_from_str("rtp-cipher", "aes-128-icm")
             .property_from_str("rtp-auth", "hmac-sha1-80")
             .property_from_str("rtcp-cipher", "aes-128-icm")

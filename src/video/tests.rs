@@ -12,6 +12,7 @@ use gstreamer::prelude::*;
 use super::camera::{CameraFormat, CaptureKind, FrameRate, FrameSize, choose_capture, format_cameras};
 use super::encoder::{Encoder, EncoderPreference, choose_encoder};
 use super::*;
+use crate::wire::payloads::VideoParams;
 
 /// Generous: the machine may be busy with other builds.
 const FRAMES_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,10 +39,7 @@ fn sender_params(port: u16, ssrc: u32, width: u32, height: u32, fps: u32) -> Sen
         port,
         ssrc,
         srtp_key: SrtpKey(KEY),
-        width,
-        height,
-        fps,
-        kbps: 500,
+        video: VideoParams { width, height, fps, kbps: 500 },
         encoder: EncoderPreference::Auto,
         source: VideoSource::Test,
     }
@@ -221,8 +219,8 @@ fn cameras_are_listed_readably() {
 fn parameters_out_of_range_are_rejected_before_starting() {
     let mut p = sender_params(9, 1, 321, 240, 30);
     assert!(matches!(VideoSender::start(p.clone()), Err(VideoError::InvalidParams(_))));
-    p.width = 320;
-    p.kbps = 5;
+    p.video.width = 320;
+    p.video.kbps = 5;
     let err = VideoSender::start(p).err().expect("kbps 5 is rejected");
     assert!(err.to_string().contains("kbps"), "{err}");
 }
@@ -327,8 +325,8 @@ fn bitrate_changes_without_interrupting_frames() {
     assert!(rx.wait_frames(30, FRAMES_TIMEOUT), "only {} frames", rx.frames());
     let before = sender.current();
     let after = sender.set_bitrate(150).unwrap();
-    assert_eq!(after, VideoSettings { kbps: 150, ..before });
-    assert_eq!(sender.current().kbps, 150);
+    assert_eq!(after, VideoSettings { video: VideoParams { kbps: 150, ..before.video }, ..before });
+    assert_eq!(sender.current().video.kbps, 150);
     let n = rx.frames();
     assert!(rx.wait_frames(n + 60, FRAMES_TIMEOUT), "frames stopped at {}", rx.frames());
     assert!(matches!(sender.set_bitrate(1), Err(VideoError::InvalidParams(_))));
@@ -344,12 +342,12 @@ fn format_change_renegotiates_the_decoded_size() {
     let sender = VideoSender::start(sender_params(rx.port(), 4242, 320, 240, 30)).unwrap();
     assert!(rx.wait_frame_size(320, 240, FRAMES_TIMEOUT), "first size: {:?}", rx.frame_size());
     let s = sender.set_format(176, 144, 15).unwrap();
-    assert_eq!((s.width, s.height, s.fps), (176, 144, 15));
+    assert_eq!((s.video.width, s.video.height, s.video.fps), (176, 144, 15));
     assert!(rx.wait_frame_size(176, 144, FRAMES_TIMEOUT), "size now {:?}", rx.frame_size());
     let n = rx.frames();
     assert!(rx.wait_frames(n + 15, FRAMES_TIMEOUT), "frames flow after the change");
     assert!(matches!(sender.set_format(0, 144, 15), Err(VideoError::InvalidParams(_))));
-    assert_eq!(sender.current().width, 176);
+    assert_eq!(sender.current().video.width, 176);
     sender.stop().unwrap();
     rx.stop().unwrap();
 }

@@ -8,6 +8,8 @@
 //! useless for any other; a fresh robot nonce per call means session and media
 //! keys are never reused across calls.
 
+use std::fmt;
+
 use hkdf::Hkdf;
 use sha2::Sha256;
 
@@ -15,8 +17,26 @@ use sha2::Sha256;
 pub type PairingSecret = [u8; 16];
 /// An owner key `K` or session key `Ks`.
 pub type Key32 = [u8; 32];
-/// SRTP master key (16 bytes) followed by master salt (14 bytes).
-pub type SrtpKey = [u8; 30];
+/// The SRTP master key (16 bytes) followed by the master salt (14 bytes),
+/// 30 bytes as the protocol derives it (HKDF info `robotd srtp v1` /
+/// `robotd srtp audio v1`).
+///
+/// One type from the derivation to the GStreamer pipeline. `Debug` never shows
+/// the bytes, so parameters and requests holding it can be logged safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpKey(pub [u8; 30]);
+
+impl fmt::Debug for SrtpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SrtpKey(..)")
+    }
+}
+
+impl From<[u8; 30]> for SrtpKey {
+    fn from(bytes: [u8; 30]) -> Self {
+        SrtpKey(bytes)
+    }
+}
 
 fn expand<const N: usize>(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> [u8; N] {
     let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
@@ -44,12 +64,39 @@ pub fn session_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 
 
 /// The SRTP master key and salt of a call's video stream.
 pub fn srtp_video_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> SrtpKey {
-    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp v1"])
+    SrtpKey(expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp v1"]))
 }
 
 /// The SRTP master key and salt of a call's audio stream.
 pub fn srtp_audio_key(owner_key: &Key32, session_id: &[u8; 16], robot_nonce: &[u8; 16]) -> SrtpKey {
-    expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp audio v1"])
+    SrtpKey(expand(owner_key, &call_salt(session_id, robot_nonce), &[b"robotd srtp audio v1"]))
+}
+
+/// Serde for a [`Key32`] as 64 hex characters (lowercase when written,
+/// either case when read), for `#[serde(with = "crate::wire::keys::hex_key")]`.
+///
+/// Used by both sides' key files: the robot's owners file and the phone's
+/// keys file. Errors never echo the value, so a corrupt file never puts key
+/// material in a log.
+pub mod hex_key {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::Key32;
+
+    /// Write the key as 64 lowercase hex characters.
+    pub fn serialize<S: Serializer>(key: &Key32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(key))
+    }
+
+    /// Read 64 hex characters; anything else is an error that does not echo the input.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Key32, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut key = [0u8; 32];
+        if text.len() != 64 || hex::decode_to_slice(&text, &mut key).is_err() {
+            return Err(D::Error::custom("owner key must be 64 hex characters (32 bytes)"));
+        }
+        Ok(key)
+    }
 }
 
 #[cfg(test)]
@@ -73,11 +120,11 @@ mod tests {
             "61edd9aca22ea26a0234b90e26ea7a69e592d8b50fa7b4d1ddbe38c2d10458b8"
         );
         assert_eq!(
-            hex::encode(srtp_video_key(&k, &sid, &rn)),
+            hex::encode(srtp_video_key(&k, &sid, &rn).0),
             "149ffed491d44212d2672dae6389779a919e58f9d95716ab76edadfb00b6"
         );
         assert_eq!(
-            hex::encode(srtp_audio_key(&k, &sid, &rn)),
+            hex::encode(srtp_audio_key(&k, &sid, &rn).0),
             "65532e412027e9558121d11c6189bd91739cfb7fe969b8e46f8c1ef78c44"
         );
     }
@@ -90,5 +137,33 @@ mod tests {
         let b = owner_key(&s, &n, "0123456789abcdef0123456789abcdef", "36940d0ece18aebf69d0ef6825534e25");
         assert_ne!(a, b);
         assert_ne!(session_key(&a, &[0; 16], &[1; 16]), session_key(&a, &[0; 16], &[2; 16]));
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct WithKey {
+        #[serde(with = "hex_key")]
+        key: Key32,
+    }
+
+    #[test]
+    fn hex_key_round_trips_and_never_echoes_bad_input() {
+        let text = serde_json::to_string(&WithKey { key: [0xab; 32] }).unwrap();
+        assert_eq!(text, format!(r#"{{"key":"{}"}}"#, "ab".repeat(32)));
+        assert_eq!(
+            serde_json::from_str::<WithKey>(&text.to_uppercase().replace("KEY", "key")).unwrap().key,
+            [0xab; 32]
+        );
+        for bad in ["cd".repeat(31), "cd".repeat(33), format!("{}zz", "cd".repeat(31))] {
+            let err = serde_json::from_str::<WithKey>(&format!(r#"{{"key":"{bad}"}}"#)).unwrap_err().to_string();
+            assert!(err.contains("64 hex characters"), "{err}");
+            assert!(!err.contains(&bad), "the error echoes the key: {err}");
+        }
+    }
+
+    #[test]
+    fn srtp_key_debug_hides_the_bytes() {
+        let key = SrtpKey([0x5a; 30]);
+        let text = format!("{key:?} {:?}", Some(&key));
+        assert_eq!(text, "SrtpKey(..) Some(SrtpKey(..))");
     }
 }

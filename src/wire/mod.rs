@@ -7,6 +7,7 @@ pub mod freshness;
 pub mod identity;
 pub mod keys;
 pub mod mac;
+pub mod nickname;
 pub mod pairing;
 pub mod payloads;
 pub mod props;

@@ -28,7 +28,9 @@ use crate::state::{self, StateFileError};
 use crate::wire::freshness::{SeqTracker, ts_is_fresh};
 use crate::wire::identity::{ClientId, is_client_id};
 use crate::wire::keys::{Key32, PairingSecret, owner_key};
-use crate::wire::mac::{self, MacInput};
+use crate::wire::mac;
+use crate::wire::nickname::{self, NicknameError};
+use crate::wire::props::{Signed, SignedMessage, Signer};
 use crate::wire::topics;
 
 /// The longest a pairing window may stay open (protocol limit). Longer requests
@@ -40,10 +42,6 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(600);
 /// guessing and flooding while leaving room for a few honest mistakes (a
 /// mistyped URI, a phone with a skewed clock).
 pub const DEFAULT_MAX_FAILURES: u32 = 20;
-
-/// Longest owner nickname, in characters after trimming. Nicknames are shown in
-/// `robotd owners` and logs, so they are kept short and printable.
-pub const MAX_NICKNAME_CHARS: usize = 64;
 
 /// The only pairing URI version this code speaks. A change that old readers
 /// would misread must bump it, so they refuse instead of guessing.
@@ -111,14 +109,15 @@ pub enum PairingError {
         /// Why it was refused.
         detail: String,
     },
-    /// The nickname the phone wants to send would be refused by the robot:
-    /// it must be 1 to 64 characters after trimming, with no control characters.
+    /// The nickname the phone wants to send would be refused by the robot
+    /// ([`nickname::check`]): it must be 1 to 64 characters after trimming,
+    /// with no control characters.
     #[error("nickname {found:?} is not allowed: {detail}")]
     BadNickname {
         /// The nickname given.
         found: String,
         /// Why it was refused.
-        detail: &'static str,
+        detail: NicknameError,
     },
     /// The data does not fit in a QR code (about 2.9 kB in byte mode). The
     /// pairing URI is ~130 bytes, so this means an absurdly long broker URL.
@@ -422,23 +421,6 @@ pub fn rejected_reply(reason: Reject) -> Vec<u8> {
     serde_json::to_vec(&reply).expect("strings always serialize")
 }
 
-/// The robot's trimmed nickname if acceptable. Control characters are refused
-/// because nicknames are printed to terminals and logs, where escape sequences
-/// could rewrite what an admin sees.
-fn clean_nickname(raw: &str) -> Result<&str, &'static str> {
-    let nick = raw.trim();
-    let n = nick.chars().count();
-    if n == 0 {
-        Err("it is empty")
-    } else if n > MAX_NICKNAME_CHARS {
-        Err("it is longer than 64 characters")
-    } else if nick.chars().any(char::is_control) {
-        Err("it contains control characters")
-    } else {
-        Ok(nick)
-    }
-}
-
 fn parse_nonce(s: &str) -> Option<[u8; 16]> {
     // Same shape as a client ID: 32 lowercase hex. Upper case is refused so the
     // nonce has one spelling.
@@ -460,7 +442,7 @@ fn parse_pair_payload(payload: &[u8]) -> Option<(String, [u8; 16])> {
         return None;
     }
     let p: PairPayload = serde_json::from_slice(payload).ok()?;
-    let nickname = clean_nickname(&p.nickname).ok()?.to_owned();
+    let nickname = nickname::check(&p.nickname).ok()?;
     Some((nickname, parse_nonce(&p.nonce)?))
 }
 
@@ -507,27 +489,17 @@ impl fmt::Display for Reject {
     }
 }
 
-/// A pairing request as received, before any check. Fields are `Option` where
-/// the MQTT user property may be absent or unparsable; the caller passes `None`
-/// then and the window decides (it counts as a failure, see [`Reject::BadMac`]).
+/// A pairing request as received, before any check. The message's fields are
+/// `None` where the MQTT user property is absent or unparsable; the window
+/// decides then (it counts as a failure, see [`Reject::BadMac`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PairRequest<'a> {
     /// The robot's own ID (the second topic level).
     pub robot_id: &'a ClientId,
-    /// The topic exactly as received; the MAC covers it.
-    pub topic: &'a str,
     /// The phone ID from the topic's last level.
     pub phone_id: &'a ClientId,
-    /// The `from` user property.
-    pub from: Option<&'a str>,
-    /// The `seq` user property, if present and a decimal u64.
-    pub seq: Option<u64>,
-    /// The `ts` user property (unix ms), if present and a decimal u64.
-    pub ts_ms: Option<u64>,
-    /// The `mac` user property.
-    pub mac: Option<&'a str>,
-    /// The payload bytes exactly as received; the MAC covers them.
-    pub payload: &'a [u8],
+    /// The message exactly as received; the MAC covers its topic and payload.
+    pub message: SignedMessage<'a>,
 }
 
 /// What the robot must do with a pairing request.
@@ -538,7 +510,7 @@ pub enum PairOutcome {
     Paired {
         /// The new owner.
         phone_id: ClientId,
-        /// Its nickname, trimmed.
+        /// Its nickname, cleaned by [`nickname::check`].
         nickname: String,
         /// The owner key `K`.
         key: Key32,
@@ -791,36 +763,36 @@ fn check_request(
 ) -> Result<(String, [u8; 16]), Reject> {
     // A topic that is not pair/{robot}/{phone} means the caller mixed up its
     // inputs; refuse rather than derive a key for IDs the phone did not sign.
-    if req.topic != topics::pair_request(req.robot_id, req.phone_id) {
+    let msg = &req.message;
+    if msg.topic != topics::pair_request(req.robot_id, req.phone_id) {
         return Err(Reject::Malformed);
     }
-    let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) = (req.from, req.seq, req.ts_ms, req.mac) else {
+    let Some((input, mac_hex)) = msg.mac_input() else {
         return Err(Reject::BadMac);
     };
-    if from != req.phone_id.as_str() {
+    if input.from != req.phone_id.as_str() {
         return Err(Reject::BadMac);
     }
-    let input = MacInput { topic: req.topic, from, seq, ts_ms, payload: req.payload };
     if !mac::verify(secret, &input, mac_hex) {
         return Err(Reject::BadMac);
     }
     // ts before seq: a request too old to accept must not advance the counter.
-    if !ts_is_fresh(ts_ms, now_ms) || !seqs.check_and_record(req.phone_id, seq) {
+    if !ts_is_fresh(input.ts_ms, now_ms) || !seqs.check_and_record(req.phone_id, input.seq) {
         return Err(Reject::Stale);
     }
-    parse_pair_payload(req.payload).ok_or(Reject::Malformed)
+    parse_pair_payload(msg.payload).ok_or(Reject::Malformed)
 }
 
 // ---------------------------------------------------------------------------
 // Phone side (robotctl)
 // ---------------------------------------------------------------------------
 
-/// The phone's pairing request for `uri`: `(topic, payload, mac_hex)`, to be
-/// published QoS 1 with user properties `from` = `phone_id`, `seq`, `ts` =
-/// `ts_ms` and `mac` = `mac_hex`. The nickname is trimmed and checked here with
-/// the robot's rules, so a bad one is reported to the user instead of costing
-/// one of the window's 20 attempts. `nonce` must be fresh randomness
-/// (`rand::random()`): it salts `K`.
+/// The phone's pairing request for `uri`, signed with the pairing secret `S`
+/// ([`Signer`]): publish it QoS 1 as is (user properties `from` = `phone_id`,
+/// `seq`, `ts` = `ts_ms` and `mac`). The nickname is cleaned and checked here
+/// with the robot's rule ([`nickname::check`]), so a bad one is reported to
+/// the user instead of costing one of the window's 20 attempts. `nonce` must
+/// be fresh randomness (`rand::random()`): it salts `K`.
 pub fn build_pair_request(
     uri: &PairingUri,
     phone_id: &ClientId,
@@ -828,15 +800,13 @@ pub fn build_pair_request(
     nonce: [u8; 16],
     seq: u64,
     ts_ms: u64,
-) -> Result<(String, Vec<u8>, String), PairingError> {
+) -> Result<Signed, PairingError> {
     let nick =
-        clean_nickname(nickname).map_err(|detail| PairingError::BadNickname { found: nickname.to_owned(), detail })?;
+        nickname::check(nickname).map_err(|detail| PairingError::BadNickname { found: nickname.to_owned(), detail })?;
     let topic = topics::pair_request(&uri.robot, phone_id);
-    let payload = serde_json::to_vec(&PairPayload { nickname: nick.to_owned(), nonce: hex::encode(nonce) })
+    let payload = serde_json::to_vec(&PairPayload { nickname: nick, nonce: hex::encode(nonce) })
         .expect("strings always serialize");
-    let mac_hex =
-        mac::compute(&uri.secret, &MacInput { topic: &topic, from: phone_id.as_str(), seq, ts_ms, payload: &payload });
-    Ok((topic, payload, mac_hex))
+    Ok(Signer::new(&uri.secret, phone_id.as_str()).message(topic, payload, seq, ts_ms, None))
 }
 
 /// The owner key `K` as the phone derives it; equal to the robot's when it
@@ -869,23 +839,6 @@ struct ResponsePayload {
     reason: Option<String>,
 }
 
-/// The robot's answer as the phone received it; fields as in [`PairRequest`].
-#[derive(Debug, Clone, Copy)]
-pub struct PairResponseMessage<'a> {
-    /// The topic exactly as received.
-    pub topic: &'a str,
-    /// The `from` user property.
-    pub from: Option<&'a str>,
-    /// The `seq` user property, if present and a decimal u64.
-    pub seq: Option<u64>,
-    /// The `ts` user property (unix ms), if present and a decimal u64.
-    pub ts_ms: Option<u64>,
-    /// The `mac` user property (absent on a rejection).
-    pub mac: Option<&'a str>,
-    /// The payload bytes exactly as received.
-    pub payload: &'a [u8],
-}
-
 /// Check and read the robot's answer on [`topics::pair_response`]. A `paired`
 /// answer must come `from` the robot, name it, and carry a valid MAC under
 /// `key` (the phone's [`derive_owner_key`]); only then may the phone store `K`.
@@ -895,9 +848,9 @@ pub fn check_pair_response(
     uri: &PairingUri,
     phone_id: &ClientId,
     key: &Key32,
-    msg: &PairResponseMessage<'_>,
+    msg: &SignedMessage<'_>,
 ) -> Result<PairResponse, PairingError> {
-    let PairResponseMessage { topic, from, seq, ts_ms, mac: mac_hex, payload } = *msg;
+    let SignedMessage { topic, payload, from, .. } = *msg;
     if topic != topics::pair_response(&uri.robot, phone_id) {
         return Err(PairingError::BadResponse("it arrived on another topic"));
     }
@@ -909,13 +862,13 @@ pub fn check_pair_response(
             Ok(PairResponse::Rejected { reason })
         }
         "paired" => {
-            let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) = (from, seq, ts_ms, mac_hex) else {
+            let Some((input, mac_hex)) = msg.mac_input() else {
                 return Err(PairingError::BadResponse("paired answer lacks from/seq/ts/mac"));
             };
-            if from != uri.robot.as_str() || p.robot.as_deref() != Some(uri.robot.as_str()) {
+            if from != Some(uri.robot.as_str()) || p.robot.as_deref() != Some(uri.robot.as_str()) {
                 return Err(PairingError::BadResponse("paired answer names another robot"));
             }
-            if !mac::verify(key, &MacInput { topic, from, seq, ts_ms, payload }, mac_hex) {
+            if !mac::verify(key, &input, mac_hex) {
                 return Err(PairingError::BadResponse("paired answer has a bad MAC"));
             }
             let robot_nickname = p.nickname.ok_or(PairingError::BadResponse("paired answer lacks the nickname"))?;

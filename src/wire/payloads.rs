@@ -44,12 +44,19 @@ pub struct Invite {
     pub audio: Option<AudioOffer>,
 }
 
-/// Video parameters in force (accept message and `video` responses).
+/// A video shape: size, frame rate and bitrate. On the wire, the parameters
+/// in force (accept message and `video` responses); also the one type for
+/// the robot's preference (`[video]` in the configuration), what a sender is
+/// started with and what it runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoParams {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Frames per second.
     pub fps: u32,
+    /// Bitrate in kbit/s.
     pub kbps: u32,
 }
 
@@ -192,10 +199,18 @@ fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError
     }
 }
 
+/// Whether `x` is a speed fraction: finite and within -1..=1 (full reverse
+/// to full forward). The one range check for `drive`'s `linear` and
+/// `angular`, the differential-drive mixer ([`crate::motion::mix`]), the motor
+/// drivers ([`crate::motion::check_speed`]) and the map's speeds.
+pub fn is_speed_fraction(x: f64) -> bool {
+    x.is_finite() && (-1.0..=1.0).contains(&x)
+}
+
 fn fraction(m: &serde_json::Map<String, Value>, key: &str) -> Result<f64, CommandError> {
     let v = m.get(key).ok_or_else(|| CommandError::Invalid(format!("{key} is required")))?;
     let x = v.as_f64().ok_or_else(|| CommandError::Invalid(format!("{key} must be a number")))?;
-    if !x.is_finite() || !(-1.0..=1.0).contains(&x) {
+    if !is_speed_fraction(x) {
         return Err(CommandError::Invalid(format!("{key} must be within -1..1")));
     }
     Ok(x)
@@ -258,6 +273,16 @@ mod tests {
     use super::*;
 
     const INVITE: &str = r#"{"media":{"host":"192.0.2.10","port":5004},"video":{"codecs":["H264"],"max_width":1280,"max_height":720,"max_fps":30,"max_kbps":2500}}"#;
+
+    #[test]
+    fn speed_fractions_are_finite_and_within_one() {
+        for ok in [-1.0, -0.5, 0.0, -0.0, 0.25, 1.0] {
+            assert!(is_speed_fraction(ok), "{ok}");
+        }
+        for bad in [1.0 + f64::EPSILON, -1.0001, 2.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(!is_speed_fraction(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn protocol_invite_parses_and_negotiates() {

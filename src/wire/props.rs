@@ -1,5 +1,11 @@
 //! The authentication user properties (`from`, `seq`, `ts`, `mac`) and
 //! correlation data carried by every message after pairing.
+//!
+//! Both directions have one shape each: a received message is checked as a
+//! [`SignedMessage`] (built from its [`AuthFields`]), and every outgoing MAC'd
+//! message, robot or phone, is made by a [`Signer`].
+
+use std::fmt;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -82,8 +88,132 @@ fn parse_decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// Properties for an outgoing authenticated message: MACs `payload` under
-/// `key` and adds `from`, `seq`, `ts`, `mac`, plus correlation data if given.
+/// A received message as its receiver checks it: the topic and payload
+/// exactly as they came (the MAC covers both) and the authentication user
+/// properties found, unchecked (`None` when absent, repeated or not canonical
+/// decimal, see [`AuthFields::from_properties`]).
+///
+/// The one shape of an incoming signed message: the robot's pairing window
+/// reads it inside [`crate::wire::pairing::PairRequest`], the phone checks the
+/// robot's pairing answer with it, and [`verify`] uses it for invites and
+/// session messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedMessage<'a> {
+    /// The topic exactly as received.
+    pub topic: &'a str,
+    /// The payload bytes exactly as received.
+    pub payload: &'a [u8],
+    /// The `from` user property.
+    pub from: Option<&'a str>,
+    /// The `seq` user property.
+    pub seq: Option<u64>,
+    /// The `ts` user property (unix ms).
+    pub ts_ms: Option<u64>,
+    /// The `mac` user property (absent on unauthenticated messages).
+    pub mac: Option<&'a str>,
+}
+
+impl<'a> SignedMessage<'a> {
+    /// The message on `topic` with `payload` and the fields found in its properties.
+    pub fn new(topic: &'a str, payload: &'a [u8], auth: &'a AuthFields) -> Self {
+        SignedMessage {
+            topic,
+            payload,
+            from: auth.from.as_deref(),
+            seq: auth.seq,
+            ts_ms: auth.ts_ms,
+            mac: auth.mac.as_deref(),
+        }
+    }
+
+    /// What the MAC covers and the `mac` carried, when `from`, `seq`, `ts`
+    /// and `mac` are all present.
+    pub fn mac_input(&self) -> Option<(MacInput<'a>, &'a str)> {
+        let (Some(from), Some(seq), Some(ts_ms), Some(mac_hex)) = (self.from, self.seq, self.ts_ms, self.mac) else {
+            return None;
+        };
+        Some((MacInput { topic: self.topic, from, seq, ts_ms, payload: self.payload }, mac_hex))
+    }
+
+    /// The checked `(from, seq, ts_ms)` when the MAC is valid under `key`.
+    pub fn verify(&self, key: &[u8]) -> Option<(&'a str, u64, u64)> {
+        let (input, mac_hex) = self.mac_input()?;
+        mac::verify(key, &input, mac_hex).then_some((input.from, input.seq, input.ts_ms))
+    }
+}
+
+/// Makes every outgoing authenticated message, for the robot and the phone
+/// alike: MACs `topic`, `from`, `seq`, `ts` and the payload under `key` and
+/// carries them as the user properties `from`, `seq`, `ts`, `mac` (in that
+/// order), plus correlation data when answering a request that had some.
+///
+/// `key` is the pairing secret `S` (the phone's pairing request), the owner
+/// key `K` (pairing answer, invites) or the session key `Ks` (in a call).
+/// `Debug` leaves the key out.
+#[derive(Clone, Copy)]
+pub struct Signer<'k> {
+    key: &'k [u8],
+    from: &'k str,
+}
+
+impl fmt::Debug for Signer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer").field("from", &self.from).finish_non_exhaustive()
+    }
+}
+
+impl<'k> Signer<'k> {
+    /// A signer sending as `from` (the sender's client ID) under `key`.
+    pub fn new(key: &'k [u8], from: &'k str) -> Self {
+        Signer { key, from }
+    }
+
+    /// The properties that sign `payload` on `topic` as message `seq` at
+    /// `ts_ms` (unix ms).
+    pub fn sign(
+        &self,
+        topic: &str,
+        seq: u64,
+        ts_ms: u64,
+        payload: &[u8],
+        correlation: Option<Bytes>,
+    ) -> PublishProperties {
+        let from = self.from;
+        let m = mac::compute(self.key, &MacInput { topic, from, seq, ts_ms, payload });
+        PublishProperties {
+            user_properties: vec![
+                ("from".into(), from.into()),
+                ("seq".into(), seq.to_string()),
+                ("ts".into(), ts_ms.to_string()),
+                ("mac".into(), m),
+            ],
+            correlation_data: correlation,
+            ..Default::default()
+        }
+    }
+
+    /// The whole message, ready to publish: [`Signer::sign`] kept together
+    /// with the topic and payload it covers.
+    pub fn message(&self, topic: String, payload: Vec<u8>, seq: u64, ts_ms: u64, correlation: Option<Bytes>) -> Signed {
+        let props = self.sign(&topic, seq, ts_ms, &payload, correlation);
+        Signed { topic, payload, props }
+    }
+}
+
+/// An outgoing message and the properties that sign it ([`Signer::message`]).
+/// Publish it as is: changing the topic or payload breaks the MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// Where it goes.
+    pub topic: String,
+    /// Its bytes, as MAC'd.
+    pub payload: Vec<u8>,
+    /// `from`, `seq`, `ts`, `mac` and any correlation data.
+    pub props: PublishProperties,
+}
+
+/// Properties for an outgoing authenticated message; the same as
+/// `Signer::new(key, from).sign(topic, seq, ts_ms, payload, correlation)`.
 pub fn signed(
     key: &[u8],
     topic: &str,
@@ -93,17 +223,7 @@ pub fn signed(
     payload: &[u8],
     correlation: Option<Bytes>,
 ) -> PublishProperties {
-    let m = mac::compute(key, &MacInput { topic, from, seq, ts_ms, payload });
-    PublishProperties {
-        user_properties: vec![
-            ("from".into(), from.into()),
-            ("seq".into(), seq.to_string()),
-            ("ts".into(), ts_ms.to_string()),
-            ("mac".into(), m),
-        ],
-        correlation_data: correlation,
-        ..Default::default()
-    }
+    Signer::new(key, from).sign(topic, seq, ts_ms, payload, correlation)
 }
 
 /// Properties for an unauthenticated message (pairing rejections), carrying
@@ -119,10 +239,12 @@ pub fn unsigned(from: &str, seq: u64, ts_ms: u64) -> PublishProperties {
     }
 }
 
-/// Verify a received message's MAC under `key`; returns the checked fields.
+/// Verify a received message's MAC under `key`; returns the checked fields
+/// ([`SignedMessage::verify`]).
 pub fn verify<'a>(key: &[u8], topic: &str, payload: &[u8], f: &'a AuthFields) -> Option<(&'a str, u64, u64)> {
-    let (from, seq, ts_ms, m) = f.complete().ok()?;
-    mac::verify(key, &MacInput { topic, from, seq, ts_ms, payload }, m).then_some((from, seq, ts_ms))
+    let (_, seq, ts_ms) = SignedMessage::new(topic, payload, f).verify(key)?;
+    // `from` again from `f`, so the result borrows only `f`.
+    Some((f.from.as_deref()?, seq, ts_ms))
 }
 
 /// Unix time in milliseconds from the system clock.
@@ -143,6 +265,38 @@ mod tests {
         assert_eq!(verify(&key, "t/x", b"{}", &f), Some(("36940d0ece18aebf69d0ef6825534e24", 9, 1000)));
         assert_eq!(verify(&key, "t/y", b"{}", &f), None);
         assert_eq!(verify(&key, "t/x", b"{ }", &f), None);
+    }
+
+    #[test]
+    fn the_signer_writes_the_protocol_properties() {
+        let key = [7u8; 32];
+        let from = "36940d0ece18aebf69d0ef6825534e24";
+        let s = Signer::new(&key, from).message("t/x".into(), b"{}".to_vec(), 3, 1000, None);
+        let mac = mac::compute(&key, &MacInput { topic: "t/x", from, seq: 3, ts_ms: 1000, payload: b"{}" });
+        let want: Vec<(String, String)> = [("from", from), ("seq", "3"), ("ts", "1000"), ("mac", &mac)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(s.props.user_properties, want);
+        assert_eq!(s.props.correlation_data, None);
+        assert_eq!(s.props, signed(&key, "t/x", from, 3, 1000, b"{}", None));
+        assert!(!format!("{:?}", Signer::new(&key, from)).contains("7, 7"));
+    }
+
+    #[test]
+    fn a_signed_message_needs_all_four_fields() {
+        let key = [3u8; 32];
+        let p = Signer::new(&key, "a").sign("t", 1, 2, b"x", None);
+        let f = AuthFields::from_properties(Some(&p));
+        let m = SignedMessage::new("t", b"x", &f);
+        assert_eq!(m.verify(&key), Some(("a", 1, 2)));
+        for strip in ["from", "seq", "ts", "mac"] {
+            let mut p = p.clone();
+            p.user_properties.retain(|(k, _)| k != strip);
+            let f = AuthFields::from_properties(Some(&p));
+            let m = SignedMessage::new("t", b"x", &f);
+            assert!(m.mac_input().is_none() && m.verify(&key).is_none(), "without {strip}");
+        }
     }
 
     #[test]

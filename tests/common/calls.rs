@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use robotd::phone::{ActiveCall, InviteOutcome, Offer, PairedRobot, Phone};
-use robotd::video::{Receiver, ReceiverParams};
+use robotd::video::{Receiver, ReceiverParams, SrtpKey};
 use robotd::wire::identity::ClientId;
 use robotd::wire::pairing::PairingUri;
 use serde_json::{Value, json};
@@ -183,8 +183,8 @@ pub fn deadman_count(robot: &Robot) -> usize {
 }
 
 /// Start a receiver for the call's video on `127.0.0.1:port` with `key`.
-pub async fn receiver(port: u16, ssrc: u32, key: [u8; 30]) -> Arc<Receiver> {
-    let params = ReceiverParams::new(SocketAddr::new(LOCALHOST, port), ssrc, key.into());
+pub async fn receiver(port: u16, ssrc: u32, key: SrtpKey) -> Arc<Receiver> {
+    let params = ReceiverParams::new(SocketAddr::new(LOCALHOST, port), ssrc, key);
     let r = tokio::task::spawn_blocking(move || Receiver::start(params)).await.unwrap().expect("receiver starts");
     Arc::new(r)
 }

@@ -288,7 +288,7 @@ async fn start_call(
         InviteOutcome::Refused(v) => bail!("call refused: {v}"),
     };
     let mut params =
-        ReceiverParams::new(SocketAddr::new(offer.host, offer.video_port), c.video_ssrc, c.srtp_video.into());
+        ReceiverParams::new(SocketAddr::new(offer.host, offer.video_port), c.video_ssrc, c.srtp_video.clone());
     params.record = media.record;
     params.record_for = media.record_for;
     params.snapshot = media.snapshot;

@@ -131,8 +131,8 @@ impl Rig {
         let id = crate::wire::identity::human_id(number);
         let nonce = [0xa5; 16];
         let ts = self.now().wall_ms;
-        let (topic, payload, mac) = pairing::build_pair_request(&uri, &id, "Alice", nonce, ts, ts).unwrap();
-        let fx = self.deliver(&topic, &payload, Some(with_mac(id.as_str(), ts, ts, mac)));
+        let signed = pairing::build_pair_request(&uri, &id, "Alice", nonce, ts, ts).unwrap();
+        let fx = self.deliver(&signed.topic, &signed.payload, Some(signed.props));
         let paired = json_of(&fx, &topics::pair_response(&self.robot, &id)).expect("an answer");
         assert_eq!(paired["status"], "paired", "{paired}");
         PhoneKey { key: pairing::derive_owner_key(&uri, &id, &nonce), id, seq: ts }
@@ -234,13 +234,6 @@ impl Rig {
     pub fn ended(&self, c: &PhoneCall) -> Vec<Value> {
         jsons_of(&self.effects, &topics::session_response(&c.session, "hangup"))
     }
-}
-
-/// Properties carrying a precomputed MAC (the pairing request's).
-pub(super) fn with_mac(from: &str, seq: u64, ts: u64, mac: String) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
-    let mut p = props::unsigned(from, seq, ts);
-    p.user_properties.push(("mac".into(), mac));
-    p
 }
 
 /// The JSON bodies published on `topic`, in order.

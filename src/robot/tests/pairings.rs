@@ -8,8 +8,8 @@ use crate::robot::pairing::PAIRING_PNG;
 fn forged(r: &mut Rig, uri: &PairingUri, phone: &ClientId, seq: u64) -> Vec<Value> {
     let wrong = PairingUri { secret: [0xee; 16], ..uri.clone() };
     let ts = r.now().wall_ms;
-    let (topic, payload, mac) = pairing::build_pair_request(&wrong, phone, "Mallory", [1; 16], seq, ts).unwrap();
-    let fx = r.deliver(&topic, &payload, Some(with_mac(phone.as_str(), seq, ts, mac)));
+    let signed = pairing::build_pair_request(&wrong, phone, "Mallory", [1; 16], seq, ts).unwrap();
+    let fx = r.deliver(&signed.topic, &signed.payload, Some(signed.props));
     jsons_of(&fx, &topics::pair_response(&r.robot, phone))
 }
 
@@ -32,8 +32,8 @@ fn a_window_closes_after_20_failed_attempts() {
     r.advance(1000);
     let alice = crate::wire::identity::human_id("+48555555555");
     let ts = r.now().wall_ms;
-    let (topic, payload, mac) = pairing::build_pair_request(&uri, &alice, "Alice", [2; 16], ts, ts).unwrap();
-    let fx = r.deliver(&topic, &payload, Some(with_mac(alice.as_str(), ts, ts, mac)));
+    let signed = pairing::build_pair_request(&uri, &alice, "Alice", [2; 16], ts, ts).unwrap();
+    let fx = r.deliver(&signed.topic, &signed.payload, Some(signed.props));
     assert_eq!(json_of(&fx, &topics::pair_response(&r.robot, &alice)).unwrap()["reason"], "too_many_attempts");
     assert!(r.store.get("owners.json").is_none(), "nobody paired");
 }
@@ -51,8 +51,8 @@ fn a_window_closes_after_its_time() {
     assert!(r.store.get(PAIRING_PNG).is_none(), "removed when the window ends");
     let alice = crate::wire::identity::human_id("+48555555555");
     let ts = r.now().wall_ms;
-    let (topic, payload, mac) = pairing::build_pair_request(&uri, &alice, "Alice", [2; 16], ts, ts).unwrap();
-    let fx = r.deliver(&topic, &payload, Some(with_mac(alice.as_str(), ts, ts, mac)));
+    let signed = pairing::build_pair_request(&uri, &alice, "Alice", [2; 16], ts, ts).unwrap();
+    let fx = r.deliver(&signed.topic, &signed.payload, Some(signed.props));
     assert_eq!(json_of(&fx, &topics::pair_response(&r.robot, &alice)).unwrap()["reason"], "window_closed");
 }
 
@@ -73,8 +73,8 @@ fn an_owner_that_cannot_be_stored_is_not_told_it_paired() {
     r.store.fail_writes(true);
     let alice = crate::wire::identity::human_id("+48555555555");
     let ts = r.now().wall_ms;
-    let (topic, payload, mac) = pairing::build_pair_request(&uri, &alice, "Alice", [2; 16], ts, ts).unwrap();
-    let fx = r.deliver(&topic, &payload, Some(with_mac(alice.as_str(), ts, ts, mac)));
+    let signed = pairing::build_pair_request(&uri, &alice, "Alice", [2; 16], ts, ts).unwrap();
+    let fx = r.deliver(&signed.topic, &signed.payload, Some(signed.props));
     let answer = json_of(&fx, &topics::pair_response(&r.robot, &alice)).unwrap();
     assert_eq!(answer, serde_json::json!({"status":"rejected","reason":"internal_error"}));
     let Ok(AdminReply::Owners(list)) = r.admin(Request::Owners) else { panic!("owners") };

@@ -1,4 +1,6 @@
 use super::*;
+use crate::wire::mac::MacInput;
+use crate::wire::props::AuthFields;
 
 const ROBOT: &str = "0123456789abcdef0123456789abcdef";
 const PHONE: &str = "36940d0ece18aebf69d0ef6825534e24";
@@ -40,13 +42,15 @@ impl Msg {
     fn req(&self) -> PairRequest<'_> {
         PairRequest {
             robot_id: &self.robot,
-            topic: &self.topic,
             phone_id: &self.phone,
-            from: self.from.as_deref(),
-            seq: self.seq,
-            ts_ms: self.ts_ms,
-            mac: self.mac.as_deref(),
-            payload: &self.payload,
+            message: SignedMessage {
+                topic: &self.topic,
+                payload: &self.payload,
+                from: self.from.as_deref(),
+                seq: self.seq,
+                ts_ms: self.ts_ms,
+                mac: self.mac.as_deref(),
+            },
         }
     }
 }
@@ -54,8 +58,9 @@ impl Msg {
 /// A request from `phone` as the phone side builds it.
 fn request(secret: PairingSecret, phone: &str, seq: u64, ts_ms: u64) -> Msg {
     let phone = id(phone);
-    let (topic, payload, mac) =
+    let Signed { topic, payload, props } =
         build_pair_request(&uri_with(secret), &phone, "Alice", vector_nonce(), seq, ts_ms).unwrap();
+    let mac = AuthFields::from_properties(Some(&props)).mac.unwrap();
     Msg {
         robot: id(ROBOT),
         from: Some(phone.to_string()),
@@ -222,10 +227,12 @@ fn oversized_data_is_a_qr_error_not_a_panic() {
 fn phone_request_matches_protocol_vector_and_robot_derives_the_same_key() {
     let uri = PairingUri::parse(VECTOR_URI).unwrap();
     let phone = id(PHONE);
-    let (topic, payload, mac_hex) = build_pair_request(&uri, &phone, "Alice", vector_nonce(), T0, T0).unwrap();
+    let Signed { topic, payload, props } = build_pair_request(&uri, &phone, "Alice", vector_nonce(), T0, T0).unwrap();
     assert_eq!(topic, format!("pair/{ROBOT}/{PHONE}"));
     assert_eq!(payload, br#"{"nickname":"Alice","nonce":"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}"#);
-    assert_eq!(mac_hex, "ee1e50b7af85f38e6850f1163f0dce2142c56230324a2f851184846a601679c7");
+    let user = |k: &str| props.user_properties.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(user("mac"), Some("ee1e50b7af85f38e6850f1163f0dce2142c56230324a2f851184846a601679c7"));
+    assert_eq!((user("from"), user("seq"), user("ts")), (Some(PHONE), Some("1764072000000"), Some("1764072000000")));
 
     let phone_key = derive_owner_key(&uri, &phone, &vector_nonce());
     assert_eq!(hex::encode(phone_key), "a0369cd9bece6225fa9218e192b9d2f976f5e830a3dc8d76060f9ba004da8f0f");
@@ -257,8 +264,8 @@ fn phone_accepts_the_robots_maced_reply_and_refuses_a_forged_one() {
         from: Option<&'a str>,
         mac_hex: Option<&'a str>,
         payload: &'a [u8],
-    ) -> PairResponseMessage<'a> {
-        PairResponseMessage { topic, from, seq: Some(5), ts_ms: Some(T0), mac: mac_hex, payload }
+    ) -> SignedMessage<'a> {
+        SignedMessage { topic, payload, from, seq: Some(5), ts_ms: Some(T0), mac: mac_hex }
     }
     let check = |key: &Key32, from: &str, mac_hex: &str| {
         check_pair_response(&uri, &phone, key, &msg(&topic, Some(from), Some(mac_hex), &payload))
@@ -277,8 +284,7 @@ fn phone_accepts_the_robots_maced_reply_and_refuses_a_forged_one() {
     // A "paired" answer without a MAC is refused.
     assert!(check_pair_response(&uri, &phone, &key, &msg(&topic, None, None, &payload)).is_err());
     // So is one on another phone's topic.
-    let other =
-        PairResponseMessage { topic: "pair/x/y/response", ..msg(&topic, Some(ROBOT), Some(&mac_hex), &payload) };
+    let other = SignedMessage { topic: "pair/x/y/response", ..msg(&topic, Some(ROBOT), Some(&mac_hex), &payload) };
     assert!(check_pair_response(&uri, &phone, &key, &other).is_err());
 }
 
@@ -309,7 +315,7 @@ fn phone_side_refuses_nicknames_the_robot_would_refuse_and_trims() {
         let e = build_pair_request(&uri, &id(PHONE), bad, [0; 16], 1, T0).unwrap_err();
         assert!(matches!(e, PairingError::BadNickname { .. }), "{bad:?}: {e}");
     }
-    let (_, payload, _) = build_pair_request(&uri, &id(PHONE), "  Zoë  ", [0; 16], 1, T0).unwrap();
+    let Signed { payload, .. } = build_pair_request(&uri, &id(PHONE), "  Zoë  ", [0; 16], 1, T0).unwrap();
     assert!(payload.starts_with(br#"{"nickname":"Zo"#) && !payload.starts_with(br#"{"nickname":" "#));
     assert!(build_pair_request(&uri, &id(PHONE), &"é".repeat(64), [0; 16], 1, T0).is_ok());
 }
