@@ -6,6 +6,7 @@
 //! robot is physically safe before it says goodbye.
 
 pub mod control;
+pub mod instance;
 pub mod link;
 pub mod logging;
 pub mod media;
@@ -89,8 +90,12 @@ pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
 /// Run the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<()> {
     ensure_state_dir(&cfg.robot.state_dir)?;
+    // One robotd per robot: before the hardware, the admin socket or the
+    // broker, so a second one cannot stop our motors, take our socket or
+    // fight over our client ID. Held until this function returns.
+    let instance = instance::InstanceLock::acquire(&cfg.robot.state_dir)?;
     let robot: ClientId = identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
-    info!(robot = %robot, "robot identity");
+    info!(robot = %robot, lock = %instance.path().display(), "robot identity");
 
     let profile = Profile::robot(&cfg.robot.nickname, cfg.robot.photo.as_deref(), &cfg.robot.model).to_json();
     // Hardware first: motors are stopped when their drivers are created.
@@ -161,5 +166,6 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
     let _ = control_task.await;
     let _ = std::fs::remove_file(&cfg.control.socket);
     info!("stopped");
+    drop(instance);
     Ok(())
 }

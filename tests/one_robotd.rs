@@ -1,0 +1,104 @@
+//! One robotd per robot, and the local admin surface around it
+//! (docs/reliability.md, "One robotd per robot"): a second daemon on the same
+//! state directory, `robotd id` racing the daemon on a fresh directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Wait for `child` to exit, up to `timeout`; kill it (and fail) otherwise.
+fn wait_exit(mut child: Child, timeout: Duration, what: &str) -> Output {
+    if !wait_until(timeout, || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("{what} still running after {timeout:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn robotd(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(robotd_bin());
+    cmd.arg("-c").arg(config).args(args).env("RUST_LOG", "robotd=debug,info").env_remove("NOTIFY_SOCKET");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// The daemon's status through its admin socket, once it answers.
+fn status(config: &Path) -> Option<serde_json::Value> {
+    let out = robotd(config, &["status"]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn a_second_robotd_on_the_same_state_dir_exits_at_once_naming_the_first_and_leaves_its_socket() {
+    let broker = Broker::start();
+    let mut first = Robot::start(&broker, "");
+    assert!(wait_until(SOON, || status(&first.config).is_some()), "the first robotd never answered:\n{}", first.log());
+    let connects = status(&first.config).unwrap()["broker"]["connects"].clone();
+
+    let second = robotd(&first.config, &["run"]).spawn().unwrap();
+    let out = wait_exit(second, SOON, "the second robotd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second robotd succeeded: {err}");
+    assert!(
+        err.contains(&format!("PID {}", first.pid())) && err.contains("only one robotd"),
+        "the error must name the running robotd's PID {}: {err}",
+        first.pid()
+    );
+
+    // The first still has its socket (the second neither replaced nor
+    // deleted it) and its broker connection (no fight over the client ID).
+    assert!(first.socket().exists(), "the admin socket is gone");
+    let st = status(&first.config).expect("the first robotd still answers on its socket");
+    assert_eq!(st["robot"], first.id.as_str());
+    assert_eq!(st["broker"]["connects"], connects, "the first robotd had to reconnect: {st}");
+    assert!(first.stop().success(), "{}", first.log());
+}
+
+/// A config on a fresh state directory (no `robotd id` run before) whose
+/// broker port has nothing listening: the daemon starts without a broker.
+fn fresh_config(dir: &Path) -> PathBuf {
+    let config = dir.join("robotd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[robot]\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[control]\nsocket = \"{}\"\n",
+            dir.join("state").display(),
+            free_port(),
+            dir.join("control.sock").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn robotd_id_and_the_daemon_started_together_on_a_fresh_dir_agree_on_one_id() {
+    for round in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fresh_config(dir.path());
+        let log = dir.path().join("robotd.log");
+        let mut daemon = robotd(&config, &["run"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let id = robotd(&config, &["id"]).spawn().unwrap();
+        let out = wait_exit(id, SOON, "robotd id");
+        assert!(out.status.success(), "round {round}: robotd id: {}", String::from_utf8_lossy(&out.stderr));
+        let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let answered = wait_until(SOON, || status(&config).is_some());
+        let st = status(&config);
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(answered, "round {round}: the daemon never answered:\n{log}");
+        let on_disk = std::fs::read_to_string(dir.path().join("state/robot-id")).unwrap().trim().to_owned();
+        assert_eq!(printed, on_disk, "round {round}: robotd id printed another ID than the one on disk");
+        assert_eq!(st.unwrap()["robot"], on_disk.as_str(), "round {round}: the daemon runs under another ID");
+    }
+}
