@@ -102,3 +102,35 @@ fn robotd_id_and_the_daemon_started_together_on_a_fresh_dir_agree_on_one_id() {
         assert_eq!(st.unwrap()["robot"], on_disk.as_str(), "round {round}: the daemon runs under another ID");
     }
 }
+
+/// `robotd safe-stop` while the daemon runs would set the pins under it (and
+/// the sim's state file would say `safe_stopped` while the daemon drives):
+/// refused, naming the PID, unless `--force`. After the daemon has died, even
+/// by SIGKILL (the kernel releases the lock), it works as `ExecStopPost=`.
+#[test]
+fn safe_stop_is_refused_while_the_daemon_runs_and_works_after_it_died() {
+    let broker = Broker::start();
+    let pins_dir = tempfile::tempdir().unwrap();
+    let pins = pins_dir.path().join("pins.json");
+    let mut robot = Robot::start(&broker, &format!("[hardware.sim]\nstate_file = \"{}\"\n", pins.display()));
+    assert!(wait_until(SOON, || status(&robot.config).is_some()), "robotd never answered:\n{}", robot.log());
+    let before = std::fs::read(&pins).expect("the sim mirrors its pins once the motors are set up");
+
+    let out = robot.admin(&["safe-stop"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "safe-stop succeeded while robotd runs: {err}");
+    assert!(err.contains(&format!("PID {}", robot.pid())) && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&pins).unwrap(), before, "a refused safe-stop changed the pin state");
+
+    let out = robot.admin(&["safe-stop", "--force"]);
+    assert!(out.status.success(), "safe-stop --force: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(robotd::hal::sim::read_state_file(&pins).unwrap().safe_stopped);
+    assert!(status(&robot.config).is_some(), "the daemon must survive a forced safe-stop");
+
+    // ExecStopPost= after SIGKILL: no code of robotd ran, the lock is gone.
+    std::fs::write(&pins, &before).unwrap();
+    robot.kill();
+    let out = robot.admin(&["safe-stop"]);
+    assert!(out.status.success(), "safe-stop after SIGKILL: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(robotd::hal::sim::read_state_file(&pins).unwrap().safe_stopped);
+}
