@@ -134,3 +134,24 @@ fn safe_stop_is_refused_while_the_daemon_runs_and_works_after_it_died() {
     assert!(out.status.success(), "safe-stop after SIGKILL: {}", String::from_utf8_lossy(&out.stderr));
     assert!(robotd::hal::sim::read_state_file(&pins).unwrap().safe_stopped);
 }
+
+/// A state directory left open to others (0755: `robot-id` readable by every
+/// local user) is made 0700 by robotd, which logs that it did so.
+#[test]
+fn a_loose_state_directory_is_made_private_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let broker = Broker::start();
+    let mut robot = Robot::configure(&broker, "");
+    let state = robot.state_dir();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    robot.spawn();
+    assert!(wait_until(SOON, || status(&robot.config).is_some()), "robotd never answered:\n{}", robot.log());
+    assert_eq!(mode(&state), 0o700, "robotd left {} at {:o}", state.display(), mode(&state));
+    let log = robot.log();
+    assert!(log.contains("made it 0700") && log.contains("0755"), "robotd did not say it tightened the mode:\n{log}");
+    // `robotd id` (run by an admin before the first start) does the same.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert!(robot.admin(&["id"]).status.success());
+    assert_eq!(mode(&state), 0o700);
+}

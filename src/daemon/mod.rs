@@ -12,10 +12,9 @@ pub mod logging;
 pub mod media;
 pub mod shutdown;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -73,16 +72,50 @@ async fn sleep_until_opt(t: Option<std::time::Instant>) {
     }
 }
 
-/// Create the state directory if it does not exist (systemd's
-/// `StateDirectory=` normally does this); private to the robotd user.
-pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+/// The state directory could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// It did not exist and could not be created: check `robot.state_dir`
+    /// and its parent's permissions (systemd's `StateDirectory=` makes it).
+    #[error("cannot create robot.state_dir {}: {cause}", dir.display())]
+    Create { dir: PathBuf, cause: std::io::Error },
+    /// It exists but cannot be inspected, or is not a directory.
+    #[error("robot.state_dir {} is unusable: {cause}", dir.display())]
+    Unusable { dir: PathBuf, cause: std::io::Error },
+    /// It is open to other users (the robot ID, owner keys and the pairing QR
+    /// code live there) and robotd, not being its owner, cannot close it.
+    #[error(
+        "robot.state_dir {} has mode {mode:04o}, open to other users, and robotd cannot make it 0700: {cause}; \
+         run `chmod 0700 {}` (as its owner or root)",
+        dir.display(),
+        dir.display()
+    )]
+    Loose { dir: PathBuf, mode: u32, cause: std::io::Error },
+}
+
+/// Make the state directory exist and be private to the robotd user (mode
+/// 0700). It is created 0700 when missing; an existing one with a looser mode
+/// (0755 would leave `robot-id` readable by every local user) is chmod'ed to
+/// 0700 with a warning, or refused when that is not allowed.
+pub fn ensure_state_dir(dir: &Path) -> Result<(), StateDirError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("cannot create robot.state_dir {}", dir.display()))?;
+            .map_err(|cause| StateDirError::Create { dir: dir.to_path_buf(), cause })?;
+    }
+    let unusable = |cause| StateDirError::Unusable { dir: dir.to_path_buf(), cause };
+    let meta = std::fs::metadata(dir).map_err(unusable)?;
+    if !meta.is_dir() {
+        return Err(unusable(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|cause| StateDirError::Loose { dir: dir.to_path_buf(), mode, cause })?;
+        tracing::warn!(dir = %dir.display(), old_mode = %format!("{mode:04o}"), "robot.state_dir was open to other users; made it 0700");
     }
     Ok(())
 }
@@ -168,4 +201,36 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
     info!("stopped");
     drop(instance);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn state_dir_is_created_private_and_a_loose_one_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a/state");
+        ensure_state_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        for loose in [0o755, 0o750, 0o701, 0o1777] {
+            std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(loose)).unwrap();
+            ensure_state_dir(&fresh).unwrap();
+            assert_eq!(mode(&fresh), 0o700, "from {loose:o}");
+        }
+        // Stricter than 0700 is left alone.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o500)).unwrap();
+        ensure_state_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o500);
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = ensure_state_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("robot.state_dir") && e.contains("not a directory"), "{e}");
+    }
 }
