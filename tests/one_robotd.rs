@@ -155,3 +155,51 @@ fn a_loose_state_directory_is_made_private_at_start() {
     assert!(robot.admin(&["id"]).status.success());
     assert_eq!(mode(&state), 0o700);
 }
+
+/// Open file descriptors of a process.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// 1100 idle connections to the admin socket (more than the 1024 files a
+/// service may open by default): robotd keeps at most 16 of them, closes the
+/// rest at once and cuts the idle ones off after 2 s, so its descriptors stay
+/// few and `robotd status` is answered in seconds, not after the minutes a
+/// queue of 1100 idle clients at 5 s each would take.
+#[test]
+fn a_thousand_idle_admin_connections_neither_exhaust_descriptors_nor_hold_up_status() {
+    let broker = Broker::start();
+    let mut robot = Robot::configure(&broker, "");
+    robot.spawn_with_fd_limit(1024);
+    assert!(wait_until(SOON, || status(&robot.config).is_some()), "robotd never answered:\n{}", robot.log());
+    let fds_before = open_fds(robot.pid());
+
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    let mut idle = Vec::new();
+    while idle.len() < 1100 && std::time::Instant::now() < end {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(robot.socket()) {
+            idle.push(s);
+        }
+    }
+    let fds_during = open_fds(robot.pid());
+    let t = std::time::Instant::now();
+    let answered = status(&robot.config);
+    let took = t.elapsed();
+    eprintln!(
+        "FIGURE admin socket: {} idle connections; robotd fds {fds_before} before, {fds_during} during; status answered in {took:?}",
+        idle.len()
+    );
+    assert_eq!(idle.len(), 1100, "could not even open the idle connections");
+    assert!(
+        fds_during <= fds_before + 2 * robotd::daemon::control::MAX_CONNECTIONS,
+        "robotd holds {fds_during} descriptors with the idle connections open ({fds_before} before)"
+    );
+    assert!(answered.is_some(), "robotd status failed with 1100 idle connections open:\n{}", robot.log());
+    assert!(took < Duration::from_secs(10), "robotd status took {took:?}");
+    assert!(!robot.log().contains("accept failed"), "robotd ran out of descriptors:\n{}", robot.log());
+
+    // And afterwards robotd is fine.
+    drop(idle);
+    assert!(status(&robot.config).is_some());
+    assert!(robot.stop().success(), "{}", robot.log());
+}
