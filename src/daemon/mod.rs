@@ -40,16 +40,48 @@ fn watchdog_period() -> Option<Duration> {
 
 /// **Test mode, off by default**: with this environment variable set to a
 /// number of milliseconds, the main loop stalls (blocks its thread forever)
-/// that long after start, so tests can show that the systemd watchdog pings
-/// stop and systemd would kill the daemon (tests/reliability_process.rs).
-/// Nothing else reads it; without it robotd never stalls on purpose.
+/// that long after start; set to `usr1`, it stalls when robotd receives
+/// SIGUSR1. Tests use it to show that the systemd watchdog pings stop and
+/// systemd would kill the daemon, and that the motor-side deadman stops a
+/// drive the stalled loop cannot (tests/reliability_process.rs). The stall
+/// is logged with the `CLOCK_MONOTONIC` time it began (`mono_ns`). Nothing
+/// else reads it; without it robotd never stalls on purpose.
 pub const TEST_STALL_ENV: &str = "ROBOTD_TEST_STALL_MAIN_LOOP_AFTER_MS";
 
-/// When the test mode above asks the main loop to stall, if it does.
-fn test_stall_at() -> Option<std::time::Instant> {
-    let ms: u64 = std::env::var(TEST_STALL_ENV).ok()?.parse().ok()?;
+/// What makes the main loop stall in the test mode above.
+enum TestStall {
+    At(std::time::Instant),
+    OnSignal(tokio::signal::unix::Signal),
+}
+
+/// The test mode above, if it is on.
+fn test_stall() -> Option<TestStall> {
+    let value = std::env::var(TEST_STALL_ENV).ok()?;
+    if value == "usr1" {
+        tracing::warn!(env = TEST_STALL_ENV, "TEST MODE: the main loop will stall on purpose at SIGUSR1");
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()?;
+        return Some(TestStall::OnSignal(signal));
+    }
+    let ms: u64 = value.parse().ok()?;
     tracing::warn!(env = TEST_STALL_ENV, ms, "TEST MODE: the main loop will stall on purpose");
-    Some(std::time::Instant::now() + Duration::from_millis(ms))
+    Some(TestStall::At(std::time::Instant::now() + Duration::from_millis(ms)))
+}
+
+/// Resolves when the test mode wants the stall; never without it.
+async fn test_stall_due(stall: &mut Option<TestStall>) {
+    match stall {
+        Some(TestStall::At(t)) => tokio::time::sleep_until((*t).into()).await,
+        Some(TestStall::OnSignal(s)) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of the sim's `pin_events`.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The process exit for a binary's result: errors are printed with their
@@ -157,7 +189,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
     notify(&[sd_notify::NotifyState::Ready]);
     let mut watchdog = watchdog_period().map(tokio::time::interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let stall_at = test_stall_at();
+    let mut stall = test_stall();
 
     loop {
         let wakeup = service.next_wakeup();
@@ -182,8 +214,8 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> anyhow::Result<
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
-            _ = sleep_until_opt(stall_at), if stall_at.is_some() => {
-                tracing::error!(env = TEST_STALL_ENV, "TEST MODE: main loop stalled on purpose");
+            _ = test_stall_due(&mut stall) => {
+                tracing::error!(env = TEST_STALL_ENV, mono_ns = monotonic_ns(), "TEST MODE: main loop stalled on purpose");
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
