@@ -25,8 +25,10 @@
 //! robot, rppal), [`motion`] (motor drivers, differential drive, deadman),
 //! [`nav`] (map, routes, the goto executor) and [`video`] (camera discovery
 //! and the GStreamer pipelines). [`config`] is the TOML configuration, whose
-//! errors name the key; [`fsutil`] writes state files durably.
+//! errors name the key; [`fsutil`] writes state files durably; [`broker`]
+//! is the TLS and credentials robotd and the phone side both use.
 
+pub mod broker;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
