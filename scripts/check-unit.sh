@@ -101,7 +101,7 @@ done
 if ! systemd-tmpfiles --root="$root" --create "$PWD/$TMPFILES" >"$work/tmpfiles.log" 2>&1; then
   err "systemd-tmpfiles $TMPFILES:"; cat "$work/tmpfiles.log" >&2
 fi
-[ "$(stat -c %a "$root/var/lib/robotd" 2>/dev/null)" = 750 ] || err "$TMPFILES did not create /var/lib/robotd 0750"
+[ "$(stat -c %a "$root/var/lib/robotd" 2>/dev/null)" = 700 ] || err "$TMPFILES did not create /var/lib/robotd 0700"
 [ "$fail" = 0 ] && echo "check-unit: sysusers + tmpfiles OK"
 
 exit "$fail"

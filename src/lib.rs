@@ -26,11 +26,12 @@
 //! [`nav`] (map, routes, the goto executor) and [`video`] (camera discovery
 //! and the GStreamer pipelines). [`config`] is the TOML configuration, whose
 //! errors name the key; [`state`] holds the durable state files (owners,
-//! robot ID, place) behind the [`state::StateStore`] port the core writes through.
+//! robot ID, place) behind the [`state::StateStore`] port the core writes through;
+//! [`broker`] is the TLS and credentials robotd and the phone side both use.
 
+pub mod broker;
 pub mod config;
 pub mod daemon;
-
 pub mod hal;
 pub mod motion;
 pub mod nav;

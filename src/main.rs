@@ -47,7 +47,13 @@ enum Command {
     },
     /// Drive every configured motor pin to its safe level and disable PWM,
     /// without the daemon (for systemd's ExecStopPost=, after any exit).
-    SafeStop,
+    /// Refused while a robotd runs on this state directory, unless --force.
+    SafeStop {
+        /// Take the pins even though a robotd is running (it keeps believing
+        /// its own pin states; restart it afterwards).
+        #[arg(long)]
+        force: bool,
+    },
     /// List the cameras (V4L2 devices) with their formats, sizes and rates.
     Cameras,
 }
@@ -121,7 +127,21 @@ fn real_main() -> anyhow::Result<()> {
             println!("the robot is now at {place}");
             Ok(())
         }
-        Command::SafeStop => {
+        Command::SafeStop { force } => {
+            // Held while the pins are set, so no robotd starts meanwhile.
+            let _no_daemon = match robotd::daemon::instance::check_not_running(&cfg.robot.state_dir) {
+                Ok(guard) => guard,
+                Err(e) if force => {
+                    tracing::warn!(error = %e, "safe-stop --force: taking the pins anyway");
+                    None
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(
+                        "robotd safe-stop refused: the daemon owns the motor pins while it runs \
+                         (use `systemctl stop robotd`, which runs safe-stop after it, or --force)",
+                    ));
+                }
+            };
             let pins = robotd::motion::safe_stop(&cfg.hardware)?;
             println!("motors safe: pins {pins:?} at their safe level, PWM disabled");
             Ok(())

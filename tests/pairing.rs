@@ -331,3 +331,34 @@ async fn robotctl_pairs_and_writes_a_private_keys_file() {
         InviteOutcome::Refused(v) => panic!("refused: {v}"),
     }
 }
+
+/// The robot's `rejected` carries no MAC (it shares no key with the phone
+/// yet), so anyone on the broker can send one. A forged rejection, here
+/// retained so it reaches the phone before the robot can answer, must not
+/// end the phone's wait: the verified `paired` that follows is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_rejection_does_not_stop_the_phone_from_pairing() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let broker = Broker::start();
+    let robot = start_robot(&broker, "").await;
+    let uri = open_window(&robot);
+    let mut alice = phone(&broker).await;
+    let forger = Probe::connect(&broker, &[]).await;
+    let topic = format!("pair/{}/{}/response", robot.id, alice.id);
+    let forged = PublishProperties { user_properties: vec![("from".into(), robot.id.clone())], ..Default::default() };
+    forger.publish(&topic, br#"{"status":"rejected","reason":"window_closed"}"#, true, Some(forged)).await;
+    // The broker holds it: a subscriber gets it at once.
+    let mut check = Probe::connect(&broker, &[&topic]).await;
+    check.expect("the forged rejection", SOON, |m| m.topic == topic && m.retain).await;
+
+    let paired = alice.pair(&uri, "Alice", SOON).await.expect("the forged rejection ended the wait");
+    assert_eq!(paired.robot, uri.robot);
+    assert_eq!(stored_key(&robot, alice.id.as_str()), Some(hex::encode(paired.key)));
+
+    // With only a rejection (a wrong secret: the robot's own, just as
+    // unauthenticated), the wait ends at the timeout and says what it saw.
+    let uri = open_window(&robot);
+    let mut bob = phone(&broker).await;
+    let e = bob.pair(&with_secret(&uri, rand::random()), "Bob", std::time::Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(&e, robotd::phone::PhoneError::RejectedUnverified { reason, .. } if reason == "bad_mac"), "{e}");
+}

@@ -193,3 +193,123 @@ async fn watchdog_pings_stop_when_the_main_loop_stalls() {
          0 pings in the 3 s after; presence still `true` 8 s after the stall"
     );
 }
+
+/// A log line without its colour codes (`ESC [ ... m`).
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Pin events from `[hardware.sim] pin_events`: (pin, CLOCK_MONOTONIC ns, level).
+fn pin_event(sock: &UnixDatagram, timeout: Option<Duration>) -> Option<(u8, u64, f64)> {
+    let mut b = [0u8; 64];
+    match timeout {
+        None => sock.set_nonblocking(true).unwrap(),
+        Some(t) => {
+            sock.set_nonblocking(false).unwrap();
+            sock.set_read_timeout(Some(t)).unwrap();
+        }
+    }
+    match sock.recv(&mut b) {
+        Ok(17) => Some((
+            b[0],
+            u64::from_le_bytes(b[1..9].try_into().unwrap()),
+            f64::from_le_bytes(b[9..17].try_into().unwrap()),
+        )),
+        _ => None,
+    }
+}
+
+/// The motor-side deadman: the main loop stalls (test mode, at SIGUSR1)
+/// while a `drive` with `ms` = 500 is in force, so nothing in it can stop
+/// the motors. The motor thread does: the direction pins go low within the
+/// drive's time plus a margin, measured on the pins' own timestamps (the
+/// sim's `pin_events`, CLOCK_MONOTONIC). Before it, the motors kept driving
+/// until the watchdog killed robotd (`WatchdogSec=10s`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_during_a_main_loop_stall_is_stopped_on_time_by_the_motor_side_deadman() {
+    const MS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let ev_path = dir.path().join("pins.sock");
+    let ev = UnixDatagram::bind(&ev_path).unwrap();
+    let extra = format!("[video]\nfps = 10\nkbps = 200\n[hardware.sim]\npin_events = \"{}\"\n", ev_path.display());
+    let broker = Broker::start();
+    let mut robot = Robot::configure(&broker, &merge_toml(TEST_VIDEO, &extra));
+    robot.spawn_with_env(&[(robotd::daemon::TEST_STALL_ENV, "usr1")]);
+    wait_online(&broker, &robot).await;
+    let (mut phone, paired) = pair_phone(&broker, &robot, "Alice").await;
+    let sink = UdpSink::bind();
+    let mut c = call(&mut phone, &paired, sink.port).await;
+    let hw = robotd::hal::HardwareConfig::default();
+    let direction = [hw.left.in1_pin, hw.left.in2_pin, hw.right.in1_pin, hw.right.in2_pin];
+    let mut level: std::collections::HashMap<u8, f64> = direction.iter().map(|&p| (p, 0.0)).collect();
+    while pin_event(&ev, None).is_some() {}
+
+    // Answered `ok`: executed, and its pin writes were sent before the answer.
+    drive(&mut phone, &mut c, 0.5, MS).await;
+    let mut t_on = 0;
+    while let Some((pin, ns, v)) = pin_event(&ev, None) {
+        if let Some(l) = level.get_mut(&pin) {
+            *l = v;
+            t_on = t_on.max(ns);
+        }
+    }
+    assert!(level.values().any(|&v| v > 0.0), "the drive set no direction pin: {level:?}");
+
+    unsafe { libc::kill(robot.pid(), libc::SIGUSR1) };
+    let mut stall_ns: Option<u64> = None;
+    assert!(
+        blocking(|| wait_until(SOON, || {
+            let log = robot.log();
+            let line = log.lines().find(|l| l.contains("main loop stalled on purpose"));
+            stall_ns = line.and_then(|l| plain(l).split("mono_ns=").nth(1)?.split_whitespace().next()?.parse().ok());
+            stall_ns.is_some()
+        })),
+        "the test mode did not stall the loop:\n{}",
+        robot.log()
+    );
+    let stall_ns = stall_ns.unwrap();
+    let deadline = t_on + MS * 1_000_000;
+    assert!(
+        stall_ns < deadline,
+        "the loop stalled {} ms after the drive, past its {MS} ms: the machine is too slow for this test to mean anything",
+        (stall_ns - t_on) / 1_000_000
+    );
+
+    // Only the motor thread can stop them now.
+    let t_off = blocking(|| {
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Some((pin, ns, v)) = pin_event(&ev, Some(Duration::from_millis(100))) {
+                if let Some(l) = level.get_mut(&pin) {
+                    *l = v;
+                    if level.values().all(|&v| v == 0.0) {
+                        return Some(ns);
+                    }
+                }
+            }
+        }
+        None
+    });
+    let Some(t_off) = t_off else {
+        panic!("the motors were still driving 3 s into the stall ({level:?}):\n{}", robot.log());
+    };
+    let after = Duration::from_nanos(t_off - t_on);
+    eprintln!(
+        "FIGURE motor-side deadman: drive of {MS} ms, loop stalled {} ms after it; pins off {after:?} after the drive",
+        (stall_ns - t_on) / 1_000_000
+    );
+    assert!(after >= Duration::from_millis(MS - 5), "stopped before the drive's time ({after:?})");
+    // The thread steps in 10 ms after the deadline; the rest is margin for a busy machine.
+    assert!(after <= Duration::from_millis(MS + 250), "pins off only {after:?} after a {MS} ms drive");
+    assert!(robot.log().contains("motor-side deadman"), "{}", robot.log());
+    assert!(unsafe { libc::kill(robot.pid(), 0) } == 0, "robotd died; the loop was only stalled");
+}

@@ -1,5 +1,6 @@
 //! mqtts:// with a private CA and username/password, against a real
-//! Mosquitto TLS listener with a password file.
+//! Mosquitto TLS listener with a password file: robotd, and robotctl pairing
+//! through it.
 
 mod common;
 
@@ -40,6 +41,9 @@ fn tls_broker() -> TlsBroker {
         .args(["rover", "s3cret"])
         .status()
         .expect("mosquitto_passwd (package mosquitto)");
+    assert!(st.success());
+    // A phone's login (the ACL-free broker here lets any user use any topic).
+    let st = Command::new("mosquitto_passwd").arg("-b").arg(p("passwd")).args(["phone", "ph0ne"]).status().unwrap();
     assert!(st.success());
     let port = free_port();
     std::fs::write(
@@ -117,4 +121,54 @@ fn connects_over_tls_with_password_and_refuses_a_wrong_one() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// robotctl over the same listener: `mqtts://` from the pairing URI, the CA
+/// file, a user name and a password file (flags, or the ROBOTCTL_* variables).
+#[test]
+fn robotctl_pairs_over_tls_with_a_password_file() {
+    let b = tls_broker();
+    let (dir, cfg) = robot_config(&b, "s3cret");
+    std::fs::write(&cfg, format!("{}[pairing]\nopen_when_unowned = false\n", std::fs::read_to_string(&cfg).unwrap()))
+        .unwrap();
+    let mut robotd =
+        Command::new(robotd_bin()).arg("-c").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(
+        wait_until(SOON, || status(&cfg).is_some_and(|s| s["broker"]["connected"] == true)),
+        "robotd did not connect over TLS: {:?}",
+        status(&cfg)
+    );
+    let out = Command::new(robotd_bin()).arg("-c").arg(&cfg).arg("pair").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let uri =
+        text.split(['\'', ' ', '\n']).find(|w| w.starts_with("robotd://pair?")).expect("a pairing URI").to_owned();
+    assert!(uri.contains("mqtts"), "{uri}");
+    std::fs::write(dir.path().join("phone-pw"), "ph0ne\n").unwrap();
+    let keys = dir.path().join("keys.json");
+    let robotctl = |extra: &[&str]| {
+        let mut c = Command::new(robotctl_bin());
+        c.arg("--keys").arg(&keys).args(["pair", &uri, "--phone", "+48 555 555 555"]).args(extra);
+        c.env_remove("ROBOTCTL_CA_FILE").env_remove("ROBOTCTL_USERNAME").env_remove("ROBOTCTL_PASSWORD_FILE");
+        c
+    };
+
+    // Without the CA file robotctl cannot check the broker: it says which flag.
+    let out = robotctl(&[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--ca-file"), "{err}");
+
+    let ca = b.dir.path().join("ca.pem");
+    let out = robotctl(&["--username", "phone"])
+        .arg("--ca-file")
+        .arg(&ca)
+        .env("ROBOTCTL_PASSWORD_FILE", dir.path().join("phone-pw"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "robotctl pair over TLS failed: {stdout}{stderr}");
+    assert!(stdout.contains("paired with"), "{stdout}");
+    let owners = Command::new(robotd_bin()).arg("-c").arg(&cfg).arg("owners").output().unwrap();
+    assert!(String::from_utf8_lossy(&owners.stdout).contains("36940d0ece18aebf69d0ef6825534e24"));
+    let _ = robotd.kill();
+    let _ = robotd.wait();
 }

@@ -5,23 +5,49 @@
 //! network). One JSON request line in, one JSON response line out. The socket
 //! task only moves bytes; requests are answered by the main loop, which owns
 //! all robot state.
+//!
+//! Bounded so that idle or slow clients cannot exhaust robotd's file
+//! descriptors or hold the admin commands up: at most [`MAX_CONNECTIONS`] at
+//! once (more are closed as soon as they are accepted) and each must send its
+//! request within [`REQUEST_TIMEOUT`]. A client that is closed without an
+//! answer tries again ([`call`] does, until [`CALL_TIMEOUT`]): the request
+//! was not read, so it was not executed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::robot::admin::AdminReply;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 /// Largest request line accepted.
 const MAX_REQUEST: u64 = 4096;
 
 pub use crate::robot::admin::Request;
+
+/// Admin connections served at once; one more is closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Time a client has to send its request line after connecting. `robotd`
+/// writes it right after connecting, so this only ever cuts off idle or
+/// stuck clients (and such a client tries again).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the main loop may take to answer before the connection gets an
+/// error answer (it answers in microseconds unless it is stuck).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`call`] keeps trying, busy socket included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause between two tries of [`call`] when the daemon was busy.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// An admin response: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +108,17 @@ pub enum ControlError {
     /// The daemon closed the connection or sent something unreadable.
     #[error("bad answer from robotd at {path}: {detail}")]
     Protocol { path: PathBuf, detail: String },
+    /// Every try within [`CALL_TIMEOUT`] found the admin socket full
+    /// ([`MAX_CONNECTIONS`] clients at once) or was closed unanswered.
+    /// Something is holding admin connections open: see who uses the socket
+    /// (`ss -xp | grep control.sock`).
+    #[error(
+        "robotd at {path} did not take the request within {}s: its admin socket stays busy \
+         ({MAX_CONNECTIONS} connections at most); see who holds it open: ss -xp | grep {}",
+        CALL_TIMEOUT.as_secs(),
+        path.display()
+    )]
+    Busy { path: PathBuf },
 }
 
 /// Create the socket (removing a stale one) with mode 0660.
@@ -103,16 +140,29 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 /// Serve admin connections until shutdown; each request is handed to the
 /// main loop through `requests`.
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Envelope>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refused = 0u64;
     loop {
         tokio::select! {
             _ = crate::daemon::shutdown::stopped(&mut shutdown) => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Closed at once: its descriptor is free again and the
+                        // client sees EOF before any answer, so it may retry.
+                        drop(stream);
+                        refused += 1;
+                        if refused == 1 || refused % 1000 == 0 {
+                            warn!(refused, max = MAX_CONNECTIONS, "admin socket full; closing new connections at once");
+                        }
+                        continue;
+                    };
                     let requests = requests.clone();
                     tokio::spawn(async move {
                         if let Err(e) = handle(stream, requests).await {
                             debug!(error = %e, "admin connection");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -124,45 +174,90 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Envelope>, mut
     }
 }
 
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned())
+}
+
 async fn handle(stream: UnixStream, requests: mpsc::Sender<Envelope>) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line))
+    let n = tokio::time::timeout(REQUEST_TIMEOUT, BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timeout"))??;
-    let resp = if n == 0 {
+        .map_err(|_| timed_out("no request in time"))??;
+    if n == 0 {
         return Ok(());
-    } else {
-        match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::err(format!("bad request: {e}")),
-            Ok(req) => {
-                let (tx, rx) = oneshot::channel();
-                if requests.send((req, tx)).await.is_err() {
-                    Response::err("robotd is shutting down")
-                } else {
-                    rx.await.unwrap_or_else(|_| Response::err("robotd is shutting down"))
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response::err(format!("bad request: {e}")),
+        Ok(req) => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send((req, tx)).await.is_err() {
+                Response::err("robotd is shutting down")
+            } else {
+                match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                    Ok(answer) => answer.unwrap_or_else(|_| Response::err("robotd is shutting down")),
+                    Err(_) => Response::err(format!(
+                        "robotd's main loop did not answer within {}s; see journalctl -u robotd",
+                        ANSWER_TIMEOUT.as_secs()
+                    )),
                 }
             }
         }
     };
     let mut out = serde_json::to_vec(&resp).expect("response serialises");
     out.push(b'\n');
-    w.write_all(&out).await?;
-    w.shutdown().await
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        w.write_all(&out).await?;
+        w.shutdown().await
+    })
+    .await
+    .map_err(|_| timed_out("client did not read its answer"))?
 }
 
-/// Client side: send one request to the daemon and wait for its answer.
+/// Why one try of [`call`] failed.
+enum Try {
+    /// Closed without an answer (socket full, or the request was not read
+    /// in time): the request was not executed, try again.
+    Unanswered,
+    Failed(ControlError),
+}
+
+/// Client side: send one request to the daemon and wait for its answer,
+/// trying again while the daemon's admin socket is busy (up to [`CALL_TIMEOUT`]).
 pub fn call(path: &Path, req: &Request) -> Result<Response, ControlError> {
-    use std::io::{BufRead, Write};
-    let conn_err = |cause| ControlError::Connect { path: path.to_path_buf(), cause };
-    let proto_err = |detail: String| ControlError::Protocol { path: path.to_path_buf(), detail };
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        match call_once(path, req, deadline) {
+            Ok(resp) => return Ok(resp),
+            Err(Try::Failed(e)) => return Err(e),
+            Err(Try::Unanswered) if Instant::now() + RETRY_PAUSE < deadline => std::thread::sleep(RETRY_PAUSE),
+            Err(Try::Unanswered) => return Err(ControlError::Busy { path: path.to_path_buf() }),
+        }
+    }
+}
+
+fn call_once(path: &Path, req: &Request, deadline: Instant) -> Result<Response, Try> {
+    use std::io::{BufRead, ErrorKind, Write};
+    let conn_err = |cause| Try::Failed(ControlError::Connect { path: path.to_path_buf(), cause });
+    let proto_err = |detail: String| Try::Failed(ControlError::Protocol { path: path.to_path_buf(), detail });
+    let unanswered = |e: &std::io::Error| matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset);
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(conn_err)?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(conn_err)?;
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).map_err(conn_err)?;
     let mut line = serde_json::to_vec(req).expect("request serialises");
     line.push(b'\n');
-    s.write_all(&line).map_err(conn_err)?;
+    match s.write_all(&line) {
+        Ok(()) => {}
+        Err(e) if unanswered(&e) => return Err(Try::Unanswered),
+        Err(e) => return Err(conn_err(e)),
+    }
     let mut answer = String::new();
-    std::io::BufReader::new(s).read_line(&mut answer).map_err(|e| proto_err(e.to_string()))?;
+    match std::io::BufReader::new(s).read_line(&mut answer) {
+        Ok(0) => return Err(Try::Unanswered),
+        Ok(_) => {}
+        Err(e) if unanswered(&e) => return Err(Try::Unanswered),
+        Err(e) => return Err(proto_err(e.to_string())),
+    }
     serde_json::from_str(&answer).map_err(|e| proto_err(format!("{e}: {answer:?}")))
 }
 
@@ -206,6 +301,42 @@ mod tests {
         assert_eq!(resp.data["at"], "Status");
         // A second bind replaces the stale socket file.
         drop(bind(&path).unwrap());
+    }
+
+    /// With every slot held by an idle client, one more connection is closed
+    /// at once (EOF before any answer), and `call` gets through once the idle
+    /// ones have been cut off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_socket_closes_extra_connections_at_once_and_call_gets_through() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Envelope>(4);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, tx, stop_rx));
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let _ = reply.send(Response::from(Ok(AdminReply::Closed {})));
+            }
+        });
+        let p = path.clone();
+        let resp = tokio::task::spawn_blocking(move || {
+            let idle: Vec<_> =
+                (0..MAX_CONNECTIONS).map(|_| std::os::unix::net::UnixStream::connect(&p).unwrap()).collect();
+            // Accepted in order, so this one finds every slot taken.
+            let mut extra = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            extra.set_read_timeout(Some(REQUEST_TIMEOUT / 2)).unwrap();
+            let mut buf = [0u8; 16];
+            let n = extra.read(&mut buf).expect("closed at once, not left waiting until the request timeout");
+            assert_eq!(n, 0, "an extra connection got bytes instead of EOF");
+            let resp = call(&p, &Request::Status);
+            drop(idle);
+            resp
+        })
+        .await
+        .unwrap();
+        assert!(resp.unwrap().ok);
     }
 
     #[test]

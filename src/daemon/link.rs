@@ -24,7 +24,8 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Transport};
+use crate::broker::{self, BrokerAuth, BrokerAuthError};
+use crate::config::Config;
 use crate::daemon::time::sleep_until_opt;
 use crate::robot::{Inbound, LinkEvent, SessionGate};
 use crate::wire::identity::ClientId;
@@ -33,12 +34,10 @@ use crate::wire::{self, topics};
 /// Failure to set up the link (before any network I/O).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// A TLS or credential file named in `[mqtt]` could not be read.
-    #[error("cannot read {key} file {path}: {cause}")]
-    File { key: &'static str, path: std::path::PathBuf, cause: std::io::Error },
-    /// A TLS file was read but holds no usable PEM item.
-    #[error("{key} file {path}: {detail}")]
-    Pem { key: &'static str, path: std::path::PathBuf, detail: String },
+    /// A TLS or credential setting in `[mqtt]` cannot be used (the message
+    /// names the key and the file).
+    #[error(transparent)]
+    Auth(#[from] BrokerAuthError),
 }
 
 /// Counters for `robotd status`.
@@ -150,66 +149,19 @@ pub fn mqtt_options(cfg: &Config, robot: &ClientId) -> Result<MqttOptions, LinkE
         .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_connection_timeout(5)
         .set_last_will(LastWill::new(topics::is_connected(robot), "false", QoS::AtLeastOnce, true, None));
-    if let Some(user) = &cfg.mqtt.username {
-        let password = match &cfg.mqtt.password_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|cause| LinkError::File { key: "mqtt.password_file", path: p.clone(), cause })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            None => String::new(),
-        };
-        o.set_credentials(user.clone(), password);
-    }
-    if addr.transport == Transport::Tls {
-        o.set_transport(rumqttc::Transport::tls_with_config(tls_config(cfg)?.into()));
-    }
+    mqtt_auth(cfg).apply(&mut o, addr.transport, &broker::CONFIG_KEYS)?;
     Ok(o)
 }
 
-fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, LinkError> {
-    std::fs::read(path).map_err(|cause| LinkError::File { key, path: path.to_path_buf(), cause })
-}
-
-/// rustls client config with the `ring` provider (no aws-lc: it needs cmake
-/// and a C toolchain per target, which makes Pi cross builds fragile).
-fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, LinkError> {
-    let ca_path = cfg.mqtt.ca_file.as_ref().expect("validated: mqtts needs ca_file");
-    let ca = read_pem("mqtt.ca_file", ca_path)?;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<_> = rustls_pemfile::certs(&mut ca.as_slice()).filter_map(Result::ok).collect();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(LinkError::Pem {
-            key: "mqtt.ca_file",
-            path: ca_path.clone(),
-            detail: "holds no PEM certificate".into(),
-        });
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_root_certificates(roots);
-    match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
-        (Some(cp), Some(kp)) => {
-            let chain: Vec<_> = rustls_pemfile::certs(&mut read_pem("mqtt.client_cert", cp)?.as_slice())
-                .filter_map(Result::ok)
-                .collect();
-            let key = rustls_pemfile::private_key(&mut read_pem("mqtt.client_key", kp)?.as_slice())
-                .ok()
-                .flatten()
-                .ok_or_else(|| LinkError::Pem {
-                    key: "mqtt.client_key",
-                    path: kp.clone(),
-                    detail: "holds no PEM private key".into(),
-                })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| LinkError::Pem {
-                key: "mqtt.client_cert",
-                path: cp.clone(),
-                detail: e.to_string(),
-            })
-        }
-        _ => Ok(builder.with_no_client_auth()),
+/// `[mqtt]`'s TLS files and credentials.
+fn mqtt_auth(cfg: &Config) -> BrokerAuth {
+    let m = &cfg.mqtt;
+    BrokerAuth {
+        ca_file: m.ca_file.clone(),
+        client_cert: m.client_cert.clone(),
+        client_key: m.client_key.clone(),
+        username: m.username.clone(),
+        password_file: m.password_file.clone(),
     }
 }
 

@@ -6,13 +6,14 @@
 //! robot is physically safe before it says goodbye.
 
 pub mod control;
+pub mod instance;
 pub mod link;
 pub mod logging;
 pub mod media;
 pub mod shutdown;
 mod time;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -42,16 +43,48 @@ fn watchdog_period() -> Option<Duration> {
 
 /// **Test mode, off by default**: with this environment variable set to a
 /// number of milliseconds, the main loop stalls (blocks its thread forever)
-/// that long after start, so tests can show that the systemd watchdog pings
-/// stop and systemd would kill the daemon (tests/reliability_process.rs).
-/// Nothing else reads it; without it robotd never stalls on purpose.
+/// that long after start; set to `usr1`, it stalls when robotd receives
+/// SIGUSR1. Tests use it to show that the systemd watchdog pings stop and
+/// systemd would kill the daemon, and that the motor-side deadman stops a
+/// drive the stalled loop cannot (tests/reliability_process.rs). The stall
+/// is logged with the `CLOCK_MONOTONIC` time it began (`mono_ns`). Nothing
+/// else reads it; without it robotd never stalls on purpose.
 pub const TEST_STALL_ENV: &str = "ROBOTD_TEST_STALL_MAIN_LOOP_AFTER_MS";
 
-/// When the test mode above asks the main loop to stall, if it does.
-fn test_stall_at() -> Option<std::time::Instant> {
-    let ms: u64 = std::env::var(TEST_STALL_ENV).ok()?.parse().ok()?;
+/// What makes the main loop stall in the test mode above.
+enum TestStall {
+    At(std::time::Instant),
+    OnSignal(tokio::signal::unix::Signal),
+}
+
+/// The test mode above, if it is on.
+fn test_stall() -> Option<TestStall> {
+    let value = std::env::var(TEST_STALL_ENV).ok()?;
+    if value == "usr1" {
+        tracing::warn!(env = TEST_STALL_ENV, "TEST MODE: the main loop will stall on purpose at SIGUSR1");
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()?;
+        return Some(TestStall::OnSignal(signal));
+    }
+    let ms: u64 = value.parse().ok()?;
     tracing::warn!(env = TEST_STALL_ENV, ms, "TEST MODE: the main loop will stall on purpose");
-    Some(std::time::Instant::now() + Duration::from_millis(ms))
+    Some(TestStall::At(std::time::Instant::now() + Duration::from_millis(ms)))
+}
+
+/// Resolves when the test mode wants the stall; never without it.
+async fn test_stall_due(stall: &mut Option<TestStall>) {
+    match stall {
+        Some(TestStall::At(t)) => tokio::time::sleep_until((*t).into()).await,
+        Some(TestStall::OnSignal(s)) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of the sim's `pin_events`.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The process exit for a binary's result: errors are printed with their
@@ -66,16 +99,50 @@ pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::E
     }
 }
 
-/// Create the state directory if it does not exist (systemd's
-/// `StateDirectory=` normally does this); private to the robotd user.
-pub fn ensure_state_dir(dir: &Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
+/// The state directory could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// It did not exist and could not be created: check `robot.state_dir`
+    /// and its parent's permissions (systemd's `StateDirectory=` makes it).
+    #[error("cannot create robot.state_dir {}: {cause}", dir.display())]
+    Create { dir: PathBuf, cause: std::io::Error },
+    /// It exists but cannot be inspected, or is not a directory.
+    #[error("robot.state_dir {} is unusable: {cause}", dir.display())]
+    Unusable { dir: PathBuf, cause: std::io::Error },
+    /// It is open to other users (the robot ID, owner keys and the pairing QR
+    /// code live there) and robotd, not being its owner, cannot close it.
+    #[error(
+        "robot.state_dir {} has mode {mode:04o}, open to other users, and robotd cannot make it 0700: {cause}; \
+         run `chmod 0700 {}` (as its owner or root)",
+        dir.display(),
+        dir.display()
+    )]
+    Loose { dir: PathBuf, mode: u32, cause: std::io::Error },
+}
+
+/// Make the state directory exist and be private to the robotd user (mode
+/// 0700). It is created 0700 when missing; an existing one with a looser mode
+/// (0755 would leave `robot-id` readable by every local user) is chmod'ed to
+/// 0700 with a warning, or refused when that is not allowed.
+pub fn ensure_state_dir(dir: &Path) -> Result<(), StateDirError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|cause| DaemonError::StateDir { path: dir.to_path_buf(), cause })?;
+            .map_err(|cause| StateDirError::Create { dir: dir.to_path_buf(), cause })?;
+    }
+    let unusable = |cause| StateDirError::Unusable { dir: dir.to_path_buf(), cause };
+    let meta = std::fs::metadata(dir).map_err(unusable)?;
+    if !meta.is_dir() {
+        return Err(unusable(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|cause| StateDirError::Loose { dir: dir.to_path_buf(), mode, cause })?;
+        tracing::warn!(dir = %dir.display(), old_mode = %format!("{mode:04o}"), "robot.state_dir was open to other users; made it 0700");
     }
     Ok(())
 }
@@ -83,10 +150,12 @@ pub fn ensure_state_dir(dir: &Path) -> Result<(), DaemonError> {
 /// Why the daemon could not start; each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// `robot.state_dir` cannot be created: check the path and its parent's
-    /// permissions (systemd's `StateDirectory=robotd` makes /var/lib/robotd).
-    #[error("cannot create robot.state_dir {path}: {cause}")]
-    StateDir { path: std::path::PathBuf, cause: std::io::Error },
+    /// `robot.state_dir` cannot be made ready (created, or made private).
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// Another robotd runs on this state directory, or its lock cannot be taken.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
     /// The robot ID file cannot be read or written.
     #[error(transparent)]
     Identity(#[from] crate::state::StateFileError),
@@ -156,8 +225,12 @@ impl Shell {
 /// Run the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), DaemonError> {
     ensure_state_dir(&cfg.robot.state_dir)?;
+    // One robotd per robot: before the hardware, the admin socket or the
+    // broker, so a second one cannot stop our motors, take our socket or
+    // fight over our client ID. Held until this function returns.
+    let instance = instance::InstanceLock::acquire(&cfg.robot.state_dir)?;
     let robot: ClientId = identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
-    info!(robot = %robot, "robot identity");
+    info!(robot = %robot, lock = %instance.path().display(), "robot identity");
 
     let profile = Profile::robot(&cfg.robot.nickname, cfg.robot.photo.as_deref(), &cfg.robot.model).to_json();
     // Hardware first: motors are stopped when their drivers are created.
@@ -198,7 +271,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     // robot without network still boots and keeps its motors stopped).
     notify(&[sd_notify::NotifyState::Ready]);
     let mut watchdog = watchdog_period().map(tokio::time::interval);
-    let stall_at = test_stall_at();
+    let mut stall = test_stall();
 
     loop {
         // The call's own requests first, whatever else is queued.
@@ -229,8 +302,8 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 Vec::new()
             }
-            _ = time::sleep_until_opt(stall_at), if stall_at.is_some() => {
-                tracing::error!(env = TEST_STALL_ENV, "TEST MODE: main loop stalled on purpose");
+            _ = test_stall_due(&mut stall) => {
+                tracing::error!(env = TEST_STALL_ENV, mono_ns = monotonic_ns(), "TEST MODE: main loop stalled on purpose");
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
@@ -249,5 +322,38 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     let _ = control_task.await;
     let _ = std::fs::remove_file(&cfg.control.socket);
     info!("stopped");
+    drop(instance);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn state_dir_is_created_private_and_a_loose_one_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a/state");
+        ensure_state_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        for loose in [0o755, 0o750, 0o701, 0o1777] {
+            std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(loose)).unwrap();
+            ensure_state_dir(&fresh).unwrap();
+            assert_eq!(mode(&fresh), 0o700, "from {loose:o}");
+        }
+        // Stricter than 0700 is left alone.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o500)).unwrap();
+        ensure_state_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o500);
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = ensure_state_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("robot.state_dir") && e.contains("not a directory"), "{e}");
+    }
 }

@@ -14,10 +14,14 @@
 //! In robotd the core folds the deadline and the e-stop poll into the next
 //! wake-up of the main loop ([`crate::daemon`]), which sleeps until then.
 //! Sleeping until [`MotorController::deadline`] (rather than ticking) is what
-//! keeps "motors off within `ms` + 20 ms".
+//! keeps "motors off within `ms` + 20 ms". The daemon's controller
+//! ([`MotorController::from_config`]) has a second line behind that loop: its
+//! motors are [`GuardedMotor`]s, whose own thread stops them when a drive's
+//! time has run out and the loop has not (see [`super::guard`]).
 
 use std::time::{Duration, Instant};
 
+use super::guard::{self, GuardedMotor};
 use super::{AnyMotor, MotionError, Motor, mix, open_motors};
 use crate::hal::config::StopMode;
 use crate::hal::{BinarySensor, Hardware, Input, Sensor};
@@ -82,10 +86,10 @@ pub enum StopReason {
 /// Both motors plus the safety logic around them.
 ///
 /// Created stopped; stops on `stop`, deadman expiry, e-stop, and (through
-/// the drivers) when dropped. The daemon uses the default type parameters;
-/// tests substitute fakes.
+/// the drivers) when dropped. The daemon uses the default type parameters
+/// (the board's motors behind the motor-side deadman); tests substitute fakes.
 #[derive(Debug)]
-pub struct MotorController<M: Motor = AnyMotor, E: BinarySensor = Sensor<Input>> {
+pub struct MotorController<M: Motor = GuardedMotor<AnyMotor>, E: BinarySensor = Sensor<Input>> {
     left: M,
     right: M,
     estop: Option<E>,
@@ -95,12 +99,20 @@ pub struct MotorController<M: Motor = AnyMotor, E: BinarySensor = Sensor<Input>>
 }
 
 impl MotorController {
-    /// Opens the motors and e-stop described by `hw`'s config.
+    /// Opens the motors and e-stop described by `hw`'s config, the motors
+    /// behind the motor-side deadman thread ([`guard::guard`]).
     pub fn from_config(hw: &mut Hardware) -> Result<Self, MotionError> {
         let (left, right) = open_motors(hw)?;
         let estop = hw.estop()?;
         let stop_mode = hw.config().stop_mode;
+        let (left, right) = guard::guard(left, right, stop_mode)?;
         Self::new(left, right, estop, stop_mode)
+    }
+
+    /// How often the motor-side deadman had to stop the motors because the
+    /// main loop was late (0 on a healthy robot).
+    pub fn deadman_thread_stops(&self) -> u64 {
+        self.left.deadman_stops()
     }
 }
 
@@ -125,6 +137,10 @@ impl<M: Motor, E: BinarySensor> MotorController<M, E> {
             self.latch()?;
             return Err(MotionError::EstopLatched);
         }
+        // Armed before the pins change, so the motors never run without it.
+        let within = Duration::from_millis(u64::from(cmd.ms));
+        self.left.stop_unless_renewed_within(within);
+        self.right.stop_unless_renewed_within(within);
         let applied = self.left.set_speed(l).and_then(|()| self.right.set_speed(r));
         if let Err(e) = applied {
             // Half a command is worse than none.

@@ -6,6 +6,8 @@
 //! - [`mix`]: `linear`/`angular` in -1..=1 to left/right wheel fractions;
 //! - [`MotorController`]: both motors plus the deadman and the e-stop, with
 //!   time passed in so tests control the clock;
+//! - [`guard`]: the motor-side deadman, a thread that stops the daemon's
+//!   motors when a drive runs out even if the main loop is stalled;
 //! - [`safe_stop`]: makes the pins safe from a separate process.
 //!
 //! Every entry point validates its input before touching a pin: a NaN from
@@ -14,9 +16,11 @@
 #![warn(missing_docs)]
 mod controller;
 pub mod drivers;
+pub mod guard;
 
 pub use controller::{DriveCommand, MAX_DRIVE_MS, MotionState, MotorController, StopReason};
 pub use drivers::{Drv8833, L298n, MotorPin, MotorPwm, MotorSettings, Tb6612fng, check_speed};
+pub use guard::GuardedMotor;
 
 use crate::hal::config::{DriverKind, HardwareConfig, MotorConfig, StopMode};
 use crate::hal::{self, Backend, HalError, Hardware, Output, Pwm, SharedOutput};
@@ -77,6 +81,14 @@ pub enum MotionError {
     /// Opening the hardware failed (the message names the pin and the fix).
     #[error(transparent)]
     Hal(#[from] HalError),
+    /// The motor-side deadman thread could not be started (out of memory or
+    /// of threads: `TasksMax=` or `ulimit -u`); robotd does not drive motors
+    /// without it.
+    #[error("cannot start the motor-side deadman thread: {cause}; check TasksMax= / ulimit -u")]
+    DeadmanThread {
+        /// The OS error.
+        cause: std::io::Error,
+    },
 }
 
 /// One motor on an H-bridge.
@@ -95,6 +107,11 @@ pub trait Motor {
             StopMode::Coast => self.coast(),
         }
     }
+    /// The motor-side deadman: a motor that can stop itself
+    /// ([`GuardedMotor`]) stops unless it is told again (or stopped) within
+    /// `within` from now, whatever its caller does meanwhile. Plain drivers
+    /// have no clock and ignore it.
+    fn stop_unless_renewed_within(&mut self, _within: std::time::Duration) {}
 }
 
 /// A motor on whichever board and backend the config names.

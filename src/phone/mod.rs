@@ -14,7 +14,8 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::{Transport, parse_broker_url};
+use crate::broker::{BrokerAuth, BrokerAuthError, SettingNames};
+use crate::config::parse_broker_url;
 use crate::state::{self, StateFileError};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;
@@ -28,6 +29,9 @@ pub enum PhoneError {
     /// The broker URL cannot be used.
     #[error("broker {url}: {detail}")]
     Broker { url: String, detail: String },
+    /// A TLS or credential setting cannot be used (the message names it).
+    #[error(transparent)]
+    Auth(#[from] BrokerAuthError),
     /// The broker did not accept the connection in time.
     #[error("cannot connect to the broker at {url}: {detail}; is it running and reachable?")]
     Connect { url: String, detail: String },
@@ -39,6 +43,15 @@ pub enum PhoneError {
     /// The robot refused.
     #[error("robot refused: {0}")]
     Rejected(String),
+    /// No verified answer came in time, only an unauthenticated `rejected`:
+    /// the robot sends those (it shares no key with the phone yet), but so
+    /// can anyone on the broker, so it did not end the wait.
+    #[error(
+        "no verified answer from robot {robot} within {secs} s; the only answer was an unauthenticated \
+         `rejected` ({reason}): a wrong or old pairing code, a closed window or too many attempts, or someone \
+         else on the broker; open a new window (robotd pair) and try again"
+    )]
+    RejectedUnverified { robot: String, secs: u64, reason: String },
     /// An answer failed its checks.
     #[error(transparent)]
     Pairing(#[from] pairing::PairingError),
@@ -156,16 +169,52 @@ pub struct Phone {
 /// Most messages kept in the backlog; older ones are dropped first.
 const BACKLOG: usize = 4096;
 
+/// `robotctl`'s names for the broker settings (its flags; the broker URL
+/// comes from the pairing URI).
+pub const ROBOTCTL_FLAGS: SettingNames = SettingNames {
+    url: "the broker URL",
+    ca_file: "--ca-file",
+    client_cert: "--client-cert",
+    client_key: "--client-key",
+    username: "--username",
+    password_file: "--password-file",
+};
+
+/// What [`Phone::pair_with`] does with the robot's `rejected` answer, which
+/// carries no MAC (the robot shares no key with the phone yet), so anyone on
+/// the broker can forge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRejected {
+    /// Keep waiting for a verified `paired` until the timeout; a rejection
+    /// seen meanwhile is only reported if nothing better comes
+    /// ([`PhoneError::RejectedUnverified`]). What a phone should do.
+    KeepWaiting,
+    /// Return the first rejection at once ([`PhoneError::Rejected`]), for
+    /// tests that look at the robot's reasons.
+    Return,
+}
+
 impl Phone {
-    /// Connect as `id`, with the phone's own presence (`true` now, will `false`).
+    /// Connect as `id` to a plain, anonymous broker, with the phone's own
+    /// presence (`true` now, will `false`).
     pub async fn connect(broker: &str, id: ClientId) -> Result<Phone, PhoneError> {
+        Self::connect_with(broker, id, &BrokerAuth::default(), &ROBOTCTL_FLAGS).await
+    }
+
+    /// [`connect`](Self::connect) with TLS (`mqtts://` and `auth.ca_file`)
+    /// and credentials, as robotd's `[mqtt]` does; errors name the setting
+    /// by `names`.
+    pub async fn connect_with(
+        broker: &str,
+        id: ClientId,
+        auth: &BrokerAuth,
+        names: &SettingNames,
+    ) -> Result<Phone, PhoneError> {
         let addr = parse_broker_url(broker).map_err(|detail| PhoneError::Broker { url: broker.into(), detail })?;
-        if addr.transport == Transport::Tls {
-            return Err(PhoneError::Broker { url: broker.into(), detail: "robotctl speaks plain mqtt:// only".into() });
-        }
         // A random suffix: the phone's own app may be connected with its bare ID.
         let client_id = format!("{id}-ctl{:08x}", rand::random::<u32>());
         let mut o = MqttOptions::new(client_id, addr.host, addr.port);
+        auth.apply(&mut o, addr.transport, names)?;
         o.set_keep_alive(Duration::from_secs(5))
             .set_clean_start(true)
             .set_max_packet_size(Some(1 << 20))
@@ -267,12 +316,25 @@ impl Phone {
         }
     }
 
-    /// Pair with the robot named in `uri`; returns the stored entry on success.
+    /// Pair with the robot named in `uri`; returns the entry to store on
+    /// success. Waits for a verified `paired` until `timeout`, whatever
+    /// unauthenticated rejections arrive meanwhile ([`OnRejected::KeepWaiting`]).
     pub async fn pair(
         &mut self,
         uri: &PairingUri,
         nickname: &str,
         timeout: Duration,
+    ) -> Result<PairedRobot, PhoneError> {
+        self.pair_with(uri, nickname, timeout, OnRejected::KeepWaiting).await
+    }
+
+    /// [`pair`](Self::pair), choosing what an unauthenticated `rejected` does.
+    pub async fn pair_with(
+        &mut self,
+        uri: &PairingUri,
+        nickname: &str,
+        timeout: Duration,
+        on_rejected: OnRejected,
     ) -> Result<PairedRobot, PhoneError> {
         let resp_topic = topics::pair_response(&uri.robot, &self.id);
         self.subscribe(&resp_topic).await?;
@@ -296,17 +358,21 @@ impl Phone {
                         key,
                     });
                 }
+                Ok(PairResponse::Rejected { reason }) if on_rejected == OnRejected::Return => {
+                    return Err(PhoneError::Rejected(reason));
+                }
                 // Unauthenticated: remember it, but a real `paired` may still come.
                 Ok(PairResponse::Rejected { reason }) => {
+                    tracing::info!(robot = %uri.robot, %reason, "unauthenticated `rejected`; still waiting for a verified answer");
                     rejected = Some(reason);
-                    break;
                 }
                 Err(_) => continue,
             }
         }
+        let (robot, secs) = (uri.robot.to_string(), timeout.as_secs());
         match rejected {
-            Some(r) => Err(PhoneError::Rejected(r)),
-            None => Err(PhoneError::Timeout { robot: uri.robot.to_string(), secs: timeout.as_secs() }),
+            Some(reason) => Err(PhoneError::RejectedUnverified { robot, secs, reason }),
+            None => Err(PhoneError::Timeout { robot, secs }),
         }
     }
 

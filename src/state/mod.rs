@@ -56,6 +56,47 @@ pub fn write_durable(path: &Path, contents: &[u8], mode: u32) -> Result<(), Stat
     result.map_err(err)
 }
 
+/// Create `path` with `contents` (mode `mode`) only if it does not exist yet,
+/// durably and atomically: `Ok(true)` when this call created it, `Ok(false)`
+/// when it already existed (its contents are left alone).
+///
+/// The complete file is written and fsynced under a temporary name, then
+/// published with `link(2)`, which fails if the name exists. So when several
+/// processes race to make the same file (the daemon and `robotd id` on a
+/// fresh state directory), exactly one wins and every other reads the
+/// winner's complete file; nobody replaces it as a `rename(2)` would.
+pub fn create_durable_new(path: &Path, contents: &[u8], mode: u32) -> Result<bool, StateFileError> {
+    let err = |cause| StateFileError::Write { path: path.to_path_buf(), cause };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    // Unique per call, not only per process: threads may race too.
+    tmp_name.push(format!(".new.{}.{:016x}", std::process::id(), rand::random::<u64>()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        let created = match fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        fs::remove_file(&tmp)?;
+        File::open(dir)?.sync_all()?;
+        Ok(created)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
 /// Read a state file; `Ok(None)` when it does not exist yet.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     match fs::read(path) {
@@ -183,6 +224,17 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("owners.json")]);
+    }
+
+    #[test]
+    fn create_new_never_replaces_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("robot-id");
+        assert!(create_durable_new(&p, b"first", 0o644).unwrap());
+        assert!(!create_durable_new(&p, b"second", 0o644).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("robot-id")]);
     }
 
     #[test]

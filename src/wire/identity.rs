@@ -149,13 +149,24 @@ pub fn read_robot_id(state_dir: &Path) -> Result<Option<ClientId>, StateFileErro
 }
 
 /// The robot ID, made (16 random bytes) and stored durably on first start.
+///
+/// Safe against a race on a fresh state directory (the daemon and `robotd id`
+/// started together): the file is created only if absent
+/// ([`state::create_durable_new`]), and whoever loses the race reads the
+/// winner's ID, so two processes can never come away with different IDs.
 pub fn load_or_create_robot_id(state_dir: &Path) -> Result<ClientId, StateFileError> {
     if let Some(id) = read_robot_id(state_dir)? {
         return Ok(id);
     }
+    let path = robot_id_path(state_dir);
     let id = ClientId::random();
-    state::write_durable(&robot_id_path(state_dir), format!("{id}\n").as_bytes(), 0o644)?;
-    Ok(id)
+    if state::create_durable_new(&path, format!("{id}\n").as_bytes(), 0o644)? {
+        return Ok(id);
+    }
+    read_robot_id(state_dir)?.ok_or_else(|| StateFileError::Corrupt {
+        path,
+        detail: "it vanished while being read; is something else deleting the state directory?".into(),
+    })
 }
 
 #[cfg(test)]
@@ -214,5 +225,28 @@ mod tests {
         std::fs::write(robot_id_path(dir.path()), "garbage").unwrap();
         let e = load_or_create_robot_id(dir.path()).unwrap_err().to_string();
         assert!(e.contains("robot-id") && e.contains("corrupt"), "{e}");
+    }
+
+    /// Racing creators on a fresh state directory (the daemon and `robotd
+    /// id` started together) all come away with the one ID that is on disk.
+    #[test]
+    fn racing_creators_on_a_fresh_dir_all_get_the_same_id() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(6);
+            let ids: Vec<ClientId> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..6)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            load_or_create_robot_id(dir.path()).unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = read_robot_id(dir.path()).unwrap().unwrap();
+            assert!(ids.iter().all(|id| *id == on_disk), "on disk {on_disk}, returned {ids:?}");
+        }
     }
 }

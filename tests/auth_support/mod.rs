@@ -3,7 +3,7 @@
 //! commands as a person runs them, and phones built on `robotd::phone`.
 #![allow(dead_code)]
 
-use robotd::phone::{Offer, PairedRobot, Phone, PhoneError};
+use robotd::phone::{Offer, OnRejected, PairedRobot, Phone, PhoneError};
 use robotd::wire::identity::ClientId;
 use robotd::wire::pairing::PairingUri;
 use robotd::wire::{props, topics};
@@ -80,7 +80,8 @@ pub fn with_secret(uri: &PairingUri, secret: [u8; 16]) -> PairingUri {
 /// One pairing attempt; `Ok(paired)` or the rejection reason. Panics on a
 /// timeout: every request in these tests must get an answer.
 pub async fn try_pair(phone: &mut Phone, uri: &PairingUri, nickname: &str) -> Result<PairedRobot, String> {
-    match phone.pair(uri, nickname, SOON).await {
+    // The robot's own reasons, at once (a phone app keeps waiting instead).
+    match phone.pair_with(uri, nickname, SOON, OnRejected::Return).await {
         Ok(p) => Ok(p),
         Err(PhoneError::Rejected(r)) => Err(r),
         Err(e) => panic!("pairing attempt got no usable answer: {e}"),

@@ -204,6 +204,18 @@ impl Robot {
         self.launch(cmd, &all);
     }
 
+    /// Start with a soft limit of `limit` open files, as systemd gives a
+    /// service by default (`LimitNOFILE=` 1024), whatever this shell allows.
+    pub fn spawn_with_fd_limit(&mut self, limit: u32) {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("ulimit -n \"$2\" && exec \"$0\" -c \"$1\"")
+            .arg(robotd_bin())
+            .arg(&self.config)
+            .arg(limit.to_string());
+        self.launch(cmd, &[]);
+    }
+
     fn launch(&mut self, mut cmd: Command, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.path().join("robotd.log")).unwrap();
         let child = cmd

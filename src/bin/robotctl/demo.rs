@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use robotd::broker::BrokerAuth;
 use robotd::config::Config;
 use robotd::daemon::control::{self, Request};
 use robotd::phone::{ActiveCall, Keys, Offer, Phone};
@@ -98,13 +99,13 @@ impl Timeline {
     }
 }
 
-pub async fn run(keys: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(keys: Option<&Path>, auth: &BrokerAuth, a: DemoArgs) -> anyhow::Result<()> {
     let mut t = Timeline::new();
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let keys = keys.map(Path::to_path_buf).unwrap_or_else(|| a.out.join("keys.json"));
     println!("robotd demo: config {}, output in {}", a.config.display(), a.out.display());
     println!("  time  step             what happened");
-    if let Err(e) = script(&mut t, &keys, &a).await {
+    if let Err(e) = script(&mut t, &keys, auth, &a).await {
         t.fail("demo", format!("stopped: {e:#}"));
     }
     let total = t.start.elapsed().as_secs_f64();
@@ -156,7 +157,7 @@ async fn sim_pose(socket: &Path) -> String {
 
 /// Pairing, the call and what is done in it. Steps that later ones cannot do
 /// without end it with an error; the others are recorded and it goes on.
-async fn script(t: &mut Timeline, keys: &Path, a: &DemoArgs) -> anyhow::Result<()> {
+async fn script(t: &mut Timeline, keys: &Path, auth: &BrokerAuth, a: &DemoArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&a.config)?;
     let socket = cfg.control.socket.clone();
     if cfg.nav.is_none() {
@@ -170,7 +171,7 @@ async fn script(t: &mut Timeline, keys: &Path, a: &DemoArgs) -> anyhow::Result<(
     });
     let uri = uri.context("cannot pair without a pairing window")?;
     let phone_id = identity::human_id(&identity::normalize_e164(&a.phone)?);
-    let mut p = Phone::connect(&uri.broker, phone_id).await?;
+    let mut p = super::connect(&uri.broker, phone_id, auth).await?;
     let online = wait_online(&mut p, &uri).await;
     t.step("robot online", online, |_| format!("retained presence true on {}", uri.broker)).context("robot offline")?;
     let paired = pair_and_save(&mut p, keys, &uri, &a.nickname).await;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use robotd::phone::{ActiveCall, InviteOutcome, Keys, Offer, PairedRobot, Phone};
+use robotd::broker::BrokerAuth;
+use robotd::phone::{ActiveCall, InviteOutcome, Keys, Offer, PairedRobot, Phone, ROBOTCTL_FLAGS};
 use robotd::video::{Receiver, ReceiverParams};
 use robotd::wire::identity::{self, ClientId};
 use robotd::wire::pairing::PairingUri;
@@ -22,8 +23,41 @@ struct Cli {
     /// The phone's keys file (made by `robotctl pair`).
     #[arg(long, global = true, env = "ROBOTCTL_KEYS")]
     keys: Option<PathBuf>,
+    #[command(flatten)]
+    broker: BrokerArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to log in to the broker (its URL comes from the pairing URI and is
+/// kept in the keys file): needed for `mqtts://` and brokers with passwords.
+#[derive(clap::Args, Clone, Default)]
+struct BrokerArgs {
+    /// PEM file of the CA that signed the broker's certificate (for mqtts://).
+    #[arg(long, global = true, env = "ROBOTCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Broker user name (with Mosquitto's ACLs in docs/install.md: the phone ID, `robotctl id`).
+    #[arg(long, global = true, env = "ROBOTCTL_USERNAME")]
+    username: Option<String>,
+    /// File holding the broker password (kept off the command line).
+    #[arg(long, global = true, env = "ROBOTCTL_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    fn auth(&self) -> BrokerAuth {
+        BrokerAuth {
+            ca_file: self.ca_file.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Connect as `id` to `broker` with the command line's TLS and credentials.
+async fn connect(broker: &str, id: ClientId, auth: &BrokerAuth) -> anyhow::Result<Phone> {
+    Ok(Phone::connect_with(broker, id, auth, &ROBOTCTL_FLAGS).await?)
 }
 
 #[derive(Subcommand)]
@@ -101,6 +135,7 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let keys_path = cli.keys.clone().unwrap_or_else(Keys::default_path);
+    let auth = cli.broker.auth();
     match cli.command {
         Command::Id { number, keyed } => {
             let e164 = identity::normalize_e164(&number.join(" "))?;
@@ -118,9 +153,9 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Pair { uri, phone, nickname } => runtime()?.block_on(pair(&keys_path, &uri, &phone, &nickname)),
-        Command::Call(args) => runtime()?.block_on(call(&keys_path, args)),
-        Command::Demo(args) => runtime()?.block_on(demo::run(cli.keys.as_deref(), args)),
+        Command::Pair { uri, phone, nickname } => runtime()?.block_on(pair(&keys_path, &auth, &uri, &phone, &nickname)),
+        Command::Call(args) => runtime()?.block_on(call(&keys_path, &auth, args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(cli.keys.as_deref(), &auth, args)),
     }
 }
 
@@ -128,10 +163,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("async runtime")
 }
 
-async fn pair(keys_path: &Path, uri: &str, phone: &str, nickname: &str) -> anyhow::Result<()> {
+async fn pair(keys_path: &Path, auth: &BrokerAuth, uri: &str, phone: &str, nickname: &str) -> anyhow::Result<()> {
     let uri = PairingUri::parse(uri)?;
     let phone_id: ClientId = identity::human_id(&identity::normalize_e164(phone)?);
-    let mut p = Phone::connect(&uri.broker, phone_id).await?;
+    let mut p = connect(&uri.broker, phone_id, auth).await?;
     let paired = pair_and_save(&mut p, keys_path, &uri, nickname).await?;
     println!("paired with {} ({})", paired.nickname, paired.robot);
     println!("keys saved in {}", keys_path.display());
@@ -189,7 +224,7 @@ fn parse_step(line: &str) -> anyhow::Result<(String, Value)> {
     })
 }
 
-async fn call(keys_path: &Path, a: CallArgs) -> anyhow::Result<()> {
+async fn call(keys_path: &Path, auth: &BrokerAuth, a: CallArgs) -> anyhow::Result<()> {
     let keys = Keys::load(keys_path)?;
     let phone_id = keys.phone.clone().context("no phone ID in the keys file; pair first")?;
     let robot = keys.robot(a.robot.as_deref())?.clone();
@@ -203,7 +238,7 @@ async fn call(keys_path: &Path, a: CallArgs) -> anyhow::Result<()> {
         max_fps: a.max_fps,
         max_kbps: a.max_kbps,
     };
-    let mut p = Phone::connect(&robot.broker, phone_id).await?;
+    let mut p = connect(&robot.broker, phone_id, auth).await?;
     let media = Media { record: a.record.clone(), record_for: None, snapshot: a.snapshot.clone() };
     let (mut c, receiver) = start_call(&mut p, &robot, &offer, media, Duration::from_secs(15)).await?;
     println!("accepted: {}", c.accept);
