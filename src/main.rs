@@ -29,8 +29,13 @@ enum Command {
     /// Open a pairing window on the running daemon and show its QR code.
     Pair {
         /// Close the current pairing window instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "replace")]
         close: bool,
+        /// Let this owner (its client ID, see `robotd owners`) pair again and
+        /// get a new key, e.g. after losing its phone. Without it a pairing
+        /// never replaces an owner's key.
+        #[arg(long, value_name = "ID")]
+        replace: Option<String>,
     },
     /// List the owners (phones paired with this robot), or remove one.
     Owners {
@@ -90,12 +95,12 @@ fn real_main() -> anyhow::Result<()> {
             println!("# {}: OK\n{}", cli.config.display(), cfg.to_toml());
             Ok(())
         }
-        Command::Pair { close } => {
+        Command::Pair { close, replace } => {
             if close {
                 admin::<serde_json::Value>(&cfg, Request::PairClose)?;
                 println!("pairing window closed");
             } else {
-                let p: PairShown = admin(&cfg, Request::Pair)?;
+                let p: PairShown = admin(&cfg, Request::Pair { replace })?;
                 println!("{}", p.qr);
                 println!("Scan the QR code with the app, or pair with robotctl:");
                 println!("  robotctl pair '{}' --phone +<your number>", p.uri);

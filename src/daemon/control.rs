@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn request_wire_format() {
-        assert_eq!(serde_json::to_string(&Request::Pair).unwrap(), r#"{"cmd":"pair"}"#);
+        assert_eq!(serde_json::to_string(&Request::Pair { replace: None }).unwrap(), r#"{"cmd":"pair"}"#);
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"owners_remove","id":"ab"}"#).unwrap(),
             Request::OwnersRemove { id: "ab".into() }

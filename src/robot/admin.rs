@@ -20,8 +20,13 @@ use crate::wire::replies::EndReason;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    /// Open a new pairing window (voids any previous secret).
-    Pair,
+    /// Open a new pairing window (voids any previous secret). With
+    /// `replace`, that owner may pair again and get a new key (a lost
+    /// phone); without it, a pairing never replaces an owner's key.
+    Pair {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replace: Option<String>,
+    },
     /// Close the pairing window.
     PairClose,
     /// List owners.
@@ -168,8 +173,18 @@ impl Core {
 
     fn admin(&mut self, req: Request, link: &LinkInfo) -> Result<AdminReply, String> {
         match req {
-            Request::Pair => {
-                let p = self.open_pairing();
+            Request::Pair { replace } => {
+                let replace = match replace {
+                    None => None,
+                    Some(id) => {
+                        let id = id.parse::<ClientId>().map_err(|_| format!("{id:?} is not a client ID"))?;
+                        if self.owners.get(&id).is_none() {
+                            return Err(format!("{id} is not an owner; pair it without --replace"));
+                        }
+                        Some(id)
+                    }
+                };
+                let p = self.open_pairing(replace);
                 let uri = p.uri.to_string();
                 let expires_at_ms = p.expires_at_ms;
                 let qr = pairing::render_terminal(&uri).unwrap_or_default();

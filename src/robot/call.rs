@@ -41,6 +41,8 @@ pub struct Call {
     started: Instant,
     /// The key of this call's freshness tokens; only the robot knows it.
     token_key: Key32,
+    /// When the caller's presence turned `false`, unless a request came since.
+    pub offline_since: Option<Instant>,
     /// The robot's `seq` in this call: starts at 1.
     next_seq: u64,
 }
@@ -86,6 +88,7 @@ impl Call {
             last_request: now,
             started: now,
             token_key,
+            offline_since: None,
             next_seq: 1,
         }
     }
@@ -95,6 +98,8 @@ impl Call {
     pub fn accept_request(&mut self, seq: u64, now: Instant) -> Result<(), ReplayError> {
         self.replay.check_and_record(seq)?;
         self.last_request = now;
+        // The caller is evidently there, whatever its presence said.
+        self.offline_since = None;
         Ok(())
     }
 

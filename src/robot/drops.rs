@@ -32,6 +32,8 @@ pub enum DropReason {
     WindowClosed,
     Malformed,
     TooManyAttempts,
+    /// A pairing that would have replaced an owner's key (issue 15).
+    AlreadyPaired,
 }
 
 impl DropReason {
@@ -49,6 +51,7 @@ impl DropReason {
             DropReason::WindowClosed => "window_closed",
             DropReason::Malformed => "malformed",
             DropReason::TooManyAttempts => "too_many_attempts",
+            DropReason::AlreadyPaired => "already_paired",
         }
     }
 }
@@ -61,6 +64,7 @@ impl From<Reject> for DropReason {
             Reject::Stale => DropReason::Stale,
             Reject::Malformed => DropReason::Malformed,
             Reject::TooManyAttempts => DropReason::TooManyAttempts,
+            Reject::AlreadyPaired => DropReason::AlreadyPaired,
         }
     }
 }

@@ -16,6 +16,11 @@ use crate::wire::props::{self, AuthFields};
 use crate::wire::replies::{EndReason, RejectReason, Reply, Response};
 use crate::wire::topics;
 
+/// How long a call outlives its caller's presence turning `false` without
+/// an authenticated request from it (above robotctl's 5 s ping interval,
+/// below the 15 s call timeout).
+pub const OFFLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
 impl Core {
     /// Authenticate an invite: sender must be an owner, MAC under its key,
     /// fresh `ts`, increasing `seq`. Non-owners are dropped with no answer.
@@ -41,6 +46,14 @@ impl Core {
                 SeqCheck::Duplicate => return self.drop_msg(DropReason::Duplicate, &m.topic_str),
                 SeqCheck::Old => true,
             };
+        // Kept durably before anything is answered, so a replay after a
+        // restart meets the same mark (state/replay.rs).
+        if !stale {
+            if let Err(e) = crate::state::replay::save(&mut *self.store, &self.invite_seqs) {
+                error!(error = %e, "cannot keep the invite's seq; refusing it");
+                return self.answer_invite(&key, session, Reply::rejected(RejectReason::InternalError), corr);
+            }
+        }
         if stale {
             self.drop_msg(DropReason::Stale, &m.topic_str);
             if self.reject_budget.take(self.now.mono) {
@@ -115,9 +128,25 @@ impl Core {
         }
     }
 
-    /// The caller's presence: `false` ends its call.
+    /// The caller's presence turned `false`: stop the motors at once (safe
+    /// whoever published it: presence is not authenticated), and end the
+    /// call unless an authenticated request follows within [`OFFLINE_GRACE`]
+    /// (so a spoofed, or retained, `false` cannot end the owner's call).
     pub(super) fn on_presence(&mut self, user: &ClientId, payload: &[u8]) {
-        if self.call.as_ref().is_some_and(|c| &c.caller == user) && payload == b"false" {
+        let now = self.now.mono;
+        let Some(call) = self.call.as_mut().filter(|c| &c.caller == user && payload == b"false") else { return };
+        if call.offline_since.is_none() {
+            call.offline_since = Some(now);
+            info!(caller = %user, "the caller's presence is false: motors stopped; the call ends unless it is heard from");
+        }
+        self.fail_goto("caller_offline", "the caller's presence turned false");
+        self.stop_motors("caller offline");
+    }
+
+    /// End the call of a caller that stayed silent since its presence turned `false`.
+    pub(super) fn end_call_if_caller_gone(&mut self) {
+        let gone = self.call.as_ref().and_then(|c| c.offline_since).is_some_and(|t| self.now.mono >= t + OFFLINE_GRACE);
+        if gone {
             self.end_call(EndReason::CallerOffline);
         }
     }

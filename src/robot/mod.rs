@@ -278,6 +278,7 @@ impl Core {
         now: Now,
     ) -> Result<Core, CoreError> {
         let owners = OwnerStore::open(store.boxed_clone())?;
+        let invite_seqs = crate::state::replay::load(&*store)?;
         if let Some(n) = &body.nav {
             info!(places = n.destinations().len(), at = n.at_or_unknown(), "map loaded");
         }
@@ -295,7 +296,7 @@ impl Core {
             store,
             pairing,
             open_pairing: None,
-            invite_seqs: SeqTracker::default(),
+            invite_seqs,
             next_seq: now.wall_ms,
             drops: DropLog::default(),
             reject_budget: Budget::new(10.0, 20.0, now.mono),
@@ -309,7 +310,7 @@ impl Core {
         info!(owners = core.owners.list().len(), "owners loaded");
         if core.owners.is_empty() && core.cfg.pairing.open_when_unowned {
             info!("no owner yet: opening a pairing window");
-            core.open_pairing();
+            core.open_pairing(None);
         }
         Ok(core)
     }

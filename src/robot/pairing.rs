@@ -19,6 +19,8 @@ pub const PAIRING_PNG: &str = "pairing-qr.png";
 pub(super) struct OpenPairing {
     pub uri: PairingUri,
     pub expires_at_ms: u64,
+    /// The owner whose key this window may replace (`robotd pair --replace`).
+    pub replace: Option<ClientId>,
 }
 
 impl Core {
@@ -32,6 +34,15 @@ impl Core {
         let now_ms = self.now.wall_ms;
         let topic = topics::pair_response(&self.robot, phone);
         match self.pairing.handle(now_ms, &req) {
+            PairOutcome::Paired { phone_id, .. } if !self.may_pair(&phone_id) => {
+                // Someone who was shown the QR code claims an owner's ID (the
+                // md5 of her number is visible on the bus): never replace her key.
+                warn!(phone = %phone_id, "refused a pairing that would replace an owner's key; \
+                      if that owner lost their key, run `robotd pair --replace {phone_id}`");
+                self.drop_msg(DropReason::AlreadyPaired, &m.topic_str);
+                self.finish_pairing();
+                self.publish_unsigned(topic, pairing::rejected_reply(Reject::AlreadyPaired), f.correlation);
+            }
             PairOutcome::Paired { phone_id, nickname, key } => {
                 let owner = Owner { id: phone_id.clone(), nickname, key, paired_at_ms: now_ms };
                 if let Err(e) = self.owners.add(owner) {
@@ -59,9 +70,16 @@ impl Core {
         }
     }
 
+    /// A phone that proved the window's secret may become an owner: it is
+    /// not one yet, or the window was opened to replace its key.
+    fn may_pair(&self, phone: &ClientId) -> bool {
+        self.owners.get(phone).is_none() || self.open_pairing.as_ref().and_then(|p| p.replace.as_ref()) == Some(phone)
+    }
+
     /// Open a new pairing window: fresh secret, URI and QR (logged, and
-    /// written as a PNG in the state directory).
-    pub(super) fn open_pairing(&mut self) -> &OpenPairing {
+    /// written as a PNG in the state directory). With `replace`, the owner
+    /// of that ID may pair again and get a new key.
+    pub(super) fn open_pairing(&mut self, replace: Option<ClientId>) -> &OpenPairing {
         let mut secret = [0u8; 16];
         self.rng.fill_bytes(&mut secret);
         let expires_at_ms = self.pairing.open(self.now.wall_ms, secret);
@@ -78,7 +96,7 @@ impl Core {
         }
         let qr = pairing::render_plain(&text).unwrap_or_default();
         info!(uri = %text, png = %png.display(), window_s = self.cfg.pairing.window_s, "pairing window open; scan the QR code or enter the URI in the app\n{qr}");
-        self.open_pairing.insert(OpenPairing { uri, expires_at_ms })
+        self.open_pairing.insert(OpenPairing { uri, expires_at_ms, replace })
     }
 
     /// Forget the shown secret and remove the QR file once a window is over.

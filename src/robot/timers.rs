@@ -27,6 +27,9 @@ impl Core {
         let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
         if let Some(c) = &self.call {
             min(c.deadline(self.call_timeout()));
+            if let Some(t) = c.offline_since {
+                min(t + super::invite::OFFLINE_GRACE);
+            }
         }
         if self.body.hw.config().estop.is_some() {
             min(now.mono + ESTOP_POLL);
@@ -62,9 +65,10 @@ impl Core {
         if self.call.as_ref().is_some_and(|c| c.timed_out(now.mono, self.call_timeout())) {
             self.end_call(EndReason::Timeout);
         }
+        self.end_call_if_caller_gone();
         if self.button_pressed() {
             info!("pairing button pressed");
-            self.open_pairing();
+            self.open_pairing(None);
         }
         self.expire_pairing();
         self.take_effects()

@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod owners;
+pub mod replay;
 
 /// Failure to write or read a state file; always names the file.
 #[derive(Debug, thiserror::Error)]

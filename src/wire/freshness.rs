@@ -68,6 +68,17 @@ impl SeqTracker {
         self.last.insert(from.clone(), seq);
         SeqCheck::New
     }
+
+    /// Start from a `seq` kept across a restart (it only ever rises).
+    pub fn seed(&mut self, from: ClientId, seq: u64) {
+        let last = self.last.entry(from).or_insert(seq);
+        *last = (*last).max(seq);
+    }
+
+    /// Every sender with its last `seq`, to keep them durably.
+    pub fn entries(&self) -> impl Iterator<Item = (&ClientId, u64)> {
+        self.last.iter().map(|(k, v)| (k, *v))
+    }
 }
 
 /// Why a session message was refused by the replay window.

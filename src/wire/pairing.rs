@@ -468,6 +468,10 @@ pub enum Reject {
     Malformed,
     /// The window closed after too many failed attempts; open a new one.
     TooManyAttempts,
+    /// The phone proved the secret, but its ID is already an owner and the
+    /// window was not opened to replace that owner's key (`robotd pair
+    /// --replace ID`). The window closes: it served its one pairing.
+    AlreadyPaired,
 }
 
 impl Reject {
@@ -479,6 +483,7 @@ impl Reject {
             Reject::Stale => "stale",
             Reject::Malformed => "malformed",
             Reject::TooManyAttempts => "too_many_attempts",
+            Reject::AlreadyPaired => "already_paired",
         }
     }
 }
@@ -660,6 +665,10 @@ impl PairingWindows {
     /// person.
     pub fn open(&mut self, now_ms: u64, secret: PairingSecret) -> u64 {
         let expires_at_ms = now_ms.saturating_add(self.max_duration_ms);
+        // Replay state belongs to the window's secret: a request of an
+        // earlier window fails the new secret's MAC anyway, and a guest who
+        // was shown one window cannot poison a phone's counter for the next.
+        self.seqs = SeqTracker::default();
         self.state = State::Open(OpenWindow { secret, opened_at_ms: now_ms, expires_at_ms, failures: 0 });
         expires_at_ms
     }

@@ -165,7 +165,7 @@ async fn script(t: &mut Timeline, keys: &Path, auth: &BrokerAuth, a: &DemoArgs) 
     }
 
     // Pairing: a window through the admin socket, as `robotd pair` opens one.
-    let data = admin::<PairShown>(&socket, Request::Pair).await;
+    let data = admin::<PairShown>(&socket, Request::Pair { replace: None }).await;
     let uri = t.step("open pairing", data.and_then(|d| Ok(PairingUri::parse(&d.uri)?)), |u| {
         format!("window open on robot {} (admin socket {})", u.robot, socket.display())
     });

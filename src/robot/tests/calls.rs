@@ -159,16 +159,59 @@ fn a_call_times_out_after_15_s_without_a_request() {
 }
 
 #[test]
-fn the_caller_going_offline_ends_the_call() {
+fn the_caller_going_offline_stops_the_motors_at_once_and_ends_the_call_if_it_stays_silent() {
     let mut r = Rig::new();
     let (phone, mut c) = r.call();
     r.request(&mut c, &phone, "drive", DRIVE);
     // Someone else's presence changes nothing.
     r.deliver(&topics::is_connected(&"aa".repeat(16).parse().unwrap()), b"false", None);
-    assert!(r.ended(&c).is_empty());
+    assert_eq!(r.motion(), MotionState::Driving);
     r.deliver(&topics::is_connected(&phone.id), b"false", None);
+    assert_eq!(r.motion(), MotionState::Idle, "motors stop at once");
+    assert_eq!(r.motor_command(), [0.0, 0.0]);
+    r.advance(7900);
+    assert!(r.ended(&c).is_empty(), "within the grace the call is still on");
+    r.advance(100);
     assert_eq!(r.ended(&c), vec![serde_json::json!({"status":"ended","reason":"caller_offline"})]);
-    assert_eq!(r.motion(), MotionState::Idle);
+}
+
+#[test]
+fn a_spoofed_or_retained_presence_false_does_not_end_a_call_that_goes_on() {
+    let mut r = Rig::new();
+    let (phone, mut c) = r.call();
+    r.request(&mut c, &phone, "drive", DRIVE);
+    r.deliver(&topics::is_connected(&phone.id), b"false", None);
+    assert_eq!(r.motion(), MotionState::Idle, "stopping is always safe");
+    r.advance(3000);
+    // The genuine phone is heard from: the call goes on, it can drive again.
+    assert_eq!(r.request(&mut c, &phone, "ping", "{}")[0]["status"], "ok");
+    r.advance(10_000);
+    assert!(r.ended(&c).is_empty(), "a call whose caller is heard from is not ended: {:?}", r.ended(&c));
+    r.request(&mut c, &phone, "ping", "{}"); // a fresh token
+    assert_eq!(r.request(&mut c, &phone, "drive", DRIVE)[0]["status"], "ok");
+    assert_eq!(r.motion(), MotionState::Driving);
+}
+
+#[test]
+fn a_captured_invite_replayed_after_a_restart_starts_no_call() {
+    let mut r = Rig::new();
+    let mut phone = r.pair("+48555555555");
+    let session = "00112233445566778899aabbccddeeff";
+    let topic = topics::invite(&r.robot, &session.parse().unwrap());
+    let payload = br#"{"media":{"host":"127.0.0.1","port":5004},"video":{"codecs":["H264"],"max_width":1280,"max_height":720,"max_fps":30,"max_kbps":2500}}"#;
+    phone.seq += 1;
+    let p = props::signed(&phone.key, &topic, phone.id.as_str(), phone.seq, r.now().wall_ms, payload, None);
+    let fx = r.deliver(&topic, payload, Some(p.clone()));
+    assert_eq!(json_of(&fx, &format!("{topic}/response")).unwrap()["status"], "accepted");
+    // The robot restarts 9 s later; the captured invite comes again.
+    r.advance(9000);
+    r.restart();
+    let fx = r.deliver(&topic, payload, Some(p));
+    assert_eq!(publishes(&fx), 0, "no answer, no call: {fx:?}");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::StartMedia(_))));
+    assert_eq!(r.core.drops().count(DropReason::Duplicate), 1);
+    // The owner's next invite works.
+    assert_eq!(r.invite(&mut phone, "ffeeddccbbaa99887766554433221100", r.now().wall_ms)["status"], "accepted");
 }
 
 #[test]

@@ -77,6 +77,17 @@ impl Rig {
         Rig { core, store, robot, t0, wall0, elapsed: Duration::ZERO, effects }
     }
 
+    /// Stop and start the robot on the same state (its clocks go on).
+    pub fn restart(&mut self) {
+        let cfg = flat();
+        let mut hw = Hardware::open(&cfg.hardware).unwrap();
+        let motors = MotorController::from_config(&mut hw).unwrap();
+        let body = Body::open(&cfg, hw, motors, Box::new(self.store.clone())).unwrap();
+        let rng = Box::new(rand::rngs::StdRng::seed_from_u64(8));
+        self.core = Core::new(cfg, self.robot.clone(), body, Box::new(self.store.clone()), rng, self.now()).unwrap();
+        self.effects.extend(self.core.take_effects());
+    }
+
     pub fn now(&self) -> Now {
         Now { mono: self.t0 + self.elapsed, wall_ms: self.wall0 + self.elapsed.as_millis() as u64 }
     }
@@ -126,7 +137,9 @@ impl Rig {
 
     /// Open a window and pair a phone through it.
     pub fn pair(&mut self, number: &str) -> PhoneKey {
-        let AdminReply::Pair(PairShown { uri, .. }) = self.admin(Request::Pair).unwrap() else { panic!("pair") };
+        let AdminReply::Pair(PairShown { uri, .. }) = self.admin(Request::Pair { replace: None }).unwrap() else {
+            panic!("pair")
+        };
         let uri = PairingUri::parse(&uri).unwrap();
         let id = crate::wire::identity::human_id(number);
         let nonce = [0xa5; 16];
