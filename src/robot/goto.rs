@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::Core;
 use crate::hal::{BinarySensor, Encoder};
-use crate::motion::DriveCommand;
+use crate::motion::{DriveCommand, MotionError};
 use crate::nav::{self, CancelledBy, GotoState, MotorCmd, Sensors, Status};
 
 impl Core {
@@ -62,7 +62,8 @@ impl Core {
         match tick.motor {
             Some(MotorCmd::Drive { linear, angular }) => {
                 if let Err(e) = self.body.motors.drive(DriveCommand { linear, angular, ms: nav::DRIVE_MS }, now) {
-                    statuses.extend(nav.fail(now, "estop", &e.to_string()));
+                    let reason = if matches!(e, MotionError::EstopLatched) { "estop" } else { "motor_error" };
+                    statuses.extend(nav.fail(now, reason, &e.to_string()));
                     self.stop_motors("navigation refused by the motors");
                 }
             }
