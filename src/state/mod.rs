@@ -30,19 +30,25 @@ pub enum StateFileError {
     Corrupt { path: PathBuf, detail: String },
 }
 
-/// Atomically replace `path` with `contents`, created with permission `mode`
-/// (e.g. `0o600` for files holding keys).
-pub fn write_durable(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateFileError> {
-    let err = |cause| StateFileError::Write { path: path.to_path_buf(), cause };
+/// The directory of `path` and a hidden temporary name beside it,
+/// `.{name}.{suffix}`: in the same directory, so a rename or link is atomic.
+fn temp_beside<'p>(path: &'p Path, suffix: &str) -> io::Result<(&'p Path, PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let file_name = path.file_name().ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    let file_name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    tmp_name.push(format!(".{suffix}"));
+    Ok((dir, dir.join(tmp_name)))
+}
+
+/// Atomically replace `path` with `contents`, created with permission `mode`
+/// (e.g. `0o600` for files holding keys).
+pub fn write_durable(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateFileError> {
+    let err = |cause| StateFileError::Write { path: path.to_path_buf(), cause };
+    let (dir, tmp) = temp_beside(path, &format!("tmp.{}", std::process::id())).map_err(err)?;
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(contents)?;
@@ -68,16 +74,9 @@ pub fn write_durable(path: &Path, contents: &[u8], mode: u32) -> Result<(), Stat
 /// winner's complete file; nobody replaces it as a `rename(2)` would.
 pub fn create_durable_new(path: &Path, contents: &[u8], mode: u32) -> Result<bool, StateFileError> {
     let err = |cause| StateFileError::Write { path: path.to_path_buf(), cause };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
     // Unique per call, not only per process: threads may race too.
-    tmp_name.push(format!(".new.{}.{:016x}", std::process::id(), rand::random::<u64>()));
-    let tmp = dir.join(tmp_name);
+    let unique = format!("new.{}.{:016x}", std::process::id(), rand::random::<u64>());
+    let (dir, tmp) = temp_beside(path, &unique).map_err(err)?;
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(contents)?;
