@@ -441,20 +441,25 @@ fn stale_timestamps_in_both_directions() {
 }
 
 #[test]
-fn replayed_or_lower_seq_is_stale_even_across_windows() {
+fn replayed_or_lower_seq_is_stale_within_a_window_and_fails_the_mac_in_the_next() {
     let mut w = opened(T0);
     // Authentic but malformed: its seq is recorded all the same.
     let first = signed(vector_secret(), b"{}", 10, T0);
     assert_eq!(w.handle(T0, &first.req()), rejected(Reject::Malformed));
     assert_eq!(w.handle(T0, &first.req()), rejected(Reject::Stale));
     assert_eq!(w.handle(T0, &request(vector_secret(), PHONE, 9, T0).req()), rejected(Reject::Stale));
-    // Captured in one window, replayed into the next: the seq memory outlives windows.
-    let captured = request([0x42; 16], PHONE, 20, T0);
+    // Replayed into the next window: the new secret's MAC refuses it (and the
+    // seq memory starts afresh, so no one can poison a phone's counter).
     w.open(T0, [0x42; 16]);
-    assert_eq!(w.handle(T0, &signed([0x42; 16], b"{}", 20, T0).req()), rejected(Reject::Malformed));
+    assert_eq!(w.handle(T0, &first.req()), rejected(Reject::BadMac));
+    assert!(matches!(w.handle(T0, &request([0x42; 16], PHONE, 5, T0).req()), PairOutcome::Paired { .. }));
+    // Within one window the seq memory refuses a replay.
+    let captured = request([0x43; 16], PHONE, 20, T0);
+    w.open(T0, [0x43; 16]);
+    assert_eq!(w.handle(T0, &signed([0x43; 16], b"{}", 20, T0).req()), rejected(Reject::Malformed));
     assert_eq!(w.handle(T0, &captured.req()), rejected(Reject::Stale));
     // Another phone has its own counter.
-    assert!(matches!(w.handle(T0, &request([0x42; 16], OTHER_PHONE, 1, T0).req()), PairOutcome::Paired { .. }));
+    assert!(matches!(w.handle(T0, &request([0x43; 16], OTHER_PHONE, 1, T0).req()), PairOutcome::Paired { .. }));
 }
 
 #[test]
