@@ -272,11 +272,15 @@ impl Default for PairingConfig {
 pub struct CallConfig {
     /// A call ends when no request arrived for this many seconds (phones send `ping`).
     pub timeout_s: u64,
+    /// At most this many calls are accepted in any 10 s (a token bucket: a
+    /// burst of this many, refilled at this many per 10 s); more invites are
+    /// rejected `rate_limited`. Each call starts the camera pipeline.
+    pub max_setups_per_10s: u32,
 }
 
 impl Default for CallConfig {
     fn default() -> Self {
-        CallConfig { timeout_s: 15 }
+        CallConfig { timeout_s: 15, max_setups_per_10s: 4 }
     }
 }
 
@@ -362,6 +366,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.call.timeout_s) {
             return bad("call.timeout_s", format!("{} is outside 1..=3600 seconds", self.call.timeout_s));
+        }
+        if !(1..=1000).contains(&self.call.max_setups_per_10s) {
+            return bad("call.max_setups_per_10s", format!("{} is outside 1..=1000", self.call.max_setups_per_10s));
         }
         if !self.control.socket.is_absolute() {
             return bad("control.socket", format!("{:?} must be an absolute path", self.control.socket));

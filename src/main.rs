@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use robotd::config::{self, Config};
-use robotd::robot::admin::{AtPlace, OwnerList, PairShown, Removed, Request, Status};
+use robotd::robot::admin::{AtPlace, EstopCleared, OwnerList, PairShown, Removed, Request, Status};
 
 /// robotd: the robot side of "call your robot from your phone".
 #[derive(Parser)]
@@ -50,6 +50,11 @@ enum Command {
         /// The place name, e.g. `home`.
         place: String,
     },
+    /// The e-stop latch: after the e-stop fired, the motors stay off until it is cleared.
+    Estop {
+        #[command(subcommand)]
+        action: EstopAction,
+    },
     /// Drive every configured motor pin to its safe level and disable PWM,
     /// without the daemon (for systemd's ExecStopPost=, after any exit).
     /// Refused while a robotd runs on this state directory, unless --force.
@@ -61,6 +66,12 @@ enum Command {
     },
     /// List the cameras (V4L2 devices) with their formats, sizes and rates.
     Cameras,
+}
+
+#[derive(Subcommand)]
+enum EstopAction {
+    /// Re-arm the motors; refused while the e-stop switch is still pressed.
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +141,15 @@ fn real_main() -> anyhow::Result<()> {
         Command::At { place } => {
             admin::<AtPlace>(&cfg, Request::SetAt { place: place.clone() })?;
             println!("the robot is now at {place}");
+            Ok(())
+        }
+        Command::Estop { action: EstopAction::Clear } => {
+            let c: EstopCleared = admin(&cfg, Request::EstopClear)?;
+            if c.was_latched {
+                println!("e-stop cleared: the motors may run again");
+            } else {
+                println!("the e-stop was not latched: nothing to clear");
+            }
             Ok(())
         }
         Command::SafeStop { force } => {

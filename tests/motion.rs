@@ -186,3 +186,25 @@ async fn replayed_drive_is_ignored() {
     let (_, v) = phone.response(&c, SOON, |k, v| k == "drive" && v["re"] == fresh).await.expect("fresh drive answered");
     assert_eq!(v["status"], "ok", "{v}");
 }
+
+/// The sim's e-stop cannot be pressed from outside the process: pressing,
+/// the refusal and clearing a latch are covered by the core's unit tests
+/// (`robot::tests::estop`). This checks the admin path end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robotd_estop_clear_and_status_show_the_latch() {
+    let broker = Broker::start();
+    let robot = Robot::start(&broker, "[hardware.estop]\npin = 25\nactive = \"low\"\npull = \"up\"\n");
+    wait_online(&broker, &robot).await;
+    assert_eq!(status(&robot)["estop"], json!({"configured": true, "latched": false}));
+    let out = blocking(|| robot.admin(&["estop", "clear"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not latched"), "{out:?}");
+
+    // Without an e-stop: null, and clearing says why not.
+    let plain = Robot::start(&broker, "");
+    wait_online(&broker, &plain).await;
+    assert_eq!(status(&plain)["estop"], serde_json::Value::Null);
+    let out = blocking(|| plain.admin(&["estop", "clear"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[hardware.estop]"), "{out:?}");
+}

@@ -130,7 +130,9 @@ async fn link_cut_or_reset_mid_call_stops_motors_and_the_call_resumes() {
 /// reported, not asserted; the assertion is a generous 15 s per restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_20_times_robot_back_each_time() {
-    let Owned { mut broker, robot, mut phone, paired } = robot_with_owner("[video]\nfps = 10\nkbps = 200\n").await;
+    // 20 calls in quick succession: above the default call set-up limit.
+    let Owned { mut broker, robot, mut phone, paired } =
+        robot_with_owner("[video]\nfps = 10\nkbps = 200\n[call]\nmax_setups_per_10s = 100\n").await;
     let presence = format!("user/{}/isConnected", robot.id);
     let sink = UdpSink::bind();
     let mut times = Vec::new();

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_ne!(inv.media.port, 0);
     assert_ne!(inv.media.audio_port, Some(0));
-    assert!(!inv.media.host.is_unspecified() && !inv.media.host.is_multicast());
+    assert!(pl::media_host_problem(inv.media.host).is_none(), "{}", inv.media.host);
     assert!(inv.video.codecs.iter().any(|c| c.eq_ignore_ascii_case("h264")));
     let v = &inv.video;
     assert!(v.max_width >= pl::MIN_WIDTH && v.max_height >= pl::MIN_HEIGHT);

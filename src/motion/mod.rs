@@ -57,10 +57,10 @@ pub enum MotionError {
     },
     /// The e-stop fired and is latched: motors stay off until the switch is
     /// released and [`MotorController::clear_estop`] is called.
-    #[error("e-stop is latched; release the e-stop switch, then clear it")]
+    #[error("e-stop is latched; release the e-stop switch, then run `robotd estop clear`")]
     EstopLatched,
     /// [`MotorController::clear_estop`] was called while the switch is still pressed.
-    #[error("e-stop switch is still active; release it before clearing")]
+    #[error("e-stop switch is still active; release it, then run `robotd estop clear`")]
     EstopStillActive,
     /// The e-stop input could not be read; the motors were stopped to be safe.
     #[error("cannot read the e-stop input ({source}); motors stopped, check [hardware.estop] wiring")]

@@ -1,4 +1,4 @@
-//! Admin requests (`robotd pair`, `owners`, `at`, `status`) and their typed
+//! Admin requests (`robotd pair`, `owners`, `at`, `estop clear`, `status`) and their typed
 //! answers. The admin socket ([`crate::daemon::control`]) carries them as
 //! one JSON line each way: `{"ok":true,"data":{...}}` or
 //! `{"ok":false,"error":"..."}`.
@@ -11,6 +11,7 @@ use tracing::info;
 use super::pairing::PAIRING_PNG;
 use super::{Core, DropReason, Effect, Now};
 use crate::hal::ObstacleSensor;
+use crate::motion::MotionError;
 use crate::wire::identity::ClientId;
 use crate::wire::pairing;
 use crate::wire::payloads::VideoParams;
@@ -37,6 +38,8 @@ pub enum Request {
     Status,
     /// Tell the navigator where the robot is (e.g. after carrying it to its dock).
     SetAt { place: String },
+    /// Re-arm the motors after the e-stop fired (refused while the switch is pressed).
+    EstopClear,
 }
 
 /// `pair`: the new window.
@@ -74,6 +77,20 @@ pub struct Removed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AtPlace {
     pub at: String,
+}
+
+/// `estop clear`: done; whether the latch was set before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EstopCleared {
+    pub was_latched: bool,
+}
+
+/// `status`: the e-stop, when `[hardware.estop]` configures one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EstopStatus {
+    pub configured: bool,
+    /// The e-stop fired and the motors refuse to run until `robotd estop clear`.
+    pub latched: bool,
 }
 
 /// What the shell knows of the MQTT link, for `status`.
@@ -144,6 +161,8 @@ pub struct Status {
     pub owners: usize,
     pub call: Option<CallStatus>,
     pub motion: String,
+    /// `null` without an e-stop.
+    pub estop: Option<EstopStatus>,
     pub at: String,
     pub ultrasonic: Option<UltrasonicStatus>,
     pub sim: Option<SimStatus>,
@@ -160,6 +179,7 @@ pub enum AdminReply {
     Owners(OwnerList),
     Removed(Removed),
     At(AtPlace),
+    EstopCleared(EstopCleared),
     Status(Box<Status>),
 }
 
@@ -219,7 +239,28 @@ impl Core {
                 }
                 Ok(AdminReply::Removed(Removed { removed: id }))
             }
+            Request::EstopClear => self.clear_estop().map(AdminReply::EstopCleared),
             Request::Status => Ok(AdminReply::Status(Box::new(self.status(link)))),
+        }
+    }
+
+    /// `robotd estop clear`: the motors may run again once the switch is released.
+    fn clear_estop(&mut self) -> Result<EstopCleared, String> {
+        if self.body.hw.config().estop.is_none() {
+            return Err("no e-stop is configured ([hardware.estop]): there is nothing to clear".into());
+        }
+        let was_latched = self.body.motors.estop_latched();
+        match self.body.motors.clear_estop() {
+            Ok(()) => {
+                if was_latched {
+                    info!("e-stop cleared by admin: the motors may run again");
+                }
+                Ok(EstopCleared { was_latched })
+            }
+            Err(MotionError::EstopStillActive) => {
+                Err("the e-stop switch is still pressed: release it, then run `robotd estop clear` again".into())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -239,6 +280,13 @@ impl Core {
                 video: c.video,
             }),
             motion: self.motion().into(),
+            estop: self
+                .body
+                .hw
+                .config()
+                .estop
+                .as_ref()
+                .map(|_| EstopStatus { configured: true, latched: self.body.motors.estop_latched() }),
             at: self.at().into(),
             ultrasonic: self.body.obstacle.as_ref().and_then(ObstacleSensor::distance_m).map(|r| match r {
                 Ok(distance_m) => UltrasonicStatus::Distance { distance_m },

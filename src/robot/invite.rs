@@ -66,6 +66,12 @@ impl Core {
             return self.answer_invite(&key, session, Reply::Busy, corr);
         }
         match Invite::parse(&m.payload) {
+            Ok(_) if !self.call_setups.take(self.now.mono) => {
+                let n = self.cfg.call.max_setups_per_10s;
+                warn!(session = %session, caller = %owner_id, "invite rejected: too many calls set up lately");
+                let detail = format!("at most {n} calls are set up in 10 s; try again in a few seconds");
+                self.answer_invite(&key, session, Reply::rejected_because(RejectReason::RateLimited, detail), corr);
+            }
             Ok(invite) => self.accept_call(session.clone(), owner_id, &key, invite, corr),
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");

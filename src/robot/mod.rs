@@ -133,6 +133,8 @@ pub struct Core {
     next_seq: u64,
     drops: DropLog,
     reject_budget: Budget,
+    /// Accepted calls (`call.max_setups_per_10s`).
+    call_setups: Budget,
     body: Body,
     call: Option<Call>,
     /// Whether the current call's senders run (a `video` change needs them).
@@ -164,6 +166,7 @@ impl Core {
             std::time::Duration::from_secs(cfg.pairing.window_s),
             wire_pairing::DEFAULT_MAX_FAILURES,
         );
+        let setups = f64::from(cfg.call.max_setups_per_10s);
         let mut core = Core {
             cfg,
             robot,
@@ -178,6 +181,7 @@ impl Core {
             next_seq: now.wall_ms,
             drops: DropLog::default(),
             reject_budget: Budget::new(10.0, 20.0, now.mono),
+            call_setups: Budget::new(setups / 10.0, setups, now.mono),
             body,
             call: None,
             media_running: false,

@@ -111,9 +111,10 @@ impl Core {
         self.publish_goto(statuses, None);
         match self.body.motors.drive(cmd, now) {
             Ok(()) => Reply::Ok,
-            Err(MotionError::EstopLatched) => {
-                Reply::rejected_because(RejectReason::Estop, "the e-stop is latched; release and clear it")
-            }
+            Err(MotionError::EstopLatched) => Reply::rejected_because(
+                RejectReason::Estop,
+                "the e-stop is latched; release it, then run `robotd estop clear`",
+            ),
             Err(e) => Reply::rejected_because(RejectReason::InvalidRequest, e.to_string()),
         }
     }

@@ -4,7 +4,7 @@
 //! some) and strictly about values: anything out of range, non-finite or of
 //! the wrong type is an `invalid_request` with a `detail` saying which field.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -88,6 +88,59 @@ impl InviteError {
     }
 }
 
+/// Why the robot must not send a call's media to `host`, if it must not
+/// (docs/protocol.md 7.1): the unspecified address and `0.0.0.0/8`,
+/// multicast, the limited broadcast `255.255.255.255` and the reserved
+/// `240.0.0.0/4`, and link-local addresses (`169.254.0.0/16`, `fe80::/10`).
+/// An IPv6 address that carries an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`,
+/// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) is judged by that
+/// IPv4 address. Loopback stays allowed: a phone on the robot itself (the
+/// tests, the demo) receives there. A subnet's directed broadcast cannot be
+/// told from a host address without knowing the network, so it is not
+/// refused here.
+pub fn media_host_problem(host: IpAddr) -> Option<&'static str> {
+    match host {
+        IpAddr::V4(v4) => ipv4_problem(v4),
+        IpAddr::V6(v6) if v6.is_loopback() => None,
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let embedded = if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+            } else {
+                v6.to_ipv4()
+            };
+            if let Some(v4) = embedded {
+                return ipv4_problem(v4).map(|_| "an IPv6 form of an IPv4 address the robot does not send to");
+            }
+            if v6.is_multicast() {
+                Some("a multicast address")
+            } else if v6.is_unicast_link_local() {
+                Some("a link-local address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn ipv4_problem(v4: Ipv4Addr) -> Option<&'static str> {
+    let first = v4.octets()[0];
+    if first == 0 {
+        Some("the unspecified address or in 0.0.0.0/8")
+    } else if v4.is_broadcast() {
+        Some("the limited broadcast address")
+    } else if v4.is_multicast() {
+        Some("a multicast address")
+    } else if first >= 240 {
+        Some("a reserved address (240.0.0.0/4)")
+    } else if v4.is_link_local() {
+        Some("a link-local address")
+    } else {
+        None
+    }
+}
+
 impl Invite {
     /// Parse and check an invite payload.
     pub fn parse(payload: &[u8]) -> Result<Invite, InviteError> {
@@ -95,8 +148,11 @@ impl Invite {
         if inv.media.port == 0 || inv.media.audio_port == Some(0) {
             return Err(InviteError::Invalid("media.port must be 1..=65535".into()));
         }
-        if inv.media.host.is_unspecified() || inv.media.host.is_multicast() {
-            return Err(InviteError::Invalid("media.host must be a unicast address".into()));
+        if let Some(why) = media_host_problem(inv.media.host) {
+            return Err(InviteError::Invalid(format!(
+                "media.host {} is {why}; give the phone's own unicast address",
+                inv.media.host
+            )));
         }
         let v = &inv.video;
         if v.max_width < MIN_WIDTH || v.max_height < MIN_HEIGHT || v.max_fps == 0 || v.max_kbps < MIN_KBPS {
@@ -314,6 +370,52 @@ mod tests {
             "{".into(),
         ] {
             assert!(matches!(Invite::parse(bad.as_bytes()), Err(InviteError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_hosts_the_robot_must_not_send_to_are_refused_with_a_reason() {
+        let with_host = |h: &str| Invite::parse(INVITE.replace("192.0.2.10", h).as_bytes());
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "169.254.1.1",
+            "::",
+            "ff02::1",
+            "fe80::1",
+            "febf::1",
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:255.255.255.255",
+            "::ffff:169.254.0.1",
+            "::224.0.0.1",
+            "64:ff9b::e000:1",
+        ] {
+            match with_host(bad) {
+                Err(InviteError::Invalid(d)) => {
+                    assert!(d.starts_with("media.host ") && d.contains(" is "), "{bad}: {d}")
+                }
+                other => panic!("{bad} accepted: {other:?}"),
+            }
+        }
+        // Loopback (a phone on the robot: tests, demo), private, public and
+        // IPv4-mapped unicast addresses are fine.
+        for ok in [
+            "127.0.0.1",
+            "::1",
+            "192.168.1.20",
+            "10.0.0.5",
+            "203.0.113.7",
+            "2001:db8::5",
+            "fec0::1",
+            "::ffff:192.168.1.20",
+            "64:ff9b::c000:20a",
+        ] {
+            assert!(with_host(ok).is_ok(), "{ok}: {:?}", with_host(ok));
         }
     }
 

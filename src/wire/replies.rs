@@ -29,6 +29,8 @@ pub enum RejectReason {
     NoMap,
     /// The robot could not do what it should have (e.g. store a new owner).
     InternalError,
+    /// Too many calls were set up lately (`call.max_setups_per_10s`); try again in a few seconds.
+    RateLimited,
 }
 
 /// Why a call ended (the `reason` of `ended`).

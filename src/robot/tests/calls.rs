@@ -297,3 +297,48 @@ fn untokened(mut v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
     }
     v
 }
+
+#[test]
+fn call_set_up_is_rate_limited_to_4_calls_in_10_s() {
+    let mut r = Rig::new();
+    let mut phone = r.pair("+48555555555");
+    let mut n = 0u32;
+    let mut call_and_hang_up = |r: &mut Rig, phone: &mut PhoneKey| {
+        n += 1;
+        let session = format!("{n:032x}");
+        let answer = r.invite(phone, &session, r.now().wall_ms);
+        if answer["status"] == "accepted" {
+            let sid: ClientId = session.parse().unwrap();
+            let nonce: [u8; 16] = hex::decode(answer["nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
+            let ks = keys::session_key(&phone.key, &sid.to_bytes(), &nonce);
+            let mut c = PhoneCall { session: sid, ks, seq: 0, token: None };
+            r.request(&mut c, phone, "hangup", "{}");
+            assert_eq!(r.ended(&c).len(), 1, "call {n} ended");
+        }
+        answer
+    };
+    for i in 0..4 {
+        let a = call_and_hang_up(&mut r, &mut phone);
+        assert_eq!(a["status"], "accepted", "call {i}: {a}");
+    }
+    // A fifth at once: refused, and nothing starts.
+    let before = r.effects.len();
+    let a = call_and_hang_up(&mut r, &mut phone);
+    assert_eq!((a["status"].as_str(), a["reason"].as_str()), (Some("rejected"), Some("rate_limited")), "{a}");
+    assert!(a["detail"].as_str().unwrap().contains("4 calls"), "{a}");
+    assert!(!r.effects[before..].iter().any(|e| matches!(e, Effect::StartMedia(_))), "no media for a refused call");
+    // 2.5 s later one call's worth has come back, not two.
+    r.advance(2500);
+    assert_eq!(call_and_hang_up(&mut r, &mut phone)["status"], "accepted");
+    assert_eq!(call_and_hang_up(&mut r, &mut phone)["reason"], "rate_limited");
+    // Invalid invites do not use up the budget.
+    r.advance(2500);
+    let topic = topics::invite(&r.robot, &"ee".repeat(16).parse().unwrap());
+    let bad = br#"{"media":{"host":"::ffff:224.0.0.1","port":5004},"video":{"codecs":["H264"],"max_width":1280,"max_height":720,"max_fps":30,"max_kbps":2500}}"#;
+    phone.seq += 1;
+    let p = props::signed(&phone.key, &topic, phone.id.as_str(), phone.seq, r.now().wall_ms, bad, None);
+    let v = json_of(&r.deliver(&topic, bad, Some(p)), &format!("{topic}/response")).unwrap();
+    assert_eq!(v["reason"], "invalid_request", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("::ffff:224.0.0.1"), "{v}");
+    assert_eq!(call_and_hang_up(&mut r, &mut phone)["status"], "accepted");
+}

@@ -3,6 +3,7 @@
 //! threads, no sleeping: each test runs in milliseconds.
 
 mod calls;
+mod estop;
 mod io_scan;
 mod pairings;
 
