@@ -300,3 +300,107 @@ async fn steady_delay_on_the_link_is_not_lateness() {
     assert_eq!(request(&mut phone, &mut c, "stop", json!({})).await["status"], "stopped");
     assert_eq!(status(&robot)["motion"], "idle");
 }
+
+/// A broker that holds messages back (issue 15's malicious broker): it
+/// holds the invite 8 s, then a drive 9.5 s. Under the old rule (lateness
+/// measured from the call's fastest message, the held invite included) the
+/// drive moved the robot 9.8 s late; with freshness tokens (protocol 5.7) it
+/// is refused, and an on-time drive afterwards moves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_invite_and_a_drive_held_9_5_s_never_move_the_robot_late() {
+    // A long keep-alive, so holding the robot's connection is not a disconnect.
+    let Rig { broker: _broker, proxy, robot, mut phone, paired } = rig("[mqtt]\nkeep_alive_s = 60\n").await;
+    let sink = UdpSink::bind();
+    let before = status(&robot);
+    let p0 = sim_pose(&before);
+
+    proxy.black_hole();
+    let offer = Offer::new(LOCALHOST, sink.port);
+    let (outcome, ()) = tokio::join!(phone.invite(&paired, &offer, Duration::from_secs(40)), async {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        proxy.pass();
+    });
+    let Ok(InviteOutcome::Accepted(mut c)) = outcome else { panic!("the held invite was not accepted: {outcome:?}") };
+
+    proxy.black_hole();
+    let held = phone.send(&mut c, "drive", &json!({"linear": 0.5, "angular": 0.0, "ms": 1000})).await;
+    tokio::time::sleep(Duration::from_millis(9500)).await;
+    proxy.pass();
+    let (_, v) =
+        phone.response(&c, SOON, |k, v| k == "drive" && v["re"] == held).await.expect("the held drive answered");
+    assert_eq!(connects(&status(&robot)), connects(&before), "the link was re-established: nothing was held");
+    assert_eq!((v["status"].as_str(), v["reason"].as_str()), (Some("rejected"), Some("stale")), "moved late: {v}");
+    assert_eq!(ping(&mut phone, &mut c).await["motion"], "idle", "the held drive moved the motors");
+    let still = wait_until_still(&robot, Duration::from_millis(500)).await;
+    assert!((still.x - p0.x).abs() < 1e-3, "the robot moved: {p0:?} -> {still:?}");
+
+    // Positive control: on time, it moves.
+    drive(&mut phone, &mut c, 0.5, 300).await;
+    let moved = wait_until_still(&robot, Duration::from_millis(200)).await;
+    assert!(moved.x > p0.x + 0.01, "the on-time drive did not move the robot: {p0:?} -> {moved:?}");
+}
+
+/// The robot's wall clock steps (libfaketime, monotonic clock left alone, as
+/// an NTP step would be) and the phone's clock is 6 s off: neither locks the
+/// owner out, and a drive held 6 s while the robot's clock steps back 6 s is
+/// still refused (issue 15: it used to move 6.4 s late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_steps_on_either_side_neither_lock_out_nor_let_a_held_drive_move() {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(std::path::Path::new(LIBFAKETIME).exists(), "libfaketime (Debian faketime) is missing");
+    let broker = Broker::start();
+    let proxy = Proxy::start(broker.port);
+    let via_proxy = format!("[mqtt]\nurl = \"{}\"\nkeep_alive_s = 60\n", proxy.url());
+    let mut robot = Robot::configure(&broker, &merge_toml(&video(), &via_proxy));
+    let offset = robot.state_dir().with_file_name("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let offset_env = offset.display().to_string();
+    robot.spawn_with_env(&[
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", &offset_env),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    wait_online(&broker, &robot).await;
+    let (mut phone, paired) = pair_phone(&broker, &robot, "Alice").await;
+    let sink = UdpSink::bind();
+    let mut c = call(&mut phone, &paired, sink.port).await;
+
+    for step in ["+6", "-6", "+0"] {
+        std::fs::write(&offset, format!("{step}\n")).unwrap();
+        // The robot's clock did step: its answers' `ts` says so.
+        let seq = phone.send(&mut c, "ping", &json!({})).await;
+        let topic = robotd::wire::topics::session_response(&c.session, "ping");
+        let m = phone.recv_until(SOON, |m| m.topic == topic && m.json()["re"] == seq).await.expect("ping answered");
+        let skew = m.auth().ts_ms.unwrap() as i64 - robotd::wire::props::now_ms() as i64;
+        let want: i64 = step.parse::<i64>().unwrap() * 1000;
+        assert!((skew - want).abs() < 1500, "robotd's clock is {skew} ms off, not {want}: is libfaketime working?");
+        // The robot's clock stepped: a fresh drive still moves.
+        drive(&mut phone, &mut c, 0.3, 300).await;
+        // The phone's clock 6 s off either way (its `ts`): still moves.
+        for off in [-6000i64, 6000] {
+            phone.refresh_token(&mut c).await;
+            let seq = c.next_seq();
+            let topic = robotd::wire::topics::session_request(&c.session, "drive");
+            let body = json!({"linear": 0.3, "angular": 0.0, "ms": 300, "token": c.latest_token()});
+            let ts = robotd::wire::props::now_ms().saturating_add_signed(off);
+            phone.publish_signed(&c.session_key, topic, serde_json::to_vec(&body).unwrap(), seq, ts).await;
+            let (_, v) = phone.response(&c, SOON, |k, v| k == "drive" && v["re"] == seq).await.expect("answered");
+            assert_eq!(v["status"], "ok", "robot clock {step} s, phone clock {off} ms off: {v}");
+        }
+    }
+    // Held 6 s while the robot's clock steps back 6 s: refused.
+    let _ = wait_until_still(&robot, Duration::from_millis(500)).await;
+    let p0 = sim_pose(&status(&robot));
+    phone.refresh_token(&mut c).await;
+    proxy.black_hole();
+    let held = phone.send(&mut c, "drive", &json!({"linear": 0.5, "angular": 0.0, "ms": 1000})).await;
+    std::fs::write(&offset, "-6\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.pass();
+    let (_, v) =
+        phone.response(&c, SOON, |k, v| k == "drive" && v["re"] == held).await.expect("the held drive answered");
+    assert_eq!(v["reason"], "stale", "a drive held 6 s moved: {v}");
+    let still = wait_until_still(&robot, Duration::from_millis(500)).await;
+    assert!((still.x - p0.x).abs() < 1e-3, "the robot moved: {p0:?} -> {still:?}");
+}
