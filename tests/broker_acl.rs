@@ -13,7 +13,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 
 /// The fenced block that follows the line containing `marker` in install.md.
 fn block_after(doc: &str, marker: &str) -> String {
@@ -72,21 +71,7 @@ fn acl_broker(users: &[(&str, &str)]) -> AclBroker {
     assert!(conf.contains("use_username_as_clientid true") && acl.contains("pattern write user/%c/isConnected"));
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct names: OpenSSL (mosquitto_sub) takes a certificate whose
-    // subject equals its issuer for a self-signed one.
-    ca_params.distinguished_name.push(DnType::CommonName, "robotd test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(p("server.crt"), cert.pem()).unwrap();
-    std::fs::write(p("server.key"), key.serialize_pem()).unwrap();
+    write_test_certs(dir.path(), "server.crt", "server.key");
     for (i, (u, pw)) in users.iter().enumerate() {
         passwd(&p("passwd"), u, pw, i == 0);
     }

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use std::process::{Command, Stdio};
 
 struct TlsBroker {
@@ -24,17 +23,7 @@ impl Drop for TlsBroker {
 fn tls_broker() -> TlsBroker {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(p("server.pem"), cert.pem()).unwrap();
-    std::fs::write(p("server.key"), key.serialize_pem()).unwrap();
+    write_test_certs(dir.path(), "server.pem", "server.key");
     let st = Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
         .arg(p("passwd"))

@@ -388,3 +388,25 @@ impl Drop for Probe {
         self.task.abort();
     }
 }
+
+/// A private CA (`ca.pem`) and a server certificate for `localhost` and
+/// 127.0.0.1 signed by it (`cert`, `key`), written into `dir`. Subject and
+/// issuer names differ: OpenSSL (mosquitto's clients) takes a certificate
+/// whose subject equals its issuer for a self-signed one.
+#[allow(dead_code)]
+pub fn write_test_certs(dir: &Path, cert: &str, key: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "robotd test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join(cert), server.pem()).unwrap();
+    std::fs::write(dir.join(key), server_key.serialize_pem()).unwrap();
+}
