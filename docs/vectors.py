@@ -225,6 +225,17 @@ for label, key_name, key, topic, sender, seq, ts, payload, want in MACS:
     got = hmac_sha256(key, data).hex()
     check("mac", got, want)
 
+# --- instance marker (2.3) ------------------------------------------------------------------
+
+print("\nInstance marker")
+marker_key = hkdf(b"00112233445566778899aabbccddeeff", b"", b"robotd instance marker v1", 32)
+check("marker key", marker_key.hex(), "6feadf68de763fdeddc254b6202b838a6122b3878d9351f2993dc4372ebfe823")
+check(
+    "marker mac",
+    hmac_sha256(marker_key, b"7:a0a1a2a3a4a5a6a7a8a9aaabacadaeaf").hex(),
+    "93297fe916b6c973f82e54523229a6f9dd7d7858c2d9cb3156a51012ab66f508",
+)
+
 # --- optional second implementation ----------------------------------------------------
 
 try:

@@ -213,4 +213,17 @@ fn the_documented_acl_lets_the_owner_in_and_keeps_an_outsider_off_the_robots_top
     assert!(out.status.success(), "the owner's second call: {}", String::from_utf8_lossy(&out.stderr));
     let _ = daemon.kill();
     let _ = daemon.wait();
+
+    // robotd's instance marker (twin detection, protocol 2.3) was accepted
+    // and is kept for the robot's login only: a phone does not see it.
+    let marker = |reader: (&str, &str)| {
+        let out = b
+            .client("mosquitto_sub", Some(reader))
+            .args(["-t", &format!("user/{robot}/instance"), "-C", "1", "-W", "3"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(marker((&robot, "r0bot")).contains("\"gen\""), "the robot's marker was not retained");
+    assert_eq!(marker((phone, "ph0ne")), "", "a phone can read the robot's instance marker");
 }

@@ -317,6 +317,9 @@ async fn robotctl_pairs_and_writes_a_private_keys_file() {
     let k = Keys::load(&keys).unwrap();
     let phone_id = "36940d0ece18aebf69d0ef6825534e24"; // md5("+48555555555")
     assert_eq!(k.phone.as_ref().map(ClientId::as_str), Some(phone_id));
+    // The MQTT client identifier is private, not the public phone ID (protocol 2.1).
+    assert_ne!(k.mqtt_client_id.as_str(), phone_id);
+    assert!(std::fs::read_to_string(&keys).unwrap().contains(k.mqtt_client_id.as_str()));
     let entry = k.robot(Some(&robot.id)).unwrap();
     assert_eq!(entry.broker, broker.url());
     assert_eq!(stored_key(&robot, phone_id), Some(hex::encode(entry.key)), "keys file and robot disagree on K");

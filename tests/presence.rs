@@ -32,6 +32,8 @@ async fn graceful_stop_publishes_false_without_the_will() {
     let topic = format!("user/{}/isConnected", robot.id);
     let mut probe = Probe::connect(&broker, &[&topic]).await;
     probe.expect_msg(&topic, "true").await;
+    // The broker knows robotd by its private MQTT client identifier.
+    let client_id = std::fs::read_to_string(robot.state_dir().join("mqtt-client-id")).unwrap().trim().to_owned();
     let status = robot.stop();
     assert!(status.success(), "robotd exit status {status:?}");
     probe.expect_msg(&topic, "false").await;
@@ -41,7 +43,7 @@ async fn graceful_stop_publishes_false_without_the_will() {
     assert_eq!(m.text(), "false");
     assert!(robot.log().contains("disconnected from broker"), "{}", robot.log());
     assert!(
-        common::wait_until(SOON, || broker.log().contains(&format!("Client {} disconnected", robot.id))),
+        common::wait_until(SOON, || broker.log().contains(&format!("Client {client_id} disconnected"))),
         "mosquitto did not log a clean disconnect:\n{}",
         broker.log()
     );

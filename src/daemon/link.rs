@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 
@@ -27,8 +27,9 @@ use tracing::{debug, info, warn};
 use crate::broker::{self, BrokerAuth, BrokerAuthError};
 use crate::config::Config;
 use crate::daemon::time::sleep_until_opt;
+use crate::daemon::twin::{Takeover, TwinWatch};
 use crate::robot::{Inbound, LinkEvent, SessionGate};
-use crate::wire::identity::ClientId;
+use crate::wire::identity::{ClientId, MqttClientId};
 use crate::wire::{self, topics};
 
 /// Failure to set up the link (before any network I/O).
@@ -49,6 +50,11 @@ pub struct LinkStats {
     pub dropped_backlog: AtomicU64,
     pub publish_failed: AtomicU64,
     pub connected: AtomicBool,
+    /// Times the broker dropped robotd because another client connected
+    /// with its MQTT client identifier (DISCONNECT 0x8E, session taken over).
+    pub taken_over: AtomicU64,
+    /// Unix ms of the last such takeover (0: never).
+    pub last_takeover_ms: AtomicU64,
 }
 
 /// A cloneable handle used by everything else to publish and (un)subscribe.
@@ -122,6 +128,9 @@ pub struct Link {
     broker_url: String,
     handle: LinkHandle,
     profile: Vec<u8>,
+    /// Tells a session takeover by a twin from other lost connections.
+    twin: TwinWatch,
+    marker_topic: String,
 }
 
 /// Capacity of rumqttc's request channel. After a CONNACK the link queues
@@ -137,10 +146,11 @@ const REQUEST_CAPACITY: usize = 256;
 const OUTGOING_INFLIGHT: u16 = 64;
 
 /// Build rumqttc options exactly as the protocol asks: MQTT 5, clean start,
-/// session expiry 0, the will `false` retained QoS 1, client ID = robot ID.
-pub fn mqtt_options(cfg: &Config, robot: &ClientId) -> Result<MqttOptions, LinkError> {
+/// session expiry 0, the will `false` retained QoS 1, and the robot's
+/// private MQTT client identifier (not its public robot ID, protocol 2.1).
+pub fn mqtt_options(cfg: &Config, robot: &ClientId, client_id: &MqttClientId) -> Result<MqttOptions, LinkError> {
     let addr = cfg.broker();
-    let mut o = MqttOptions::new(robot.as_str(), addr.host.clone(), addr.port);
+    let mut o = MqttOptions::new(client_id.as_str(), addr.host.clone(), addr.port);
     o.set_keep_alive(cfg.keep_alive())
         .set_clean_start(true)
         .set_session_expiry_interval(Some(0))
@@ -167,8 +177,18 @@ fn mqtt_auth(cfg: &Config) -> BrokerAuth {
 
 impl Link {
     /// Create the client and its event loop; nothing is sent until [`Link::run`].
-    pub fn new(cfg: &Config, robot: ClientId, profile: Vec<u8>) -> Result<Link, LinkError> {
-        let (client, eventloop) = AsyncClient::new(mqtt_options(cfg, &robot)?, REQUEST_CAPACITY);
+    /// `generation` counts robotd starts on this state directory
+    /// ([`crate::daemon::twin::next_generation`]).
+    pub fn new(
+        cfg: &Config,
+        robot: ClientId,
+        client_id: &MqttClientId,
+        generation: u64,
+        profile: Vec<u8>,
+    ) -> Result<Link, LinkError> {
+        let (client, eventloop) = AsyncClient::new(mqtt_options(cfg, &robot, client_id)?, REQUEST_CAPACITY);
+        let twin = TwinWatch::new(client_id, generation, rand::random());
+        let marker_topic = topics::instance_marker(&robot);
         let handle = LinkHandle {
             client,
             robot,
@@ -176,7 +196,7 @@ impl Link {
             stats: Default::default(),
             gate: Default::default(),
         };
-        Ok(Link { eventloop, handle, profile, broker_url: cfg.mqtt.url.clone() })
+        Ok(Link { eventloop, handle, profile, broker_url: cfg.mqtt.url.clone(), twin, marker_topic })
     }
 
     /// A handle for publishing and subscribing.
@@ -187,7 +207,7 @@ impl Link {
     fn on_connack(&self) {
         let h = &self.handle;
         let robot = h.robot.clone();
-        let mut filters = vec![topics::invite_filter(&robot), topics::pair_filter(&robot)];
+        let mut filters = vec![topics::invite_filter(&robot), topics::pair_filter(&robot), self.marker_topic.clone()];
         filters.extend(h.extra.lock().unwrap().iter().cloned());
         for f in filters {
             if let Err(e) = h.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
@@ -244,7 +264,9 @@ impl Link {
 
     /// Run until `shutdown` turns true: poll, reconnect with capped
     /// exponential backoff (100 ms doubling to 2 s, with jitter, forever),
-    /// route messages. On shutdown publish presence `false` (retained) and
+    /// route messages. After a session takeover (another client with our
+    /// MQTT client identifier) log one error and stay away 30 s, doubling
+    /// up to 5 min while takeovers keep coming. On shutdown publish presence `false` (retained) and
     /// DISCONNECT with reason 0 so the broker discards the will.
     /// `priority` receives the current call's authenticated requests (see
     /// [`SessionGate`]); `events` everything else.
@@ -303,9 +325,18 @@ impl Link {
                             }
                             return;
                         }
+                        _ = sleep_until_opt(self.twin.next_deadline().map(tokio::time::Instant::from_std)) => {
+                            if let Some(marker) = self.twin.due(Instant::now()) {
+                                self.handle.publish(self.marker_topic.clone(), marker, true, None);
+                            }
+                        }
                         r = &mut fut => break r,
                     }
                 }
+            };
+            let takeover = match &polled {
+                Err(e) if stop_deadline.is_none() => self.twin.observe(e, was_connected, Instant::now()),
+                _ => None,
             };
             match polled {
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if stop_deadline.is_some() => {
@@ -332,6 +363,7 @@ impl Link {
                     info!(code = ?ack.code, "connected to broker");
                     delays = backoff();
                     was_connected = true;
+                    let marker = self.twin.connected(Instant::now());
                     last_connect_warn = None;
                     self.handle.stats.connected.store(true, Ordering::Relaxed);
                     self.handle.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -340,14 +372,64 @@ impl Link {
                         continue;
                     }
                     self.on_connack();
+                    if let Some(marker) = marker {
+                        // After the SUBSCRIBE: a twin's retained marker reaches us first.
+                        self.handle.publish(self.marker_topic.clone(), marker, true, None);
+                    }
                     // Connected/Disconnected must not be lost: they gate the motors.
                     let _ = events.send(LinkEvent::Connected).await;
                 }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.marker_topic.as_bytes() => {
+                    let twin_before = self.twin.has_evidence();
+                    self.twin.on_marker(&p.payload, Instant::now());
+                    if self.twin.has_evidence() && !twin_before {
+                        warn!(
+                            "another robotd with this robot's identity (a copy of its state directory) is using the \
+                             broker; this one gives way if the broker drops it"
+                        );
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.route(p, &events, &priority),
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                    warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
+                    // rumqttc also reports it as the error that ends the
+                    // connection (logged there); this is the packet itself.
+                    debug!(reason = ?d.reason_code, "broker sent DISCONNECT");
                 }
                 Ok(_) => {}
+                Err(_) if takeover.is_some() => {
+                    let stats = &self.handle.stats;
+                    stats.taken_over.fetch_add(1, Ordering::Relaxed);
+                    stats.last_takeover_ms.store(crate::wire::props::now_ms(), Ordering::Relaxed);
+                    let delay = self.twin.backoff();
+                    let times = stats.taken_over.load(Ordering::Relaxed);
+                    let retry_in_s = delay.as_secs();
+                    const FIX: &str = "a second robotd with a copy of this state directory (a cloned SD card?) or \
+                                       of its mqtt-client-id file; stop the other one, or give it its own state \
+                                       directory";
+                    if takeover == Some(Takeover::Reported) {
+                        tracing::error!(
+                            broker = %self.broker_url, times, retry_in_s,
+                            "the broker dropped robotd because another client connected with robotd's MQTT client \
+                             identifier (DISCONNECT: session taken over): {FIX}"
+                        );
+                    } else {
+                        tracing::error!(
+                            broker = %self.broker_url, times, retry_in_s,
+                            "the broker dropped robotd because another client connected with robotd's MQTT client \
+                             identifier (its instance marker on the broker is newer than this robotd's): {FIX}"
+                        );
+                    }
+                    if was_connected {
+                        was_connected = false;
+                        stats.connected.store(false, Ordering::Relaxed);
+                        let _ = events.send(LinkEvent::Disconnected).await;
+                    }
+                    delays = backoff();
+                    tokio::select! {
+                        _ = crate::daemon::shutdown::stopped(&mut shutdown) => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
                 Err(e) => {
                     if was_connected {
                         warn!(error = %e, "connection to broker lost; reconnecting");

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod media;
 pub mod shutdown;
 mod time;
+pub mod twin;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -156,7 +157,7 @@ pub enum DaemonError {
     /// Another robotd runs on this state directory, or its lock cannot be taken.
     #[error(transparent)]
     Instance(#[from] instance::InstanceError),
-    /// The robot ID file cannot be read or written.
+    /// The robot ID or MQTT client identifier file cannot be read or written.
     #[error(transparent)]
     Identity(#[from] crate::state::StateFileError),
     /// The pins or the simulator cannot be opened.
@@ -218,6 +219,8 @@ impl Shell {
             dropped_topic: st.dropped_topic.load(Relaxed),
             dropped_size: st.dropped_size.load(Relaxed),
             dropped_backlog: st.dropped_backlog.load(Relaxed),
+            taken_over: st.taken_over.load(Relaxed),
+            last_takeover_ms: Some(st.last_takeover_ms.load(Relaxed)).filter(|&ms| ms != 0),
         }
     }
 }
@@ -230,6 +233,12 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     // fight over our client ID. Held until this function returns.
     let instance = instance::InstanceLock::acquire(&cfg.robot.state_dir)?;
     let robot: ClientId = identity::load_or_create_robot_id(&cfg.robot.state_dir)?;
+    // Private, unlike the robot ID in every topic: knowing the robot ID is
+    // not enough to make the broker drop the robot (protocol 2.1).
+    let client_id = identity::load_or_create_mqtt_client_id(&cfg.robot.state_dir)?;
+    // Counts starts on this directory, so that a twin on a copy of it can be
+    // told from this robotd's own earlier run (daemon::twin).
+    let generation = twin::next_generation(&cfg.robot.state_dir)?;
     info!(robot = %robot, lock = %instance.path().display(), "robot identity");
 
     let profile = Profile::robot(&cfg.robot.nickname, cfg.robot.photo.as_deref(), &cfg.robot.model).to_json();
@@ -247,7 +256,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     let mut core = Core::new(cfg.clone(), robot.clone(), body, Box::new(store), rng, now())?;
 
     let (media_tx, mut media_events) = mpsc::unbounded_channel();
-    let link = Link::new(&cfg, robot, profile)?;
+    let link = Link::new(&cfg, robot, &client_id, generation, profile)?;
     let mut shell = Shell {
         link: link.handle(),
         media: Media::new(cfg.video.clone(), cfg.audio.clone(), media_tx),

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::broker::{BrokerAuth, BrokerAuthError, SettingNames};
 use crate::config::parse_broker_url;
 use crate::state::{self, StateFileError};
-use crate::wire::identity::ClientId;
+use crate::wire::identity::{ClientId, MqttClientId};
 use crate::wire::keys::Key32;
 use crate::wire::pairing::{self, PairResponse, PairingUri};
 use crate::wire::props::{self, AuthFields, SignedMessage, Signer, now_ms};
@@ -80,11 +80,23 @@ impl std::fmt::Debug for PairedRobot {
 }
 
 /// The phone's keys file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Keys {
     /// The phone's own ID (md5 of its E.164 number).
     pub phone: Option<ClientId>,
+    /// The phone's private MQTT client identifier (protocol 2.1, version
+    /// 1.1): random, never the public phone ID, so that nobody who knows the
+    /// phone ID can make the broker drop the phone. A keys file from before
+    /// it existed gets a fresh one when loaded, kept at the next save.
+    #[serde(default = "MqttClientId::random")]
+    pub mqtt_client_id: MqttClientId,
     pub robots: Vec<PairedRobot>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { phone: None, mqtt_client_id: MqttClientId::random(), robots: Vec::new() }
+    }
 }
 
 impl Keys {
@@ -156,6 +168,8 @@ impl Received {
 pub struct Phone {
     pub id: ClientId,
     pub broker: String,
+    /// The private MQTT client identifier this connection uses.
+    client_id: MqttClientId,
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Received>,
     acks: mpsc::UnboundedReceiver<()>,
@@ -196,24 +210,26 @@ pub enum OnRejected {
 
 impl Phone {
     /// Connect as `id` to a plain, anonymous broker, with the phone's own
-    /// presence (`true` now, will `false`).
+    /// presence (`true` now, will `false`), under a fresh private MQTT
+    /// client identifier.
     pub async fn connect(broker: &str, id: ClientId) -> Result<Phone, PhoneError> {
-        Self::connect_with(broker, id, &BrokerAuth::default(), &ROBOTCTL_FLAGS).await
+        Self::connect_with(broker, id, &MqttClientId::random(), &BrokerAuth::default(), &ROBOTCTL_FLAGS).await
     }
 
-    /// [`connect`](Self::connect) with TLS (`mqtts://` and `auth.ca_file`)
+    /// [`connect`](Self::connect) under the MQTT client identifier
+    /// `client_id` (the keys file's [`Keys::mqtt_client_id`]; never derived
+    /// from `id`, protocol 2.1), with TLS (`mqtts://` and `auth.ca_file`)
     /// and credentials, as robotd's `[mqtt]` does; errors name the setting
     /// by `names`.
     pub async fn connect_with(
         broker: &str,
         id: ClientId,
+        client_id: &MqttClientId,
         auth: &BrokerAuth,
         names: &SettingNames,
     ) -> Result<Phone, PhoneError> {
         let addr = parse_broker_url(broker).map_err(|detail| PhoneError::Broker { url: broker.into(), detail })?;
-        // A random suffix: the phone's own app may be connected with its bare ID.
-        let client_id = format!("{id}-ctl{:08x}", rand::random::<u32>());
-        let mut o = MqttOptions::new(client_id, addr.host, addr.port);
+        let mut o = MqttOptions::new(client_id.as_str(), addr.host, addr.port);
         auth.apply(&mut o, addr.transport, names)?;
         o.set_keep_alive(Duration::from_secs(5))
             .set_clean_start(true)
@@ -250,10 +266,25 @@ impl Phone {
             task.abort();
             return Err(PhoneError::Connect { url: broker.into(), detail: "no CONNACK within 10 s".into() });
         }
-        let phone =
-            Phone { id, broker: broker.into(), client, rx, acks, task, last_seq: 0, backlog: Default::default() };
+        let phone = Phone {
+            id,
+            broker: broker.into(),
+            client_id: client_id.clone(),
+            client,
+            rx,
+            acks,
+            task,
+            last_seq: 0,
+            backlog: Default::default(),
+        };
         phone.publish_raw(topics::is_connected(&phone.id), b"true".to_vec(), true, None).await;
         Ok(phone)
+    }
+
+    /// The private MQTT client identifier of this connection (to keep in
+    /// the keys file).
+    pub fn client_id(&self) -> &MqttClientId {
+        &self.client_id
     }
 
     /// Subscribe QoS 1 and wait for the SUBACK.
@@ -604,5 +635,26 @@ impl Phone {
             .await
             .map(|(_, v)| v)
             .ok_or_else(|| PhoneError::Timeout { robot: call.robot.to_string(), secs: timeout.as_secs() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keys file from before protocol 1.1 (no `mqtt_client_id`) still
+    /// loads, gets a private identifier, and keeps it once saved.
+    #[test]
+    fn an_old_keys_file_loads_and_keeps_a_new_private_client_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let phone = "36940d0ece18aebf69d0ef6825534e24";
+        std::fs::write(&path, format!(r#"{{"phone":"{phone}","robots":[]}}"#)).unwrap();
+        let k = Keys::load(&path).unwrap();
+        assert_ne!(k.mqtt_client_id.as_str(), phone);
+        assert!(crate::wire::identity::is_client_id(k.mqtt_client_id.as_str()));
+        k.save(&path).unwrap();
+        assert_eq!(Keys::load(&path).unwrap().mqtt_client_id, k.mqtt_client_id);
+        assert_ne!(Keys::default().mqtt_client_id, Keys::default().mqtt_client_id);
     }
 }

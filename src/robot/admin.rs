@@ -103,6 +103,10 @@ pub struct LinkInfo {
     pub dropped_topic: u64,
     pub dropped_size: u64,
     pub dropped_backlog: u64,
+    /// Times the broker dropped robotd because another client connected with
+    /// its MQTT client identifier (session taken over), and when last (unix ms).
+    pub taken_over: u64,
+    pub last_takeover_ms: Option<u64>,
 }
 
 /// `status`: the call in progress.
@@ -138,6 +142,10 @@ pub struct BrokerStatus {
     pub url: String,
     pub connected: bool,
     pub connects: u64,
+    /// Session takeovers: another client connected with robotd's MQTT client
+    /// identifier (a second robotd on a copy of the state directory).
+    pub taken_over: u64,
+    pub last_takeover_ms: Option<u64>,
 }
 
 /// `status`: dropped messages, in the link and by the core's reason.
@@ -271,7 +279,13 @@ impl Core {
             nickname: self.cfg.robot.nickname.clone(),
             software: crate::wire::SOFTWARE.into(),
             uptime_s: self.now.mono.saturating_duration_since(self.started).as_secs(),
-            broker: BrokerStatus { url: link.url.clone(), connected: link.connected, connects: link.connects },
+            broker: BrokerStatus {
+                url: link.url.clone(),
+                connected: link.connected,
+                connects: link.connects,
+                taken_over: link.taken_over,
+                last_takeover_ms: link.last_takeover_ms,
+            },
             pairing: self.pairing.status(self.now.wall_ms).to_string(),
             owners: self.owners.list().len(),
             call: self.call.as_ref().map(|c| CallStatus {

@@ -1,7 +1,9 @@
 //! Client identities.
 //!
-//! Every participant is a 32-hex-character client ID, which is also its MQTT
-//! client identifier. A human's ID is `md5(E.164 number)` (the protocol's
+//! Every participant is a 32-hex-character client ID, public: it appears in
+//! topics. Its MQTT client identifier is another, private value
+//! ([`MqttClientId`], protocol 1.1), so that knowing someone's ID is not
+//! enough to make the broker drop their connection. A human's ID is `md5(E.164 number)` (the protocol's
 //! default; see the keyed variant for deployments that want the ID not to be
 //! reversible to the phone number). The robot has no phone number, so its ID is
 //! 16 random bytes made on first start and kept in the state directory.
@@ -169,6 +171,84 @@ pub fn load_or_create_robot_id(state_dir: &Path) -> Result<ClientId, StateFileEr
     })
 }
 
+/// A private MQTT client identifier: 32 random lowercase hex characters,
+/// never derived from a public ID (protocol 2.1, version 1.1). Whoever knows
+/// it can make the broker drop its owner's connection (MQTT "session taken
+/// over"), so it is kept private: its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MqttClientId(String);
+
+impl MqttClientId {
+    /// A fresh random identifier (16 bytes from the OS's secure generator).
+    pub fn random() -> Self {
+        MqttClientId(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// The identifier as sent in CONNECT.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MqttClientId {
+    type Error = InvalidClientId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if is_client_id(&s) { Ok(MqttClientId(s)) } else { Err(InvalidClientId(s)) }
+    }
+}
+
+impl From<MqttClientId> for String {
+    fn from(id: MqttClientId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Debug for MqttClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MqttClientId(..)")
+    }
+}
+
+/// Name of the robot's private MQTT client identifier file in the state directory.
+pub const MQTT_CLIENT_ID_FILE: &str = "mqtt-client-id";
+
+/// Path of the MQTT client identifier file for a state directory.
+pub fn mqtt_client_id_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(MQTT_CLIENT_ID_FILE)
+}
+
+/// Read a 32-hex value and a newline from `path`, without creating it.
+fn read_hex_file(path: &Path) -> Result<Option<String>, StateFileError> {
+    let Some(bytes) = state::read_optional(path)? else { return Ok(None) };
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    if is_client_id(&text) {
+        Ok(Some(text))
+    } else {
+        let detail = "expected 32 lowercase hex characters".to_owned();
+        Err(StateFileError::Corrupt { path: path.to_path_buf(), detail })
+    }
+}
+
+/// The robot's private MQTT client identifier, made (16 random bytes) and
+/// stored durably, mode 0600, on first start; race-free like
+/// [`load_or_create_robot_id`]. A state directory from before protocol 1.1
+/// (only `robot-id`) gets one on its next start.
+pub fn load_or_create_mqtt_client_id(state_dir: &Path) -> Result<MqttClientId, StateFileError> {
+    let path = mqtt_client_id_path(state_dir);
+    if let Some(id) = read_hex_file(&path)? {
+        return Ok(MqttClientId(id));
+    }
+    let id = MqttClientId::random();
+    if state::create_durable_new(&path, format!("{}\n", id.as_str()).as_bytes(), 0o600)? {
+        return Ok(id);
+    }
+    read_hex_file(&path)?.map(MqttClientId).ok_or_else(|| StateFileError::Corrupt {
+        path,
+        detail: "it vanished while being read; is something else deleting the state directory?".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +328,23 @@ mod tests {
             let on_disk = read_robot_id(dir.path()).unwrap().unwrap();
             assert!(ids.iter().all(|id| *id == on_disk), "on disk {on_disk}, returned {ids:?}");
         }
+    }
+
+    #[test]
+    fn mqtt_client_id_is_private_kept_and_not_the_robot_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let robot = load_or_create_robot_id(dir.path()).unwrap();
+        let a = load_or_create_mqtt_client_id(dir.path()).unwrap();
+        let b = load_or_create_mqtt_client_id(dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.as_str(), robot.as_str());
+        assert!(is_client_id(a.as_str()));
+        let path = mqtt_client_id_path(dir.path());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!format!("{a:?}").contains(a.as_str()), "Debug must not show the identifier");
+        std::fs::write(&path, "garbage").unwrap();
+        let e = load_or_create_mqtt_client_id(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("mqtt-client-id") && e.contains("corrupt"), "{e}");
     }
 }

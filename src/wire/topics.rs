@@ -10,6 +10,12 @@ pub fn is_connected(id: &ClientId) -> String {
     format!("user/{id}/isConnected")
 }
 
+/// `user/{id}/instance`: robotd's retained instance marker, read only by
+/// robotd itself to notice a twin on a copy of its state (protocol 2.3).
+pub fn instance_marker(id: &ClientId) -> String {
+    format!("user/{id}/instance")
+}
+
 /// `user/{id}/profile` (retained profile).
 pub fn profile(id: &ClientId) -> String {
     format!("user/{id}/profile")

@@ -126,6 +126,11 @@ pub async fn ended(phone: &mut Phone, call: &ActiveCall, timeout: Duration) -> V
 }
 
 /// `robotd status` as JSON (through the admin socket, not MQTT).
+/// `broker.connects` of a `robotd status`.
+pub fn connects(st: &Value) -> u64 {
+    st["broker"]["connects"].as_u64().unwrap_or_else(|| panic!("no broker.connects in {st}"))
+}
+
 pub fn status(robot: &Robot) -> Value {
     blocking(|| status_sync(robot))
 }

@@ -171,7 +171,7 @@ async fn script(t: &mut Timeline, keys: &Path, auth: &BrokerAuth, a: &DemoArgs) 
     });
     let uri = uri.context("cannot pair without a pairing window")?;
     let phone_id = identity::human_id(&identity::normalize_e164(&a.phone)?);
-    let mut p = super::connect(&uri.broker, phone_id, auth).await?;
+    let mut p = super::connect(&uri.broker, phone_id, keys, auth).await?;
     let online = wait_online(&mut p, &uri).await;
     t.step("robot online", online, |_| format!("retained presence true on {}", uri.broker)).context("robot offline")?;
     let paired = pair_and_save(&mut p, keys, &uri, &a.nickname).await;

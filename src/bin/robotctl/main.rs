@@ -55,9 +55,26 @@ impl BrokerArgs {
     }
 }
 
-/// Connect as `id` to `broker` with the command line's TLS and credentials.
-async fn connect(broker: &str, id: ClientId, auth: &BrokerAuth) -> anyhow::Result<Phone> {
-    Ok(Phone::connect_with(broker, id, auth, &ROBOTCTL_FLAGS).await?)
+/// Connect as `id` to `broker` with the command line's TLS and credentials,
+/// under the private MQTT client identifier of the keys file at `keys_path`
+/// (made and saved there when it has none yet).
+async fn connect(broker: &str, id: ClientId, keys_path: &Path, auth: &BrokerAuth) -> anyhow::Result<Phone> {
+    let client_id = client_id(keys_path)?;
+    Ok(Phone::connect_with(broker, id, &client_id, auth, &ROBOTCTL_FLAGS).await?)
+}
+
+/// The keys file's private MQTT client identifier. A file from before
+/// protocol 1.1 gets one when loaded; it is saved at once so the next run
+/// uses the same one. A missing file is not created here (`pair` saves it).
+fn client_id(keys_path: &Path) -> anyhow::Result<robotd::wire::identity::MqttClientId> {
+    let keys = Keys::load(keys_path)?;
+    if keys_path.exists() {
+        let text = std::fs::read_to_string(keys_path).with_context(|| format!("reading {}", keys_path.display()))?;
+        if !text.contains("\"mqtt_client_id\"") {
+            keys.save(keys_path)?;
+        }
+    }
+    Ok(keys.mqtt_client_id)
 }
 
 #[derive(Subcommand)]
@@ -166,7 +183,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn pair(keys_path: &Path, auth: &BrokerAuth, uri: &str, phone: &str, nickname: &str) -> anyhow::Result<()> {
     let uri = PairingUri::parse(uri)?;
     let phone_id: ClientId = identity::human_id(&identity::normalize_e164(phone)?);
-    let mut p = connect(&uri.broker, phone_id, auth).await?;
+    let mut p = connect(&uri.broker, phone_id, keys_path, auth).await?;
     let paired = pair_and_save(&mut p, keys_path, &uri, nickname).await?;
     println!("paired with {} ({})", paired.nickname, paired.robot);
     println!("keys saved in {}", keys_path.display());
@@ -184,6 +201,7 @@ async fn pair_and_save(
 ) -> anyhow::Result<PairedRobot> {
     let mut keys = Keys::load(keys_path)?;
     let paired = p.pair(uri, nickname, Duration::from_secs(15)).await?;
+    keys.mqtt_client_id = p.client_id().clone();
     keys.phone = Some(p.id.clone());
     keys.upsert(paired.clone());
     keys.save(keys_path)?;
@@ -238,7 +256,7 @@ async fn call(keys_path: &Path, auth: &BrokerAuth, a: CallArgs) -> anyhow::Resul
         max_fps: a.max_fps,
         max_kbps: a.max_kbps,
     };
-    let mut p = connect(&robot.broker, phone_id, auth).await?;
+    let mut p = connect(&robot.broker, phone_id, keys_path, auth).await?;
     let media = Media { record: a.record.clone(), record_for: None, snapshot: a.snapshot.clone() };
     let (mut c, receiver) = start_call(&mut p, &robot, &offer, media, Duration::from_secs(15)).await?;
     println!("accepted: {}", c.accept);
