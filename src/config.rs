@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod webrtc;
+
 use crate::wire::nickname;
 use crate::wire::payloads::VideoParams;
 
@@ -48,6 +50,8 @@ pub struct Config {
     pub audio: AudioConfig,
     /// `[nav]`: the map of named places for `goto`; without it the robot has no map.
     pub nav: Option<crate::nav::NavConfig>,
+    /// `[webrtc]`: STUN/TURN servers of version 2 calls (none by default).
+    pub webrtc: webrtc::WebRtcConfig,
 }
 
 /// `[video]`: the camera stream of a call.
@@ -364,6 +368,7 @@ impl Config {
                 return bad("pairing.button.pin", format!("GPIO {} does not exist; use a BCM number 0..=27", b.pin));
             }
         }
+        self.webrtc.validate().map_err(|(key, message)| invalid(&key, message))?;
         if !(1..=3600).contains(&self.call.timeout_s) {
             return bad("call.timeout_s", format!("{} is outside 1..=3600 seconds", self.call.timeout_s));
         }

@@ -14,6 +14,7 @@ pub mod props;
 pub mod replies;
 pub mod token;
 pub mod topics;
+pub mod webrtc;
 
 /// Largest payload robotd reads; anything larger is dropped before parsing.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
