@@ -10,8 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use robotd::motion::{DriveCommand, MAX_DRIVE_MS};
 use robotd::wire::payloads::{self as pl, Command, CommandError, VideoChange};
 
-/// Index 7 is a name that passes topic hygiene but is not a command.
-const NAMES: [&str; 8] = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup", "dance"];
+/// `dance` passes topic hygiene but is not a command.
+const NAMES: [&str; 9] = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup", "ice", "dance"];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, payload)) = data.split_first() else { return };
@@ -64,5 +64,14 @@ fuzz_target!(|data: &[u8]| {
         Command::Destinations => assert_eq!(name, "destinations"),
         Command::Ping => assert_eq!(name, "ping"),
         Command::Hangup => assert_eq!(name, "hangup"),
+        Command::Ice(c) => {
+            assert_eq!(name, "ice");
+            // Every candidate passed on is one the robot would send to.
+            assert!(c.candidates.len() <= robotd::wire::webrtc::MAX_CANDIDATES);
+            for cand in &c.candidates {
+                assert_eq!(robotd::wire::webrtc::check_candidate(cand), Ok(()));
+                assert!(cand.candidate.len() <= robotd::wire::webrtc::MAX_CANDIDATE_LEN);
+            }
+        }
     }
 });

@@ -1,4 +1,5 @@
-//! Invite payloads: `Invite::parse`, then negotiation.
+//! Invite payloads: `Invite::parse` (version 1) and `InviteV2::parse`
+//! (version 2), then negotiation.
 //!
 //! Invariants: an accepted invite has a unicast media host, non-zero ports,
 //! H264 among its codecs and maxima at least the robot's minima; it
@@ -8,8 +9,24 @@
 
 use libfuzzer_sys::fuzz_target;
 use robotd::wire::payloads::{self as pl, Invite, InviteError, VideoParams};
+use robotd::wire::webrtc::{self, InviteV2};
+
+/// A v2 invite the robot takes has an offer within bounds, with a SHA-256
+/// fingerprint and H264; it serialises and parses back to itself.
+fn check_v2(data: &[u8]) {
+    let Ok(inv) = InviteV2::parse(data) else { return };
+    assert!(webrtc::is_v2(data));
+    assert_eq!(inv.sdp.kind, "offer");
+    assert!(inv.sdp.sdp.len() <= webrtc::MAX_SDP);
+    assert_eq!(inv.fingerprint().len(), 95);
+    let again = serde_json::to_vec(&inv).expect("invite serialises");
+    assert_eq!(InviteV2::parse(&again).map_err(|e| e.reason()), Ok(inv.clone()));
+    let p = inv.negotiate(VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 });
+    assert!(p.width <= inv.video.max_width.max(pl::MIN_WIDTH) && p.kbps <= inv.video.max_kbps.max(pl::MIN_KBPS));
+}
 
 fuzz_target!(|data: &[u8]| {
+    check_v2(data);
     let inv = match Invite::parse(data) {
         Ok(inv) => inv,
         Err(e) => {

@@ -26,7 +26,7 @@ use crate::daemon::media::Media;
 use crate::hal::Hardware;
 use crate::motion::MotorController;
 use crate::robot::admin::LinkInfo;
-use crate::robot::{Body, Core, Effect, Now};
+use crate::robot::{Body, Core, Effect, MediaReport, Now};
 use crate::state::DirStore;
 use crate::wire::Profile;
 use crate::wire::identity::{self, ClientId};
@@ -200,6 +200,13 @@ impl Shell {
                 Effect::Unsubscribe(filter) => self.link.unsubscribe(&filter),
                 Effect::SessionGate(gate) => self.link.set_session_gate(gate),
                 Effect::StartMedia(req) => self.media.start(req),
+                Effect::StartWebRtc(req) => {
+                    // The media helper process (`robotd media`) is not wired in
+                    // yet (issue 13): refuse v2 calls clearly instead of hanging.
+                    let detail = "this robotd does not run version 2 (WebRTC) media yet; call with version 1".into();
+                    queue.extend(core.on_media(MediaReport::Failed { session: req.session, detail }, now()));
+                }
+                Effect::RemoteCandidates { .. } => {}
                 Effect::StopMedia => self.media.stop(),
                 Effect::AdjustVideo { session, change, answer } => {
                     let report = self.media.adjust(session, change, answer);

@@ -10,13 +10,17 @@ use std::time::{Duration, Instant};
 use crate::wire::freshness::{ReplayError, ReplayWindow};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::{self, Key32, SrtpKey};
-use crate::wire::payloads::{Invite, VideoParams};
+use bytes::Bytes;
+
+use crate::wire::payloads::VideoParams;
 use crate::wire::token::{self, TokenError};
+use crate::wire::webrtc::{Candidate, VideoLimits};
 
 /// What was agreed for a call's media.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
-    pub invite: Invite,
+    /// The phone's `max_*` (caps later `video` changes).
+    pub limits: VideoLimits,
     pub video: VideoParams,
     pub video_ssrc: u32,
     pub audio_ssrc: Option<u32>,
@@ -31,7 +35,8 @@ pub struct Call {
     pub session_key: Key32,
     pub srtp_video: SrtpKey,
     pub srtp_audio: SrtpKey,
-    pub invite: Invite,
+    /// The phone's `max_*` (caps later `video` changes).
+    pub limits: VideoLimits,
     pub video: VideoParams,
     pub video_ssrc: u32,
     pub audio_ssrc: Option<u32>,
@@ -45,6 +50,32 @@ pub struct Call {
     pub offline_since: Option<Instant>,
     /// The robot's `seq` in this call: starts at 1.
     next_seq: u64,
+    /// Version 2 (WebRTC) state; `None` for a v1 call.
+    pub webrtc: Option<WebRtcCall>,
+}
+
+/// A version 2 call's signalling state. `Debug` leaves the key out.
+pub struct WebRtcCall {
+    /// The owner key `K`, to answer the invite once the helper answered
+    /// (or to refuse it if the helper cannot).
+    pub owner_key: Key32,
+    /// The invite's correlation data, for that answer.
+    pub correlation: Option<Bytes>,
+    /// Whether the accept (with the SDP answer) went out.
+    pub answered: bool,
+    /// Local candidates held until the accept went out (at most [`MAX_HELD_CANDIDATES`]).
+    pub held: Vec<Candidate>,
+    /// Whether the helper said gathering is complete before the accept.
+    pub held_end: bool,
+}
+
+/// Most local candidates held before the accept.
+pub const MAX_HELD_CANDIDATES: usize = 64;
+
+impl std::fmt::Debug for WebRtcCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcCall").field("answered", &self.answered).field("held", &self.held.len()).finish()
+    }
 }
 
 impl std::fmt::Debug for Call {
@@ -71,7 +102,7 @@ impl Call {
         now: Instant,
         token_key: Key32,
     ) -> Call {
-        let Negotiated { invite, video, video_ssrc, audio_ssrc } = agreed;
+        let Negotiated { limits, video, video_ssrc, audio_ssrc } = agreed;
         let sid = session.to_bytes();
         Call {
             session_key: keys::session_key(owner_key, &sid, &robot_nonce),
@@ -80,7 +111,7 @@ impl Call {
             session,
             caller,
             robot_nonce,
-            invite,
+            limits,
             video,
             video_ssrc,
             audio_ssrc,
@@ -90,6 +121,7 @@ impl Call {
             token_key,
             offline_since: None,
             next_seq: 1,
+            webrtc: None,
         }
     }
 
@@ -116,6 +148,11 @@ impl Call {
 
     fn robot_ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the call was set up.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// When the call times out unless a request arrives.
@@ -157,7 +194,7 @@ mod tests {
             &k,
             nonce,
             Negotiated {
-                invite: inv,
+                limits: inv.video.limits(),
                 video: VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
                 video_ssrc: 12345,
                 audio_ssrc: None,

@@ -10,7 +10,9 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use crate::wire::identity::ClientId;
 use crate::wire::keys::{Key32, SrtpKey};
 use crate::wire::payloads::{VideoChange, VideoParams};
+use crate::wire::replies::EndReason;
 use crate::wire::topics::Topic;
+use crate::wire::webrtc::Candidate;
 
 /// The time of an input: the monotonic clock for every duration and the
 /// wall clock (unix ms) for `ts` fields and what people read.
@@ -77,6 +79,17 @@ impl std::fmt::Debug for MediaRequest {
     }
 }
 
+/// A version 2 call's media: the phone's offer, the fingerprint its DTLS
+/// certificate must have, and the video agreed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebRtcRequest {
+    pub session: ClientId,
+    pub offer_sdp: String,
+    /// `AB:CD:...`, from the offer's `a=fingerprint:sha-256`.
+    pub fingerprint: String,
+    pub video: VideoParams,
+}
+
 /// The request a deferred answer belongs to: its command, `re` and
 /// correlation data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +117,13 @@ pub enum MediaReport {
     Failed { session: ClientId, detail: String },
     /// A [`Effect::AdjustVideo`] was carried out (or not).
     VideoAdjusted { session: ClientId, result: Result<VideoParams, VideoAdjustError>, answer: Answer },
+    /// Version 2: the media helper's SDP answer to the phone's offer.
+    Answer { session: ClientId, sdp: String },
+    /// Version 2: local ICE candidates (`end`: gathering is complete).
+    LocalCandidates { session: ClientId, candidates: Vec<Candidate>, end: bool },
+    /// Version 2: the call's media ended for `reason` (ICE failed, wrong
+    /// fingerprint, the helper died); `detail` for the log and the phone.
+    Ended { session: ClientId, reason: EndReason, detail: String },
 }
 
 /// What the shell must do, in order.
@@ -120,6 +140,10 @@ pub enum Effect {
     SessionGate(Option<SessionGate>),
     /// Start the call's senders; a [`MediaReport`] follows.
     StartMedia(MediaRequest),
+    /// Start a version 2 call's media helper; [`MediaReport::Answer`] follows.
+    StartWebRtc(WebRtcRequest),
+    /// Version 2: the phone's trickled candidates, checked, for the helper.
+    RemoteCandidates { session: ClientId, candidates: Vec<Candidate>, end: bool },
     /// Stop whatever media runs.
     StopMedia,
     /// Change the running video; a [`MediaReport::VideoAdjusted`] follows.

@@ -12,9 +12,17 @@ use crate::wire::freshness::{SeqCheck, ts_is_fresh};
 use crate::wire::identity::ClientId;
 use crate::wire::keys::Key32;
 use crate::wire::payloads::{Invite, InviteError};
+use crate::wire::webrtc::InviteV2;
+
 use crate::wire::props::{self, AuthFields};
 use crate::wire::replies::{EndReason, RejectReason, Reply, Response};
 use crate::wire::topics;
+
+/// An invite of either protocol version.
+enum AnyInvite {
+    V1(Invite),
+    V2(InviteV2),
+}
 
 /// How long a call outlives its caller's presence turning `false` without
 /// an authenticated request from it (above robotctl's 5 s ping interval,
@@ -65,27 +73,45 @@ impl Core {
             info!(session = %session, caller = %owner_id, "busy: already in a call");
             return self.answer_invite(&key, session, Reply::Busy, corr);
         }
-        match Invite::parse(&m.payload) {
+        self.dispatch_invite(session, owner_id, &key, &m.payload, corr);
+    }
+
+    /// Parse an owner's fresh invite (either version) and accept, start or refuse it.
+    fn dispatch_invite(
+        &mut self,
+        session: &ClientId,
+        owner_id: ClientId,
+        key: &Key32,
+        payload: &[u8],
+        corr: Option<Bytes>,
+    ) {
+        let parsed = if crate::wire::webrtc::is_v2(payload) {
+            InviteV2::parse(payload).map(AnyInvite::V2)
+        } else {
+            Invite::parse(payload).map(AnyInvite::V1)
+        };
+        match parsed {
             Ok(_) if !self.call_setups.take(self.now.mono) => {
                 let n = self.cfg.call.max_setups_per_10s;
                 warn!(session = %session, caller = %owner_id, "invite rejected: too many calls set up lately");
                 let detail = format!("at most {n} calls are set up in 10 s; try again in a few seconds");
-                self.answer_invite(&key, session, Reply::rejected_because(RejectReason::RateLimited, detail), corr);
+                self.answer_invite(key, session, Reply::rejected_because(RejectReason::RateLimited, detail), corr);
             }
-            Ok(invite) => self.accept_call(session.clone(), owner_id, &key, invite, corr),
+            Ok(AnyInvite::V1(invite)) => self.accept_call(session.clone(), owner_id, key, invite, corr),
+            Ok(AnyInvite::V2(invite)) => self.start_call_v2(session, &owner_id, key, invite, corr),
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");
                 let reply = match e {
                     InviteError::Invalid(detail) => Reply::rejected_because(RejectReason::InvalidRequest, detail),
                     InviteError::NoCommonCodec => Reply::rejected(RejectReason::NoCommonCodec),
                 };
-                self.answer_invite(&key, session, reply, corr);
+                self.answer_invite(key, session, reply, corr);
             }
         }
     }
 
     /// Publish an answer on `invite/{robot}/{session}/response`, MACed with `K`.
-    fn answer_invite(&mut self, key: &Key32, session: &ClientId, reply: Reply, corr: Option<Bytes>) {
+    pub(super) fn answer_invite(&mut self, key: &Key32, session: &ClientId, reply: Reply, corr: Option<Bytes>) {
         let topic = topics::invite_response(&self.robot, session);
         let seq = self.seq();
         // The accept carries the call's first freshness token.
@@ -96,32 +122,45 @@ impl Core {
 
     fn accept_call(&mut self, session: ClientId, caller: ClientId, key: &Key32, invite: Invite, corr: Option<Bytes>) {
         let video = invite.negotiate(self.cfg.video.preferred);
-        let mut nonce = [0u8; 16];
-        self.rng.fill_bytes(&mut nonce);
         let video_ssrc = self.nonzero_ssrc();
         let audio_ssrc = (invite.wants_audio() && self.cfg.audio.device.is_some()).then(|| self.nonzero_ssrc());
-        let agreed = Negotiated { invite, video, video_ssrc, audio_ssrc };
-        let mut token_key = [0u8; 32];
-        self.rng.fill_bytes(&mut token_key);
-        let call = Call::new(session.clone(), caller.clone(), key, nonce, agreed, self.now.mono, token_key);
+        let agreed = Negotiated { limits: invite.video.limits(), video, video_ssrc, audio_ssrc };
+        let call = self.new_call(&session, &caller, key, agreed);
+        let nonce = call.robot_nonce;
         let media = MediaRequest {
             session: session.clone(),
-            host: call.invite.media.host,
-            video_port: call.invite.media.port,
+            host: invite.media.host,
+            video_port: invite.media.port,
             video_ssrc,
             video_key: call.srtp_video.clone(),
             video,
-            audio: audio_ssrc.map(|s| (call.invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio.clone())),
+            audio: audio_ssrc.map(|s| (invite.media.audio_port.expect("wants_audio"), s, call.srtp_audio.clone())),
         };
+        self.begin_call(call);
+        info!(session = %session, caller = %caller, ?video, "call accepted");
+        self.answer_invite(key, &session, Reply::accepted(&nonce, video_ssrc, video, audio_ssrc), corr);
+        self.out.push(Effect::StartMedia(media));
+    }
+
+    /// A call with a fresh robot nonce and token key.
+    pub(super) fn new_call(&mut self, session: &ClientId, caller: &ClientId, key: &Key32, agreed: Negotiated) -> Call {
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        let mut token_key = [0u8; 32];
+        self.rng.fill_bytes(&mut token_key);
+        Call::new(session.clone(), caller.clone(), key, nonce, agreed, self.now.mono, token_key)
+    }
+
+    /// Make `call` the current one: its requests take the priority queue,
+    /// and its requests and its caller's presence are subscribed.
+    pub(super) fn begin_call(&mut self, call: Call) {
+        let (session, caller) = (call.session.clone(), call.caller.clone());
         let gate = SessionGate { session: session.clone(), caller: caller.clone(), key: call.session_key };
         self.out.push(Effect::SessionGate(Some(gate)));
         self.out.push(Effect::Subscribe(topics::session_request_filter(&session)));
         self.out.push(Effect::Subscribe(topics::is_connected(&caller)));
         self.call = Some(call);
         self.media_running = false;
-        info!(session = %session, caller = %caller, ?video, "call accepted");
-        self.answer_invite(key, &session, Reply::accepted(&nonce, video_ssrc, video, audio_ssrc), corr);
-        self.out.push(Effect::StartMedia(media));
     }
 
     /// A random SSRC; 0 is avoided because some receivers treat it as unset.
@@ -165,6 +204,10 @@ impl Core {
     /// End the call; `answering` is the (seq, correlation) of the `hangup`
     /// request being answered, if the phone asked.
     pub(super) fn end_call_answering(&mut self, reason: EndReason, answering: Option<(u64, Option<Bytes>)>) {
+        if self.call.as_ref().and_then(|c| c.webrtc.as_ref()).is_some_and(|w| !w.answered) {
+            // Not accepted yet: the phone cannot read `ended` (it has no Ks).
+            return self.refuse_pending(&format!("the call ended ({}) before its media was ready", reason.as_str()));
+        }
         let Some(call) = self.call.as_ref() else { return };
         let (session, caller) = (call.session.clone(), call.caller.clone());
         let by = if reason == EndReason::Shutdown { CancelledBy::Shutdown } else { CancelledBy::Hangup };
@@ -189,7 +232,19 @@ impl Core {
             MediaReport::Started { session } if current(&self.call, &session) => self.media_running = true,
             MediaReport::Failed { session, detail } if current(&self.call, &session) => {
                 error!(session = %session, %detail, "video failed");
-                self.end_call(EndReason::VideoFailed);
+                if self.call.as_ref().is_some_and(|c| c.webrtc.is_some()) {
+                    self.media_ended(EndReason::MediaFailed, &detail);
+                } else {
+                    self.end_call(EndReason::VideoFailed);
+                }
+            }
+            MediaReport::Answer { session, sdp } if current(&self.call, &session) => self.on_answer(&sdp),
+            MediaReport::LocalCandidates { session, candidates, end } if current(&self.call, &session) => {
+                self.on_local_candidates(candidates, end)
+            }
+            MediaReport::Ended { session, reason, detail } if current(&self.call, &session) => {
+                error!(session = %session, reason = reason.as_str(), %detail, "call media ended");
+                self.media_ended(reason, &detail);
             }
             MediaReport::VideoAdjusted { session, result, answer } if current(&self.call, &session) => {
                 let reply = match result {

@@ -34,6 +34,7 @@ mod invite;
 mod pairing;
 mod session;
 mod timers;
+mod webrtc;
 
 #[cfg(test)]
 mod tests;
@@ -45,7 +46,10 @@ use rand::RngCore;
 use tracing::{error, info, warn};
 
 pub use drops::{DropLog, DropReason};
-pub use effects::{Answer, Effect, Inbound, LinkEvent, MediaReport, MediaRequest, Now, SessionGate, VideoAdjustError};
+pub use effects::{
+    Answer, Effect, Inbound, LinkEvent, MediaReport, MediaRequest, Now, SessionGate, VideoAdjustError, WebRtcRequest,
+};
+pub use webrtc::ANSWER_TIMEOUT;
 
 use crate::config::Config;
 use crate::hal::{Debounced, EncoderCounter, Hardware, Input, ObstacleSensor, Sensor};

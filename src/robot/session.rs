@@ -63,6 +63,7 @@ impl Core {
                 Reply::Stopped
             }
             Ok(Command::Ping) => Reply::Pong { motion: self.motion(), at: self.at().to_owned() },
+            Ok(Command::Ice(c)) => self.on_ice(session, c),
             Ok(Command::Destinations) => {
                 let destinations = self.body.nav.as_ref().map(|n| n.destinations().to_vec()).unwrap_or_default();
                 Reply::Destinations { destinations, at: self.at().to_owned() }
@@ -129,7 +130,7 @@ impl Core {
         re: u64,
         correlation: Option<Bytes>,
     ) {
-        let offer = self.call.as_ref().map(|c| c.invite.video.clone());
+        let offer = self.call.as_ref().map(|c| c.limits);
         let over = offer.and_then(|o| match change {
             VideoChange::Bitrate(k) if k > o.max_kbps => {
                 Some(format!("kbps {k} is above the invite's max_kbps {}", o.max_kbps))

@@ -31,6 +31,9 @@ impl Core {
                 min(t + super::invite::OFFLINE_GRACE);
             }
         }
+        if let Some(t) = self.answer_deadline() {
+            min(t);
+        }
         if self.body.hw.config().estop.is_some() {
             min(now.mono + ESTOP_POLL);
         }
@@ -66,6 +69,7 @@ impl Core {
             self.end_call(EndReason::Timeout);
         }
         self.end_call_if_caller_gone();
+        self.expire_pending();
         if self.button_pressed() {
             info!("pairing button pressed");
             self.open_pairing(None);

@@ -29,6 +29,18 @@ pub struct VideoOffer {
     pub max_kbps: u32,
 }
 
+impl VideoOffer {
+    /// The `max_*` limits (the same in both protocol versions).
+    pub fn limits(&self) -> crate::wire::webrtc::VideoLimits {
+        crate::wire::webrtc::VideoLimits {
+            max_width: self.max_width,
+            max_height: self.max_height,
+            max_fps: self.max_fps,
+            max_kbps: self.max_kbps,
+        }
+    }
+}
+
 /// An invite's optional `audio` object.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct AudioOffer {
@@ -172,22 +184,26 @@ impl Invite {
             && self.media.audio_port.is_some()
     }
 
-    /// Negotiate: the robot's preferred parameters capped by the phone's
-    /// maxima. Sizes are kept even (encoders need it) and the aspect ratio of
-    /// the preference is kept when the phone's box is smaller.
+    /// Negotiate: the robot's preferred parameters capped by the phone's maxima ([`negotiate_video`]).
     pub fn negotiate(&self, preferred: VideoParams) -> VideoParams {
-        let v = &self.video;
-        let scale = f64::min(
-            1.0,
-            f64::min(v.max_width as f64 / preferred.width as f64, v.max_height as f64 / preferred.height as f64),
-        );
-        let even = |x: f64| ((x as u32) & !1).max(2);
-        VideoParams {
-            width: even(preferred.width as f64 * scale).clamp(MIN_WIDTH, MAX_WIDTH),
-            height: even(preferred.height as f64 * scale).clamp(MIN_HEIGHT, MAX_HEIGHT),
-            fps: preferred.fps.min(v.max_fps).clamp(1, MAX_FPS),
-            kbps: preferred.kbps.min(v.max_kbps).clamp(MIN_KBPS, MAX_KBPS),
-        }
+        negotiate_video(self.video.limits(), preferred)
+    }
+}
+
+/// The robot's preferred parameters capped by the phone's maxima (both
+/// protocol versions). Sizes are kept even (encoders need it) and the
+/// aspect ratio of the preference is kept when the phone's box is smaller.
+pub fn negotiate_video(v: crate::wire::webrtc::VideoLimits, preferred: VideoParams) -> VideoParams {
+    let scale = f64::min(
+        1.0,
+        f64::min(v.max_width as f64 / preferred.width as f64, v.max_height as f64 / preferred.height as f64),
+    );
+    let even = |x: f64| ((x as u32) & !1).max(2);
+    VideoParams {
+        width: even(preferred.width as f64 * scale).clamp(MIN_WIDTH, MAX_WIDTH),
+        height: even(preferred.height as f64 * scale).clamp(MIN_HEIGHT, MAX_HEIGHT),
+        fps: preferred.fps.min(v.max_fps).clamp(1, MAX_FPS),
+        kbps: preferred.kbps.min(v.max_kbps).clamp(MIN_KBPS, MAX_KBPS),
     }
 }
 
@@ -211,13 +227,21 @@ pub fn accepted(robot_nonce: &[u8; 16], ssrc: u32, video: VideoParams, audio_ssr
 /// A parsed in-call request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Drive { linear: f64, angular: f64, ms: u32 },
+    Drive {
+        linear: f64,
+        angular: f64,
+        ms: u32,
+    },
     Stop,
-    Goto { destination: String },
+    Goto {
+        destination: String,
+    },
     Destinations,
     Video(VideoChange),
     Ping,
     Hangup,
+    /// Version 2: the phone's trickled ICE candidates.
+    Ice(crate::wire::webrtc::IceCandidates),
 }
 
 /// What a `video` request changes.
@@ -286,7 +310,7 @@ fn uint(
 
 /// Parse a request by command name.
 pub fn parse_command(command: &str, payload: &[u8]) -> Result<Command, CommandError> {
-    let known = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup"];
+    let known = ["drive", "stop", "goto", "destinations", "video", "ping", "hangup", "ice"];
     if !known.contains(&command) {
         return Err(CommandError::UnknownCommand);
     }
@@ -320,6 +344,7 @@ pub fn parse_command(command: &str, payload: &[u8]) -> Result<Command, CommandEr
         }
         "ping" => Command::Ping,
         "hangup" => Command::Hangup,
+        "ice" => Command::Ice(crate::wire::webrtc::IceCandidates::parse(payload).map_err(CommandError::Invalid)?),
         _ => unreachable!("checked above"),
     })
 }

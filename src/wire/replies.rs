@@ -31,6 +31,9 @@ pub enum RejectReason {
     InternalError,
     /// Too many calls were set up lately (`call.max_setups_per_10s`); try again in a few seconds.
     RateLimited,
+    /// A version 2 call could not get its media going (no answer from the
+    /// media helper within 5 s, or it failed; the `detail` says why).
+    MediaUnavailable,
 }
 
 /// Why a call ended (the `reason` of `ended`).
@@ -44,6 +47,12 @@ pub enum EndReason {
     VideoFailed,
     /// The caller was removed from the owners (robotd decision, documented).
     Revoked,
+    /// Version 2: no ICE connection came up (or it failed for good).
+    IceFailed,
+    /// Version 2: the media helper died, hung or failed.
+    MediaFailed,
+    /// Version 2: the peer's DTLS certificate is not the one in its authenticated SDP.
+    FingerprintMismatch,
 }
 
 impl EndReason {
@@ -56,6 +65,9 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::VideoFailed => "video_failed",
             EndReason::Revoked => "revoked",
+            EndReason::IceFailed => "ice_failed",
+            EndReason::MediaFailed => "media_failed",
+            EndReason::FingerprintMismatch => "fingerprint_mismatch",
         }
     }
 }
@@ -117,6 +129,15 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         audio: Option<AcceptedAudio>,
     },
+    /// A version 2 invite accepted: the robot's SDP answer.
+    #[serde(rename = "accepted")]
+    AcceptedV2 {
+        v: u32,
+        /// The robot's nonce (32 hex).
+        nonce: String,
+        sdp: crate::wire::webrtc::SessionDescription,
+        video: VideoParams,
+    },
     /// Refused.
     Rejected {
         reason: RejectReason,
@@ -153,6 +174,8 @@ impl Reply {
 pub enum Body {
     Reply(Reply),
     Goto(GotoStatus),
+    /// The robot's trickled ICE candidates (`session/{sid}/ice/response`).
+    Candidates(crate::wire::webrtc::IceCandidates),
 }
 
 impl From<Reply> for Body {

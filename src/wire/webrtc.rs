@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::payloads::{InviteError, MAX_FPS, MAX_HEIGHT, MAX_KBPS, MAX_WIDTH, MIN_HEIGHT, MIN_KBPS, MIN_WIDTH};
+use super::payloads::{InviteError, MIN_HEIGHT, MIN_KBPS, MIN_WIDTH};
 use super::payloads::{VideoParams, media_host_problem};
 
 /// Largest SDP text accepted in an invite or a `media` request (the whole
@@ -79,18 +79,7 @@ impl InviteV2 {
 
     /// The robot's preference capped by the phone's limits (as in v1).
     pub fn negotiate(&self, preferred: VideoParams) -> VideoParams {
-        let v = &self.video;
-        let scale = f64::min(
-            1.0,
-            f64::min(v.max_width as f64 / preferred.width as f64, v.max_height as f64 / preferred.height as f64),
-        );
-        let even = |x: f64| ((x as u32) & !1).max(2);
-        VideoParams {
-            width: even(preferred.width as f64 * scale).clamp(MIN_WIDTH, MAX_WIDTH),
-            height: even(preferred.height as f64 * scale).clamp(MIN_HEIGHT, MAX_HEIGHT),
-            fps: preferred.fps.min(v.max_fps).clamp(1, MAX_FPS),
-            kbps: preferred.kbps.min(v.max_kbps).clamp(MIN_KBPS, MAX_KBPS),
-        }
+        super::payloads::negotiate_video(self.video, preferred)
     }
 
     /// The offer's DTLS certificate fingerprint, `AB:CD:...` (checked by `parse`).

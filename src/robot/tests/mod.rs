@@ -6,6 +6,7 @@ mod calls;
 mod estop;
 mod io_scan;
 mod pairings;
+mod webrtc;
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::wire::identity::ClientId;
 use crate::wire::keys::{self, Key32};
 use crate::wire::pairing::{self, PairingUri};
 use crate::wire::props;
+use crate::wire::replies::EndReason;
 use crate::wire::topics;
 
 /// The demo flat's configuration, with the state in memory.
