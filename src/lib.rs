@@ -39,4 +39,5 @@ pub mod phone;
 pub mod robot;
 pub mod state;
 pub mod video;
+pub mod webrtc;
 pub mod wire;

@@ -66,6 +66,10 @@ enum Command {
     },
     /// List the cameras (V4L2 devices) with their formats, sizes and rates.
     Cameras,
+    /// The media helper robotd spawns per call (internal): speaks the
+    /// length-prefixed JSON control protocol on fd 0, a Unix socket.
+    #[command(hide = true)]
+    Media,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +96,12 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
+    if matches!(command, Command::Media) {
+        // Before the configuration: the helper reads none, and gets all it
+        // needs from robotd over fd 0.
+        robotd::daemon::logging::init(false);
+        robotd::webrtc::helper::main();
+    }
     robotd::daemon::logging::init(!matches!(command, Command::Run));
     let cfg = Config::load(&cli.config)?;
     match command {
@@ -180,6 +190,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Media => robotd::webrtc::helper::main(),
         Command::Status => {
             let status: Status = admin(&cfg, Request::Status)?;
             println!("{}", serde_json::to_string_pretty(&status)?);

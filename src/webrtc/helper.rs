@@ -1,0 +1,209 @@
+//! The media helper process, `robotd media`: one call's robot peer, driven
+//! by robotd over the control channel on fd 0 (one end of a Unix socket
+//! pair; see [`super::ipc`]).
+//!
+//! - It sandboxes itself first: `PR_SET_NO_NEW_PRIVS` (no setuid gains) and
+//!   `PR_SET_PDEATHSIG(SIGKILL)` (it dies with robotd).
+//! - It sends a `Heartbeat` every second, so robotd can tell a hung helper.
+//! - On end of stream (robotd gone or closed the socket), on `Stop`, or when
+//!   the call's media ends, it stops the pipeline (bounded) and `_exit`s: a
+//!   stuck driver cannot keep it alive.
+//! - One call per process: GStreamer's DTLS certificate is made once per
+//!   process, so a fresh helper per call means a fresh certificate per call.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::ipc::{self, FromHelper, ToHelper};
+use super::{PeerEvent, RobotPeer};
+
+/// How long teardown may take before the helper exits anyway.
+const STOP_BOUND: Duration = Duration::from_secs(3);
+
+type Out = Arc<Mutex<File>>;
+
+fn send(out: &Out, msg: &FromHelper) {
+    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = ipc::write_frame(&mut *w, msg) {
+        tracing::debug!(error = %e, "media control channel write failed");
+    }
+}
+
+/// Apply the process-wide restrictions; the first thing the helper does.
+pub fn sandbox() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // The parent may have died before PDEATHSIG was armed: then we are
+    // re-parented and must not run on.
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } == 1 {
+        exit_now(0);
+    }
+    Ok(())
+}
+
+fn exit_now(code: i32) -> ! {
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once, without running atexit
+    // handlers or destructors (GStreamer threads may be stuck).
+    unsafe { libc::_exit(code) }
+}
+
+/// `robotd media`: never returns.
+pub fn main() -> ! {
+    if let Err(e) = sandbox() {
+        eprintln!("robotd media: sandbox: {e}");
+        exit_now(2);
+    }
+    let fd = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("robotd media: fd 0 (the control socket): {e}");
+            exit_now(2);
+        }
+    };
+    let mut input = File::from(fd);
+    let out: Out = match input.try_clone() {
+        Ok(f) => Arc::new(Mutex::new(f)),
+        Err(e) => {
+            eprintln!("robotd media: fd 0: {e}");
+            exit_now(2);
+        }
+    };
+    {
+        let out = out.clone();
+        let _ = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+            loop {
+                send(&out, &FromHelper::Heartbeat);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    }
+    let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
+    let end = |peer: &Arc<Mutex<Option<RobotPeer>>>, code: i32| -> ! {
+        stop_bounded(peer);
+        exit_now(code)
+    };
+    loop {
+        let msg = match ipc::read_frame::<_, ToHelper>(&mut input) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!("media control channel closed; stopping");
+                end(&peer, 0);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bad media control message; stopping");
+                send(&out, &FromHelper::Ended { reason: "internal".into(), detail: e.to_string() });
+                end(&peer, 2);
+            }
+        };
+        match msg {
+            ToHelper::Start { offer_sdp, video, ice } => {
+                if peer.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    send(
+                        &out,
+                        &FromHelper::Ended { reason: "internal".into(), detail: "second Start in one helper".into() },
+                    );
+                    end(&peer, 2);
+                }
+                let (tx, rx) = mpsc::channel();
+                match RobotPeer::answer(&offer_sdp, &video, &ice, tx) {
+                    Ok((p, sdp)) => {
+                        *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                        send(&out, &FromHelper::Answer { sdp });
+                        spawn_forwarder(rx, out.clone(), peer.clone());
+                    }
+                    Err(e) => {
+                        let reason = match e {
+                            super::WebrtcError::Sdp(_) => "bad_offer",
+                            super::WebrtcError::Video(_) | super::WebrtcError::MissingElement { .. } => "video_failed",
+                            _ => "internal",
+                        };
+                        send(&out, &FromHelper::Ended { reason: reason.into(), detail: e.to_string() });
+                        end(&peer, 0);
+                    }
+                }
+            }
+            ToHelper::RemoteCandidate { mline, candidate } => {
+                if let Some(p) = peer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    p.add_remote_candidate(mline, &candidate);
+                }
+            }
+            ToHelper::EndOfCandidates => {
+                if let Some(p) = peer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    p.end_of_candidates();
+                }
+            }
+            ToHelper::Stop => {
+                stop_bounded(&peer);
+                send(&out, &FromHelper::Ended { reason: "stopped".into(), detail: String::new() });
+                exit_now(0);
+            }
+        }
+    }
+}
+
+/// Turn peer events into messages; an ending event stops the helper.
+fn spawn_forwarder(rx: mpsc::Receiver<PeerEvent>, out: Out, peer: Arc<Mutex<Option<RobotPeer>>>) {
+    let _ = std::thread::Builder::new().name("events".into()).spawn(move || {
+        for ev in rx {
+            let (msg, ends) = match ev {
+                PeerEvent::LocalCandidate { mline, candidate } => {
+                    (FromHelper::LocalCandidate { mline, candidate }, false)
+                }
+                PeerEvent::EndOfCandidates => (FromHelper::EndOfCandidates, false),
+                PeerEvent::IceState(ice) => {
+                    let failed = ice == "failed";
+                    let msg = if failed {
+                        FromHelper::Ended { reason: "ice_failed".into(), detail: "ICE connection failed".into() }
+                    } else {
+                        FromHelper::State { ice }
+                    };
+                    (msg, failed)
+                }
+                PeerEvent::Connected => (FromHelper::Connected, false),
+                PeerEvent::FingerprintMismatch { want, got } => (
+                    FromHelper::Ended {
+                        reason: "fingerprint_mismatch".into(),
+                        detail: format!("DTLS certificate {got}, the offer names {want}"),
+                    },
+                    true,
+                ),
+                PeerEvent::Failed(detail) => (FromHelper::Ended { reason: "internal".into(), detail }, true),
+            };
+            send(&out, &msg);
+            if ends {
+                stop_bounded(&peer);
+                exit_now(0);
+            }
+        }
+    });
+}
+
+/// Stop the peer on a thread; give up waiting after [`STOP_BOUND`].
+fn stop_bounded(peer: &Arc<Mutex<Option<RobotPeer>>>) {
+    let taken = match peer.try_lock() {
+        Ok(mut g) => g.take(),
+        Err(_) => None,
+    };
+    let Some(p) = taken else { return };
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new().name("stop".into()).spawn(move || {
+        p.stop();
+        let _ = tx.send(());
+    });
+    if spawned.is_ok() {
+        let _ = rx.recv_timeout(STOP_BOUND);
+    }
+}

@@ -1,0 +1,182 @@
+//! The control channel between robotd and its media helper (`robotd media`):
+//! length-prefixed JSON frames on a Unix socket (the helper's fd 0).
+//!
+//! A frame is a u32 big-endian length followed by that many bytes of JSON,
+//! at most [`MAX_FRAME`]. Messages are internally tagged (`"type"`).
+//! The blocking helpers here serve the helper process; robotd's async side
+//! reads the 4-byte header, checks it with [`frame_len`], reads the body and
+//! calls [`decode`]; it writes [`encode`]'s bytes.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{IceConfig, VideoSpec};
+
+/// Largest frame body accepted or sent (an SDP offer is at most ~12 KB).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// robotd → helper.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ToHelper {
+    /// Answer this offer and send video.
+    Start { offer_sdp: String, video: VideoSpec, ice: IceConfig },
+    /// A candidate of the phone's (`candidate:…`).
+    RemoteCandidate { mline: u32, candidate: String },
+    /// The phone has no more candidates.
+    EndOfCandidates,
+    /// Hang up: the helper stops the pipeline and exits.
+    Stop,
+}
+
+/// helper → robotd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum FromHelper {
+    /// The SDP answer to `Start`'s offer.
+    Answer {
+        sdp: String,
+    },
+    LocalCandidate {
+        mline: u32,
+        candidate: String,
+    },
+    EndOfCandidates,
+    /// ICE connection state (webrtcbin's names: checking, connected, failed…).
+    State {
+        ice: String,
+    },
+    /// DTLS done, the phone's certificate matched the offer: video flows.
+    Connected,
+    /// The call's media ended; the helper exits after sending this.
+    /// `reason`: `fingerprint_mismatch`, `video_failed`, `ice_failed`,
+    /// `bad_offer`, `internal`, `stopped`.
+    Ended {
+        reason: String,
+        detail: String,
+    },
+    /// Sent every second, from the moment the helper runs.
+    Heartbeat,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("media control channel: {0}")]
+    Io(#[from] io::Error),
+    #[error("media control frame of {len} bytes is larger than the {MAX_FRAME}-byte limit")]
+    TooLarge { len: usize },
+    #[error("media control channel closed inside a frame")]
+    Truncated,
+    #[error("media control message is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Check a frame header; the body length it announces.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, IpcError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(IpcError::TooLarge { len });
+    }
+    Ok(len)
+}
+
+/// A message as a whole frame (header and body).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(IpcError::TooLarge { len: body.len() });
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// A frame body as a message.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, IpcError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// Write one message (one `write_all`, so frames from several threads that
+/// share a locked writer never interleave).
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), IpcError> {
+    w.write_all(&encode(msg)?)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Read one message; `Ok(None)` on a clean end of stream between frames.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, IpcError> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(IpcError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = frame_len(header)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => IpcError::Truncated,
+        _ => IpcError::Io(e),
+    })?;
+    decode(&body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> ToHelper {
+        ToHelper::Start { offer_sdp: "v=0\r\n".into(), video: video(), ice: IceConfig::default() }
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &start()).unwrap();
+        write_frame(&mut buf, &ToHelper::Stop).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_frame::<_, ToHelper>(&mut r).unwrap(), Some(start()));
+        assert_eq!(read_frame::<_, ToHelper>(&mut r).unwrap(), Some(ToHelper::Stop));
+        assert!(read_frame::<_, ToHelper>(&mut r).unwrap().is_none());
+        let e = FromHelper::Ended { reason: "fingerprint_mismatch".into(), detail: "x".into() };
+        let bytes = encode(&e).unwrap();
+        assert_eq!(decode::<FromHelper>(&bytes[4..]).unwrap(), e);
+        assert!(String::from_utf8_lossy(&bytes[4..]).contains(r#""type":"Ended""#));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading_the_body() {
+        let mut r = &((MAX_FRAME as u32 + 1).to_be_bytes())[..];
+        assert!(matches!(read_frame::<_, ToHelper>(&mut r), Err(IpcError::TooLarge { .. })));
+        let mut r = &u32::MAX.to_be_bytes()[..];
+        assert!(matches!(read_frame::<_, ToHelper>(&mut r), Err(IpcError::TooLarge { .. })));
+        let big = ToHelper::Start { offer_sdp: "x".repeat(MAX_FRAME), video: video(), ice: IceConfig::default() };
+        assert!(matches!(encode(&big), Err(IpcError::TooLarge { .. })));
+    }
+
+    fn video() -> VideoSpec {
+        VideoSpec { device: "test".into(), width: 320, height: 240, fps: 15, kbps: 300 }
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        for body in
+            [&b"not json"[..], b"{}", br#"{"type":"Nope"}"#, br#"{"type":"RemoteCandidate","mline":-1}"#, b"\xff\xfe"]
+        {
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(body);
+            assert!(matches!(read_frame::<_, ToHelper>(&mut &frame[..]), Err(IpcError::Json(_))), "{body:?}");
+        }
+        // Truncated header and body.
+        assert!(matches!(read_frame::<_, ToHelper>(&mut &[0u8, 0][..]), Err(IpcError::Truncated)));
+        assert!(matches!(read_frame::<_, ToHelper>(&mut &[0u8, 0, 0, 9, b'{'][..]), Err(IpcError::Truncated)));
+    }
+}

@@ -1,0 +1,441 @@
+//! WebRTC calls end to end (issue 13): the robot's media helper (`robotd
+//! media`, the real binary) and a phone peer ([`robotd::webrtc::PhonePeer`]),
+//! each in its own process inside a network namespace of the small internet
+//! (tests/common/netns.rs). The test process only relays the signalling: the
+//! offer, the answer and the trickled candidates.
+//!
+//! The phone's process is this test binary re-executed with
+//! `ROBOTD_TEST_WEBRTC_PHONE=1` and `--exact phone_process`: the test
+//! `phone_process` does nothing unless that variable is set, and then runs a
+//! phone peer driven over its stdin (a Unix socket) with the same framing as
+//! the helper ([`robotd::webrtc::ipc`]). GStreamer makes one DTLS
+//! certificate per process, so the two peers must not share one.
+//!
+//! The tests skip (with a message) without root or `ip netns`, unless
+//! `ROBOTD_NETNS_REQUIRED=1`.
+
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use robotd::webrtc::ipc::{self, FromHelper, ToHelper};
+use robotd::webrtc::{IceConfig, PeerEvent, PhonePeer, VideoSpec};
+use serde::{Deserialize, Serialize};
+
+const PHONE_ENV: &str = "ROBOTD_TEST_WEBRTC_PHONE";
+const PHONE_ICE_ENV: &str = "ROBOTD_TEST_WEBRTC_PHONE_ICE";
+/// Generous: ICE + DTLS + the first keyframe on a busy 2-core machine.
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// test → phone process.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum ToPhone {
+    Answer { sdp: String },
+    RemoteCandidate { mline: u32, candidate: String },
+    EndOfCandidates,
+}
+
+/// phone process → test.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum FromPhone {
+    Offer {
+        sdp: String,
+    },
+    LocalCandidate {
+        mline: u32,
+        candidate: String,
+    },
+    EndOfCandidates,
+    /// Frames decoded so far (every 250 ms).
+    Frames {
+        n: u64,
+    },
+    Mismatch {
+        want: String,
+        got: String,
+    },
+    Other {
+        what: String,
+    },
+}
+
+/// The phone process (see the module doc); a no-op as a plain test.
+#[test]
+fn phone_process() {
+    if std::env::var_os(PHONE_ENV).is_none() {
+        return;
+    }
+    let code = match run_phone() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("phone process: {e}");
+            1
+        }
+    };
+    // SAFETY: ends the process at once (no harness output, no teardown of
+    // GStreamer threads).
+    unsafe { libc::_exit(code) }
+}
+
+fn run_phone() -> Result<(), String> {
+    let ice: IceConfig = match std::env::var(PHONE_ICE_ENV) {
+        Ok(j) => serde_json::from_str(&j).map_err(|e| e.to_string())?,
+        Err(_) => IceConfig::default(),
+    };
+    let mut input = File::from(std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| e.to_string())?);
+    let out = Arc::new(Mutex::new(input.try_clone().map_err(|e| e.to_string())?));
+    let send = move |out: &Arc<Mutex<File>>, m: &FromPhone| {
+        let _ = ipc::write_frame(&mut *out.lock().unwrap(), m);
+    };
+    let (tx, rx) = mpsc::channel();
+    let (peer, offer) = PhonePeer::offer(&ice, tx).map_err(|e| e.to_string())?;
+    let peer = Arc::new(peer);
+    send(&out, &FromPhone::Offer { sdp: offer });
+    {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            for ev in rx {
+                let m = match ev {
+                    PeerEvent::LocalCandidate { mline, candidate } => FromPhone::LocalCandidate { mline, candidate },
+                    PeerEvent::EndOfCandidates => FromPhone::EndOfCandidates,
+                    PeerEvent::FingerprintMismatch { want, got } => FromPhone::Mismatch { want, got },
+                    other => FromPhone::Other { what: format!("{other:?}") },
+                };
+                send(&out, &m);
+            }
+        });
+    }
+    {
+        let (out, peer) = (out.clone(), peer.clone());
+        std::thread::spawn(move || {
+            loop {
+                send(&out, &FromPhone::Frames { n: peer.frames_decoded() });
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+    }
+    while let Some(m) = ipc::read_frame::<_, ToPhone>(&mut input).map_err(|e| e.to_string())? {
+        match m {
+            ToPhone::Answer { sdp } => peer.set_answer(&sdp).map_err(|e| e.to_string())?,
+            ToPhone::RemoteCandidate { mline, candidate } => peer.add_remote_candidate(mline, &candidate),
+            ToPhone::EndOfCandidates => peer.end_of_candidates(),
+        }
+    }
+    Ok(())
+}
+
+/// What the relay hears.
+#[derive(Debug)]
+enum Heard {
+    Robot(FromHelper),
+    RobotGone(String),
+    Phone(FromPhone),
+    PhoneGone(String),
+}
+
+/// A child process with the other end of a socket pair as its stdin.
+struct Proc {
+    child: Child,
+    sock: UnixStream,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    fn spawn<T: serde::de::DeserializeOwned + Send + 'static>(
+        mut cmd: Command,
+        log: std::path::PathBuf,
+        tx: Sender<Heard>,
+        wrap: fn(T) -> Heard,
+        gone: fn(String) -> Heard,
+    ) -> Proc {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let out = File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let mut reader = mine.try_clone().unwrap();
+        std::thread::spawn(move || {
+            loop {
+                match ipc::read_frame::<_, T>(&mut reader) {
+                    Ok(Some(m)) => {
+                        if tx.send(wrap(m)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(gone("end of stream".into()));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(gone(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        Proc { child, sock: mine, log }
+    }
+
+    fn send<T: Serialize>(&mut self, m: &T) {
+        // A peer that died is seen by its reader; writes to it may fail.
+        let _ = ipc::write_frame(&mut self.sock, m);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn robot_helper(ns: &netns::Ns, dir: &std::path::Path, tx: Sender<Heard>) -> Proc {
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_robotd"));
+    cmd.arg("media").env("RUST_LOG", "info");
+    Proc::spawn::<FromHelper>(cmd, dir.join("robot-helper.log"), tx, Heard::Robot, Heard::RobotGone)
+}
+
+fn spawn_phone(ns: &netns::Ns, dir: &std::path::Path, ice: &IceConfig, tx: Sender<Heard>) -> Proc {
+    let mut cmd = ns.command(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "phone_process", "--nocapture", "--test-threads=1"])
+        .env(PHONE_ENV, "1")
+        .env(PHONE_ICE_ENV, serde_json::to_string(ice).unwrap());
+    Proc::spawn::<FromPhone>(cmd, dir.join("phone.log"), tx, Heard::Phone, Heard::PhoneGone)
+}
+
+fn small_video() -> VideoSpec {
+    VideoSpec { device: "test".into(), width: 320, height: 240, fps: 15, kbps: 300 }
+}
+
+/// Change every `a=fingerprint:sha-256` of an SDP (its first byte).
+fn tamper_fingerprint(sdp: &str) -> String {
+    let mut out = String::new();
+    for line in sdp.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("a=fingerprint:sha-256 ") {
+            let first = if rest.starts_with("00") { "11" } else { "00" };
+            out.push_str("a=fingerprint:sha-256 ");
+            out.push_str(first);
+            out.push_str(&rest[2..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// One call: the phone offers, the robot's helper answers, the test relays.
+struct Call {
+    robot: Proc,
+    phone: Proc,
+    rx: Receiver<Heard>,
+    frames: u64,
+    robot_heard: Vec<FromHelper>,
+    robot_gone: Option<String>,
+    phone_heard: Vec<String>,
+    answer: Option<String>,
+}
+
+impl Call {
+    fn start(
+        net: &netns::Internet,
+        robot_ns: &netns::Ns,
+        phone_ns: &netns::Ns,
+        robot_ice: IceConfig,
+        phone_ice: IceConfig,
+        tamper: bool,
+    ) -> Call {
+        let (tx, rx) = mpsc::channel();
+        let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, tx.clone());
+        let offer = match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(Heard::Phone(FromPhone::Offer { sdp })) => sdp,
+            Ok(Heard::PhoneGone(why)) => panic!("phone process ended before its offer ({why}):\n{}", phone.log()),
+            Ok(other) => panic!("unexpected before the offer: {other:?}"),
+            Err(_) => panic!("no offer from the phone process:\n{}", phone.log()),
+        };
+        assert!(offer.contains("a=recvonly") && offer.contains("H264/90000"), "phone offer:\n{offer}");
+        assert!(offer.contains(robotd::webrtc::TWCC_URI), "the phone offers transport-cc (trap d):\n{offer}");
+        let offer = if tamper { tamper_fingerprint(&offer) } else { offer };
+        let mut robot = robot_helper(robot_ns, net.dir(), tx);
+        robot.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), ice: robot_ice });
+        Call {
+            robot,
+            phone,
+            rx,
+            frames: 0,
+            robot_heard: Vec::new(),
+            robot_gone: None,
+            phone_heard: Vec::new(),
+            answer: None,
+        }
+    }
+
+    /// Relay until `done` or `timeout`; whether `done` became true.
+    fn pump(&mut self, timeout: Duration, mut done: impl FnMut(&Call) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let heard = match self.rx.recv_timeout(left.min(Duration::from_millis(500))) {
+                Ok(h) => h,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return done(self),
+            };
+            match heard {
+                Heard::Robot(m) => {
+                    match &m {
+                        FromHelper::Answer { sdp } => {
+                            self.answer = Some(sdp.clone());
+                            self.phone.send(&ToPhone::Answer { sdp: sdp.clone() });
+                        }
+                        FromHelper::LocalCandidate { mline, candidate } => {
+                            self.phone.send(&ToPhone::RemoteCandidate { mline: *mline, candidate: candidate.clone() })
+                        }
+                        FromHelper::EndOfCandidates => self.phone.send(&ToPhone::EndOfCandidates),
+                        _ => {}
+                    }
+                    if !matches!(m, FromHelper::Heartbeat | FromHelper::LocalCandidate { .. }) {
+                        self.robot_heard.push(m);
+                    }
+                }
+                Heard::RobotGone(why) => self.robot_gone = Some(why),
+                Heard::Phone(m) => match m {
+                    FromPhone::LocalCandidate { mline, candidate } => {
+                        self.robot.send(&ToHelper::RemoteCandidate { mline, candidate })
+                    }
+                    FromPhone::EndOfCandidates => self.robot.send(&ToHelper::EndOfCandidates),
+                    FromPhone::Frames { n } => self.frames = n,
+                    other => self.phone_heard.push(format!("{other:?}")),
+                },
+                Heard::PhoneGone(why) => self.phone_heard.push(format!("phone process gone: {why}")),
+            }
+        }
+    }
+
+    fn robot_ended(&self) -> Option<(&str, &str)> {
+        self.robot_heard.iter().find_map(|m| match m {
+            FromHelper::Ended { reason, detail } => Some((reason.as_str(), detail.as_str())),
+            _ => None,
+        })
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "frames {}; robot said {:?} (gone: {:?}); phone said {:?}\n--- answer\n{}\n--- robot helper log\n{}\n--- phone log\n{}",
+            self.frames,
+            self.robot_heard,
+            self.robot_gone,
+            self.phone_heard,
+            self.answer.as_deref().unwrap_or("(none)"),
+            self.robot.log(),
+            self.phone.log()
+        )
+    }
+}
+
+/// (a) Robot and phone on the same LAN, host candidates only, no STUN/TURN:
+/// the phone decodes video, and the robot reports the call connected only
+/// after the phone's certificate matched its offer.
+#[test]
+fn a_phone_on_the_robots_lan_sees_video() {
+    let Some(net) = netns::Internet::new() else { return };
+    let mut call = Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), false);
+    let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 30 || c.robot_ended().is_some());
+    assert!(ok && call.frames >= 30, "no video on the LAN: {}", call.report());
+    let answer = call.answer.clone().unwrap();
+    assert!(answer.contains("a=sendonly") && answer.contains("H264/90000"), "answer:\n{answer}");
+    assert!(answer.contains("profile-level-id=42e01f"), "answer:\n{answer}");
+    assert!(call.robot_heard.contains(&FromHelper::Connected), "robot never said Connected: {}", call.report());
+    assert_eq!(call.robot_ended(), None, "{}", call.report());
+    call.robot.send(&ToHelper::Stop);
+    assert!(
+        call.pump(Duration::from_secs(20), |c| c.robot_ended().is_some()),
+        "no Ended after Stop: {}",
+        call.report()
+    );
+    assert_eq!(call.robot_ended().map(|e| e.0), Some("stopped"));
+}
+
+/// (b) The offer reaches the robot with another fingerprint than the phone's
+/// certificate (what an attacker on the media path would present): the robot
+/// ends the call `fingerprint_mismatch`, and not one frame is decoded.
+#[test]
+fn a_certificate_that_is_not_the_offers_gets_no_video() {
+    let Some(net) = netns::Internet::new() else { return };
+    let mut call = Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), true);
+    let ended = call.pump(CALL_TIMEOUT, |c| c.robot_ended().is_some() || c.frames > 0);
+    assert!(ended, "the robot did not end the call: {}", call.report());
+    assert_eq!(call.robot_ended().map(|e| e.0), Some("fingerprint_mismatch"), "{}", call.report());
+    call.pump(Duration::from_secs(5), |c| c.frames > 0);
+    assert_eq!(call.frames, 0, "frames reached the phone despite the mismatch: {}", call.report());
+    assert!(!call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
+}
+
+/// (c) The supervision hook: when the helper dies (SIGKILL), robotd sees the
+/// end of its control socket at once; and a helper whose robotd closed the
+/// socket exits by itself.
+#[test]
+fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
+    let Some(net) = netns::Internet::new() else { return };
+    let offer = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp");
+    let (tx, rx) = mpsc::channel();
+    let mut helper = robot_helper(&net.robot, net.dir(), tx.clone());
+    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), ice: IceConfig::default() });
+    let answered = wait_for(&rx, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Answer { .. })));
+    assert!(answered, "no answer to a Chromium offer:\n{}", helper.log());
+    assert!(wait_for(&rx, Duration::from_secs(10), |h| matches!(h, Heard::Robot(FromHelper::Heartbeat))));
+    helper.child.kill().unwrap();
+    let eof = wait_for(&rx, Duration::from_secs(20), |h| matches!(h, Heard::RobotGone(_)));
+    assert!(eof, "no end of stream after SIGKILL:\n{}", helper.log());
+
+    // The other way: robotd closes its end (or dies); the helper exits.
+    let (tx2, rx2) = mpsc::channel();
+    let mut helper = robot_helper(&net.robot, net.dir(), tx2);
+    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), ice: IceConfig::default() });
+    assert!(wait_for(&rx2, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Answer { .. }))));
+    helper.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = helper.child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.is_some_and(|s| s.success()), "helper did not exit after EOF ({status:?}):\n{}", helper.log());
+    drop(tx);
+}
+
+fn wait_for(rx: &Receiver<Heard>, timeout: Duration, mut f: impl FnMut(&Heard) -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(h) if f(&h) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
