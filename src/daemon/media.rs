@@ -6,18 +6,26 @@
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::helper::Helper;
 use crate::config::{AudioConfig, VideoConfig};
-use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError};
+use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
+use crate::webrtc::ipc::{FromHelper, ToHelper};
+use crate::webrtc::{IceConfig, VideoSpec};
 use crate::wire::identity::ClientId;
 use crate::wire::payloads::VideoChange;
+use crate::wire::replies::EndReason;
+use crate::wire::webrtc::Candidate;
 
 /// What the media side reports to the main loop.
 pub enum MediaEvent {
     /// The senders of `session` are running.
     Started { session: ClientId, video: VideoSender, audio: Option<AudioSender> },
-    /// The media of `session` failed (start error, camera unplugged, EOS).
+    /// The media of `session` failed (start error, camera unplugged, EOS;
+    /// for version 2, the helper died or hung).
     Failed { session: ClientId, detail: String },
+    /// What the media helper of a version 2 call said.
+    Helper { session: ClientId, msg: FromHelper },
 }
 
 impl std::fmt::Debug for MediaEvent {
@@ -25,6 +33,7 @@ impl std::fmt::Debug for MediaEvent {
         match self {
             MediaEvent::Started { session, .. } => write!(f, "Started({session})"),
             MediaEvent::Failed { session, detail } => write!(f, "Failed({session}: {detail})"),
+            MediaEvent::Helper { session, msg } => write!(f, "Helper({session}: {msg:?})"),
         }
     }
 }
@@ -44,11 +53,45 @@ pub struct Media {
     /// The call whose media was last started and not stopped since.
     current: Option<ClientId>,
     running: Option<Running>,
+    /// The media helper of the current version 2 call.
+    helper: Option<Helper>,
 }
 
 impl Media {
     pub fn new(video_cfg: VideoConfig, audio_cfg: AudioConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Self {
-        Media { video_cfg, audio_cfg, events, current: None, running: None }
+        Media { video_cfg, audio_cfg, events, current: None, running: None, helper: None }
+    }
+
+    /// Start a version 2 call's media helper with the phone's offer; its
+    /// answer, candidates and end arrive as [`MediaEvent::Helper`].
+    pub fn start_webrtc(&mut self, req: WebRtcRequest, ice: IceConfig) {
+        self.stop();
+        self.current = Some(req.session.clone());
+        let v = req.video;
+        let video = VideoSpec {
+            device: self.video_cfg.device.clone(),
+            width: v.width,
+            height: v.height,
+            fps: v.fps,
+            kbps: v.kbps,
+        };
+        match Helper::spawn(req.session.clone(), req.offer_sdp, video, ice, self.events.clone()) {
+            Ok(h) => self.helper = Some(h),
+            Err(detail) => {
+                let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });
+            }
+        }
+    }
+
+    /// The phone's candidates, for the helper of `session`.
+    pub fn remote_candidates(&mut self, session: &ClientId, candidates: Vec<Candidate>, end: bool) {
+        let Some(h) = self.helper.as_ref().filter(|h| &h.session == session) else { return };
+        for c in candidates {
+            h.send(ToHelper::RemoteCandidate { mline: c.mline, candidate: c.candidate });
+        }
+        if end {
+            h.send(ToHelper::EndOfCandidates);
+        }
     }
 
     /// Start the senders in the background; a `Started` or `Failed` event follows.
@@ -121,6 +164,7 @@ impl Media {
                 Some(MediaReport::Started { session })
             }
             MediaEvent::Failed { session, detail } => Some(MediaReport::Failed { session, detail }),
+            MediaEvent::Helper { session, msg } => helper_report(session, msg),
         }
     }
 
@@ -161,6 +205,9 @@ impl Media {
     /// Stop whatever runs (in the background; returns at once).
     pub fn stop(&mut self) {
         self.current = None;
+        if let Some(h) = self.helper.take() {
+            h.stop();
+        }
         if let Some(r) = self.running.take() {
             stop_in_background(r.video, r.audio);
         }
@@ -169,10 +216,37 @@ impl Media {
     /// Stop whatever runs and wait for it (shutdown).
     pub async fn stop_and_wait(&mut self) {
         self.current = None;
+        if let Some(h) = self.helper.take() {
+            h.stop();
+        }
         if let Some(r) = self.running.take() {
             let _ = tokio::task::spawn_blocking(move || stop_all(r.video, r.audio)).await;
         }
     }
+}
+
+/// What a helper message means to the core (heartbeats and ICE states are
+/// the supervisor's business).
+fn helper_report(session: ClientId, msg: FromHelper) -> Option<MediaReport> {
+    Some(match msg {
+        FromHelper::Answer { sdp } => MediaReport::Answer { session, sdp },
+        FromHelper::LocalCandidate { mline, candidate } => {
+            MediaReport::LocalCandidates { session, candidates: vec![Candidate { mline, candidate }], end: false }
+        }
+        FromHelper::EndOfCandidates => MediaReport::LocalCandidates { session, candidates: vec![], end: true },
+        FromHelper::Connected => MediaReport::Started { session },
+        FromHelper::Ended { reason, .. } if reason == "stopped" => return None,
+        FromHelper::Ended { reason, detail } => {
+            let reason = match reason.as_str() {
+                "fingerprint_mismatch" => EndReason::FingerprintMismatch,
+                "ice_failed" => EndReason::IceFailed,
+                "video_failed" => EndReason::VideoFailed,
+                _ => EndReason::MediaFailed,
+            };
+            MediaReport::Ended { session, reason, detail }
+        }
+        FromHelper::State { .. } | FromHelper::Heartbeat => return None,
+    })
 }
 
 fn stop_all(video: VideoSender, audio: Option<AudioSender>) {

@@ -6,6 +6,7 @@
 //! robot is physically safe before it says goodbye.
 
 pub mod control;
+mod helper;
 pub mod instance;
 pub mod link;
 pub mod logging;
@@ -187,6 +188,7 @@ struct Shell {
     link: LinkHandle,
     media: Media,
     broker_url: String,
+    webrtc: crate::config::webrtc::WebRtcConfig,
 }
 
 impl Shell {
@@ -200,13 +202,16 @@ impl Shell {
                 Effect::Unsubscribe(filter) => self.link.unsubscribe(&filter),
                 Effect::SessionGate(gate) => self.link.set_session_gate(gate),
                 Effect::StartMedia(req) => self.media.start(req),
-                Effect::StartWebRtc(req) => {
-                    // The media helper process (`robotd media`) is not wired in
-                    // yet (issue 13): refuse v2 calls clearly instead of hanging.
-                    let detail = "this robotd does not run version 2 (WebRTC) media yet; call with version 1".into();
-                    queue.extend(core.on_media(MediaReport::Failed { session: req.session, detail }, now()));
+                Effect::StartWebRtc(req) => match self.ice_servers() {
+                    Ok(ice) => self.media.start_webrtc(req, ice),
+                    Err(e) => {
+                        let report = MediaReport::Failed { session: req.session, detail: e.to_string() };
+                        queue.extend(core.on_media(report, now()));
+                    }
+                },
+                Effect::RemoteCandidates { session, candidates, end } => {
+                    self.media.remote_candidates(&session, candidates, end)
                 }
-                Effect::RemoteCandidates { .. } => {}
                 Effect::StopMedia => self.media.stop(),
                 Effect::AdjustVideo { session, change, answer } => {
                     let report = self.media.adjust(session, change, answer);
@@ -214,6 +219,14 @@ impl Shell {
                 }
             }
         }
+    }
+
+    /// This call's STUN/TURN servers: TURN credentials are made now from
+    /// the secret on disk; the helper only gets the result.
+    fn ice_servers(&self) -> Result<crate::webrtc::IceConfig, crate::config::webrtc::TurnCredentialError> {
+        let unix_s = crate::wire::props::now_ms() / 1000;
+        let s = self.webrtc.ice_servers(self.link.robot().as_str(), unix_s)?;
+        Ok(crate::webrtc::IceConfig { stun: s.stun, turn: s.turn, relay_only: s.relay_only })
     }
 
     fn link_info(&self) -> LinkInfo {
@@ -268,6 +281,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
         link: link.handle(),
         media: Media::new(cfg.video.clone(), cfg.audio.clone(), media_tx),
         broker_url: cfg.mqtt.url.clone(),
+        webrtc: cfg.webrtc.clone(),
     };
     let first = core.take_effects();
     shell.execute(&mut core, first);
