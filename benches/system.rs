@@ -25,7 +25,10 @@ mod common;
 #[path = "../tests/common/calls.rs"]
 mod calls_kit;
 
-use std::io::{BufRead, Read, Write};
+#[path = "../tests/common/flood.rs"]
+mod flood_kit;
+
+use std::io::{BufRead, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
@@ -319,91 +322,6 @@ async fn floor_sub(args: &[String]) {
     }
 }
 
-fn mqtt_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn varint(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = vec![kind];
-    varint(&mut p, body.len());
-    p.extend_from_slice(body);
-    p
-}
-
-/// A forged PUBLISH (QoS 0) with `from`, `seq`, `ts` and a wrong `mac`.
-fn forged_publish(topic: &str, from: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut props = Vec::new();
-    for (k, v) in
-        [("from", from.to_owned()), ("seq", seq.to_string()), ("ts", now_ms().to_string()), ("mac", "ab".repeat(32))]
-    {
-        props.push(0x26);
-        mqtt_str(&mut props, k);
-        mqtt_str(&mut props, &v);
-    }
-    let mut body = Vec::new();
-    mqtt_str(&mut body, topic);
-    varint(&mut body, props.len());
-    body.extend_from_slice(&props);
-    body.extend_from_slice(payload);
-    packet(0x30, &body)
-}
-
-/// `flood PORT SECONDS FROM TOPIC...`: write forged PUBLISH packets to the
-/// broker as fast as it reads them, for SECONDS; prints how many.
-fn flood(args: &[String]) {
-    let port: u16 = args[0].parse().unwrap();
-    let secs: u64 = args[1].parse().unwrap();
-    let from = &args[2];
-    let topics = &args[3..];
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut connect = Vec::new();
-    mqtt_str(&mut connect, "MQTT");
-    connect.extend_from_slice(&[5, 0x02, 0, 60, 0]);
-    mqtt_str(&mut connect, &format!("flood-{}", rand::random::<u32>()));
-    s.write_all(&packet(0x10, &connect)).unwrap();
-    let mut ack = [0u8; 64];
-    let _ = s.read(&mut ack).unwrap();
-    // One batch of 64 packets over the topics, written again and again.
-    let payload = br#"{"linear":1.0,"angular":0.0,"ms":1000}"#;
-    let mut batch = Vec::new();
-    for i in 0..64u64 {
-        batch.extend_from_slice(&forged_publish(&topics[i as usize % topics.len()], from, 1_000_000 + i, payload));
-    }
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let mut sent = 0u64;
-    let mut report = start;
-    // Progress lines "packets seconds" (stdout is line-buffered): the bench
-    // kills the flooder and keeps the last line.
-    while Instant::now() < end {
-        if s.write_all(&batch).is_err() {
-            break;
-        }
-        sent += 64;
-        if report.elapsed() >= Duration::from_millis(250) {
-            report = Instant::now();
-            println!("{sent} {:.3}", start.elapsed().as_secs_f64());
-        }
-    }
-    println!("{sent} {:.3}", start.elapsed().as_secs_f64());
-}
-
 // ---------------------------------------------------------------- the robot
 
 const HARDWARE: &str = "[hardware]\nbackend = \"sim\"\n";
@@ -647,7 +565,8 @@ async fn motion_benches(plan: &Plan, out: &mut Vec<String>) {
         let secs = (plan.flood_commands as u64 * 20 / 1000) * 3 / 2 + 10;
         let drops_before = blocking(|| dropped(&r.robot));
         let mut flooder = Command::new(self_exe())
-            .args(["flood", &r.broker.port.to_string(), &secs.to_string(), r.phone.id.as_str()])
+            .args(["flood", &format!("127.0.0.1:{}", r.broker.port), &secs.to_string(), &u64::MAX.to_string()])
+            .arg(r.phone.id.as_str())
             .args(&flood_topics)
             .stdout(Stdio::piped())
             .spawn()
@@ -662,9 +581,7 @@ async fn motion_benches(plan: &Plan, out: &mut Vec<String>) {
         let _ = flooder.kill();
         let o = flooder.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let last: Vec<f64> =
-            text.lines().last().unwrap_or("0 1").split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let (sent, flood_s) = (last.first().copied().unwrap_or(0.0) as u64, last.get(1).copied().unwrap_or(1.0));
+        let (sent, flood_s) = flood_kit::last_report(&text);
         let (s, f) = (stats(&robot), stats(&base));
         let ratio = quiet_p99.map(|q| format!("{:.2}x the quiet p99", s.p99 / q)).unwrap_or_default();
         out.push(format!(
@@ -927,7 +844,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     match args.first().map(String::as_str) {
         Some("floor-sub") => return rt.block_on(floor_sub(&args[1..])),
-        Some("flood") => return flood(&args[1..]),
+        Some("flood") => return flood_kit::flood(&args[1..]),
         _ => {}
     }
     let plan = Plan::from_args(&args);

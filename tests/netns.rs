@@ -45,7 +45,7 @@ fn websocket_upgrade(from: &netns::Ns) -> String {
 fn robot_and_phones_reach_the_broker_on_the_public_address() {
     let Some(mut net) = Internet::new() else { return };
     net.start_mosquitto();
-    for ns in [&net.robot, &net.lan_phone, &net.phone, &net.public] {
+    for ns in [&net.robot, &net.lan_phone, &net.phone, &net.public, &net.attacker] {
         assert!(mqtt_connack(ns), "no CONNACK from the broker seen from {}", ns.name());
     }
     let reply = websocket_upgrade(&net.phone);
@@ -359,7 +359,7 @@ fn drop_removes_every_namespace_and_process_even_on_panic() {
     net.start_mosquitto();
     net.start_turn(&TurnAuth::shared_secret("s"));
     let prefix = net.public.name().trim_end_matches("pub").to_owned();
-    assert_eq!(netns_names().iter().filter(|n| n.starts_with(&prefix)).count(), 6);
+    assert_eq!(netns_names().iter().filter(|n| n.starts_with(&prefix)).count(), 7);
     // A process the test starts and forgets: Drop must kill it too.
     let mut sleeper = net.robot.command("sleep").arg("600").spawn().unwrap();
     let id = sleeper.id() as i32;

@@ -20,46 +20,7 @@ use robotd::wire::identity::ClientId;
 use robotd::wire::props::{self, now_ms};
 use robotd::wire::topics;
 use rumqttc::v5::mqttbytes::QoS;
-use serde_json::{Value, json};
-
-const SMALL_VIDEO: &str = "[video]\nfps = 10\nkbps = 200\n";
-
-/// Resident memory of `pid` in KiB (`VmRSS` in /proc/PID/status).
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// CPU time of `pid` (user + system, /proc/PID/stat fields 14 and 15).
-fn cpu_time(pid: i32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime 15.
-    let ticks = f[11] + f[12];
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
-/// Every drop counter of `robotd status` (link and auth), by name.
-fn drop_counts(st: &Value) -> BTreeMap<String, u64> {
-    let d = &st["dropped"];
-    let mut m = BTreeMap::new();
-    for k in ["topic", "size", "backlog"] {
-        m.insert(k.to_owned(), d[k].as_u64().unwrap_or(0));
-    }
-    if let Some(a) = d["auth"].as_object() {
-        for (k, v) in a {
-            m.insert(format!("auth.{k}"), v.as_u64().unwrap_or(0));
-        }
-    }
-    m
-}
-
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str) -> u64 {
-    after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
-}
+use serde_json::json;
 
 /// Oversized payloads (16 KiB + 1, 1 MB), the exact limit, and deeply nested
 /// JSON from the owner: each is dropped or refused at the cheapest point, the
@@ -232,46 +193,7 @@ async fn flood_during_a_call_owner_still_answered_memory_and_cpu_bounded() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The owner: 300 requests at 50 Hz, alternately drive and ping.
-    let mut pending: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut latencies = Vec::new();
-    let mut answers = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for n in 0..300 {
-        tick.tick().await;
-        let seq = if n % 2 == 0 {
-            phone.send(&mut c, "drive", &json!({"linear": 0.2, "angular": 0.0, "ms": 500})).await
-        } else {
-            phone.send(&mut c, "ping", &json!({})).await
-        };
-        pending.insert(seq, Instant::now());
-        loop {
-            let keys: Vec<u64> = pending.keys().copied().collect();
-            let Some((_, v)) =
-                phone.response(&c, Duration::ZERO, |_, v| v["re"].as_u64().is_some_and(|re| keys.contains(&re))).await
-            else {
-                break;
-            };
-            assert_eq!(v["status"], "ok", "{v}");
-            let t = pending.remove(&v["re"].as_u64().unwrap()).unwrap();
-            latencies.push(t.elapsed());
-            answers += 1;
-        }
-    }
-    let owner_done = Instant::now();
-    // The flood goes on while the last answers come in.
-    while !pending.is_empty() && owner_done.elapsed() < SOON {
-        let keys: Vec<u64> = pending.keys().copied().collect();
-        let Some((_, v)) = phone
-            .response(&c, Duration::from_secs(1), |_, v| v["re"].as_u64().is_some_and(|re| keys.contains(&re)))
-            .await
-        else {
-            continue;
-        };
-        assert_eq!(v["status"], "ok", "{v}");
-        let t = pending.remove(&v["re"].as_u64().unwrap()).unwrap();
-        latencies.push(t.elapsed());
-        answers += 1;
-    }
+    let owner = owner_series(&mut phone, &mut c, 300, Duration::from_millis(20)).await;
     let flood_s = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -283,24 +205,24 @@ async fn flood_during_a_call_owner_still_answered_memory_and_cpu_bounded() {
     let sent = sent.load(Ordering::Relaxed);
     let handled: u64 = d1.keys().map(|k| delta(&d1, &d0, k)).sum();
 
-    latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default();
     let extra_cpu = cpu.as_secs_f64() - quiet_rate * flood_s;
     let per_msg_us = extra_cpu.max(0.0) * 1e6 / handled.max(1) as f64;
     let diff: BTreeMap<&String, u64> = d1.keys().map(|k| (k, delta(&d1, &d0, k))).filter(|(_, v)| *v > 0).collect();
     eprintln!(
         "FIGURE flood: {sent} messages in {flood_s:.1} s ({:.0}/s) from 2 clients; robotd counted {handled} drops {diff:?}; \
-         owner: {answers}/300 answered, latency p50 {:?} p99 {:?} max {:?}; \
+         owner: {}/300 answered ok, latency p50 {:?} p99 {:?} max {:?}; \
          CPU {:.2} s during the flood vs {:.3} s/s for the call alone -> {per_msg_us:.1} us per flood message; \
          RSS {rss0} KiB -> {rss1} KiB",
         sent as f64 / flood_s,
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
+        owner.ok,
+        owner.pct(0.5),
+        owner.pct(0.99),
+        owner.pct(1.0),
         cpu.as_secs_f64(),
         quiet_rate,
     );
-    assert_eq!(answers, 300, "owner requests unanswered during the flood: {:?}", pending.keys().collect::<Vec<_>>());
+    assert!(owner.refused.is_empty(), "owner requests refused during the flood: {:?}", owner.refused);
+    assert_eq!(owner.ok, 300, "owner requests unanswered during the flood: {:?}", owner.lost);
     assert!(sent >= 10_000, "the flood was too small to mean anything: {sent}");
     assert!(handled >= sent / 2, "robotd saw only {handled} of {sent} flood messages: {diff:?}");
     assert!(rss1 < rss0 + 32 * 1024, "RSS grew from {rss0} KiB to {rss1} KiB");

@@ -262,6 +262,25 @@ impl Link {
         }
     }
 
+    /// Drop a publish that rumqttc stashed on a packet-id collision (a
+    /// PUBACK that came late, e.g. behind a flood). rumqttc 0.25 keeps it
+    /// across reconnects (`MqttState::clean()` leaves `collision` set) and
+    /// takes no new request until it is resolved; with clean start the
+    /// colliding packet is never re-sent, so never acked: the link would send
+    /// nothing but pings and time out every two keep-alives, forever
+    /// (bytebeamio/rumqtt#1014 and #1056; fixes #1019 and #1058 not merged).
+    /// robotd never resumes a session, so the stashed publish is lost with
+    /// the connection like the old session's other unacknowledged ones.
+    fn forget_collision(&mut self) {
+        if let Some(p) = self.eventloop.state.collision.take() {
+            warn!(
+                pkid = p.pkid,
+                topic = %String::from_utf8_lossy(&p.topic),
+                "publish lost with the connection (stuck on a packet-id collision)"
+            );
+        }
+    }
+
     /// Run until `shutdown` turns true: poll, reconnect with capped
     /// exponential backoff (100 ms doubling to 2 s, with jitter, forever),
     /// route messages. After a session takeover (another client with our
@@ -431,6 +450,7 @@ impl Link {
                     }
                 }
                 Err(e) => {
+                    self.forget_collision();
                     if was_connected {
                         warn!(error = %e, "connection to broker lost; reconnecting");
                         was_connected = false;

@@ -5,6 +5,7 @@
 //! Loaded with `#[path = "common/calls.rs"] mod calls_kit;` next to `mod common;`.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,10 @@ use crate::common::*;
 
 /// Media always goes to loopback.
 pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Over [`TEST_VIDEO`]: 10 frames/s at 200 kbit/s, for tests that measure
+/// robotd's CPU and want the call's own share small.
+pub const SMALL_VIDEO: &str = "[video]\nfps = 10\nkbps = 200\n";
 
 /// The test camera, small and cheap to encode.
 pub const TEST_VIDEO: &str = "[video]\ndevice = \"test\"\nwidth = 320\nheight = 240\nfps = 30\nkbps = 600\n";
@@ -294,4 +299,117 @@ pub fn untokened(mut v: Value) -> Value {
     let token = v.as_object_mut().and_then(|o| o.remove("token"));
     assert!(token.as_ref().is_some_and(|t| t.is_string()), "an answer in a call without a token: {v}");
     v
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// CPU time of `pid` (user + system, /proc/PID/stat fields 14 and 15).
+pub fn cpu_time(pid: i32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let ticks = f[11] + f[12];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Every drop counter of `robotd status` (link and auth), by name.
+pub fn drop_counts(st: &Value) -> BTreeMap<String, u64> {
+    let d = &st["dropped"];
+    let mut m = BTreeMap::new();
+    for k in ["topic", "size", "backlog"] {
+        m.insert(k.to_owned(), d[k].as_u64().unwrap_or(0));
+    }
+    if let Some(a) = d["auth"].as_object() {
+        for (k, v) in a {
+            m.insert(format!("auth.{k}"), v.as_u64().unwrap_or(0));
+        }
+    }
+    m
+}
+
+/// `after[k] - before[k]` of two [`drop_counts`].
+pub fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
+}
+
+/// What [`owner_series`] saw.
+#[derive(Debug, Default)]
+pub struct OwnerSeries {
+    /// Requests sent.
+    pub sent: usize,
+    /// Answered with `status: ok`.
+    pub ok: usize,
+    /// Answered otherwise (the answers).
+    pub refused: Vec<Value>,
+    /// Never answered (their seqs).
+    pub lost: Vec<u64>,
+    /// Send-to-answer times of the answered ones, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl OwnerSeries {
+    /// The `p`-quantile (0..=1) of the latencies.
+    pub fn pct(&self, p: f64) -> Duration {
+        let l = &self.latencies;
+        l.get(((l.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default()
+    }
+}
+
+/// The owner at work: `n` requests every `period`, alternately a short slow
+/// `drive` and a `ping`, collecting answers as they come; after the last one
+/// waits up to [`SOON`] for the rest. What is not answered by then is lost.
+pub async fn owner_series(phone: &mut Phone, call: &mut ActiveCall, n: usize, period: Duration) -> OwnerSeries {
+    let mut out = OwnerSeries { sent: n, ..OwnerSeries::default() };
+    let mut pending: BTreeMap<u64, Instant> = BTreeMap::new();
+    let take = |out: &mut OwnerSeries, pending: &mut BTreeMap<u64, Instant>, v: Value| {
+        let t = pending.remove(&v["re"].as_u64().unwrap()).unwrap();
+        out.latencies.push(t.elapsed());
+        if v["status"] == "ok" {
+            out.ok += 1;
+        } else {
+            out.refused.push(v);
+        }
+    };
+    let mut tick = tokio::time::interval(period);
+    for i in 0..n {
+        tick.tick().await;
+        let seq = if i % 2 == 0 {
+            phone.send(call, "drive", &json!({"linear": 0.2, "angular": 0.0, "ms": 500})).await
+        } else {
+            phone.send(call, "ping", &json!({})).await
+        };
+        pending.insert(seq, Instant::now());
+        loop {
+            let keys: Vec<u64> = pending.keys().copied().collect();
+            let Some((_, v)) = phone
+                .response(call, Duration::ZERO, |_, v| v["re"].as_u64().is_some_and(|re| keys.contains(&re)))
+                .await
+            else {
+                break;
+            };
+            take(&mut out, &mut pending, v);
+        }
+    }
+    let done = Instant::now();
+    while !pending.is_empty() && done.elapsed() < SOON {
+        let keys: Vec<u64> = pending.keys().copied().collect();
+        let Some((_, v)) = phone
+            .response(call, Duration::from_secs(1), |_, v| v["re"].as_u64().is_some_and(|re| keys.contains(&re)))
+            .await
+        else {
+            continue;
+        };
+        take(&mut out, &mut pending, v);
+    }
+    out.lost = pending.into_keys().collect();
+    out.latencies.sort();
+    out
 }

@@ -155,6 +155,12 @@ pub fn merge_toml(base: &str, extra: &str) -> String {
 impl Robot {
     /// Write a config (base + `extra` TOML appended) and create the robot ID.
     pub fn configure(broker: &Broker, extra: &str) -> Robot {
+        Robot::configure_url(&broker.url(), extra)
+    }
+
+    /// [`Robot::configure`] for a broker at `url` that is not a [`Broker`]
+    /// (e.g. the namespace internet's, tests/common/netns.rs).
+    pub fn configure_url(url: &str, extra: &str) -> Robot {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("robotd.toml");
         let state = dir.path().join("state");
@@ -162,7 +168,7 @@ impl Robot {
         let base = format!(
             "[robot]\nstate_dir = \"{}\"\n[mqtt]\nurl = \"{}\"\nkeep_alive_s = 5\n[control]\nsocket = \"{}\"\n",
             state.display(),
-            broker.url(),
+            url,
             sock.display()
         );
         std::fs::write(&config, merge_toml(&base, extra)).unwrap();
@@ -189,6 +195,13 @@ impl Robot {
         let mut cmd = Command::new(robotd_bin());
         cmd.arg("-c").arg(&self.config);
         self.launch(cmd, env);
+    }
+
+    /// Start as `wrapper ROBOTD -c CONFIG`, for a wrapper that execs its
+    /// arguments (so the PID stays robotd's): `ip netns exec NS`, `taskset`.
+    pub fn spawn_wrapped(&mut self, mut wrapper: Command) {
+        wrapper.arg(robotd_bin()).arg("-c").arg(&self.config);
+        self.launch(wrapper, &[]);
     }
 
     /// Start as systemd does for a unit with `WatchdogSec=`: `NOTIFY_SOCKET`,
@@ -303,8 +316,13 @@ pub struct Probe {
 impl Probe {
     /// Connect and subscribe to `filters` (QoS 1); returns once SUBACKed.
     pub async fn connect(broker: &Broker, filters: &[&str]) -> Probe {
+        Probe::connect_to("127.0.0.1", broker.port, filters).await
+    }
+
+    /// [`Probe::connect`] to a broker at `host:port` that is not a [`Broker`].
+    pub async fn connect_to(host: &str, port: u16, filters: &[&str]) -> Probe {
         let id = format!("probe-{}", rand::random::<u64>());
-        let mut o = MqttOptions::new(id, "127.0.0.1", broker.port);
+        let mut o = MqttOptions::new(id, host, port);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(Some(1 << 20));
         let (client, mut el) = AsyncClient::new(o, 1024);

@@ -4,6 +4,7 @@
 //!                       pub (the "public internet", 198.51.100.0/24, bridge br0)
 //!                       198.51.100.10 SERVER: Mosquitto (MQTT 1883, WebSockets 8080), coturn 3478
 //!                       198.51.100.11 SERVER2: a second public host for tests
+//!                       198.51.100.40 ATTACKER: a host of its own on the internet (namespace `attacker`)
 //!                  ┌────────────┴─────────────┐
 //!     198.51.100.20 wan                          wan 198.51.100.30
 //!   home: NAT (masquerade)               carrier: symmetric NAT (masquerade random,fully-random)
@@ -57,6 +58,9 @@ use std::time::{Duration, Instant};
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// A second public address in `pub` (another "host" on the internet).
 pub const SERVER2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+/// A host of its own on the public segment (namespace `attacker`), for
+/// floods that must not share the robot's or the phone's network path.
+pub const ATTACKER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 40);
 /// The home router's public (WAN) address: what the internet sees of the robot.
 pub const HOME_WAN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 /// The carrier router's public (WAN) address: what the internet sees of the phone.
@@ -342,6 +346,8 @@ pub struct Internet {
     pub lan_phone: Ns,
     pub carrier: Ns,
     pub phone: Ns,
+    /// On the public bridge at [`ATTACKER`], behind no router.
+    pub attacker: Ns,
     dir: tempfile::TempDir,
     services: Vec<Service>,
     impair: Impairments,
@@ -365,6 +371,7 @@ impl Internet {
             lan_phone: ns("lanphone"),
             carrier: ns("carrier"),
             phone: ns("phone"),
+            attacker: ns("attacker"),
             dir: tempfile::tempdir().unwrap(),
             services: Vec::new(),
             impair: Impairments::default(),
@@ -388,8 +395,8 @@ impl Internet {
         Some(net)
     }
 
-    fn all(&self) -> [&Ns; 6] {
-        [&self.public, &self.home, &self.robot, &self.lan_phone, &self.carrier, &self.phone]
+    fn all(&self) -> [&Ns; 7] {
+        [&self.public, &self.home, &self.robot, &self.lan_phone, &self.carrier, &self.phone, &self.attacker]
     }
 
     fn build(&self) {
@@ -419,6 +426,11 @@ impl Internet {
             router.ip("route add default dev wan");
             router.sysctl("net.ipv4.ip_forward", "1");
         }
+        // A plain host on the internet, straight on the bridge.
+        self.attacker.ip(&format!("link add eth0 type veth peer name to-attacker netns {}", public.name));
+        public.ip("link set to-attacker master br0 up");
+        self.attacker.ip(&format!("addr add {ATTACKER}/24 dev eth0"));
+        self.attacker.ip("link set eth0 up");
         public.ip(&format!("route add 192.168.77.0/24 via {HOME_WAN}"));
         public.ip(&format!("route add 10.77.0.0/24 via {CARRIER_WAN}"));
 
@@ -482,11 +494,17 @@ impl Internet {
     /// Start Mosquitto in `pub` on SERVER: MQTT on 1883 and MQTT over
     /// WebSockets on 8080, anonymous; returns once both accept connections.
     pub fn start_mosquitto(&mut self) {
+        self.start_mosquitto_with("");
+    }
+
+    /// [`Internet::start_mosquitto`] with `global` (mosquitto.conf lines of
+    /// global options, e.g. `sys_interval 1\n`) added before the listeners.
+    pub fn start_mosquitto_with(&mut self, global: &str) {
         let conf = self.dir().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "allow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\nmax_keepalive 600\n\
+                "allow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\nmax_keepalive 600\n{global}\
                  listener {MQTT_PORT} {SERVER}\nlistener {MQTT_WS_PORT} {SERVER}\nprotocol websockets\n"
             ),
         )
