@@ -416,6 +416,7 @@ impl Link {
                 }
                 Ok(_) => {}
                 Err(_) if takeover.is_some() => {
+                    self.forget_collision();
                     let stats = &self.handle.stats;
                     stats.taken_over.fetch_add(1, Ordering::Relaxed);
                     stats.last_takeover_ms.store(crate::wire::props::now_ms(), Ordering::Relaxed);
