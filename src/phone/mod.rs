@@ -525,12 +525,21 @@ impl Phone {
         offer: &Offer,
         timeout: Duration,
     ) -> Result<InviteOutcome, PhoneError> {
+        self.invite_with(robot, offer.payload(), timeout).await
+    }
+
+    /// Invite with this payload (version 1 or 2, docs/protocol.md 7.1 and 7.8).
+    pub async fn invite_with(
+        &mut self,
+        robot: &PairedRobot,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InviteOutcome, PhoneError> {
         let session = ClientId::random();
         let resp_topic = topics::invite_response(&robot.robot, &session);
         self.subscribe(&resp_topic).await?;
         self.subscribe(&topics::session_response_filter(&session)).await?;
         let topic = topics::invite(&robot.robot, &session);
-        let payload = offer.payload();
         let seq = self.next_seq();
         let mut m = self.signer(&robot.key).message(topic, payload, seq, seq, None);
         m.props.message_expiry_interval = Some(30);

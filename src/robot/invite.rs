@@ -201,9 +201,18 @@ impl Core {
         self.end_call_answering(reason, None);
     }
 
+    /// End the call saying what happened (version 2 media endings).
+    pub(super) fn end_call_because(&mut self, reason: EndReason, detail: &str) {
+        self.finish_call(reason, None, Some(detail.to_owned()));
+    }
+
     /// End the call; `answering` is the (seq, correlation) of the `hangup`
     /// request being answered, if the phone asked.
     pub(super) fn end_call_answering(&mut self, reason: EndReason, answering: Option<(u64, Option<Bytes>)>) {
+        self.finish_call(reason, answering, None);
+    }
+
+    fn finish_call(&mut self, reason: EndReason, answering: Option<(u64, Option<Bytes>)>, detail: Option<String>) {
         if self.call.as_ref().and_then(|c| c.webrtc.as_ref()).is_some_and(|w| !w.answered) {
             // Not accepted yet: the phone cannot read `ended` (it has no Ks).
             return self.refuse_pending(&format!("the call ended ({}) before its media was ready", reason.as_str()));
@@ -220,7 +229,7 @@ impl Core {
         self.out.push(Effect::Unsubscribe(topics::is_connected(&caller)));
         info!(session = %session, reason = reason.as_str(), "call ended");
         let (re, correlation) = answering.map_or((None, None), |(s, c)| (Some(s), c));
-        self.respond("hangup", Reply::Ended { reason }, re, correlation);
+        self.respond("hangup", Reply::Ended { reason, detail }, re, correlation);
         self.call = None;
     }
 
@@ -231,7 +240,7 @@ impl Core {
         match ev {
             MediaReport::Started { session } if current(&self.call, &session) => self.media_running = true,
             MediaReport::Failed { session, detail } if current(&self.call, &session) => {
-                error!(session = %session, %detail, "video failed");
+                error!(session = %session, %detail, "call media failed");
                 if self.call.as_ref().is_some_and(|c| c.webrtc.is_some()) {
                     self.media_ended(EndReason::MediaFailed, &detail);
                 } else {

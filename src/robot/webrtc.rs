@@ -122,7 +122,7 @@ impl Core {
         if self.call.as_ref().and_then(|c| c.webrtc.as_ref()).is_some_and(|w| !w.answered) {
             return self.refuse_pending(detail);
         }
-        self.end_call(reason);
+        self.end_call_because(reason, detail);
     }
 
     /// Give up a pending call: tear it down as `end_call` does, and answer

@@ -116,8 +116,12 @@ pub enum Reply {
     Video { video: VideoParams },
     /// `stop`.
     Stopped,
-    /// The call is over.
-    Ended { reason: EndReason },
+    /// The call is over; version 2 media endings say what happened in `detail`.
+    Ended {
+        reason: EndReason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// An invite while another call runs.
     Busy,
     /// An invite accepted.
@@ -236,7 +240,7 @@ mod tests {
             r#"{"status":"ok","motion":"idle","at":"hall","re":3}"#
         );
         assert_eq!(
-            bytes(Reply::Ended { reason: EndReason::CallerOffline }, None),
+            bytes(Reply::Ended { reason: EndReason::CallerOffline, detail: None }, None),
             r#"{"status":"ended","reason":"caller_offline"}"#
         );
         assert_eq!(

@@ -2,6 +2,7 @@
 //! people trying a robot without the app.
 
 mod demo;
+mod webrtc;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -143,6 +144,15 @@ struct CallArgs {
     /// Without any, robotctl reads commands from standard input.
     #[arg(short = 'x', long = "exec")]
     exec: Vec<String>,
+    /// Call with protocol version 2 (WebRTC: through NATs, with a STUN/TURN
+    /// server when needed) instead of version 1 (pre-keyed SRTP to
+    /// --media-host, same LAN only). --record and --snapshot are version 1 only for now.
+    #[arg(long)]
+    webrtc: bool,
+    /// Version 2: STUN server for this phone's reflexive candidates
+    /// (`stun:host[:port]`). None by default.
+    #[arg(long)]
+    stun: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -246,6 +256,9 @@ async fn call(keys_path: &Path, auth: &BrokerAuth, a: CallArgs) -> anyhow::Resul
     let keys = Keys::load(keys_path)?;
     let phone_id = keys.phone.clone().context("no phone ID in the keys file; pair first")?;
     let robot = keys.robot(a.robot.as_deref())?.clone();
+    if a.webrtc {
+        return call_v2(keys_path, auth, phone_id, &robot, a).await;
+    }
     let port = if a.port == 0 { free_udp_port(a.media_host)? } else { a.port };
     let offer = Offer {
         host: a.media_host,
@@ -314,6 +327,70 @@ async fn call(keys_path: &Path, auth: &BrokerAuth, a: CallArgs) -> anyhow::Resul
     tokio::task::spawn_blocking(move || receiver.stop()).await??;
     println!("decoded {frames} frames in total");
     p.close().await;
+    Ok(())
+}
+
+/// `call --webrtc`: like `call`, with the media over WebRTC.
+async fn call_v2(
+    keys_path: &Path,
+    auth: &BrokerAuth,
+    phone_id: ClientId,
+    robot: &PairedRobot,
+    a: CallArgs,
+) -> anyhow::Result<()> {
+    if a.record.is_some() || a.snapshot.is_some() {
+        bail!("--record and --snapshot are not available with --webrtc yet");
+    }
+    let stun = match &a.stun {
+        None => None,
+        Some(s) => {
+            let u = robotd::config::webrtc::parse_ice_url(s).map_err(|e| anyhow::anyhow!("--stun: {e}"))?;
+            Some(format!("stun://{}:{}", u.host, u.port))
+        }
+    };
+    let ice = robotd::webrtc::IceConfig { stun, turn: vec![], relay_only: false };
+    let limits =
+        webrtc::Limits { max_width: a.max_width, max_height: a.max_height, max_fps: a.max_fps, max_kbps: a.max_kbps };
+    let mut p = connect(&robot.broker, phone_id, keys_path, auth).await?;
+    let (mut c, mut media) = webrtc::start(&mut p, robot, ice, &limits, Duration::from_secs(15)).await?;
+    println!("accepted: {}", c.accept["video"]);
+    let result = async {
+        media.wait_frames(&mut p, &mut c, a.frames.max(1), Duration::from_secs(60)).await?;
+        println!("decoded {} frames", media.frames());
+        for step in a.exec.iter().map(|s| s.trim()).filter(|s| !s.is_empty() && *s != "hangup") {
+            media.pump(&mut p, &mut c).await?;
+            if let Some(secs) = step.strip_prefix("wait ") {
+                let until = tokio::time::Instant::now() + Duration::from_secs_f64(secs.trim().parse()?);
+                while tokio::time::Instant::now() < until {
+                    media.pump(&mut p, &mut c).await?;
+                    if let Some(why) = &media.failed {
+                        bail!("{why}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+            let (cmd, payload) = parse_step(step)?;
+            let v = p.request(&mut c, &cmd, payload, Duration::from_secs(10)).await?;
+            println!("{cmd}: {v}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // A call the robot ended has nobody to hang up on.
+    let hangup = if media.robot_ended {
+        None
+    } else {
+        Some(p.request(&mut c, "hangup", json!({}), Duration::from_secs(10)).await)
+    };
+    let frames = media.frames();
+    media.stop().await;
+    println!("decoded {frames} frames in total");
+    p.close().await;
+    result?;
+    if let Some(h) = hangup {
+        println!("hangup: {}", h?);
+    }
     Ok(())
 }
 

@@ -1,0 +1,125 @@
+//! Version 2 calls end to end (docs/protocol.md 7.8): robotd with its media
+//! helper, `robotctl call --webrtc` as the phone, the broker on the
+//! namespace internet's server (tests/common/netns.rs). Everything runs in
+//! namespaces made here, so no ICE candidate is this machine's address.
+//! Skips when not root or without `ip netns`, unless `ROBOTD_NETNS_REQUIRED=1`.
+
+#[path = "common/calls.rs"]
+mod calls_kit;
+mod common;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use calls_kit::*;
+use common::*;
+use netns::{Internet, Ns};
+
+/// robotd in the home LAN behind its router, with a test pattern.
+fn robot_in(net: &Internet) -> Robot {
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(TEST_VIDEO, SMALL_VIDEO));
+    robot.spawn_wrapped(net.robot.command("env"));
+    robot
+}
+
+/// `robotctl --keys FILE ARGS...` inside `ns`.
+fn robotctl(ns: &Ns, keys: &Path, args: &[&str]) -> Command {
+    let mut c = ns.command(robotctl_bin());
+    c.arg("--keys").arg(keys).args(args).stdin(Stdio::null());
+    c
+}
+
+/// Pair a robotctl in `ns` with `robot`; returns its keys file.
+fn pair(ns: &Ns, robot: &Robot, dir: &Path) -> PathBuf {
+    let uri = pairing_uri(robot).to_string();
+    let keys = dir.join("keys.json");
+    let out = robotctl(ns, &keys, &["pair", &uri, "--phone", "+48 555 555 555"]).output().unwrap();
+    assert!(out.status.success(), "pairing: {}", said(&out));
+    keys
+}
+
+fn said(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// "decoded N frames" of robotctl's output.
+fn decoded(out: &str) -> u64 {
+    out.lines().filter_map(|l| l.strip_prefix("decoded ")?.split_whitespace().next()?.parse().ok()).max().unwrap_or(0)
+}
+
+/// A phone on the robot's LAN (host candidates only, no STUN or TURN) calls
+/// with WebRTC: the accept carries the robot's answer, candidates trickle
+/// both ways, the video decodes, and the phone drives the robot.
+#[test]
+fn a_phone_on_the_robots_lan_calls_over_webrtc_sees_video_and_drives() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let robot = robot_in(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    let start = sim_pose(&status(&robot));
+    let args = ["call", "--webrtc", "--frames", "30", "-x", "ping", "-x", "drive 0.4 0 600", "-x", "wait 1"];
+    let out = robotctl(&net.lan_phone, &keys, &args).output().unwrap();
+    let text = said(&out);
+    assert!(out.status.success(), "robotctl call --webrtc failed:\n{text}\nrobotd:\n{}", robot.log());
+    assert!(decoded(&text) >= 30, "{text}");
+    assert!(text.contains("ping: {\"status\":\"ok\""), "{text}");
+    assert!(text.contains("drive: {\"status\":\"ok\""), "{text}");
+    let now = sim_pose(&status(&robot));
+    assert!(((now.x - start.x).powi(2) + (now.y - start.y).powi(2)).sqrt() > 0.01, "did not move: {start:?} {now:?}");
+    let log = robot.log();
+    assert!(log.contains("media helper started") && log.contains("v2 call accepted"), "{log}");
+    assert!(status(&robot)["call"].is_null(), "the call did not end: {}", status(&robot));
+}
+
+/// The pid of `robotd media`, robotd's child, once there is one.
+fn helper_pid(robotd: i32) -> Option<i32> {
+    let kids = std::fs::read_to_string(format!("/proc/{robotd}/task/{robotd}/children")).ok()?;
+    kids.split_whitespace().filter_map(|p| p.parse().ok()).find(|p: &i32| {
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"media"))
+    })
+}
+
+/// The media helper killed with SIGKILL mid-call: the phone hears `ended`
+/// `media_failed` at once (not after a frame timeout), robotd stays up with
+/// the motors stopped, and the next call starts a fresh helper and works.
+#[test]
+fn a_killed_media_helper_ends_the_call_media_failed_and_the_next_call_works() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let robot = robot_in(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    let args = ["call", "--webrtc", "--frames", "10", "-x", "drive 0.3 0 1000", "-x", "wait 60"];
+    let mut phone =
+        robotctl(&net.lan_phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let found = wait_until(Duration::from_secs(30), || {
+        status_sync(&robot)["call"].is_object() && helper_pid(robot.pid()).is_some() && robot.log().contains("video")
+    });
+    assert!(found, "no call with a media helper: {}", robot.log());
+    // Frames flow before the kill (robotctl waits for 10 before driving).
+    assert!(wait_until(Duration::from_secs(30), || status_sync(&robot)["motion"] != "idle"
+        || robot.log().contains("deadman")));
+    let helper = helper_pid(robot.pid()).unwrap();
+    let killed = Instant::now();
+    unsafe { libc::kill(helper, libc::SIGKILL) };
+    // Generous: robotctl says so as soon as the robot's `ended` arrives.
+    let ended = wait_until(Duration::from_secs(20), || phone.try_wait().unwrap().is_some());
+    let _ = phone.kill();
+    let out = phone.wait_with_output().unwrap();
+    let text = said(&out);
+    assert!(ended, "robotctl did not notice the end within 20 s:\n{text}");
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("media_failed") && text.contains("signal 9"), "{text}\n{}", robot.log());
+    eprintln!("FIGURE helper killed -> robotctl exited: {:?}", killed.elapsed());
+    let st = status(&robot);
+    assert!(st["call"].is_null() && st["motion"] == "idle", "{st}");
+
+    let again =
+        robotctl(&net.lan_phone, &keys, &["call", "--webrtc", "--frames", "10", "-x", "ping"]).output().unwrap();
+    assert!(again.status.success(), "the next call:\n{}\nrobotd:\n{}", said(&again), robot.log());
+    assert!(decoded(&said(&again)) >= 10);
+}
