@@ -63,6 +63,8 @@ pub struct WebRtcCall {
     pub correlation: Option<Bytes>,
     /// Whether the accept (with the SDP answer) went out.
     pub answered: bool,
+    /// When it went out (the media must connect within [`super::webrtc::CONNECT_TIMEOUT`]).
+    pub answered_at: Option<Instant>,
     /// Local candidates held until the accept went out (at most [`MAX_HELD_CANDIDATES`]).
     pub held: Vec<Candidate>,
     /// Whether the helper said gathering is complete before the accept.

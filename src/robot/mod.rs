@@ -49,7 +49,7 @@ pub use drops::{DropLog, DropReason};
 pub use effects::{
     Answer, Effect, Inbound, LinkEvent, MediaReport, MediaRequest, Now, SessionGate, VideoAdjustError, WebRtcRequest,
 };
-pub use webrtc::ANSWER_TIMEOUT;
+pub use webrtc::{ANSWER_TIMEOUT, CONNECT_TIMEOUT};
 
 use crate::config::Config;
 use crate::hal::{Debounced, EncoderCounter, Hardware, Input, ObstacleSensor, Sensor};

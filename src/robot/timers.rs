@@ -31,7 +31,7 @@ impl Core {
                 min(t + super::invite::OFFLINE_GRACE);
             }
         }
-        if let Some(t) = self.answer_deadline() {
+        if let Some(t) = self.webrtc_deadline() {
             min(t);
         }
         if self.body.hw.config().estop.is_some() {
@@ -69,7 +69,7 @@ impl Core {
             self.end_call(EndReason::Timeout);
         }
         self.end_call_if_caller_gone();
-        self.expire_pending();
+        self.expire_webrtc();
         if self.button_pressed() {
             info!("pairing button pressed");
             self.open_pairing(None);

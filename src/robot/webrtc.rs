@@ -22,6 +22,10 @@ use crate::wire::webrtc::{Candidate, IceCandidates, InviteV2, SessionDescription
 /// How long the media helper may take to answer an offer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long after the accept the media must be connected (ICE and DTLS
+/// done, the phone's certificate checked), else the call ends `ice_failed`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Core {
     /// An authenticated, parsed v2 invite: make the call pending and hand
     /// the offer to the media helper.
@@ -36,8 +40,14 @@ impl Core {
         let video = invite.negotiate(self.cfg.video.preferred);
         let agreed = Negotiated { limits: invite.video, video, video_ssrc: 0, audio_ssrc: None };
         let mut call = self.new_call(session, caller, key, agreed);
-        call.webrtc =
-            Some(WebRtcCall { owner_key: *key, correlation: corr, answered: false, held: Vec::new(), held_end: false });
+        call.webrtc = Some(WebRtcCall {
+            owner_key: *key,
+            correlation: corr,
+            answered: false,
+            answered_at: None,
+            held: Vec::new(),
+            held_end: false,
+        });
         let req = WebRtcRequest {
             session: session.clone(),
             fingerprint: invite.fingerprint(),
@@ -49,15 +59,30 @@ impl Core {
         self.out.push(Effect::StartWebRtc(req));
     }
 
-    /// When a pending call's answer is due.
-    pub(super) fn answer_deadline(&self) -> Option<std::time::Instant> {
+    /// When a v2 call must next have progressed: the helper's answer (while
+    /// pending), then the media connection (once accepted).
+    pub(super) fn webrtc_deadline(&self) -> Option<std::time::Instant> {
         let c = self.call.as_ref()?;
-        c.webrtc.as_ref().filter(|w| !w.answered).map(|_| c.started() + ANSWER_TIMEOUT)
+        let w = c.webrtc.as_ref()?;
+        match w.answered_at {
+            None => Some(c.started() + ANSWER_TIMEOUT),
+            Some(_) if self.media_running => None,
+            Some(t) => Some(t + CONNECT_TIMEOUT),
+        }
     }
 
-    /// Refuse a pending call whose answer is overdue.
-    pub(super) fn expire_pending(&mut self) {
-        if self.answer_deadline().is_some_and(|t| self.now.mono >= t) {
+    /// Refuse a call whose answer is overdue; end one that did not connect.
+    pub(super) fn expire_webrtc(&mut self) {
+        if self.webrtc_deadline().is_none_or(|t| self.now.mono < t) {
+            return;
+        }
+        if self.call.as_ref().and_then(|c| c.webrtc.as_ref()).is_some_and(|w| w.answered) {
+            let s = CONNECT_TIMEOUT.as_secs();
+            let detail = format!(
+                "no media connection within {s} s of the answer (no ICE path between phone and robot; a TURN server may be needed)"
+            );
+            self.end_call_because(EndReason::IceFailed, &detail);
+        } else {
             let s = ANSWER_TIMEOUT.as_secs();
             self.refuse_pending(&format!("the media helper did not answer the offer within {s} s"));
         }
@@ -70,6 +95,7 @@ impl Core {
         let (nonce, video, session) = (call.robot_nonce, call.video, call.session.clone());
         let Some(w) = call.webrtc.as_mut().filter(|w| !w.answered) else { return };
         w.answered = true;
+        w.answered_at = Some(self.now.mono);
         let (key, corr) = (w.owner_key, w.correlation.take());
         let (held, end) = (std::mem::take(&mut w.held), w.held_end);
         let sdp = SessionDescription { kind: "answer".into(), sdp: sdp.to_owned() };

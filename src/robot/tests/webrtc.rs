@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::robot::{ANSWER_TIMEOUT, WebRtcRequest};
+use crate::robot::{ANSWER_TIMEOUT, CONNECT_TIMEOUT, WebRtcRequest};
 use crate::wire::webrtc::Candidate;
 
 const OFFER: &str = include_str!("../../../docs/design/webrtc-experiments/chrome_offer.sdp");
@@ -221,4 +221,35 @@ fn bad_offers_are_refused_before_any_helper_starts() {
         assert!(started(&fx).is_none());
         assert_eq!(invite_answers(&r, &fx, SESSION)[0]["reason"], reason);
     }
+}
+
+#[test]
+fn a_call_whose_media_never_connects_ends_ice_failed_and_nothing_moves() {
+    let mut r = Rig::new();
+    let mut phone = r.pair("+48555555555");
+    let req = started(&r.invite_v2(&mut phone, SESSION, OFFER)).unwrap();
+    let (_, mut c) = r.answer(&phone, &req.session);
+    // The phone keeps the call alive, but no media path comes up.
+    let step = 4_000;
+    for _ in 0..(CONNECT_TIMEOUT.as_millis() as u64 / step - 1) {
+        r.advance(step);
+        assert_eq!(r.request(&mut c, &phone, "ping", "{}")[0]["status"], "ok");
+    }
+    assert!(r.ended(&c).is_empty());
+    r.advance(step);
+    let ended = r.ended(&c);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["reason"], "ice_failed");
+    assert!(ended[0]["detail"].as_str().unwrap().contains("TURN"), "{ended:?}");
+    assert_eq!(r.motion(), MotionState::Idle);
+
+    // Connected media keeps the call past that time.
+    let req = started(&r.invite_v2(&mut phone, "ffeeddccbbaa99887766554433221100", OFFER)).unwrap();
+    let (_, mut c) = r.answer(&phone, &req.session);
+    r.media(MediaReport::Started { session: req.session.clone() });
+    for _ in 0..(2 * CONNECT_TIMEOUT.as_millis() as u64 / step) {
+        r.advance(step);
+        assert_eq!(r.request(&mut c, &phone, "ping", "{}")[0]["status"], "ok");
+    }
+    assert!(r.ended(&c).is_empty(), "{:?}", r.ended(&c));
 }
