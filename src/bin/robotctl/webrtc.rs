@@ -41,7 +41,7 @@ pub async fn start(
     timeout: Duration,
 ) -> anyhow::Result<(ActiveCall, V2Media)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (peer, offer) = tokio::task::spawn_blocking(move || PhonePeer::offer(&ice, tx)).await??;
+    let (peer, offer) = tokio::task::block_in_place(|| PhonePeer::offer(&ice, tx))?;
     // PeerEvents come from GStreamer threads; hand them to this task.
     let (etx, events) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -76,6 +76,21 @@ pub async fn start(
 }
 
 impl V2Media {
+    fn note(&mut self, e: PeerEvent) {
+        match e {
+            PeerEvent::LocalCandidate { mline, candidate } => {
+                self.held.push(json!({"mline": mline, "candidate": candidate}))
+            }
+            PeerEvent::EndOfCandidates => self.held_end = true,
+            PeerEvent::IceState(s) if s == "failed" => self.failed = Some("ICE failed".into()),
+            PeerEvent::FingerprintMismatch { want, got } => {
+                self.failed = Some(format!("the robot's DTLS certificate {got} is not the one in its answer ({want})"))
+            }
+            PeerEvent::Failed(why) => self.failed = Some(why),
+            _ => {}
+        }
+    }
+
     pub fn frames(&self) -> u64 {
         self.peer.as_ref().map_or(0, PhonePeer::frames_decoded)
     }
@@ -84,19 +99,7 @@ impl V2Media {
     /// peer's failures noted. Never waits for more than one request.
     pub async fn pump(&mut self, p: &mut Phone, c: &mut ActiveCall) -> anyhow::Result<()> {
         while let Ok(e) = self.events.try_recv() {
-            match e {
-                PeerEvent::LocalCandidate { mline, candidate } => {
-                    self.held.push(json!({"mline": mline, "candidate": candidate}))
-                }
-                PeerEvent::EndOfCandidates => self.held_end = true,
-                PeerEvent::IceState(s) if s == "failed" => self.failed = Some("ICE failed".into()),
-                PeerEvent::FingerprintMismatch { want, got } => {
-                    self.failed =
-                        Some(format!("the robot's DTLS certificate {got} is not the one in its answer ({want})"))
-                }
-                PeerEvent::Failed(why) => self.failed = Some(why),
-                _ => {}
-            }
+            self.note(e);
         }
         while !self.held.is_empty() || self.held_end {
             let n = self.held.len().min(robotd::wire::webrtc::MAX_CANDIDATES);
