@@ -123,3 +123,34 @@ fn a_killed_media_helper_ends_the_call_media_failed_and_the_next_call_works() {
     assert!(again.status.success(), "the next call:\n{}\nrobotd:\n{}", said(&again), robot.log());
     assert!(decoded(&said(&again)) >= 10);
 }
+
+/// The TURN credentials robotd makes from `[webrtc] turn_secret_file` (the
+/// coturn REST scheme) are accepted by coturn in `use-auth-secret` mode, from
+/// the robot's namespace behind its NAT; made from another secret they are
+/// refused. (The same credentials go into the helper's `turn://` URL.)
+#[test]
+fn robotds_turn_credentials_are_accepted_by_coturn() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_turn(&netns::TurnAuth::shared_secret("n0t-in-any-log"));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("turn-secret");
+    let robot_id = "0123456789abcdef0123456789abcdef";
+    for (written, accepted) in [("n0t-in-any-log", true), ("another secret", false)] {
+        std::fs::write(&secret, format!("{written}\n")).unwrap();
+        let cfg: robotd::config::webrtc::WebRtcConfig = toml::from_str(&format!(
+            "turn = [\"{}\"]\nturn_secret_file = \"{}\"",
+            net.turn_url("udp"),
+            secret.display()
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let servers = cfg.ice_servers(robot_id, now).unwrap();
+        let url = url::Url::parse(&servers.turn[0]).unwrap();
+        let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().unwrap().1.into_owned();
+        let (user, pass) = (decode(url.username()), decode(url.password().unwrap()));
+        assert!(user.ends_with(&format!(":{robot_id}")), "{user}");
+        let (status, out) = net.turn_client(&net.robot, &netns::TurnAuth::long_term(&user, &pass), false);
+        assert_eq!(status.is_some_and(|s| s.success()), accepted, "secret {written:?}:\n{out}\n{}", net.turn_log());
+    }
+}
