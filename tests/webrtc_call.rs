@@ -154,3 +154,74 @@ fn robotds_turn_credentials_are_accepted_by_coturn() {
         assert_eq!(status.is_some_and(|s| s.success()), accepted, "secret {written:?}:\n{out}\n{}", net.turn_log());
     }
 }
+
+/// robotd configured with the coturn on the public server (shared-secret
+/// scheme: robotd makes time-limited credentials per call).
+fn robot_with_turn(net: &Internet, secret: &str) -> (Robot, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("turn-secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let webrtc = format!("[webrtc]\nturn = [\"{}\"]\nturn_secret_file = \"{}\"\n", net.turn_url("udp"), file.display());
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(TEST_VIDEO, SMALL_VIDEO), &webrtc));
+    robot.spawn_wrapped(net.robot.command("env"));
+    (robot, secrets)
+}
+
+/// The robot behind a home NAT, the phone behind a symmetric carrier NAT:
+/// no direct path. With a TURN relay for the robot (and only STUN for the
+/// phone, docs/install.md) the call connects through the relay and the
+/// video decodes; the TURN secret and the derived URL never show in
+/// robotd's log.
+#[test]
+fn robot_behind_home_nat_and_phone_behind_carrier_nat_connect_through_turn() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.phone, &robot, dir.path());
+    let stun = net.stun_url();
+    let args = ["call", "--webrtc", "--stun", &stun, "--frames", "30", "-x", "ping", "-x", "drive 0.3 0 300"];
+    let out = robotctl(&net.phone, &keys, &args).output().unwrap();
+    let text = said(&out);
+    let turn = net.turn_log();
+    assert!(out.status.success(), "call through TURN failed:\n{text}\nrobotd:\n{}\nturn:\n{turn}", robot.log());
+    assert!(decoded(&text) >= 30, "{text}");
+    assert!(text.contains("drive: {\"status\":\"ok\""), "{text}");
+    // The media went through the relay: coturn installed a permission (or
+    // channel) for the phone's public address.
+    assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");
+    assert!(
+        turn.contains("CREATE_PERMISSION processed, success") || turn.contains("CHANNEL_BIND processed, success"),
+        "no permission for the phone:\n{turn}"
+    );
+    let log = robot.log();
+    assert!(!log.contains(secret) && !log.contains("turn://"), "TURN credentials in robotd's log:\n{log}");
+}
+
+/// The same two NATs without a TURN server: there is no path, and the call
+/// ends `ice_failed` within the 20 s connect bound; robotctl says so before
+/// driving, and the robot never moves.
+#[test]
+fn without_turn_two_nats_end_the_call_ice_failed_and_nothing_moves() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    net.start_turn(&netns::TurnAuth::shared_secret("unused"));
+    let robot = robot_in(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.phone, &robot, dir.path());
+    let start = sim_pose(&status(&robot));
+    let stun = net.stun_url();
+    let t = Instant::now();
+    let args = ["call", "--webrtc", "--stun", &stun, "--frames", "10", "-x", "drive 0.5 0 1000"];
+    let out = robotctl(&net.phone, &keys, &args).output().unwrap();
+    let text = said(&out);
+    assert!(!out.status.success(), "a call without any path succeeded:\n{text}");
+    assert!(text.contains("ice_failed") && text.contains("TURN"), "{text}\nrobotd:\n{}", robot.log());
+    assert!(!text.contains("drive: "), "robotctl drove without video:\n{text}");
+    eprintln!("FIGURE no path -> robotctl exited after {:?}", t.elapsed());
+    let now = sim_pose(&status(&robot));
+    assert!(((now.x - start.x).powi(2) + (now.y - start.y).powi(2)).sqrt() < 1e-6, "{start:?} {now:?}");
+    assert!(status(&robot)["call"].is_null());
+}

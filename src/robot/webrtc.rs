@@ -148,6 +148,10 @@ impl Core {
         if self.call.as_ref().and_then(|c| c.webrtc.as_ref()).is_some_and(|w| !w.answered) {
             return self.refuse_pending(detail);
         }
+        if reason == EndReason::IceFailed {
+            let detail = format!("{detail} (no ICE path between phone and robot; a TURN server may be needed)");
+            return self.end_call_because(reason, &detail);
+        }
         self.end_call_because(reason, detail);
     }
 

@@ -527,12 +527,16 @@ impl Internet {
             TurnAuth::LongTerm { user, password } => format!("lt-cred-mech\nuser={user}:{password}\n"),
             TurnAuth::SharedSecret { secret } => format!("use-auth-secret\nstatic-auth-secret={secret}\n"),
         };
+        // Not `no-stun-backward-compatibility`: with it coturn 4.6 ignores the
+        // srflx discovery requests of libnice 0.1.21 (webrtcbin's ICE), so a
+        // phone behind the carrier NAT gets no server-reflexive candidate and a
+        // robot's TURN relay no permission for it (docs/install.md).
         let conf = dir.join("turnserver.conf");
         std::fs::write(
             &conf,
             format!(
                 "listening-ip={SERVER}\nrelay-ip={SERVER}\nlistening-port={TURN_PORT}\nrealm={TURN_REALM}\n\
-                 {auth_conf}fingerprint\nno-cli\nno-tls\nno-dtls\nno-rfc5780\nno-stun-backward-compatibility\n\
+                 {auth_conf}fingerprint\nno-cli\nno-tls\nno-dtls\nno-rfc5780\n\
                  no-multicast-peers\nverbose\nlog-file=stdout\npidfile={}\nuserdb={}\n",
                 dir.join("turnserver.pid").display(),
                 dir.join("turndb").display(),

@@ -201,6 +201,7 @@ fn media_that_ends_after_the_accept_ends_the_call_with_its_reason() {
     let ended = r.ended(&c);
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!(ended[0]["reason"], "fingerprint_mismatch");
+    assert_eq!(ended[0]["detail"], "the phone's certificate is not the one in its offer");
     // Helper death after the accept: media_failed.
     let mut phone2 = r.pair("+48555555557");
     let req = started(&r.invite_v2(&mut phone2, "ffeeddccbbaa99887766554433221100", OFFER)).unwrap();
