@@ -248,6 +248,8 @@ struct Call {
     robot_heard: Vec<FromHelper>,
     robot_gone: Option<String>,
     phone_heard: Vec<String>,
+    /// Every candidate relayed, `robot: …` or `phone: …`.
+    candidates: Vec<String>,
     answer: Option<String>,
 }
 
@@ -281,6 +283,7 @@ impl Call {
             robot_heard: Vec::new(),
             robot_gone: None,
             phone_heard: Vec::new(),
+            candidates: Vec::new(),
             answer: None,
         }
     }
@@ -309,6 +312,7 @@ impl Call {
                             self.phone.send(&ToPhone::Answer { sdp: sdp.clone() });
                         }
                         FromHelper::LocalCandidate { mline, candidate } => {
+                            self.candidates.push(format!("robot: {candidate}"));
                             self.phone.send(&ToPhone::RemoteCandidate { mline: *mline, candidate: candidate.clone() })
                         }
                         FromHelper::EndOfCandidates => self.phone.send(&ToPhone::EndOfCandidates),
@@ -321,6 +325,7 @@ impl Call {
                 Heard::RobotGone(why) => self.robot_gone = Some(why),
                 Heard::Phone(m) => match m {
                     FromPhone::LocalCandidate { mline, candidate } => {
+                        self.candidates.push(format!("phone: {candidate}"));
                         self.robot.send(&ToHelper::RemoteCandidate { mline, candidate })
                     }
                     FromPhone::EndOfCandidates => self.robot.send(&ToHelper::EndOfCandidates),
@@ -341,11 +346,12 @@ impl Call {
 
     fn report(&self) -> String {
         format!(
-            "frames {}; robot said {:?} (gone: {:?}); phone said {:?}\n--- answer\n{}\n--- robot helper log\n{}\n--- phone log\n{}",
+            "frames {}; robot said {:?} (gone: {:?}); phone said {:?}\n--- candidates\n{}\n--- answer\n{}\n--- robot helper log\n{}\n--- phone log\n{}",
             self.frames,
             self.robot_heard,
             self.robot_gone,
             self.phone_heard,
+            self.candidates.join("\n"),
             self.answer.as_deref().unwrap_or("(none)"),
             self.robot.log(),
             self.phone.log()
@@ -438,4 +444,27 @@ fn wait_for(rx: &Receiver<Heard>, timeout: Duration, mut f: impl FnMut(&Heard) -
             Err(_) => return false,
         }
     }
+}
+
+/// (d) The robot behind the home NAT, the phone behind the carrier's
+/// symmetric NAT: no direct path. The robot uses only a TURN relay (coturn on
+/// the "internet"), the phone only STUN (the same coturn): video flows
+/// through the relay.
+#[test]
+fn a_phone_behind_a_carrier_nat_sees_video_through_the_robots_turn_relay() {
+    let Some(mut net) = netns::Internet::new() else { return };
+    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
+    let server = netns::SERVER;
+    let robot_ice = IceConfig {
+        stun: None,
+        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
+        relay_only: true,
+    };
+    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    let mut call = Call::start(&net, &net.robot, &net.phone, robot_ice, phone_ice, false);
+    let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 30 || c.robot_ended().is_some());
+    assert!(ok && call.frames >= 30, "no video through the relay: {}\n--- coturn\n{}", call.report(), net.turn_log());
+    assert!(call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
+    let turn = net.turn_log();
+    assert!(turn.contains("ALLOCATE") && turn.contains("robot"), "coturn saw no allocation by robot:\n{turn}");
 }
