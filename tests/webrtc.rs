@@ -239,6 +239,17 @@ fn tamper_fingerprint(sdp: &str) -> String {
     out
 }
 
+/// Which SDP the test alters on its way (as an attacker on the media path
+/// would need to, to present its own certificate).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tamper {
+    Nothing,
+    /// The offer's fingerprint, before the robot sees it.
+    Offer,
+    /// The answer's fingerprint, before the phone sees it.
+    Answer,
+}
+
 /// One call: the phone offers, the robot's helper answers, the test relays.
 struct Call {
     robot: Proc,
@@ -251,6 +262,7 @@ struct Call {
     /// Every candidate relayed, `robot: …` or `phone: …`.
     candidates: Vec<String>,
     answer: Option<String>,
+    tamper: Tamper,
 }
 
 impl Call {
@@ -260,7 +272,7 @@ impl Call {
         phone_ns: &netns::Ns,
         robot_ice: IceConfig,
         phone_ice: IceConfig,
-        tamper: bool,
+        tamper: Tamper,
     ) -> Call {
         let (tx, rx) = mpsc::channel();
         let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, tx.clone());
@@ -272,7 +284,7 @@ impl Call {
         };
         assert!(offer.contains("a=recvonly") && offer.contains("H264/90000"), "phone offer:\n{offer}");
         assert!(offer.contains(robotd::webrtc::TWCC_URI), "the phone offers transport-cc (trap d):\n{offer}");
-        let offer = if tamper { tamper_fingerprint(&offer) } else { offer };
+        let offer = if tamper == Tamper::Offer { tamper_fingerprint(&offer) } else { offer };
         let mut robot = robot_helper(robot_ns, net.dir(), tx);
         robot.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), ice: robot_ice });
         Call {
@@ -285,6 +297,7 @@ impl Call {
             phone_heard: Vec::new(),
             candidates: Vec::new(),
             answer: None,
+            tamper,
         }
     }
 
@@ -309,7 +322,8 @@ impl Call {
                     match &m {
                         FromHelper::Answer { sdp } => {
                             self.answer = Some(sdp.clone());
-                            self.phone.send(&ToPhone::Answer { sdp: sdp.clone() });
+                            let sdp = if self.tamper == Tamper::Answer { tamper_fingerprint(sdp) } else { sdp.clone() };
+                            self.phone.send(&ToPhone::Answer { sdp });
                         }
                         FromHelper::LocalCandidate { mline, candidate } => {
                             self.candidates.push(format!("robot: {candidate}"));
@@ -365,7 +379,8 @@ impl Call {
 #[test]
 fn a_phone_on_the_robots_lan_sees_video() {
     let Some(net) = netns::Internet::new() else { return };
-    let mut call = Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), false);
+    let mut call =
+        Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), Tamper::Nothing);
     let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 30 || c.robot_ended().is_some());
     assert!(ok && call.frames >= 30, "no video on the LAN: {}", call.report());
     let answer = call.answer.clone().unwrap();
@@ -388,13 +403,69 @@ fn a_phone_on_the_robots_lan_sees_video() {
 #[test]
 fn a_certificate_that_is_not_the_offers_gets_no_video() {
     let Some(net) = netns::Internet::new() else { return };
-    let mut call = Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), true);
+    let mut call =
+        Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), Tamper::Offer);
     let ended = call.pump(CALL_TIMEOUT, |c| c.robot_ended().is_some() || c.frames > 0);
     assert!(ended, "the robot did not end the call: {}", call.report());
     assert_eq!(call.robot_ended().map(|e| e.0), Some("fingerprint_mismatch"), "{}", call.report());
     call.pump(Duration::from_secs(5), |c| c.frames > 0);
     assert_eq!(call.frames, 0, "frames reached the phone despite the mismatch: {}", call.report());
     assert!(!call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
+}
+
+/// (b2) The same on the phone's side: the answer names another certificate
+/// than the one the robot shows; the phone reports the mismatch and counts
+/// no frame (its own valve stays closed), whatever the robot sends.
+#[test]
+fn the_phone_decodes_nothing_from_a_robot_whose_certificate_is_not_the_answers() {
+    let Some(net) = netns::Internet::new() else { return };
+    let mut call =
+        Call::start(&net, &net.robot, &net.lan_phone, IceConfig::default(), IceConfig::default(), Tamper::Answer);
+    let seen = call.pump(CALL_TIMEOUT, |c| c.phone_heard.iter().any(|h| h.starts_with("Mismatch")) || c.frames > 0);
+    assert!(seen, "the phone reported no mismatch: {}", call.report());
+    // The robot's own check passes (the offer was honest), so it sends video.
+    call.pump(Duration::from_secs(5), |c| c.frames > 0);
+    assert_eq!(call.frames, 0, "the phone decoded frames from an unverified robot: {}", call.report());
+}
+
+/// The helper refuses what it cannot use, and says why before it exits:
+/// an offer without a usable H.264 format, and garbage on the socket.
+/// (No network needed: nothing is negotiated.)
+#[test]
+fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let offer = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp").replace("H264/90000", "H265/90000");
+    let (tx, rx) = mpsc::channel();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
+    cmd.arg("media");
+    let mut helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h1.log"), tx, Heard::Robot, Heard::RobotGone);
+    helper.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), ice: IceConfig::default() });
+    let ended = wait_for(
+        &rx,
+        CALL_TIMEOUT,
+        |h| matches!(h, Heard::Robot(FromHelper::Ended { reason, .. }) if reason == "bad_offer"),
+    );
+    assert!(ended, "no Ended{{bad_offer}}:\n{}", helper.log());
+    assert!(wait_for(&rx, Duration::from_secs(20), |h| matches!(h, Heard::RobotGone(_))), "helper did not exit");
+
+    let (tx, rx) = mpsc::channel();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
+    cmd.arg("media");
+    let mut helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h2.log"), tx, Heard::Robot, Heard::RobotGone);
+    use std::io::Write;
+    helper.sock.write_all(&[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']).unwrap();
+    let ended = wait_for(
+        &rx,
+        CALL_TIMEOUT,
+        |h| matches!(h, Heard::Robot(FromHelper::Ended { reason, .. }) if reason == "internal"),
+    );
+    assert!(ended, "no Ended{{internal}} after garbage:\n{}", helper.log());
+    let end = Instant::now() + Duration::from_secs(20);
+    while helper.child.try_wait().unwrap().is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = helper.child.try_wait().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "exit status after garbage: {status:?}");
 }
 
 /// (c) The supervision hook: when the helper dies (SIGKILL), robotd sees the
@@ -461,7 +532,7 @@ fn a_phone_behind_a_carrier_nat_sees_video_through_the_robots_turn_relay() {
         relay_only: true,
     };
     let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
-    let mut call = Call::start(&net, &net.robot, &net.phone, robot_ice, phone_ice, false);
+    let mut call = Call::start(&net, &net.robot, &net.phone, robot_ice, phone_ice, Tamper::Nothing);
     let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 30 || c.robot_ended().is_some());
     assert!(ok && call.frames >= 30, "no video through the relay: {}\n--- coturn\n{}", call.report(), net.turn_log());
     assert!(call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
