@@ -539,3 +539,33 @@ fn a_phone_behind_a_carrier_nat_sees_video_through_the_robots_turn_relay() {
     let turn = net.turn_log();
     assert!(turn.contains("ALLOCATE") && turn.contains("robot"), "coturn saw no allocation by robot:\n{turn}");
 }
+
+/// The helper sandboxes itself: no new privileges, no capabilities (the
+/// tests run as root), a seccomp filter, and death with its parent armed.
+#[test]
+fn the_helper_runs_without_privileges_under_seccomp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
+    cmd.arg("media");
+    let helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h.log"), tx, Heard::Robot, Heard::RobotGone);
+    assert!(wait_for(&rx, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Heartbeat))), "{}", helper.log());
+    let status_path = format!("/proc/{}/status", helper.child.id());
+    let field = |status: &str, key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned()).unwrap_or_default()
+    };
+    let end = Instant::now() + CALL_TIMEOUT;
+    let status = loop {
+        let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+        // Seccomp comes after GStreamer's initialisation.
+        if field(&status, "Seccomp:") == "2" || Instant::now() > end {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(field(&status, "Seccomp:"), "2", "no seccomp filter:\n{status}\n{}", helper.log());
+    assert_eq!(field(&status, "NoNewPrivs:"), "1", "{status}");
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(&status, set), "0000000000000000", "{set} not empty:\n{status}");
+    }
+}

@@ -2,8 +2,15 @@
 //! by robotd over the control channel on fd 0 (one end of a Unix socket
 //! pair; see [`super::ipc`]).
 //!
-//! - It sandboxes itself first: `PR_SET_NO_NEW_PRIVS` (no setuid gains) and
-//!   `PR_SET_PDEATHSIG(SIGKILL)` (it dies with robotd).
+//! - It sandboxes itself first: `PR_SET_NO_NEW_PRIVS` (no setuid gains),
+//!   `PR_SET_PDEATHSIG(SIGKILL)` (it dies with robotd), and when it runs as
+//!   root every capability dropped (bounding and ambient sets included).
+//!   After GStreamer is initialised (which may exec `gst-plugin-scanner`),
+//!   a seccomp denylist (all threads) refuses with EPERM: exec, ptrace and
+//!   process_vm_*, mount/namespace/chroot calls, bpf, perf_event_open,
+//!   kexec and kernel modules, the key ring, userfaultfd, io_uring,
+//!   personality, set*id/setgroups, and sockets other than AF_UNIX,
+//!   AF_INET, AF_INET6 and AF_NETLINK. (Landlock is not applied yet.)
 //! - It sends a `Heartbeat` every second, so robotd can tell a hung helper.
 //! - On end of stream (robotd gone or closed the socket), on `Stop`, or when
 //!   the call's media ends, it stops the pipeline (bounded) and `_exit`s: a
@@ -50,7 +57,87 @@ pub fn sandbox() -> std::io::Result<()> {
     if unsafe { libc::getppid() } == 1 {
         exit_now(0);
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        drop_capabilities().map_err(|e| std::io::Error::other(format!("dropping capabilities: {e}")))?;
+    }
     Ok(())
+}
+
+/// Clear every capability set. Capabilities are per thread: this runs before
+/// the helper starts any thread, so all later threads inherit the empty sets.
+fn drop_capabilities() -> Result<(), caps::errors::CapsError> {
+    use caps::CapSet;
+    // The bounding set first: dropping from it needs CAP_SETPCAP.
+    caps::clear(None, CapSet::Bounding)?;
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::clear(None, CapSet::Effective)?;
+    caps::clear(None, CapSet::Permitted)?;
+    Ok(())
+}
+
+/// The seccomp denylist (see the module doc), on every thread of the process.
+pub fn apply_seccomp() -> Result<(), String> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|e| format!("{e:?}"))?;
+    let denied = [
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_keyctl,
+        libc::SYS_userfaultfd,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_personality,
+        libc::SYS_setuid,
+        libc::SYS_setgid,
+        libc::SYS_setreuid,
+        libc::SYS_setregid,
+        libc::SYS_setresuid,
+        libc::SYS_setresgid,
+        libc::SYS_setgroups,
+    ];
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        denied.into_iter().map(|nr| (nr, Vec::new())).collect();
+    // socket(domain, …): anything but AF_UNIX (1), AF_INET (2), AF_INET6 (10)
+    // and AF_NETLINK (16, libnice lists the interfaces) is refused.
+    let dom = |op, v: i32| SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, v as u64);
+    let rule = |c: Vec<Result<SeccompCondition, seccompiler::BackendError>>| -> Result<SeccompRule, String> {
+        let c: Result<Vec<_>, _> = c.into_iter().collect();
+        SeccompRule::new(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    };
+    rules.insert(
+        libc::SYS_socket,
+        vec![
+            rule(vec![dom(SeccompCmpOp::Eq, libc::AF_UNSPEC)])?,
+            rule(vec![dom(SeccompCmpOp::Ge, 3), dom(SeccompCmpOp::Le, 9)])?,
+            rule(vec![dom(SeccompCmpOp::Ge, 11), dom(SeccompCmpOp::Le, 15)])?,
+            rule(vec![dom(SeccompCmpOp::Gt, libc::AF_NETLINK)])?,
+        ],
+    );
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
+        .map_err(|e| e.to_string())?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
 
 fn exit_now(code: i32) -> ! {
@@ -89,6 +176,15 @@ pub fn main() -> ! {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
+    }
+    // GStreamer first (it may exec the plugin scanner), then seccomp.
+    if let Err(e) = super::init() {
+        send(&out, &FromHelper::Ended { reason: "video_failed".into(), detail: e.to_string() });
+        exit_now(2);
+    }
+    if let Err(e) = apply_seccomp() {
+        send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
+        exit_now(2);
     }
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
     let end = |peer: &Arc<Mutex<Option<RobotPeer>>>, code: i32| -> ! {
