@@ -413,6 +413,26 @@ fn a_certificate_that_is_not_the_offers_gets_no_video() {
     assert!(!call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
 }
 
+/// The control for (d): the same two NATs without a relay leave no path, so
+/// the call fails `ice_failed` (the relay in (d) is what makes it work).
+#[test]
+fn without_a_relay_the_two_nats_leave_no_path() {
+    let Some(mut net) = netns::Internet::new() else { return };
+    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
+    let stun =
+        IceConfig { stun: Some(format!("stun://{}:{}", netns::SERVER, netns::TURN_PORT)), ..IceConfig::default() };
+    let mut call = Call::start(&net, &net.robot, &net.phone, stun.clone(), stun, Tamper::Nothing);
+    let ended = call.pump(CALL_TIMEOUT, |c| c.robot_ended().is_some() || c.frames > 0);
+    assert!(ended, "neither video nor an end: {}", call.report());
+    assert_eq!(call.robot_ended().map(|e| e.0), Some("ice_failed"), "{}", call.report());
+    assert_eq!(call.frames, 0);
+    // Both sides had their public (srflx) address: STUN worked, the NATs did the blocking.
+    for who in ["robot", "phone"] {
+        let srflx = call.candidates.iter().any(|c| c.starts_with(who) && c.contains("typ srflx"));
+        assert!(srflx, "{who} had no srflx candidate: {}", call.report());
+    }
+}
+
 /// (b2) The same on the phone's side: the answer names another certificate
 /// than the one the robot shows; the phone reports the mismatch and counts
 /// no frame (its own valve stays closed), whatever the robot sends.
