@@ -588,4 +588,18 @@ fn the_helper_runs_without_privileges_under_seccomp() {
     for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
         assert_eq!(field(&status, set), "0000000000000000", "{set} not empty:\n{status}");
     }
+    // Landlock, where this kernel has it (it logs the outcome either way).
+    let log = helper.log();
+    assert!(log.contains("landlock: "), "no landlock outcome logged:\n{log}");
+    // The rules use ABI 5 (device ioctls); older kernels enforce a part.
+    if landlock_abi() >= 5 {
+        assert!(log.contains("landlock: fully enforced"), "landlock not enforced:\n{log}");
+    }
+}
+
+/// The running kernel's Landlock ABI version (0: none).
+fn landlock_abi() -> i64 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns the ABI version.
+    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    v.max(0)
 }

@@ -10,7 +10,8 @@
 //!   process_vm_*, mount/namespace/chroot calls, bpf, perf_event_open,
 //!   kexec and kernel modules, the key ring, userfaultfd, io_uring,
 //!   personality, set*id/setgroups, and sockets other than AF_UNIX,
-//!   AF_INET, AF_INET6 and AF_NETLINK. (Landlock is not applied yet.)
+//!   AF_INET, AF_INET6 and AF_NETLINK. Landlock file rules (best effort)
+//!   come before any thread starts; see [`apply_landlock`].
 //! - It sends a `Heartbeat` every second, so robotd can tell a hung helper.
 //! - On end of stream (robotd gone or closed the socket), on `Stop`, or when
 //!   the call's media ends, it stops the pipeline (bounded) and `_exit`s: a
@@ -61,7 +62,89 @@ pub fn sandbox() -> std::io::Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         drop_capabilities().map_err(|e| std::io::Error::other(format!("dropping capabilities: {e}")))?;
     }
+    if std::env::var_os(LANDLOCK_OFF_ENV).is_some_and(|v| v == "1") {
+        tracing::warn!(env = LANDLOCK_OFF_ENV, "landlock: off by request");
+    } else {
+        match apply_landlock() {
+            Ok(status) => tracing::info!(status, "landlock: {status}"),
+            Err(e) => return Err(std::io::Error::other(format!("landlock: {e}"))),
+        }
+    }
     Ok(())
+}
+
+/// Set to `1` to run the helper without Landlock (to rule it out when a
+/// camera stack needs a path the rules do not grant).
+pub const LANDLOCK_OFF_ENV: &str = "ROBOTD_MEDIA_NO_LANDLOCK";
+
+/// Landlock file rules, best effort (kernels without Landlock, e.g. Raspberry
+/// Pi OS's, run without): read and execute the system (`/usr`, `/lib*`,
+/// `/etc`, `/proc`, `/sys`, `/run/udev`), read and write the camera, DRM and
+/// sound devices, `/dev/{null,zero,random,urandom}`, `/tmp` (ORC's JIT code
+/// file) and GStreamer's registry directory. Everything else, e.g.
+/// `/dev/gpiomem*`, `/dev/gpiochip*`, PWM in `/sys/class/pwm` (read only),
+/// robotd's state directory and its admin socket, is denied.
+/// Landlock binds the calling thread and the threads it starts later: this
+/// runs before the helper starts any thread.
+fn apply_landlock() -> Result<&'static str, landlock::RulesetError> {
+    use landlock::{
+        ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+        path_beneath_rules,
+    };
+    let abi = ABI::V5;
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
+    let system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/run/udev"];
+    let mut writable: Vec<std::path::PathBuf> = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/dri",
+        "/dev/dma_heap",
+        "/dev/snd",
+        "/dev/v4l",
+        "/tmp",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    if let Ok(dir) = std::fs::read_dir("/dev") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if ["video", "media", "v4l-subdev"].iter().any(|p| name.starts_with(p)) {
+                writable.push(e.path());
+            }
+        }
+    }
+    if let Some(registry) = gstreamer_registry_dir() {
+        let _ = std::fs::create_dir_all(&registry);
+        writable.push(registry);
+    }
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(all)?
+        .create()?
+        .add_rules(path_beneath_rules(system, read))?
+        .add_rules(path_beneath_rules(writable, all))?
+        .restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "fully enforced",
+        RulesetStatus::PartiallyEnforced => "partially enforced (older kernel ABI)",
+        RulesetStatus::NotEnforced => "not enforced (the kernel has no Landlock)",
+    })
+}
+
+/// Where `gst::init` keeps (and may rewrite) its plugin registry.
+fn gstreamer_registry_dir() -> Option<std::path::PathBuf> {
+    if let Some(file) = std::env::var_os("GST_REGISTRY") {
+        return std::path::Path::new(&file).parent().map(Into::into);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(cache.join("gstreamer-1.0"))
 }
 
 /// Clear every capability set. Capabilities are per thread: this runs before
