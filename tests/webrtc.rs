@@ -498,8 +498,21 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
     let (tx, rx) = mpsc::channel();
     let mut helper = robot_helper(&net.robot, net.dir(), tx.clone());
     helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), ice: IceConfig::default() });
-    let answered = wait_for(&rx, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Answer { .. })));
+    let mut answer = String::new();
+    let answered = wait_for(&rx, CALL_TIMEOUT, |h| match h {
+        Heard::Robot(FromHelper::Answer { sdp }) => {
+            answer = sdp.clone();
+            true
+        }
+        _ => false,
+    });
     assert!(answered, "no answer to a Chromium offer:\n{}", helper.log());
+    // Trap (b): a Chromium offer (audio first, VP8 as PT 96) is answered with
+    // its own H.264 CB pm1 format (106), sendonly, with its transport-cc ID.
+    let video = answer.split("m=video").nth(1).unwrap_or_else(|| panic!("no video in the answer:\n{answer}"));
+    assert!(video.starts_with(" 9 UDP/TLS/RTP/SAVPF 106"), "answer:\n{answer}");
+    assert!(video.contains("a=sendonly") && video.contains("a=rtpmap:106 H264/90000"), "answer:\n{answer}");
+    assert!(video.contains(&format!("a=extmap:3 {}", robotd::webrtc::TWCC_URI)), "answer:\n{answer}");
     assert!(wait_for(&rx, Duration::from_secs(10), |h| matches!(h, Heard::Robot(FromHelper::Heartbeat))));
     helper.child.kill().unwrap();
     let eof = wait_for(&rx, Duration::from_secs(20), |h| matches!(h, Heard::RobotGone(_)));

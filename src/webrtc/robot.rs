@@ -69,11 +69,9 @@ impl RobotPeer {
             "nicesrc",
             "dtlssrtpdec",
         ])?;
-        let src = if video.device == "test" {
-            "videotestsrc is-live=true pattern=ball".to_owned()
-        } else {
-            format!("v4l2src device=\"{}\"", video.device.replace(['"', '\\'], ""))
-        };
+        // The device path is set as a property below, never spliced into the description.
+        let src =
+            if video.device == "test" { "videotestsrc name=src is-live=true pattern=ball" } else { "v4l2src name=src" };
         let desc = format!(
             "{src} ! videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! x264enc name=enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={kbps} \
@@ -94,6 +92,9 @@ impl RobotPeer {
             .map_err(|_| WebrtcError::Pipeline("not a pipeline".into()))?;
         let get =
             |name: &str| pipeline.by_name(name).ok_or_else(|| WebrtcError::Pipeline(format!("element {name} missing")));
+        if video.device != "test" {
+            get("src")?.set_property("device", &video.device);
+        }
         let webrtc = get("webrtc")?;
         let valve = get("gate")?;
         let pay = get("pay")?;
