@@ -301,6 +301,7 @@ pub fn main() -> ! {
                     Ok((p, sdp)) => {
                         *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
                         send(&out, &FromHelper::Answer { sdp });
+                        spawn_stats(out.clone(), peer.clone());
                         spawn_forwarder(rx, out.clone(), peer.clone());
                     }
                     Err(e) => {
@@ -331,6 +332,23 @@ pub fn main() -> ! {
             }
         }
     }
+}
+
+/// `Stats` every 250 ms while the peer runs.
+fn spawn_stats(out: Out, peer: Arc<Mutex<Option<RobotPeer>>>) {
+    let _ = std::thread::Builder::new().name("stats".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let frames_sent = match peer.lock() {
+                Ok(g) => match g.as_ref() {
+                    Some(p) => p.frames_sent(),
+                    None => return,
+                },
+                Err(_) => return,
+            };
+            send(&out, &FromHelper::Stats { frames_sent });
+        }
+    });
 }
 
 /// Turn peer events into messages; an ending event stops the helper.
@@ -372,10 +390,7 @@ fn spawn_forwarder(rx: mpsc::Receiver<PeerEvent>, out: Out, peer: Arc<Mutex<Opti
 
 /// Stop the peer on a thread; give up waiting after [`STOP_BOUND`].
 fn stop_bounded(peer: &Arc<Mutex<Option<RobotPeer>>>) {
-    let taken = match peer.try_lock() {
-        Ok(mut g) => g.take(),
-        Err(_) => None,
-    };
+    let taken = peer.lock().unwrap_or_else(|p| p.into_inner()).take();
     let Some(p) = taken else { return };
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("stop".into()).spawn(move || {
