@@ -33,7 +33,7 @@ depends="$(field Depends)"
 # Split on commas into one relation per line, for exact matching by name.
 rels="$(echo "$depends" | tr ',' '\n' | sed 's/^ *//; s/ *$//')"
 has_dep() { echo "$rels" | grep -qE "^$1( \(|$| \|)"; }
-for p in libc6 systemd gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; do
+for p in libc6 systemd gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice; do
   has_dep "$p" || err "Depends lacks $p: $depends"
 done
 echo "$(field Recommends)" | grep -q 'gstreamer1.0-plugins-ugly' || err "Recommends lacks gstreamer1.0-plugins-ugly (x264enc)"

@@ -2,8 +2,16 @@
 //! by robotd over the control channel on fd 0 (one end of a Unix socket
 //! pair; see [`super::ipc`]).
 //!
-//! - It sandboxes itself first: `PR_SET_NO_NEW_PRIVS` (no setuid gains) and
-//!   `PR_SET_PDEATHSIG(SIGKILL)` (it dies with robotd).
+//! - It sandboxes itself first: `PR_SET_NO_NEW_PRIVS` (no setuid gains),
+//!   `PR_SET_PDEATHSIG(SIGKILL)` (it dies with robotd), and when it runs as
+//!   root every capability dropped (bounding and ambient sets included).
+//!   After GStreamer is initialised (which may exec `gst-plugin-scanner`),
+//!   a seccomp denylist (all threads) refuses with EPERM: exec, ptrace and
+//!   process_vm_*, mount/namespace/chroot calls, bpf, perf_event_open,
+//!   kexec and kernel modules, the key ring, userfaultfd, io_uring,
+//!   personality, set*id/setgroups, and sockets other than AF_UNIX,
+//!   AF_INET, AF_INET6 and AF_NETLINK. Landlock file rules (best effort)
+//!   come before any thread starts; see [`apply_landlock`].
 //! - It sends a `Heartbeat` every second, so robotd can tell a hung helper.
 //! - On end of stream (robotd gone or closed the socket), on `Stop`, or when
 //!   the call's media ends, it stops the pipeline (bounded) and `_exit`s: a
@@ -50,7 +58,169 @@ pub fn sandbox() -> std::io::Result<()> {
     if unsafe { libc::getppid() } == 1 {
         exit_now(0);
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        drop_capabilities().map_err(|e| std::io::Error::other(format!("dropping capabilities: {e}")))?;
+    }
+    if std::env::var_os(LANDLOCK_OFF_ENV).is_some_and(|v| v == "1") {
+        tracing::warn!(env = LANDLOCK_OFF_ENV, "landlock: off by request");
+    } else {
+        match apply_landlock() {
+            Ok(status) => tracing::info!(status, "landlock: {status}"),
+            Err(e) => return Err(std::io::Error::other(format!("landlock: {e}"))),
+        }
+    }
     Ok(())
+}
+
+/// Set to `1` to run the helper without Landlock (to rule it out when a
+/// camera stack needs a path the rules do not grant).
+pub const LANDLOCK_OFF_ENV: &str = "ROBOTD_MEDIA_NO_LANDLOCK";
+
+/// Landlock file rules, best effort (kernels without Landlock, e.g. Raspberry
+/// Pi OS's, run without): read and execute the system (`/usr`, `/lib*`,
+/// `/etc`, `/proc`, `/sys`, `/run/udev`), read and write the camera, DRM and
+/// sound devices, `/dev/{null,zero,random,urandom}`, `/tmp` (ORC's JIT code
+/// file) and GStreamer's registry directory. Everything else, e.g.
+/// `/dev/gpiomem*`, `/dev/gpiochip*`, PWM in `/sys/class/pwm` (read only),
+/// robotd's state directory and its admin socket, is denied.
+/// Landlock binds the calling thread and the threads it starts later: this
+/// runs before the helper starts any thread.
+fn apply_landlock() -> Result<&'static str, landlock::RulesetError> {
+    use landlock::{
+        ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+        path_beneath_rules,
+    };
+    let abi = ABI::V5;
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
+    let system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/run/udev"];
+    let mut writable: Vec<std::path::PathBuf> = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/dri",
+        "/dev/dma_heap",
+        "/dev/snd",
+        "/dev/v4l",
+        "/tmp",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    if let Ok(dir) = std::fs::read_dir("/dev") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if ["video", "media", "v4l-subdev"].iter().any(|p| name.starts_with(p)) {
+                writable.push(e.path());
+            }
+        }
+    }
+    if let Some(registry) = gstreamer_registry_dir() {
+        let _ = std::fs::create_dir_all(&registry);
+        writable.push(registry);
+    }
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(all)?
+        .create()?
+        .add_rules(path_beneath_rules(system, read))?
+        .add_rules(path_beneath_rules(writable, all))?
+        .restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "fully enforced",
+        RulesetStatus::PartiallyEnforced => "partially enforced (older kernel ABI)",
+        RulesetStatus::NotEnforced => "not enforced (the kernel has no Landlock)",
+    })
+}
+
+/// Where `gst::init` keeps (and may rewrite) its plugin registry.
+fn gstreamer_registry_dir() -> Option<std::path::PathBuf> {
+    if let Some(file) = std::env::var_os("GST_REGISTRY") {
+        return std::path::Path::new(&file).parent().map(Into::into);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(cache.join("gstreamer-1.0"))
+}
+
+/// Clear every capability set. Capabilities are per thread: this runs before
+/// the helper starts any thread, so all later threads inherit the empty sets.
+fn drop_capabilities() -> Result<(), caps::errors::CapsError> {
+    use caps::CapSet;
+    // The bounding set first: dropping from it needs CAP_SETPCAP.
+    caps::clear(None, CapSet::Bounding)?;
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::clear(None, CapSet::Effective)?;
+    caps::clear(None, CapSet::Permitted)?;
+    Ok(())
+}
+
+/// The seccomp denylist (see the module doc), on every thread of the process.
+pub fn apply_seccomp() -> Result<(), String> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|e| format!("{e:?}"))?;
+    let denied = [
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_keyctl,
+        libc::SYS_userfaultfd,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_personality,
+        libc::SYS_setuid,
+        libc::SYS_setgid,
+        libc::SYS_setreuid,
+        libc::SYS_setregid,
+        libc::SYS_setresuid,
+        libc::SYS_setresgid,
+        libc::SYS_setgroups,
+    ];
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        denied.into_iter().map(|nr| (nr, Vec::new())).collect();
+    // socket(domain, …): anything but AF_UNIX (1), AF_INET (2), AF_INET6 (10)
+    // and AF_NETLINK (16, libnice lists the interfaces) is refused.
+    let dom = |op, v: i32| SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, v as u64);
+    let rule = |c: Vec<Result<SeccompCondition, seccompiler::BackendError>>| -> Result<SeccompRule, String> {
+        let c: Result<Vec<_>, _> = c.into_iter().collect();
+        SeccompRule::new(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    };
+    rules.insert(
+        libc::SYS_socket,
+        vec![
+            rule(vec![dom(SeccompCmpOp::Eq, libc::AF_UNSPEC)])?,
+            rule(vec![dom(SeccompCmpOp::Ge, 3), dom(SeccompCmpOp::Le, 9)])?,
+            rule(vec![dom(SeccompCmpOp::Ge, 11), dom(SeccompCmpOp::Le, 15)])?,
+            rule(vec![dom(SeccompCmpOp::Gt, libc::AF_NETLINK)])?,
+        ],
+    );
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
+        .map_err(|e| e.to_string())?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
 
 fn exit_now(code: i32) -> ! {
@@ -90,6 +260,15 @@ pub fn main() -> ! {
             }
         });
     }
+    // GStreamer first (it may exec the plugin scanner), then seccomp.
+    if let Err(e) = super::init() {
+        send(&out, &FromHelper::Ended { reason: "video_failed".into(), detail: e.to_string() });
+        exit_now(2);
+    }
+    if let Err(e) = apply_seccomp() {
+        send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
+        exit_now(2);
+    }
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
     let end = |peer: &Arc<Mutex<Option<RobotPeer>>>, code: i32| -> ! {
         stop_bounded(peer);
@@ -122,6 +301,7 @@ pub fn main() -> ! {
                     Ok((p, sdp)) => {
                         *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
                         send(&out, &FromHelper::Answer { sdp });
+                        spawn_stats(out.clone(), peer.clone());
                         spawn_forwarder(rx, out.clone(), peer.clone());
                     }
                     Err(e) => {
@@ -152,6 +332,23 @@ pub fn main() -> ! {
             }
         }
     }
+}
+
+/// `Stats` every 250 ms while the peer runs.
+fn spawn_stats(out: Out, peer: Arc<Mutex<Option<RobotPeer>>>) {
+    let _ = std::thread::Builder::new().name("stats".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let frames_sent = match peer.lock() {
+                Ok(g) => match g.as_ref() {
+                    Some(p) => p.frames_sent(),
+                    None => return,
+                },
+                Err(_) => return,
+            };
+            send(&out, &FromHelper::Stats { frames_sent });
+        }
+    });
 }
 
 /// Turn peer events into messages; an ending event stops the helper.
@@ -193,10 +390,7 @@ fn spawn_forwarder(rx: mpsc::Receiver<PeerEvent>, out: Out, peer: Arc<Mutex<Opti
 
 /// Stop the peer on a thread; give up waiting after [`STOP_BOUND`].
 fn stop_bounded(peer: &Arc<Mutex<Option<RobotPeer>>>) {
-    let taken = match peer.try_lock() {
-        Ok(mut g) => g.take(),
-        Err(_) => None,
-    };
+    let taken = peer.lock().unwrap_or_else(|p| p.into_inner()).take();
     let Some(p) = taken else { return };
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("stop".into()).spawn(move || {

@@ -58,6 +58,11 @@ pub enum FromHelper {
     },
     /// Sent every second, from the moment the helper runs.
     Heartbeat,
+    /// Every 250 ms once answered: encoded frames sent since the phone's
+    /// certificate was verified.
+    Stats {
+        frames_sent: u64,
+    },
 }
 
 /// Why a frame could not be read or written.

@@ -146,17 +146,20 @@ fn configure_ice(webrtc: &gst::Element, ice: &IceConfig) -> Result<(), WebrtcErr
     if ice.relay_only {
         webrtc.set_property("ice-transport-policy", gstreamer_webrtc::WebRTCICETransportPolicy::Relay);
     }
-    let ice_obj: glib::Object = webrtc.property("ice-agent");
-    // No passive TCP host candidates (a listen() on every interface).
+    let ice_obj: Option<glib::Object> = webrtc.property("ice-agent");
+    let ice_obj = ice_obj.ok_or_else(|| WebrtcError::Pipeline("webrtcbin has no ICE agent".into()))?;
+    // No passive TCP host candidates (a listen() on every interface); TURN
+    // over TCP still works.
     if ice_obj.find_property("ice-tcp").is_some() {
         ice_obj.set_property("ice-tcp", false);
     }
-    if ice_obj.find_property("agent").is_some() {
-        let agent: glib::Object = ice_obj.property("agent");
-        // Trap (e): libnice maps ports on the home router by default.
-        agent.set_property("upnp", false);
-        agent.set_property("keepalive-conncheck", true);
-    }
+    let agent: Option<glib::Object> =
+        if ice_obj.find_property("agent").is_some() { ice_obj.property("agent") } else { None };
+    let agent = agent.ok_or_else(|| WebrtcError::Pipeline("webrtcbin's ICE agent is not libnice".into()))?;
+    // Trap (e): libnice maps ports on the home router (UPnP) by default.
+    agent.set_property("upnp", false);
+    // STUN requests as keepalives: a dead path is noticed (after 50 s).
+    agent.set_property("keepalive-conncheck", true);
     Ok(())
 }
 
@@ -267,7 +270,7 @@ fn spawn_bus_watch(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     who: &'static str,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let bus = pipeline.bus().expect("a pipeline has a bus");
+    let Some(bus) = pipeline.bus() else { return Err(std::io::Error::other("the pipeline has no bus")) };
     std::thread::Builder::new().name(format!("{who}-bus")).spawn(move || {
         use std::sync::atomic::Ordering;
         while !stop.load(Ordering::Relaxed) {

@@ -7,7 +7,7 @@
 //! ```
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +32,7 @@ pub struct RobotPeer {
     pipeline: gst::Pipeline,
     webrtc: gst::Element,
     stop: Arc<AtomicBool>,
+    frames_sent: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -69,11 +70,9 @@ impl RobotPeer {
             "nicesrc",
             "dtlssrtpdec",
         ])?;
-        let src = if video.device == "test" {
-            "videotestsrc is-live=true pattern=ball".to_owned()
-        } else {
-            format!("v4l2src device=\"{}\"", video.device.replace(['"', '\\'], ""))
-        };
+        // The device path is set as a property below, never spliced into the description.
+        let src =
+            if video.device == "test" { "videotestsrc name=src is-live=true pattern=ball" } else { "v4l2src name=src" };
         let desc = format!(
             "{src} ! videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! x264enc name=enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={kbps} \
@@ -94,6 +93,9 @@ impl RobotPeer {
             .map_err(|_| WebrtcError::Pipeline("not a pipeline".into()))?;
         let get =
             |name: &str| pipeline.by_name(name).ok_or_else(|| WebrtcError::Pipeline(format!("element {name} missing")));
+        if video.device != "test" {
+            get("src")?.set_property("device", &video.device);
+        }
         let webrtc = get("webrtc")?;
         let valve = get("gate")?;
         let pay = get("pay")?;
@@ -125,6 +127,19 @@ impl RobotPeer {
 
         super::connect_common(&webrtc, &events);
         let gate = Arc::new(Mutex::new(Gate::default()));
+        let frames_sent = Arc::new(AtomicU64::new(0));
+        {
+            // Frames out of the encoder while the valve is open.
+            let (gate, frames_sent) = (gate.clone(), frames_sent.clone());
+            if let Some(pad) = get("enc")?.static_pad("src") {
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    if gate.lock().map(|g| g.verified).unwrap_or(false) {
+                        frames_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+            }
+        }
         {
             // Trap (a): open the valve only for the certificate the offer names.
             let (gate, valve, tx) = (gate.clone(), valve.clone(), events.clone());
@@ -169,7 +184,7 @@ impl RobotPeer {
         let stop = Arc::new(AtomicBool::new(false));
         super::spawn_bus_watch(&pipeline, events, stop.clone(), "robot")
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
-        let peer = RobotPeer { pipeline, webrtc, stop };
+        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent };
         let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
         Ok((peer, answer))
     }
@@ -190,6 +205,11 @@ impl RobotPeer {
             tracing::warn!("webrtcbin's answer has no active video");
         }
         Ok(text)
+    }
+
+    /// Encoded frames sent on since the phone's certificate was verified.
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent.load(Ordering::Relaxed)
     }
 
     /// A candidate of the phone's; `candidate` is the `candidate:…` text.

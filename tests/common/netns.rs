@@ -521,6 +521,10 @@ impl Internet {
     /// Start coturn in `pub`, listening and relaying only on SERVER:3478
     /// (UDP and TCP; no TLS, no CLI), with `auth`; returns once it listens.
     /// It logs (verbose) to `turnserver.log` in [`Internet::dir`].
+    /// RFC 3489 STUN stays on (no `no-stun-backward-compatibility`): libnice
+    /// 0.1.21, webrtcbin's ICE agent, sends its server-reflexive Binding
+    /// requests without the RFC 5389 magic cookie (agent.c, srflx discovery
+    /// with STUN_COMPATIBILITY_RFC3489), and would get no srflx candidate.
     pub fn start_turn(&mut self, auth: &TurnAuth) {
         let dir = self.dir().to_owned();
         let auth_conf = match auth {
