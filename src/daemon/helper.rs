@@ -113,7 +113,8 @@ async fn read_loop(
             Err(_) => break Some(format!("media helper unresponsive (nothing for {} s)", HEARTBEAT_TIMEOUT.as_secs())),
             Ok(Ok(None)) => break None,
             Ok(Err(e)) => break Some(format!("media helper spoke nonsense: {e}")),
-            Ok(Ok(Some(FromHelper::Heartbeat))) => {}
+            // Liveness only (the core has no use for frame counts yet).
+            Ok(Ok(Some(FromHelper::Heartbeat | FromHelper::Stats { .. }))) => {}
             Ok(Ok(Some(msg))) => {
                 if let FromHelper::State { ice } = &msg {
                     debug!(session = %session, %ice, "ICE state");

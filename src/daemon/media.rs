@@ -245,7 +245,7 @@ fn helper_report(session: ClientId, msg: FromHelper) -> Option<MediaReport> {
             };
             MediaReport::Ended { session, reason, detail }
         }
-        FromHelper::State { .. } | FromHelper::Heartbeat => return None,
+        FromHelper::State { .. } | FromHelper::Heartbeat | FromHelper::Stats { .. } => return None,
     })
 }
 
