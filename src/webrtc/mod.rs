@@ -163,6 +163,25 @@ fn configure_ice(webrtc: &gst::Element, ice: &IceConfig) -> Result<(), WebrtcErr
     Ok(())
 }
 
+/// Call `connected` when the peer connection is up; report a failed one.
+fn on_connection_state(
+    webrtc: &gst::Element,
+    events: &std::sync::mpsc::Sender<PeerEvent>,
+    connected: impl Fn() + Send + Sync + 'static,
+) {
+    let tx = events.clone();
+    webrtc.connect_notify(Some("connection-state"), move |w, _| {
+        let s: gstreamer_webrtc::WebRTCPeerConnectionState = w.property("connection-state");
+        match s {
+            gstreamer_webrtc::WebRTCPeerConnectionState::Connected => connected(),
+            gstreamer_webrtc::WebRTCPeerConnectionState::Failed => {
+                let _ = tx.send(PeerEvent::Failed("peer connection failed".into()));
+            }
+            _ => {}
+        }
+    });
+}
+
 /// Connect the state notifications and candidates of `webrtc` to `events`.
 fn connect_common(webrtc: &gst::Element, events: &std::sync::mpsc::Sender<PeerEvent>) {
     let tx = events.clone();

@@ -111,19 +111,10 @@ impl PhonePeer {
         }
         {
             let (gate, tx) = (gate.clone(), events.clone());
-            webrtc.connect_notify(Some("connection-state"), move |w, _| {
-                let s: gst_webrtc::WebRTCPeerConnectionState = w.property("connection-state");
-                match s {
-                    gst_webrtc::WebRTCPeerConnectionState::Connected => {
-                        let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
-                        g.connected = true;
-                        evaluate(&mut g, &tx);
-                    }
-                    gst_webrtc::WebRTCPeerConnectionState::Failed => {
-                        let _ = tx.send(PeerEvent::Failed("peer connection failed".into()));
-                    }
-                    _ => {}
-                }
+            super::on_connection_state(&webrtc, &events, move || {
+                let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
+                g.connected = true;
+                evaluate(&mut g, &tx);
             });
         }
         super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone")
