@@ -87,6 +87,8 @@ for lib in $needed; do
     libgcc_s.so.1) continue ;;  # libgcc-s1 is Essential-like (Priority required); dpkg-shlibdeps -xlibgcc
     libgstreamer-1.0.so.0) pkg=libgstreamer1.0-0 ;;
     libgstapp-1.0.so.0|libgstbase-1.0.so.0|libgstvideo-1.0.so.0) pkg=libgstreamer-plugins-base1.0-0 ;;
+    libgstsdp-1.0.so.0|libgstrtp-1.0.so.0) pkg=libgstreamer-plugins-base1.0-0 ;;  # WebRTC helper (SDP, RTP extensions)
+    libgstwebrtc-1.0.so.0) pkg=libgstreamer-plugins-bad1.0-0 ;;  # WebRTC helper (webrtcbin's types)
     libglib-2.0.so.0|libgobject-2.0.so.0|libgio-2.0.so.0|libgmodule-2.0.so.0) pkg=libglib2.0-0 ;;
     *) pkg="" ;;
   esac
