@@ -154,9 +154,7 @@ async fn flood_during_a_call_owner_still_answered_memory_and_cpu_bounded() {
     sleep_pinging(&mut phone, &mut c, Duration::from_secs(2)).await;
 
     // Baseline: the call alone (video encoding) for 3 s.
-    let (q0, qt) = (cpu_time(pid), Instant::now());
-    sleep_pinging(&mut phone, &mut c, Duration::from_secs(3)).await;
-    let quiet_rate = (cpu_time(pid) - q0).as_secs_f64() / qt.elapsed().as_secs_f64();
+    let quiet_rate = quiet_cpu_rate(&mut phone, &mut c, pid).await;
     let rss0 = rss_kib(pid);
     let d0 = drop_counts(&status(&robot));
 

@@ -309,6 +309,14 @@ pub fn rss_kib(pid: i32) -> u64 {
 }
 
 /// CPU time of `pid` (user + system, /proc/PID/stat fields 14 and 15).
+/// robotd's CPU use (cores) during a 3 s quiet stretch of the call, the
+/// phone pinging meanwhile: the baseline of the flood measurements.
+pub async fn quiet_cpu_rate(phone: &mut Phone, call: &mut ActiveCall, pid: i32) -> f64 {
+    let (q0, qt) = (cpu_time(pid), std::time::Instant::now());
+    sleep_pinging(phone, call, Duration::from_secs(3)).await;
+    (cpu_time(pid) - q0).as_secs_f64() / qt.elapsed().as_secs_f64()
+}
+
 pub fn cpu_time(pid: i32) -> Duration {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = &s[s.rfind(')').unwrap() + 2..];
