@@ -160,6 +160,8 @@ async fn shut_door_gives_blocked_and_the_robot_stays_stopped() {
     let last = v.last().unwrap();
     assert_eq!(last["status"], "blocked", "{v:#?}");
     assert_eq!(last["destination"], "bedroom");
+    let detail = last["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("something between ") && detail.ends_with(" m before bedroom"), "{last}");
     let before = s.sim();
     assert!(before["x"].as_f64().unwrap() < 0.9, "went through the door: {before}");
     assert_eq!(status(&s.robot)["motion"], "idle");

@@ -343,6 +343,22 @@ impl Goto {
         Status::new(&self.destination, GotoState::Accepted { route: self.route.clone(), remaining_m })
     }
 
+    /// Where the robot stands blocked, for people: between the last place it
+    /// passed (or started from) and the next one, and how far before it.
+    fn blocked_detail(&self) -> String {
+        let idx = self.idx.min(self.legs.len());
+        let passed = self.legs[..idx].iter().rev().find_map(|l| l.reaches.last()).or(self.route.first());
+        let next = self.next_place();
+        let before_m: f64 = self.leg_remaining_m()
+            + self.legs.iter().skip(idx + 1).take_while(|l| l.reaches.is_empty()).map(|l| l.len_m).sum::<f64>();
+        let secs = self.p.obstacle_clear.as_secs_f64();
+        let between = match passed {
+            Some(a) if a != next => format!("between {a} and {next}"),
+            _ => format!("on the way to {next}"),
+        };
+        format!("something {between} did not clear within {secs} s; the robot stopped {before_m:.1} m before {next}")
+    }
+
     /// The next place the robot will reach (the one a redirect plans from).
     pub fn next_place(&self) -> &str {
         self.legs[self.idx.min(self.legs.len() - 1)..]
@@ -592,7 +608,8 @@ impl Goto {
         if let Phase::Paused { since, clear_since } = self.phase {
             if obstacle {
                 if now.saturating_duration_since(since) >= self.p.obstacle_clear {
-                    self.finish(&mut out, Outcome::Blocked, GotoState::Blocked);
+                    let detail = self.blocked_detail();
+                    self.finish(&mut out, Outcome::Blocked, GotoState::Blocked { detail });
                     return out;
                 }
                 self.phase = Phase::Paused { since, clear_since: None };
@@ -760,7 +777,11 @@ mod tests {
         assert!(u.outcome.is_none());
         let u = g.update(t0 + Duration::from_millis(5100), None, true);
         assert_eq!(u.outcome, Some(Outcome::Blocked));
-        assert_eq!(u.statuses.last().unwrap().state, GotoState::Blocked);
+        let GotoState::Blocked { detail } = &u.statuses.last().unwrap().state else { panic!("{u:?}") };
+        assert!(
+            detail.starts_with("something between home and hall did not clear within 5 s; the robot stopped"),
+            "{detail}"
+        );
         assert!(g.is_done());
         assert_eq!(g.update(t0 + Duration::from_secs(6), None, true), Update::default());
     }

@@ -276,7 +276,14 @@ fn shut_door_blocks_and_the_robot_stays_stopped() {
     let mut rig = Rig::new(Enc::Signed, vec![door()]);
     rig.goto("bedroom").unwrap();
     let end = rig.run_to_end(60.0);
-    assert_eq!(end.to_json(), serde_json::json!({"destination":"bedroom","status":"blocked"}));
+    let json = end.to_json();
+    assert_eq!((&json["destination"], &json["status"]), (&"bedroom".into(), &"blocked".into()), "{json}");
+    let detail = json["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("something between hall and bedroom did not clear within 5 s; the robot stopped "),
+        "{detail}"
+    );
+    assert!(detail.ends_with(" m before bedroom"), "{detail}");
     // It waited obstacle_clear_s (5 s) standing still, without touching the door.
     let waits: Vec<f64> = rig
         .log
@@ -309,7 +316,14 @@ fn ultrasonic_only_robot_is_blocked_at_the_shut_door() {
     let mut rig = Rig::with(ultrasonic_only(Enc::Signed, vec![door()]), toml::from_str(testdata::FLAT).unwrap());
     rig.goto("bedroom").unwrap();
     let end = rig.run_to_end(60.0);
-    assert_eq!(end.to_json(), serde_json::json!({"destination":"bedroom","status":"blocked"}));
+    let json = end.to_json();
+    assert_eq!((&json["destination"], &json["status"]), (&"bedroom".into(), &"blocked".into()), "{json}");
+    let detail = json["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("something between hall and bedroom did not clear within 5 s; the robot stopped "),
+        "{detail}"
+    );
+    assert!(detail.ends_with(" m before bedroom"), "{detail}");
     // It saw the door at threshold_m (0.25 m) and stopped within a few
     // centimetres of that (ping period, tick and braking), without touching it.
     let front = rig.sim.pose().x + rig.hw_cfg.sim.robot_radius_m;
@@ -442,7 +456,9 @@ fn demo_flat_config_reaches_the_kitchen_and_is_blocked_by_the_bedroom_door() {
 
     let mut rig = Rig::demo_flat();
     rig.goto("bedroom").unwrap();
-    assert_eq!(rig.run_to_end(60.0).state, GotoState::Blocked);
+    let GotoState::Blocked { detail } = rig.run_to_end(60.0).state else { panic!("not blocked") };
+    // The door is at x = 3 m, the bedroom beyond it.
+    assert!(detail.starts_with("something between hall and bedroom did not clear within 5 s"), "{detail}");
     assert!(rig.sim.pose().x < 3.0 && !rig.sim.snapshot().blocked, "stopped short of the door");
 }
 

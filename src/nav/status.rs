@@ -57,7 +57,13 @@ pub enum GotoState {
     /// At the destination, stopped.
     Arrived,
     /// An obstacle did not clear within `nav.obstacle_clear_s`; the robot is stopped.
-    Blocked,
+    Blocked {
+        /// Extra field: a sentence for people saying where (between which
+        /// places, how far before the next) and for how long, e.g.
+        /// "something between hall and bedroom did not clear within 5 s; the
+        /// robot stopped 0.4 m before bedroom".
+        detail: String,
+    },
     /// Ended on request; `by` (extra field) says which.
     Cancelled {
         /// What cancelled it.
@@ -107,7 +113,10 @@ mod tests {
     #[test]
     fn statuses_look_like_the_protocol() {
         let s = |state| Status::new("bedroom", state).to_json();
-        assert_eq!(s(GotoState::Blocked), json!({"destination":"bedroom","status":"blocked"}));
+        assert_eq!(
+            s(GotoState::Blocked { detail: "d".into() }),
+            json!({"destination":"bedroom","status":"blocked","detail":"d"})
+        );
         assert_eq!(s(GotoState::Arrived), json!({"destination":"bedroom","status":"arrived"}));
         assert_eq!(
             s(GotoState::Moving { progress: 0.25, remaining_m: 1.5, waiting: None }),

@@ -266,8 +266,8 @@ mod tests {
             )
         );
         assert_eq!(
-            bytes(GotoStatus::new("bedroom", GotoState::Blocked), Some(4)),
-            r#"{"destination":"bedroom","status":"blocked","re":4}"#
+            bytes(GotoStatus::new("bedroom", GotoState::Blocked { detail: "something".into() }), Some(4)),
+            r#"{"destination":"bedroom","status":"blocked","detail":"something","re":4}"#
         );
         assert_eq!(EndReason::Revoked.as_str(), "revoked");
         let r = Response { body: Reply::Ok.into(), token: Some("12.00112233445566ff".into()), re: Some(5) };
