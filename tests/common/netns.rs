@@ -518,6 +518,17 @@ impl Internet {
         });
     }
 
+    /// Stop the broker started by [`Internet::start_mosquitto`] (killed, as
+    /// in a crash: no Wills, and with `persistence false` no retained
+    /// messages survive); start it again with [`Internet::start_mosquitto`].
+    pub fn stop_mosquitto(&mut self) {
+        if let Some(i) = self.services.iter().position(|s| s.name == "mosquitto") {
+            let mut s = self.services.remove(i);
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+
     /// Start coturn in `pub`, listening and relaying only on SERVER:3478
     /// (UDP and TCP; no TLS, no CLI), with `auth`; returns once it listens.
     /// It logs (verbose) to `turnserver.log` in [`Internet::dir`].

@@ -1,0 +1,312 @@
+//! The phone web app (web/) end to end in a real browser: Debian's Chromium,
+//! driven by playwright-core (web/e2e/phone.mjs) in a phone-sized, touch
+//! viewport, against real Mosquitto (its WebSockets listener) and robotd on
+//! the simulated robot with the example flat (config/flat.toml: a kitchen,
+//! and a bedroom behind a shut door).
+//!
+//! Everything runs in network namespaces made here (tests/common/netns.rs):
+//! robotd in the home LAN, the broker on the namespace internet's server,
+//! the browser and the app's static server (127.0.0.1 of the phone's own
+//! namespace, a secure context) on a phone, so no ICE candidate is this
+//! machine's address. Skips when not root, without `ip netns`, or without
+//! `web/node_modules` (`scripts/setup.sh` installs it), unless
+//! `ROBOTD_NETNS_REQUIRED=1` (CI), which makes those failures.
+
+#[path = "common/calls.rs"]
+mod calls_kit;
+mod common;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use calls_kit::*;
+use common::*;
+use netns::{Internet, Ns};
+
+/// The whole browser scenario may take this long on a busy 2-core machine.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn web_dir() -> PathBuf {
+    // ROBOTD_WEB_DIR: another checkout's web/ (while working on the app).
+    std::env::var_os("ROBOTD_WEB_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web"))
+}
+
+fn e2e_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("web/e2e/phone.mjs")
+}
+
+/// `Some(reason)` when the browser tests cannot run here.
+fn browser_missing() -> Option<String> {
+    if !web_dir().join("node_modules/playwright-core").exists() {
+        return Some("web/node_modules is missing (run scripts/setup.sh, which runs npm ci)".into());
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        return Some("/usr/bin/chromium is missing (scripts/setup.sh installs Debian's chromium)".into());
+    }
+    None
+}
+
+fn skip_without_browser() -> bool {
+    let Some(reason) = browser_missing() else { return false };
+    if std::env::var_os("ROBOTD_NETNS_REQUIRED").is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("browser tests required (ROBOTD_NETNS_REQUIRED) but {reason}");
+    }
+    eprintln!("skipping: {reason}");
+    true
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Build the app for this test's broker (and ICE servers) into `out`.
+fn build_app(out: &Path, broker_ws: &str, ice_servers: Option<&str>) {
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(web_dir()).args(["run", "--silent", "build"]);
+    cmd.env("ROBOTD_BROKER_WS", broker_ws).env("ROBOTD_WEB_OUTDIR", out);
+    if let Some(ice) = ice_servers {
+        cmd.env("ROBOTD_ICE_SERVERS", ice);
+    }
+    run(cmd, "npm run build");
+    assert!(out.join("index.html").exists(), "the build made no index.html in {}", out.display());
+}
+
+/// Serve `dist` on 127.0.0.1:8000 of `ns` (its own loopback: a secure
+/// context for the page, and nothing outside the namespace can reach it).
+fn serve(ns: &Ns, dist: &Path, log: &Path) -> std::process::Child {
+    let f = std::fs::File::create(log).unwrap();
+    let child = ns
+        .command("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "8000", "--directory"])
+        .arg(dist)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .expect("python3 -m http.server");
+    let up = wait_until(SOON, || ns.tcp_connect(([127, 0, 0, 1], 8000), Duration::from_secs(1)).is_ok());
+    assert!(up, "the app's static server did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    child
+}
+
+/// The robot's pairing QR code (`pairing-qr.png`, written by `robotd pair`)
+/// as a short Y4M video: what Chromium's fake camera shows the app.
+fn qr_video(png: &Path, out: &Path) {
+    let mut c = Command::new("gst-launch-1.0");
+    c.arg("-q").args(["filesrc", &format!("location={}", png.display()), "!", "pngdec", "!", "videoconvert"]);
+    c.args(["!", "videoscale", "!", "video/x-raw,width=640,height=480,pixel-aspect-ratio=1/1"]);
+    c.args(["!", "imagefreeze", "num-buffers=30", "!", "video/x-raw,framerate=15/1"]);
+    c.args(["!", "videoconvert", "!", "video/x-raw,format=I420", "!", "y4menc", "!", "filesink"]);
+    c.arg(format!("location={}", out.display()));
+    run(c, "gst-launch-1.0 (QR code to Y4M)");
+}
+
+/// A 440 Hz tone (a WAV the fake microphone loops).
+fn tone_wav(out: &Path) {
+    let mut c = Command::new("gst-launch-1.0");
+    c.arg("-q").args(["audiotestsrc", "wave=sine", "freq=440", "volume=0.5", "num-buffers=250", "!"]);
+    c.args(["audio/x-raw,format=S16LE,rate=48000,channels=1", "!", "wavenc", "!", "filesink"]);
+    c.arg(format!("location={}", out.display()));
+    run(c, "gst-launch-1.0 (tone)");
+}
+
+/// config/flat.toml without its broker, state and socket (the harness's).
+fn flat() -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flat.toml")).unwrap();
+    let mut t: toml::Table = text.parse().unwrap();
+    t.remove("mqtt");
+    t.remove("control");
+    if let Some(robot) = t.get_mut("robot").and_then(|r| r.as_table_mut()) {
+        robot.remove("state_dir");
+    }
+    toml::to_string(&t).unwrap()
+}
+
+/// Where the scenario's screenshots are kept after the test (next to the
+/// other build output, so CI keeps them with the test logs).
+fn output_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webapp").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run web/e2e/phone.mjs in `ns` and answer its requests until it exits.
+fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, env: &[(&str, String)]) -> String {
+    let mut cmd = ns_of(net).command("node");
+    cmd.arg(e2e_script()).current_dir(web_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("node");
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel::<Option<String>>();
+    let out_tx = tx.clone();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(Some(l));
+        }
+        let _ = out_tx.send(None);
+    });
+    let stderr = child.stderr.take().unwrap();
+    let err_tx = tx;
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(Some(format!("(stderr) {l}")));
+        }
+    });
+    let end = Instant::now() + SCENARIO_TIMEOUT;
+    let mut transcript = String::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the browser scenario did not finish within {SCENARIO_TIMEOUT:?}:\n{transcript}");
+            }
+        };
+        let Some(req) = line.strip_prefix("@@ ") else {
+            eprintln!("{line}");
+            transcript += &line;
+            transcript.push('\n');
+            continue;
+        };
+        let op = serde_json::from_str::<serde_json::Value>(req).ok().and_then(|v| v["op"].as_str().map(String::from));
+        let answer = match op.as_deref() {
+            Some("status") => status_sync(robot).to_string(),
+            Some("stop-broker") => {
+                net.stop_mosquitto();
+                eprintln!("harness: broker stopped");
+                "{}".into()
+            }
+            Some("start-broker") => {
+                net.start_mosquitto();
+                eprintln!("harness: broker started again");
+                "{}".into()
+            }
+            _ => serde_json::json!({ "error": format!("unknown request {req}") }).to_string(),
+        };
+        if writeln!(stdin, "{answer}").is_err() {
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    // Let the stderr thread drain.
+    while let Ok(Some(l)) = rx.recv_timeout(Duration::from_millis(200)) {
+        transcript += &l;
+        transcript.push('\n');
+    }
+    assert!(status.success(), "the browser scenario failed ({status}):\n{transcript}\nrobotd:\n{}", robot.log());
+    transcript
+}
+
+/// Everything the issue asks of the phone, in one browser session on the
+/// robot's LAN: first run, pairing by scanning the robot's QR code with the
+/// (fake) camera, a call whose video decodes at the negotiated size, goto
+/// kitchen (arrived) and bedroom (blocked at the shut door), the joystick
+/// (the simulated pose changes; release stops it), the broker restarted
+/// mid-call (banner shown and gone, the call goes on), hang-up on both
+/// sides. Saves `call-screen.png`.
+#[test]
+fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
+    if skip_without_browser() {
+        return;
+    }
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let work = tempfile::tempdir().unwrap();
+    let dist = work.path().join("dist");
+    build_app(&dist, &net.broker_ws_url(), None);
+
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&flat(), TEST_VIDEO));
+    robot.spawn_wrapped(net.robot.command("env"));
+    // A fresh pairing window; its QR code becomes the camera's picture.
+    pairing_uri(&robot);
+    let qr = work.path().join("qr.y4m");
+    qr_video(&robot.state_dir().join("pairing-qr.png"), &qr);
+    let tone = work.path().join("tone.wav");
+    tone_wav(&tone);
+    let _server = serve(&net.lan_phone, &dist, &work.path().join("http.log"));
+
+    let out = output_dir("lan");
+    let env = [
+        ("APP_URL", "http://127.0.0.1:8000/".to_string()),
+        ("ROBOT_ID", robot.id.clone()),
+        ("QR_VIDEO", qr.display().to_string()),
+        ("TONE_WAV", tone.display().to_string()),
+        ("OUT_DIR", out.display().to_string()),
+        ("STEPS", "pair,call,goto,drive,broker,hangup".to_string()),
+    ];
+    let said = drive_phone(&mut net, |n| &n.lan_phone, &robot, &env);
+    for step in ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released"] {
+        assert!(said.contains(step), "no {step:?} in:\n{said}");
+    }
+    assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");
+    assert!(out.join("call-screen.png").exists(), "no screenshot in {}", out.display());
+    eprintln!("screenshot: {}", out.join("call-screen.png").display());
+}
+
+/// The case the web app exists for: the phone on a carrier network (behind
+/// a symmetric NAT), the robot at home behind its router. The app is built
+/// with only a STUN server (no TURN credentials in a web page), the robot
+/// has the TURN relay (robotd-made credentials, docs/install.md): the call
+/// connects through the relay, the video decodes, and hang-up ends it.
+#[test]
+fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
+    if skip_without_browser() {
+        return;
+    }
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-page";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let work = tempfile::tempdir().unwrap();
+    let dist = work.path().join("dist");
+    let ice = serde_json::json!([{ "urls": net.stun_url() }]).to_string();
+    build_app(&dist, &net.broker_ws_url(), Some(&ice));
+
+    let secret_file = work.path().join("turn-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let webrtc =
+        format!("[webrtc]\nturn = [\"{}\"]\nturn_secret_file = \"{}\"\n", net.turn_url("udp"), secret_file.display());
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc));
+    robot.spawn_wrapped(net.robot.command("env"));
+    pairing_uri(&robot);
+    let qr = work.path().join("qr.y4m");
+    qr_video(&robot.state_dir().join("pairing-qr.png"), &qr);
+    let tone = work.path().join("tone.wav");
+    tone_wav(&tone);
+    let _server = serve(&net.phone, &dist, &work.path().join("http.log"));
+
+    let out = output_dir("carrier");
+    let env = [
+        ("APP_URL", "http://127.0.0.1:8000/".to_string()),
+        ("ROBOT_ID", robot.id.clone()),
+        ("QR_VIDEO", qr.display().to_string()),
+        ("TONE_WAV", tone.display().to_string()),
+        ("OUT_DIR", out.display().to_string()),
+        ("STEPS", "pair,call,hangup".to_string()),
+    ];
+    let said = drive_phone(&mut net, |n| &n.phone, &robot, &env);
+    assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
+    let turn = net.turn_log();
+    assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");
+    assert!(
+        turn.contains("CREATE_PERMISSION processed, success") || turn.contains("CHANNEL_BIND processed, success"),
+        "no permission for the phone:\n{turn}"
+    );
+}

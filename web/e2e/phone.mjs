@@ -1,0 +1,274 @@
+// The owner's phone, end to end: Debian's Chromium, driven by playwright-core,
+// opens the built web app and uses it as a person would, against a real
+// Mosquitto and robotd on the simulated robot.
+//
+// Started by tests/webapp.rs inside the phone's network namespace (so every
+// ICE candidate is a namespace address). It talks with that harness in lines:
+// a request is printed as `@@ {"op":...}` on stdout and its answer is one JSON
+// line on stdin. Requests: `status` (robotd status), `stop-broker` (kill
+// Mosquitto, as in a crash) and `start-broker`. Everything else it prints is a
+// progress line for the test's output. Exit status 0 = every step passed.
+//
+// Environment (set by the harness):
+//   APP_URL    the app, served on 127.0.0.1 inside the namespace
+//   ROBOT_ID   the robot's client ID
+//   QR_VIDEO   a .y4m video of the robot's pairing QR code (the fake camera)
+//   TONE_WAV   a .wav tone (the fake microphone)
+//   OUT_DIR    where screenshots go
+//   CHROMIUM   the browser (default /usr/bin/chromium)
+//   STEPS      comma-separated steps to run (default: all, in order)
+
+import { chromium } from 'playwright-core';
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+
+const env = (k, d) => {
+  const v = process.env[k] ?? d;
+  if (v === undefined) throw new Error(`phone.mjs: ${k} is not set`);
+  return v;
+};
+const APP_URL = env('APP_URL');
+const ROBOT_ID = env('ROBOT_ID');
+const OUT_DIR = env('OUT_DIR');
+const ALL = ['pair', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup'];
+const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
+
+// Generous: a busy 2-core machine builds, encodes and decodes at once.
+const LONG = 90_000;
+
+const lines = createInterface({ input: process.stdin });
+const answers = [];
+let waiting = null;
+lines.on('line', (l) => {
+  if (waiting) {
+    const w = waiting;
+    waiting = null;
+    w(l);
+  } else answers.push(l);
+});
+async function ask(op) {
+  process.stdout.write(`@@ ${JSON.stringify({ op })}\n`);
+  const line = answers.length ? answers.shift() : await new Promise((r) => (waiting = r));
+  const v = JSON.parse(line);
+  if (v && v.error) throw new Error(`harness: ${op}: ${v.error}`);
+  return v;
+}
+const say = (...a) => console.log('phone:', ...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Poll `f` (async) until it returns a truthy value, for at most `ms`. */
+async function until(what, ms, f, every = 250) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await f();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${last})`);
+    await sleep(every);
+  }
+}
+
+const pose = (st) => st.sim;
+const dist = (a, b) => Math.hypot(a.x - b.x, a.y - b.y);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--use-fake-ui-for-media-stream',
+    '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-video-capture=${env('QR_VIDEO')}`,
+    `--use-file-for-fake-audio-capture=${env('TONE_WAV')}`,
+    // Keep timers honest in a background tab (never --virtual-time-budget).
+    '--disable-background-timer-throttling',
+    '--disable-renderer-backgrounding',
+  ],
+});
+let failed = false;
+try {
+  const origin = new URL(APP_URL).origin;
+  const context = await browser.newContext({
+    viewport: { width: 390, height: 844 },
+    deviceScaleFactor: 2,
+    isMobile: true,
+    hasTouch: true,
+  });
+  await context.grantPermissions(['camera', 'microphone'], { origin });
+  const page = await context.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') say(`console.${m.type()}:`, m.text());
+  });
+  page.on('pageerror', (e) => say('page error:', e.message));
+
+  await page.goto(APP_URL);
+  const attr = (sel, name) => page.locator(sel).getAttribute(name);
+  const quality = async () => ({
+    frames: Number((await attr('#quality', 'data-frames-decoded')) || 0),
+    width: Number((await attr('#quality', 'data-width')) || 0),
+    height: Number((await attr('#quality', 'data-height')) || 0),
+  });
+
+  // First run: phone number (shown back in E.164) and nickname.
+  await page.locator('#first-run').waitFor({ timeout: LONG });
+  await page.fill('#phone-number', '+48 555 555 555');
+  await page.fill('#nickname', 'Alice');
+  await page.click('#save-profile');
+  await until('the E.164 number shown', LONG, async () => (await page.textContent('#e164'))?.includes('+48555555555'));
+  say('first run done: +48555555555');
+
+  if (STEPS.includes('pair')) {
+    // The fake camera shows the robot's own pairing QR code.
+    await page.locator('#contacts').waitFor({ timeout: LONG });
+    await page.click('#scan-qr');
+    await until('paired', LONG, async () => (await attr('#pair-status', 'data-status')) === 'paired');
+    const contact = page.locator(`[data-testid=contact][data-robot-id="${ROBOT_ID}"]`);
+    await contact.waitFor({ timeout: LONG });
+    await until('the robot shown online', LONG, async () =>
+      (await contact.locator('.online').getAttribute('data-online')) === 'true');
+    say('paired by scanning the QR code; the robot shows online');
+    if (page.url().includes('secret=') || page.url().includes('pair=')) throw new Error(`secret in the URL: ${page.url()}`);
+  }
+
+  if (STEPS.includes('call')) {
+    await page.click(`[data-testid=contact][data-robot-id="${ROBOT_ID}"] [data-testid=call]`);
+    await until('connected', LONG, async () => (await attr('#call-screen', 'data-state')) === 'connected');
+    const q = await until('30 frames decoded', LONG, async () => {
+      const v = await quality();
+      return v.frames >= 30 && v;
+    });
+    const video = await page.evaluate(() => {
+      const v = document.querySelector('video#remote-video');
+      return { w: v.videoWidth, h: v.videoHeight, playsinline: v.hasAttribute('playsinline'), muted: v.muted };
+    });
+    const st = await ask('status');
+    const neg = st.call && st.call.video;
+    say(`call connected: ${q.frames} frames decoded, ${q.width}x${q.height}, video element ${video.w}x${video.h}, robot sends ${JSON.stringify(neg)}`);
+    if (!video.playsinline || !video.muted) throw new Error(`video element not playsinline+muted: ${JSON.stringify(video)}`);
+    if (neg && (video.w !== neg.width || video.h !== neg.height)) throw new Error(`video ${video.w}x${video.h} is not the negotiated ${neg.width}x${neg.height}`);
+    if (!neg && (video.w === 0 || video.h === 0)) throw new Error('no video size');
+  }
+
+  if (STEPS.includes('goto')) {
+    await page.locator('[data-testid=destination][data-name=kitchen]').waitFor({ timeout: LONG });
+    await page.click('[data-testid=destination][data-name=kitchen]');
+    const seen = new Set();
+    await until('arrived at the kitchen', 3 * LONG, async () => {
+      seen.add(await attr('#goto-status', 'data-status'));
+      return (await attr('#goto-status', 'data-status')) === 'arrived' &&
+        (await attr('#goto-status', 'data-destination')) === 'kitchen';
+    }, 100);
+    say(`goto kitchen: ${[...seen].join(' > ')}: "${await page.textContent('#goto-status')}"`);
+    if (!seen.has('moving')) throw new Error(`no moving status shown on the way: ${[...seen]}`);
+    await page.click('[data-testid=destination][data-name=bedroom]');
+    await until('blocked on the way to the bedroom', 3 * LONG, async () =>
+      (await attr('#goto-status', 'data-status')) === 'blocked' &&
+        (await attr('#goto-status', 'data-destination')) === 'bedroom');
+    const text = await page.textContent('#goto-status');
+    say(`goto bedroom: blocked: "${text}"`);
+    if (!/bedroom/i.test(text)) throw new Error(`the blocked message does not name the bedroom: ${text}`);
+    await page.screenshot({ path: join(OUT_DIR, 'call-screen.png') });
+  }
+
+  if (STEPS.includes('drive')) {
+    const pad = await page.locator('#joystick').boundingBox();
+    const cx = pad.x + pad.width / 2;
+    const cy = pad.y + pad.height / 2;
+    const before = pose(await ask('status'));
+    // Pull the stick down (reverse: after the blocked goto the robot faces
+    // the shut door) and hold it.
+    await page.mouse.move(cx, cy);
+    await page.mouse.down();
+    await page.mouse.move(cx, cy + pad.height * 0.35, { steps: 5 });
+    const moved = await until('the robot moving under the joystick', LONG, async () => {
+      const st = await ask('status');
+      return dist(pose(st), before) > 0.05 && st;
+    }, 200);
+    say(`joystick held: moved ${dist(pose(moved), before).toFixed(2)} m, motion ${moved.motion}`);
+    await page.mouse.up();
+    const stopped = await until('the robot stopped after release', LONG, async () => {
+      const st = await ask('status');
+      return st.motion === 'idle' && st;
+    }, 100);
+    await sleep(1000);
+    const after = pose(await ask('status'));
+    say(`joystick released: motion ${stopped.motion}, ${dist(after, pose(stopped)).toFixed(3)} m after`);
+    if (dist(after, pose(stopped)) > 0.02) throw new Error('the robot kept moving after the joystick was released');
+  }
+
+  if (STEPS.includes('talk')) {
+    // robotd status: media.speaker_level_db (RMS, dBFS) of what the robot's
+    // test speaker receives, null before any audio; speaker_receiving false
+    // when nothing was decoded within the last second.
+    const level = async () => {
+      const m = (await ask('status')).media || {};
+      return m.speaker_receiving ? m.speaker_level_db : null;
+    };
+    if ((await attr('#mute', 'aria-pressed')) !== 'false') throw new Error('the microphone is not muted at the start of the call');
+    await page.click('#mute');
+    if ((await attr('#mute', 'aria-pressed')) !== 'true') throw new Error('#mute did not turn on');
+    const loud = await until('the tone at the robot speaker', LONG, async () => {
+      const l = await level();
+      return l !== null && l > -40 && l;
+    });
+    await page.click('#mute');
+    const quiet = await until('silence at the robot speaker after muting', LONG, async () => {
+      const l = await level();
+      return (l === null || l < -70) && String(l);
+    });
+    say(`talk: unmuted ${loud.toFixed(1)} dBFS, muted ${quiet} dBFS`);
+  }
+
+  if (STEPS.includes('broker')) {
+    const before = (await quality()).frames;
+    await ask('stop-broker');
+    await until('the broker-lost banner', LONG, async () =>
+      (await page.locator('#banner').isVisible()) && (await attr('#banner', 'data-kind')) === 'broker-lost', 100);
+    say('broker down: banner shown');
+    await ask('start-broker');
+    await until('the banner gone', LONG, async () => !(await page.locator('#banner').isVisible()));
+    const state = await attr('#call-screen', 'data-state');
+    if (state !== 'connected') throw new Error(`the call did not survive the broker restart: ${state}`);
+    const after = await until('frames still decoding', LONG, async () => {
+      const f = (await quality()).frames;
+      return f > before + 30 && f;
+    });
+    // The call's commands work again: a press on stop is answered.
+    await page.click('#stop');
+    const st = await ask('status');
+    if (!st.call) throw new Error('robotd ended the call during the broker restart');
+    say(`broker restarted: banner gone, call still connected, frames ${before} -> ${after}`);
+  }
+
+  if (STEPS.includes('hangup')) {
+    await page.click('#hangup');
+    await until('ended on the phone', LONG, async () => (await attr('#call-screen', 'data-state')) === 'ended');
+    const reason = await attr('#call-screen', 'data-end-reason');
+    if (reason !== 'hangup') throw new Error(`ended with ${reason}, not hangup`);
+    await until('ended on the robot', LONG, async () => (await ask('status')).call === null);
+    say('hung up: ended on both sides');
+  }
+} catch (e) {
+  failed = true;
+  console.error('phone: FAILED:', e && e.stack ? e.stack : e);
+  try {
+    const pages = browser.contexts().flatMap((c) => c.pages());
+    if (pages[0]) {
+      await pages[0].screenshot({ path: join(OUT_DIR, 'failure.png') });
+      console.error('phone: page text at failure:\n' + (await pages[0].locator('body').innerText()).slice(0, 2000));
+    }
+  } catch {}
+} finally {
+  await browser.close();
+  lines.close();
+}
+process.exit(failed ? 1 : 0);
