@@ -475,6 +475,13 @@ mod tests {
     }
 
     #[test]
+    fn the_speaker_is_optional_and_named_as_written() {
+        assert_eq!(parse("").unwrap().audio.speaker, None);
+        let c = parse("[audio]\ndevice = \"test\"\nspeaker = \"plughw:0,0\"").unwrap();
+        assert_eq!(c.audio.speaker.as_deref(), Some("plughw:0,0"));
+    }
+
+    #[test]
     fn example_flat_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flat.toml");
         let c = Config::load(&path).unwrap();
@@ -503,6 +510,8 @@ mod tests {
             ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
             ("[video]\nwidth = 641", "video.width"),
             ("[video]\nkbps = 5", "video.kbps"),
+            ("[audio]\nspeaker = \"\"", "audio.speaker"),
+            ("[audio]\nspeakers = \"default\"", "audio.speakers"),
             (
                 "[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hal\"\nsteps = [{ drive_m = 1.0 }]",
                 "nav.edges[0].to",

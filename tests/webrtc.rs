@@ -695,6 +695,59 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
     assert_eq!(status.and_then(|s| s.code()), Some(2), "exit status after garbage: {status:?}");
 }
 
+/// Chromium's offer (audio first, sendrecv) answered by robots with each set
+/// of devices, and without Opus: the audio m-line's direction is the one
+/// protocol.md 7.8 gives, and the video is always answered. (No network:
+/// only the answer is looked at.)
+#[test]
+fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
+    let _shared = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let chrome = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp");
+    let no_opus = chrome.replace("opus/48000/2", "x-nothing/48000/2");
+    let test = || Some("test".to_owned());
+    let cases = [
+        (chrome, AudioSpec { mic: test(), speaker: test() }, "a=sendrecv"),
+        (chrome, AudioSpec { mic: None, speaker: test() }, "a=recvonly"),
+        (chrome, AudioSpec { mic: test(), speaker: None }, "a=sendonly"),
+        (chrome, AudioSpec::default(), "a=inactive"),
+        (no_opus.as_str(), AudioSpec { mic: test(), speaker: test() }, "rejected"),
+    ];
+    for (i, (offer, audio, want)) in cases.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
+        cmd.arg("media");
+        let log = dir.path().join(format!("h{i}.log"));
+        let mut helper = Proc::spawn::<FromHelper>(cmd, log, tx, Heard::Robot, Heard::RobotGone);
+        helper.send(&ToHelper::Start {
+            offer_sdp: offer.into(),
+            video: small_video(),
+            audio: audio.clone(),
+            ice: IceConfig::default(),
+        });
+        let mut answer = String::new();
+        let answered = wait_for(&rx, CALL_TIMEOUT, |h| match h {
+            Heard::Robot(FromHelper::Answer { sdp }) => {
+                answer = sdp.clone();
+                true
+            }
+            Heard::Robot(FromHelper::Ended { .. }) | Heard::RobotGone(_) => true,
+            _ => false,
+        });
+        assert!(answered && !answer.is_empty(), "{audio:?}: no answer:\n{}", helper.log());
+        let video = answer_section(&answer, "video").unwrap_or_else(|| panic!("{audio:?}: no video:\n{answer}"));
+        assert!(video.contains("a=sendonly") && video.contains("H264/90000"), "{audio:?}:\n{answer}");
+        let section = answer_section(&answer, "audio").unwrap_or("audio 0 ");
+        if want == "rejected" {
+            let declined = section.starts_with("audio 0 ") || section.contains("a=inactive");
+            assert!(declined, "without Opus: audio not declined:\n{answer}");
+        } else {
+            assert!(section.contains(want), "{audio:?}: want {want}:\n{answer}");
+        }
+        helper.send(&ToHelper::Stop);
+    }
+}
+
 /// (c) The supervision hook: when the helper dies (SIGKILL), robotd sees the
 /// end of its control socket at once; and a helper whose robotd closed the
 /// socket exits by itself.

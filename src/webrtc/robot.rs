@@ -415,20 +415,24 @@ fn add_microphone(
 
 /// The audio m-line's transceiver: the microphone's (transceiver 1) or a new
 /// one, with the plan's direction and pinned to the offer's Opus format.
-/// Without Opus in the offer there is nothing to pin: webrtcbin, finding no
-/// common format, rejects the m-line (port 0).
+/// Without Opus in the offer there is nothing to pin: the m-line is answered
+/// inactive.
 fn configure_audio_transceiver(
     webrtc: &gst::Element,
     line: &sdp::AudioLine,
     plan: AudioPlan,
 ) -> Result<(), WebrtcError> {
     let Some(pt) = line.opus_pt else {
-        let caps = gst::Caps::from_str("application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000")
+        // Preferences that match any audio format: webrtcbin takes this
+        // transceiver for the m-line (it would otherwise make its own,
+        // recvonly) and answers inactive.
+        let caps = gst::Caps::from_str("application/x-rtp,media=audio")
             .map_err(|e| WebrtcError::Pipeline(format!("audio preferences: {e}")))?;
         let _ = webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
             "add-transceiver",
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Inactive, &caps],
         );
+        tracing::info!(mline = line.mline, "audio m-line without Opus: inactive");
         return Ok(());
     };
     let mut prefs = format!("application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload={pt}");
@@ -529,4 +533,36 @@ fn check_video(v: &VideoSpec) -> Result<(), WebrtcError> {
         return Err(WebrtcError::Video("empty device (use `test` or a /dev/video path)".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gst_webrtc::WebRTCRTPTransceiverDirection as D;
+
+    fn line(phone_sends: bool, phone_receives: bool, opus: bool) -> sdp::AudioLine {
+        sdp::AudioLine { mline: 0, opus_pt: opus.then_some(111), phone_sends, phone_receives }
+    }
+
+    fn spec(mic: bool, speaker: bool) -> AudioSpec {
+        AudioSpec { mic: mic.then(|| "test".into()), speaker: speaker.then(|| "test".into()) }
+    }
+
+    /// protocol.md 7.8: the answer's audio direction for each offer and robot.
+    #[test]
+    fn the_audio_answer_follows_what_the_robot_has_and_the_phone_offers() {
+        let dir = |l: sdp::AudioLine, a: AudioSpec| AudioPlan::new(&l, &a).direction();
+        assert_eq!(dir(line(true, true, true), spec(true, true)), D::Sendrecv);
+        assert_eq!(dir(line(true, true, true), spec(true, false)), D::Sendonly);
+        assert_eq!(dir(line(true, true, true), spec(false, true)), D::Recvonly);
+        assert_eq!(dir(line(true, true, true), spec(false, false)), D::Inactive);
+        // The phone only receives: the speaker has nothing to take.
+        assert_eq!(dir(line(false, true, true), spec(true, true)), D::Sendonly);
+        assert_eq!(dir(line(false, true, true), spec(false, true)), D::Inactive);
+        // The phone only sends: the microphone has nobody to hear it.
+        assert_eq!(dir(line(true, false, true), spec(true, true)), D::Recvonly);
+        assert_eq!(dir(line(true, false, true), spec(true, false)), D::Inactive);
+        // No Opus: nothing either way.
+        assert_eq!(dir(line(true, true, false), spec(true, true)), D::Inactive);
+    }
 }
