@@ -10,7 +10,10 @@
 //!   to the offer's H.264 payload type;
 //! - (c) a `capssetter` rewrites `profile-level-id` to 42e01f after the payloader;
 //! - (d) the phone lists the transport-cc extmap in its codec preferences;
-//! - (e) libnice's UPnP is turned off.
+//! - (e) libnice's UPnP is turned off;
+//! - (f) when no transceiver receives, webrtcbin leaves the transport's
+//!   `rtp_src` unlinked and RTP the phone sends anyway fails the receive
+//!   path: the robot drops it there ([`robot`]).
 //!
 //! - [`sdp`]: fingerprints and the offer check (which H.264 format to send);
 //! - [`robot`]: [`RobotPeer`], the sending answerer;
