@@ -128,13 +128,18 @@ impl VideoConfig {
     }
 }
 
-/// `[audio]`: the optional microphone.
+/// `[audio]`: the optional microphone and speaker.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AudioConfig {
     /// An ALSA capture device (e.g. `"plughw:1,0"`), `"test"` for a test
     /// tone, or unset for no microphone (calls then carry no audio).
     pub device: Option<String>,
+    /// An ALSA playback device (e.g. `"plughw:0,0"`, `"default"`) that plays
+    /// the phone's microphone in version 2 calls, `"test"` to only measure
+    /// its level (`robotd status`, `media.speaker_level_db`), or unset: the
+    /// robot declines the phone's audio.
+    pub speaker: Option<String>,
 }
 
 /// `[robot]`: who the robot is.
@@ -415,6 +420,13 @@ impl Config {
         if self.audio.device.as_deref() == Some("") {
             return bad("audio.device", "leave it unset for no microphone, or name an ALSA device or \"test\"".into());
         }
+        if self.audio.speaker.as_deref() == Some("") {
+            return bad(
+                "audio.speaker",
+                "leave it unset for no speaker, or name an ALSA playback device (\"plughw:0,0\", \"default\") or \"test\""
+                    .into(),
+            );
+        }
         if let Some(b) = &self.pairing.button {
             if let Some((role, _)) = self.hardware.pin_roles().into_iter().find(|(_, q)| *q == b.pin) {
                 return bad("pairing.button.pin", format!("GPIO {} is already used as {role}", b.pin));
@@ -463,6 +475,13 @@ mod tests {
     }
 
     #[test]
+    fn the_speaker_is_optional_and_named_as_written() {
+        assert_eq!(parse("").unwrap().audio.speaker, None);
+        let c = parse("[audio]\ndevice = \"test\"\nspeaker = \"plughw:0,0\"").unwrap();
+        assert_eq!(c.audio.speaker.as_deref(), Some("plughw:0,0"));
+    }
+
+    #[test]
     fn example_flat_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flat.toml");
         let c = Config::load(&path).unwrap();
@@ -491,6 +510,8 @@ mod tests {
             ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
             ("[video]\nwidth = 641", "video.width"),
             ("[video]\nkbps = 5", "video.kbps"),
+            ("[audio]\nspeaker = \"\"", "audio.speaker"),
+            ("[audio]\nspeakers = \"default\"", "audio.speakers"),
             (
                 "[nav]\nplaces = [\"hall\"]\n[[nav.edges]]\nfrom = \"home\"\nto = \"hal\"\nsteps = [{ drive_m = 1.0 }]",
                 "nav.edges[0].to",

@@ -26,12 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use robotd::webrtc::ipc::{self, FromHelper, ToHelper};
-use robotd::webrtc::{IceConfig, PeerEvent, PhonePeer, VideoSpec};
+use robotd::webrtc::phone::PhoneOptions;
+use robotd::webrtc::{AudioSpec, IceConfig, PeerEvent, PhonePeer, SpeakerLevel, VideoSpec};
 use serde::{Deserialize, Serialize};
 
 const PHONE_ENV: &str = "ROBOTD_TEST_WEBRTC_PHONE";
 const PHONE_ICE_ENV: &str = "ROBOTD_TEST_WEBRTC_PHONE_ICE";
 const PHONE_NACK_ENV: &str = "ROBOTD_TEST_WEBRTC_PHONE_NACK";
+/// `1`: the phone offers audio sendrecv with a tone.
+const PHONE_AUDIO_ENV: &str = "ROBOTD_TEST_WEBRTC_PHONE_AUDIO";
 /// The loss test measures a share of frames that depends on timely
 /// retransmissions: it runs alone (write lock); the others share (read lock).
 static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
@@ -47,9 +50,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type")]
 enum ToPhone {
-    Answer { sdp: String },
-    RemoteCandidate { mline: u32, candidate: String },
+    Answer {
+        sdp: String,
+    },
+    RemoteCandidate {
+        mline: u32,
+        candidate: String,
+    },
     EndOfCandidates,
+    /// Mute or unmute the phone's tone.
+    Mute {
+        muted: bool,
+    },
 }
 
 /// phone process → test.
@@ -64,9 +76,11 @@ enum FromPhone {
         candidate: String,
     },
     EndOfCandidates,
-    /// Frames decoded so far (every 250 ms).
+    /// Frames (and the robot's Opus buffers) decoded so far (every 250 ms).
     Frames {
         n: u64,
+        #[serde(default)]
+        audio: u64,
     },
     Mismatch {
         want: String,
@@ -107,7 +121,8 @@ fn run_phone() -> Result<(), String> {
     };
     let (tx, rx) = mpsc::channel();
     let nack = std::env::var(PHONE_NACK_ENV).map_or(true, |v| v != "0");
-    let (peer, offer) = PhonePeer::offer_with_nack(&ice, nack, tx).map_err(|e| e.to_string())?;
+    let audio = std::env::var(PHONE_AUDIO_ENV).is_ok_and(|v| v == "1");
+    let (peer, offer) = PhonePeer::offer_with(&ice, PhoneOptions { nack, audio }, tx).map_err(|e| e.to_string())?;
     let peer = Arc::new(peer);
     send(&out, &FromPhone::Offer { sdp: offer });
     {
@@ -128,7 +143,7 @@ fn run_phone() -> Result<(), String> {
         let (out, peer) = (out.clone(), peer.clone());
         std::thread::spawn(move || {
             loop {
-                send(&out, &FromPhone::Frames { n: peer.frames_decoded() });
+                send(&out, &FromPhone::Frames { n: peer.frames_decoded(), audio: peer.audio_buffers_decoded() });
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
@@ -138,6 +153,7 @@ fn run_phone() -> Result<(), String> {
             ToPhone::Answer { sdp } => peer.set_answer(&sdp).map_err(|e| e.to_string())?,
             ToPhone::RemoteCandidate { mline, candidate } => peer.add_remote_candidate(mline, &candidate),
             ToPhone::EndOfCandidates => peer.end_of_candidates(),
+            ToPhone::Mute { muted } => peer.set_mic_muted(muted),
         }
     }
     Ok(())
@@ -221,11 +237,12 @@ fn robot_helper(ns: &netns::Ns, dir: &std::path::Path, tx: Sender<Heard>) -> Pro
     Proc::spawn::<FromHelper>(cmd, dir.join("robot-helper.log"), tx, Heard::Robot, Heard::RobotGone)
 }
 
-fn spawn_phone(ns: &netns::Ns, dir: &std::path::Path, ice: &IceConfig, nack: bool, tx: Sender<Heard>) -> Proc {
+fn spawn_phone(ns: &netns::Ns, dir: &std::path::Path, ice: &IceConfig, opts: PhoneOptions, tx: Sender<Heard>) -> Proc {
     let mut cmd = ns.command(std::env::current_exe().unwrap());
     cmd.args(["--exact", "phone_process", "--nocapture", "--test-threads=1"])
         .env(PHONE_ENV, "1")
-        .env(PHONE_NACK_ENV, if nack { "1" } else { "0" })
+        .env(PHONE_NACK_ENV, if opts.nack { "1" } else { "0" })
+        .env(PHONE_AUDIO_ENV, if opts.audio { "1" } else { "0" })
         .env(PHONE_ICE_ENV, serde_json::to_string(ice).unwrap());
     Proc::spawn::<FromPhone>(cmd, dir.join("phone.log"), tx, Heard::Phone, Heard::PhoneGone)
 }
@@ -269,6 +286,10 @@ struct Call {
     frames: u64,
     /// The robot's latest `Stats`.
     frames_sent: u64,
+    /// The robot's latest `Speaker`.
+    speaker: Option<SpeakerLevel>,
+    /// The robot's Opus buffers the phone decoded.
+    audio_received: u64,
     robot_heard: Vec<FromHelper>,
     robot_gone: Option<String>,
     phone_heard: Vec<String>,
@@ -299,8 +320,30 @@ impl Call {
         tamper: Tamper,
         phone_nack: bool,
     ) -> Call {
+        let phone = PhoneOptions { nack: phone_nack, audio: false };
+        Call::start_full(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, phone, AudioSpec::default())
+    }
+
+    /// A LAN call where the phone offers audio (a tone) and the robot has `audio`.
+    fn start_audio(net: &netns::Internet, audio: AudioSpec) -> Call {
+        let phone = PhoneOptions { nack: true, audio: true };
+        let default = IceConfig::default();
+        Call::start_full(net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, phone, audio)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_full(
+        net: &netns::Internet,
+        robot_ns: &netns::Ns,
+        phone_ns: &netns::Ns,
+        robot_ice: IceConfig,
+        phone_ice: IceConfig,
+        tamper: Tamper,
+        phone: PhoneOptions,
+        audio: AudioSpec,
+    ) -> Call {
         let (tx, rx) = mpsc::channel();
-        let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone_nack, tx.clone());
+        let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone, tx.clone());
         let offer = match rx.recv_timeout(CALL_TIMEOUT) {
             Ok(Heard::Phone(FromPhone::Offer { sdp })) => sdp,
             Ok(Heard::PhoneGone(why)) => panic!("phone process ended before its offer ({why}):\n{}", phone.log()),
@@ -311,13 +354,15 @@ impl Call {
         assert!(offer.contains(robotd::webrtc::TWCC_URI), "the phone offers transport-cc (trap d):\n{offer}");
         let offer = if tamper == Tamper::Offer { tamper_fingerprint(&offer) } else { offer };
         let mut robot = robot_helper(robot_ns, net.dir(), tx);
-        robot.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), ice: robot_ice });
+        robot.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), audio, ice: robot_ice });
         Call {
             robot,
             phone,
             rx,
             frames: 0,
             frames_sent: 0,
+            speaker: None,
+            audio_received: 0,
             robot_heard: Vec::new(),
             robot_gone: None,
             phone_heard: Vec::new(),
@@ -357,11 +402,15 @@ impl Call {
                         }
                         FromHelper::EndOfCandidates => self.phone.send(&ToPhone::EndOfCandidates),
                         FromHelper::Stats { frames_sent } => self.frames_sent = *frames_sent,
+                        FromHelper::Speaker { level } => self.speaker = Some(*level),
                         _ => {}
                     }
                     if !matches!(
                         m,
-                        FromHelper::Heartbeat | FromHelper::LocalCandidate { .. } | FromHelper::Stats { .. }
+                        FromHelper::Heartbeat
+                            | FromHelper::LocalCandidate { .. }
+                            | FromHelper::Stats { .. }
+                            | FromHelper::Speaker { .. }
                     ) {
                         self.robot_heard.push(m);
                     }
@@ -373,7 +422,10 @@ impl Call {
                         self.robot.send(&ToHelper::RemoteCandidate { mline, candidate })
                     }
                     FromPhone::EndOfCandidates => self.robot.send(&ToHelper::EndOfCandidates),
-                    FromPhone::Frames { n } => self.frames = n,
+                    FromPhone::Frames { n, audio } => {
+                        self.frames = n;
+                        self.audio_received = audio;
+                    }
                     other => self.phone_heard.push(format!("{other:?}")),
                 },
                 Heard::PhoneGone(why) => self.phone_heard.push(format!("phone process gone: {why}")),
@@ -390,8 +442,10 @@ impl Call {
 
     fn report(&self) -> String {
         format!(
-            "frames {}; robot said {:?} (gone: {:?}); phone said {:?}\n--- candidates\n{}\n--- answer\n{}\n--- robot helper log\n{}\n--- phone log\n{}",
+            "frames {}; speaker {:?}; robot's audio buffers decoded {}; robot said {:?} (gone: {:?}); phone said {:?}\n--- candidates\n{}\n--- answer\n{}\n--- robot helper log\n{}\n--- phone log\n{}",
             self.frames,
+            self.speaker,
+            self.audio_received,
             self.robot_heard,
             self.robot_gone,
             self.phone_heard,
@@ -426,6 +480,72 @@ fn a_phone_on_the_robots_lan_sees_video() {
         call.report()
     );
     assert_eq!(call.robot_ended().map(|e| e.0), Some("stopped"));
+}
+
+/// The answer's m-line of `kind` (`audio`, `video`), from `m=` to the next one.
+fn answer_section<'a>(answer: &'a str, kind: &str) -> Option<&'a str> {
+    answer.split("m=").find(|m| m.starts_with(kind))
+}
+
+/// Talk to the room (issue 14): the phone offers audio sendrecv with a tone;
+/// the robot (microphone and speaker `test`) answers sendrecv, measures the
+/// tone well above silence, and silence once the phone mutes (the muted
+/// phone still sends, so the level falls, not the stream), then the tone
+/// again after unmuting. The robot's microphone reaches the phone too.
+#[test]
+fn the_phones_microphone_reaches_the_robots_speaker_and_falls_silent_when_muted() {
+    let _shared = shared();
+    let Some(net) = netns::Internet::new() else { return };
+    let audio = AudioSpec { mic: Some("test".into()), speaker: Some("test".into()) };
+    let mut call = Call::start_audio(&net, audio);
+    let loud = |c: &Call| c.speaker.is_some_and(|l| l.receiving && l.rms_db.is_some_and(|db| db > -40.0));
+    let ok =
+        call.pump(CALL_TIMEOUT, |c| (loud(c) && c.frames >= 15 && c.audio_received > 0) || c.robot_ended().is_some());
+    assert!(ok && loud(&call) && call.frames >= 15, "no tone at the robot's speaker: {}", call.report());
+    assert!(call.audio_received > 0, "the robot's microphone did not reach the phone: {}", call.report());
+    let answer = call.answer.clone().unwrap();
+    let audio = answer_section(&answer, "audio").unwrap_or_else(|| panic!("no audio in the answer:\n{answer}"));
+    assert!(audio.contains("a=sendrecv") && audio.contains("a=rtpmap:111 OPUS/48000"), "answer:\n{answer}");
+
+    call.phone.send(&ToPhone::Mute { muted: true });
+    let silent = |c: &Call| c.speaker.is_some_and(|l| !l.receiving || l.rms_db.is_some_and(|db| db < -70.0));
+    let ok = call.pump(CALL_TIMEOUT, |c| silent(c) || c.robot_ended().is_some());
+    assert!(ok && silent(&call), "the level did not fall after muting: {}", call.report());
+    call.phone.send(&ToPhone::Mute { muted: false });
+    let ok = call.pump(CALL_TIMEOUT, |c| loud(c) || c.robot_ended().is_some());
+    assert!(ok && loud(&call), "the level did not rise again after unmuting: {}", call.report());
+    assert_eq!(call.robot_ended(), None, "{}", call.report());
+}
+
+/// A robot without a speaker declines the phone's audio cleanly: with a
+/// microphone it answers the audio m-line `sendonly` (and the phone hears
+/// it), with neither `inactive`; either way the call connects, video
+/// flows, and nothing fails.
+#[test]
+fn a_robot_without_a_speaker_declines_the_phones_audio_and_still_sends_video() {
+    let _shared = shared();
+    let Some(net) = netns::Internet::new() else { return };
+    for (mic, direction) in [(None, "a=inactive"), (Some("test"), "a=sendonly")] {
+        let audio = AudioSpec { mic: mic.map(Into::into), speaker: None };
+        let mut call = Call::start_audio(&net, audio);
+        let hears = |c: &Call| mic.is_none() || c.audio_received > 0;
+        let ok = call.pump(CALL_TIMEOUT, |c| (c.frames >= 30 && hears(c)) || c.robot_ended().is_some());
+        assert!(ok && call.frames >= 30, "mic {mic:?}: no video: {}", call.report());
+        assert!(hears(&call), "mic {mic:?}: the robot's microphone did not reach the phone: {}", call.report());
+        assert!(call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
+        assert_eq!(call.robot_ended(), None, "mic {mic:?}: {}", call.report());
+        assert_eq!(call.speaker, None, "mic {mic:?}: a speaker level without a speaker: {}", call.report());
+        let answer = call.answer.clone().unwrap();
+        let section = answer_section(&answer, "audio").unwrap_or_else(|| panic!("no audio m-line:\n{answer}"));
+        assert!(section.contains(direction), "mic {mic:?}: want {direction}:\n{answer}");
+        if mic.is_none() {
+            assert_eq!(call.audio_received, 0, "{}", call.report());
+        }
+        call.robot.send(&ToHelper::Stop);
+        let stopped = call.pump(Duration::from_secs(20), |c| c.robot_ended().is_some());
+        assert!(stopped, "no Ended after Stop: {}", call.report());
+        assert_eq!(call.robot_ended().map(|e| e.0), Some("stopped"), "{}", call.report());
+    }
 }
 
 /// (b) The offer reaches the robot with another fingerprint than the phone's
@@ -541,7 +661,12 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
     cmd.arg("media");
     let mut helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h1.log"), tx, Heard::Robot, Heard::RobotGone);
-    helper.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), ice: IceConfig::default() });
+    helper.send(&ToHelper::Start {
+        offer_sdp: offer,
+        video: small_video(),
+        audio: AudioSpec::default(),
+        ice: IceConfig::default(),
+    });
     let ended = wait_for(
         &rx,
         CALL_TIMEOUT,
@@ -570,6 +695,59 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
     assert_eq!(status.and_then(|s| s.code()), Some(2), "exit status after garbage: {status:?}");
 }
 
+/// Chromium's offer (audio first, sendrecv) answered by robots with each set
+/// of devices, and without Opus: the audio m-line's direction is the one
+/// protocol.md 7.8 gives, and the video is always answered. (No network:
+/// only the answer is looked at.)
+#[test]
+fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
+    let _shared = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let chrome = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp");
+    let no_opus = chrome.replace("opus/48000/2", "x-nothing/48000/2");
+    let test = || Some("test".to_owned());
+    let cases = [
+        (chrome, AudioSpec { mic: test(), speaker: test() }, "a=sendrecv"),
+        (chrome, AudioSpec { mic: None, speaker: test() }, "a=recvonly"),
+        (chrome, AudioSpec { mic: test(), speaker: None }, "a=sendonly"),
+        (chrome, AudioSpec::default(), "a=inactive"),
+        (no_opus.as_str(), AudioSpec { mic: test(), speaker: test() }, "rejected"),
+    ];
+    for (i, (offer, audio, want)) in cases.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
+        cmd.arg("media");
+        let log = dir.path().join(format!("h{i}.log"));
+        let mut helper = Proc::spawn::<FromHelper>(cmd, log, tx, Heard::Robot, Heard::RobotGone);
+        helper.send(&ToHelper::Start {
+            offer_sdp: offer.into(),
+            video: small_video(),
+            audio: audio.clone(),
+            ice: IceConfig::default(),
+        });
+        let mut answer = String::new();
+        let answered = wait_for(&rx, CALL_TIMEOUT, |h| match h {
+            Heard::Robot(FromHelper::Answer { sdp }) => {
+                answer = sdp.clone();
+                true
+            }
+            Heard::Robot(FromHelper::Ended { .. }) | Heard::RobotGone(_) => true,
+            _ => false,
+        });
+        assert!(answered && !answer.is_empty(), "{audio:?}: no answer:\n{}", helper.log());
+        let video = answer_section(&answer, "video").unwrap_or_else(|| panic!("{audio:?}: no video:\n{answer}"));
+        assert!(video.contains("a=sendonly") && video.contains("H264/90000"), "{audio:?}:\n{answer}");
+        let section = answer_section(&answer, "audio").unwrap_or("audio 0 ");
+        if want == "rejected" {
+            let declined = section.starts_with("audio 0 ") || section.contains("a=inactive");
+            assert!(declined, "without Opus: audio not declined:\n{answer}");
+        } else {
+            assert!(section.contains(want), "{audio:?}: want {want}:\n{answer}");
+        }
+        helper.send(&ToHelper::Stop);
+    }
+}
+
 /// (c) The supervision hook: when the helper dies (SIGKILL), robotd sees the
 /// end of its control socket at once; and a helper whose robotd closed the
 /// socket exits by itself.
@@ -580,7 +758,12 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
     let offer = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp");
     let (tx, rx) = mpsc::channel();
     let mut helper = robot_helper(&net.robot, net.dir(), tx.clone());
-    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), ice: IceConfig::default() });
+    helper.send(&ToHelper::Start {
+        offer_sdp: offer.into(),
+        video: small_video(),
+        audio: AudioSpec::default(),
+        ice: IceConfig::default(),
+    });
     let mut answer = String::new();
     let answered = wait_for(&rx, CALL_TIMEOUT, |h| match h {
         Heard::Robot(FromHelper::Answer { sdp }) => {
@@ -604,7 +787,12 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
     // The other way: robotd closes its end (or dies); the helper exits.
     let (tx2, rx2) = mpsc::channel();
     let mut helper = robot_helper(&net.robot, net.dir(), tx2);
-    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), ice: IceConfig::default() });
+    helper.send(&ToHelper::Start {
+        offer_sdp: offer.into(),
+        video: small_video(),
+        audio: AudioSpec::default(),
+        ice: IceConfig::default(),
+    });
     assert!(wait_for(&rx2, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Answer { .. }))));
     helper.sock.shutdown(std::net::Shutdown::Both).unwrap();
     let end = Instant::now() + Duration::from_secs(20);

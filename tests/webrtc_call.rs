@@ -75,6 +75,50 @@ fn a_phone_on_the_robots_lan_calls_over_webrtc_sees_video_and_drives() {
     assert!(status(&robot)["call"].is_null(), "the call did not end: {}", status(&robot));
 }
 
+/// Talk to the room through robotd (issue 14): robotctl offers audio with a
+/// tone; robotd with `[audio] device = "test"` and `speaker = "test"` shows
+/// the tone's level in `robotd status` (`media.speaker_receiving`,
+/// `media.speaker_level_db`) while unmuted and silence after robotctl mutes;
+/// the robot's microphone reaches robotctl; after the call the level is gone.
+#[test]
+fn the_phones_audio_reaches_the_robots_speaker_as_robotd_status_shows() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let audio = "[audio]\ndevice = \"test\"\nspeaker = \"test\"\n";
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(TEST_VIDEO, SMALL_VIDEO), audio));
+    robot.spawn_wrapped(net.robot.command("env"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    // Pings keep the call inside its 15 s timeout.
+    let mut args = vec!["call", "--webrtc", "--audio", "--frames", "10"];
+    for step in ["wait 8", "ping", "wait 8", "ping", "mute", "wait 8", "ping", "wait 8", "ping", "wait 8"] {
+        args.extend(["-x", step]);
+    }
+    let phone = robotctl(&net.lan_phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let level = |st: &serde_json::Value| st["media"]["speaker_level_db"].as_f64();
+    let mut last = serde_json::Value::Null;
+    let loud = wait_until(Duration::from_secs(60), || {
+        last = status_sync(&robot);
+        last["media"]["speaker_receiving"] == true && level(&last).is_some_and(|db| db > -40.0)
+    });
+    assert!(loud, "no tone in robotd status: {last}\n{}", robot.log());
+    assert_eq!(last["media"]["speaker"], "test", "{last}");
+    let silent = wait_until(Duration::from_secs(60), || {
+        last = status_sync(&robot);
+        last["media"]["speaker_receiving"] == false || level(&last).is_some_and(|db| db < -70.0)
+    });
+    assert!(silent, "the level did not fall after the mute: {last}\n{}", robot.log());
+    let out = phone.wait_with_output().unwrap();
+    let text = said(&out);
+    assert!(out.status.success(), "robotctl call --webrtc --audio failed:\n{text}\nrobotd:\n{}", robot.log());
+    let heard = text
+        .lines()
+        .find_map(|l| l.strip_prefix("decoded ")?.strip_suffix(" audio buffers in total")?.parse::<u64>().ok());
+    assert!(heard.is_some_and(|n| n > 0), "the robot's microphone did not reach robotctl:\n{text}");
+    let st = status(&robot);
+    assert!(st["call"].is_null() && st["media"]["speaker_level_db"].is_null(), "{st}");
+}
+
 /// The pid of `robotd media`, robotd's child, once there is one.
 fn helper_pid(robotd: i32) -> Option<i32> {
     let kids = std::fs::read_to_string(format!("/proc/{robotd}/task/{robotd}/children")).ok()?;

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::media::MediaEvent;
 use crate::webrtc::ipc::{self, FromHelper, ToHelper};
-use crate::webrtc::{IceConfig, VideoSpec};
+use crate::webrtc::{AudioSpec, IceConfig, VideoSpec};
 use crate::wire::identity::ClientId;
 
 /// A helper that sent nothing (its heartbeat is every second) for this long
@@ -47,6 +47,7 @@ impl Helper {
         session: ClientId,
         offer_sdp: String,
         video: VideoSpec,
+        audio: AudioSpec,
         ice: IceConfig,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Helper, String> {
@@ -64,7 +65,7 @@ impl Helper {
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket: {e}"))?;
         let (rd, wr) = stream.into_split();
         let (to_helper, rx) = mpsc::unbounded_channel();
-        let _ = to_helper.send(ToHelper::Start { offer_sdp, video, ice });
+        let _ = to_helper.send(ToHelper::Start { offer_sdp, video, audio, ice });
         info!(session = %session, pid = child.id(), "media helper started");
         tokio::spawn(write_loop(wr, rx));
         tokio::spawn(read_loop(session.clone(), rd, child, events));

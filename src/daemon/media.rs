@@ -8,10 +8,11 @@ use tracing::{info, warn};
 
 use super::helper::Helper;
 use crate::config::{AudioConfig, VideoConfig};
+use crate::robot::admin::MediaStatus;
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 use crate::webrtc::ipc::{FromHelper, ToHelper};
-use crate::webrtc::{IceConfig, VideoSpec};
+use crate::webrtc::{AudioSpec, IceConfig, SpeakerLevel, VideoSpec};
 use crate::wire::identity::ClientId;
 use crate::wire::payloads::VideoChange;
 use crate::wire::replies::EndReason;
@@ -55,11 +56,13 @@ pub struct Media {
     running: Option<Running>,
     /// The media helper of the current version 2 call.
     helper: Option<Helper>,
+    /// What its speaker path measured last.
+    speaker: Option<SpeakerLevel>,
 }
 
 impl Media {
     pub fn new(video_cfg: VideoConfig, audio_cfg: AudioConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Self {
-        Media { video_cfg, audio_cfg, events, current: None, running: None, helper: None }
+        Media { video_cfg, audio_cfg, events, current: None, running: None, helper: None, speaker: None }
     }
 
     /// Start a version 2 call's media helper with the phone's offer; its
@@ -75,7 +78,8 @@ impl Media {
             fps: v.fps,
             kbps: v.kbps,
         };
-        match Helper::spawn(req.session.clone(), req.offer_sdp, video, ice, self.events.clone()) {
+        let audio = AudioSpec { mic: self.audio_cfg.device.clone(), speaker: self.audio_cfg.speaker.clone() };
+        match Helper::spawn(req.session.clone(), req.offer_sdp, video, audio, ice, self.events.clone()) {
             Ok(h) => self.helper = Some(h),
             Err(detail) => {
                 let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });
@@ -164,6 +168,12 @@ impl Media {
                 Some(MediaReport::Started { session })
             }
             MediaEvent::Failed { session, detail } => Some(MediaReport::Failed { session, detail }),
+            MediaEvent::Helper { session, msg: FromHelper::Speaker { level } } => {
+                if self.current.as_ref() == Some(&session) {
+                    self.speaker = Some(level);
+                }
+                None
+            }
             MediaEvent::Helper { session, msg } => helper_report(session, msg),
         }
     }
@@ -202,9 +212,21 @@ impl Media {
         MediaReport::VideoAdjusted { session, result, answer }
     }
 
+    /// The speaker's side of `robotd status`.
+    pub fn status(&self) -> MediaStatus {
+        let level = self.speaker.filter(|_| self.helper.is_some());
+        MediaStatus {
+            speaker: self.audio_cfg.speaker.clone(),
+            speaker_receiving: level.is_some_and(|l| l.receiving),
+            speaker_level_db: level.and_then(|l| l.rms_db),
+            speaker_peak_db: level.and_then(|l| l.peak_db),
+        }
+    }
+
     /// Stop whatever runs (in the background; returns at once).
     pub fn stop(&mut self) {
         self.current = None;
+        self.speaker = None;
         if let Some(h) = self.helper.take() {
             h.stop();
         }
@@ -216,6 +238,7 @@ impl Media {
     /// Stop whatever runs and wait for it (shutdown).
     pub async fn stop_and_wait(&mut self) {
         self.current = None;
+        self.speaker = None;
         if let Some(h) = self.helper.take() {
             h.stop();
         }
@@ -245,7 +268,9 @@ fn helper_report(session: ClientId, msg: FromHelper) -> Option<MediaReport> {
             };
             MediaReport::Ended { session, reason, detail }
         }
-        FromHelper::State { .. } | FromHelper::Heartbeat | FromHelper::Stats { .. } => return None,
+        FromHelper::State { .. } | FromHelper::Heartbeat | FromHelper::Stats { .. } | FromHelper::Speaker { .. } => {
+            return None;
+        }
     })
 }
 

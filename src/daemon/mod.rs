@@ -323,7 +323,10 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
                 None => break,
             },
             Some((req, reply)) = admin.recv() => {
-                let (answer, fx) = core.on_admin(req, &shell.link_info(), now());
+                let (mut answer, fx) = core.on_admin(req, &shell.link_info(), now());
+                if let Ok(crate::robot::admin::AdminReply::Status(s)) = &mut answer {
+                    s.media = shell.media.status();
+                }
                 let _ = reply.send(control::Response::from(answer));
                 fx
             }

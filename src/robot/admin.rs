@@ -175,6 +175,23 @@ pub struct Status {
     pub ultrasonic: Option<UltrasonicStatus>,
     pub sim: Option<SimStatus>,
     pub dropped: DroppedStatus,
+    /// Filled in by the shell (the media helper's measurements).
+    #[serde(default)]
+    pub media: MediaStatus,
+}
+
+/// `status`: the audio of a version 2 call, as the media helper measures it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MediaStatus {
+    /// `[audio] speaker` (`"test"` or an ALSA device), `null` without one.
+    pub speaker: Option<String>,
+    /// The phone's audio reaches the speaker (decoded within the last second).
+    pub speaker_receiving: bool,
+    /// Its latest RMS level, dBFS (-120 for digital silence); `null` before
+    /// any audio of the current call arrived, and outside calls.
+    pub speaker_level_db: Option<f64>,
+    /// Its latest peak level, dBFS.
+    pub speaker_peak_db: Option<f64>,
 }
 
 /// A successful admin answer.
@@ -323,6 +340,7 @@ impl Core {
                 backlog: link.dropped_backlog,
                 auth: self.drops.counts().clone(),
             },
+            media: MediaStatus::default(),
         }
     }
 }

@@ -288,7 +288,7 @@ pub fn main() -> ! {
             }
         };
         match msg {
-            ToHelper::Start { offer_sdp, video, ice } => {
+            ToHelper::Start { offer_sdp, video, audio, ice } => {
                 if peer.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                     send(
                         &out,
@@ -297,7 +297,7 @@ pub fn main() -> ! {
                     end(&peer, 2);
                 }
                 let (tx, rx) = mpsc::channel();
-                match RobotPeer::answer(&offer_sdp, &video, &ice, tx) {
+                match RobotPeer::answer(&offer_sdp, &video, &audio, &ice, tx) {
                     Ok((p, sdp)) => {
                         *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
                         send(&out, &FromHelper::Answer { sdp });
@@ -334,19 +334,23 @@ pub fn main() -> ! {
     }
 }
 
-/// `Stats` every 250 ms while the peer runs.
+/// `Stats` (and `Speaker`, when the robot takes the phone's audio) every
+/// 250 ms while the peer runs.
 fn spawn_stats(out: Out, peer: Arc<Mutex<Option<RobotPeer>>>) {
     let _ = std::thread::Builder::new().name("stats".into()).spawn(move || {
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let frames_sent = match peer.lock() {
+            let (frames_sent, speaker) = match peer.lock() {
                 Ok(g) => match g.as_ref() {
-                    Some(p) => p.frames_sent(),
+                    Some(p) => (p.frames_sent(), p.speaker_level()),
                     None => return,
                 },
                 Err(_) => return,
             };
             send(&out, &FromHelper::Stats { frames_sent });
+            if let Some(level) = speaker {
+                send(&out, &FromHelper::Speaker { level });
+            }
         }
     });
 }

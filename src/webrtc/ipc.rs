@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::{IceConfig, VideoSpec};
+use super::{AudioSpec, IceConfig, SpeakerLevel, VideoSpec};
 
 /// Largest frame body accepted or sent (an SDP offer is at most ~12 KB).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -20,8 +20,15 @@ pub const MAX_FRAME: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ToHelper {
-    /// Answer this offer and send video.
-    Start { offer_sdp: String, video: VideoSpec, ice: IceConfig },
+    /// Answer this offer and send video (and audio, protocol.md 7.8).
+    Start {
+        offer_sdp: String,
+        video: VideoSpec,
+        /// The robot's microphone and speaker (absent: neither).
+        #[serde(default)]
+        audio: AudioSpec,
+        ice: IceConfig,
+    },
     /// A candidate of the phone's (`candidate:…`).
     RemoteCandidate { mline: u32, candidate: String },
     /// The phone has no more candidates.
@@ -31,7 +38,7 @@ pub enum ToHelper {
 }
 
 /// helper → robotd.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum FromHelper {
     /// The SDP answer to `Start`'s offer.
@@ -62,6 +69,12 @@ pub enum FromHelper {
     /// certificate was verified.
     Stats {
         frames_sent: u64,
+    },
+    /// Every 250 ms once answered, when the robot takes the phone's audio
+    /// (a speaker is configured and the offer's audio m-line sends Opus):
+    /// what the speaker path measures.
+    Speaker {
+        level: SpeakerLevel,
     },
 }
 
@@ -139,7 +152,12 @@ mod tests {
     use super::*;
 
     fn start() -> ToHelper {
-        ToHelper::Start { offer_sdp: "v=0\r\n".into(), video: video(), ice: IceConfig::default() }
+        ToHelper::Start {
+            offer_sdp: "v=0\r\n".into(),
+            video: video(),
+            audio: AudioSpec { mic: Some("test".into()), speaker: Some("plughw:0,0".into()) },
+            ice: IceConfig::default(),
+        }
     }
 
     #[test]
@@ -155,6 +173,16 @@ mod tests {
         let bytes = encode(&e).unwrap();
         assert_eq!(decode::<FromHelper>(&bytes[4..]).unwrap(), e);
         assert!(String::from_utf8_lossy(&bytes[4..]).contains(r#""type":"Ended""#));
+        // Silence is a finite floor: JSON has no -inf.
+        let quiet = FromHelper::Speaker {
+            level: SpeakerLevel { receiving: true, rms_db: Some(super::super::SILENCE_DB), peak_db: None },
+        };
+        assert_eq!(decode::<FromHelper>(&encode(&quiet).unwrap()[4..]).unwrap(), quiet);
+        // A Start without `audio` (an older robotd) means no microphone and no speaker.
+        let old = br#"{"type":"Start","offer_sdp":"v=0","video":{"device":"test","width":320,"height":240,"fps":15,"kbps":300},"ice":{}}"#;
+        assert!(
+            matches!(decode::<ToHelper>(old).unwrap(), ToHelper::Start { audio, .. } if audio == AudioSpec::default())
+        );
     }
 
     #[test]
@@ -163,7 +191,12 @@ mod tests {
         assert!(matches!(read_frame::<_, ToHelper>(&mut r), Err(IpcError::TooLarge { .. })));
         let mut r = &u32::MAX.to_be_bytes()[..];
         assert!(matches!(read_frame::<_, ToHelper>(&mut r), Err(IpcError::TooLarge { .. })));
-        let big = ToHelper::Start { offer_sdp: "x".repeat(MAX_FRAME), video: video(), ice: IceConfig::default() };
+        let big = ToHelper::Start {
+            offer_sdp: "x".repeat(MAX_FRAME),
+            video: video(),
+            audio: AudioSpec::default(),
+            ice: IceConfig::default(),
+        };
         assert!(matches!(encode(&big), Err(IpcError::TooLarge { .. })));
     }
 

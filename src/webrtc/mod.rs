@@ -10,7 +10,10 @@
 //!   to the offer's H.264 payload type;
 //! - (c) a `capssetter` rewrites `profile-level-id` to 42e01f after the payloader;
 //! - (d) the phone lists the transport-cc extmap in its codec preferences;
-//! - (e) libnice's UPnP is turned off.
+//! - (e) libnice's UPnP is turned off;
+//! - (f) when no transceiver receives, webrtcbin leaves the transport's
+//!   `rtp_src` unlinked and RTP the phone sends anyway fails the receive
+//!   path: the robot drops it there ([`robot`]).
 //!
 //! - [`sdp`]: fingerprints and the offer check (which H.264 format to send);
 //! - [`robot`]: [`RobotPeer`], the sending answerer;
@@ -35,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use phone::PhonePeer;
 pub use robot::RobotPeer;
-pub use sdp::{Fingerprint, OfferInfo, SdpError};
+pub use sdp::{AudioLine, Fingerprint, OfferInfo, SdpError};
 
 /// The transport-wide congestion control RTP header extension.
 pub const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
@@ -88,6 +91,34 @@ pub struct VideoSpec {
     pub kbps: u32,
 }
 
+/// The robot's audio devices for one call (`[audio]` in the configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioSpec {
+    /// The microphone: an ALSA capture device, or `test` for a tone. `None`:
+    /// the robot sends no audio.
+    #[serde(default)]
+    pub mic: Option<String>,
+    /// The speaker: an ALSA playback device, or `test`, which plays nothing
+    /// and only measures the level. `None`: the robot declines the phone's audio.
+    #[serde(default)]
+    pub speaker: Option<String>,
+}
+
+/// What the robot's speaker path measures (GStreamer's `level` after `opusdec`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpeakerLevel {
+    /// Audio from the phone was decoded within the last second.
+    pub receiving: bool,
+    /// RMS level of the latest 100 ms, dBFS, at least [`SILENCE_DB`]; `None`
+    /// before any audio arrived.
+    pub rms_db: Option<f64>,
+    /// Peak level of the latest 100 ms, dBFS, at least [`SILENCE_DB`].
+    pub peak_db: Option<f64>,
+}
+
+/// The floor of measured levels: digital silence (`-inf` dB) reads as this.
+pub const SILENCE_DB: f64 = -120.0;
+
 /// Why a peer could not be made or driven.
 #[derive(Debug, thiserror::Error)]
 pub enum WebrtcError {
@@ -122,7 +153,8 @@ fn require_elements(names: &[&str]) -> Result<(), WebrtcError> {
             let package = match *name {
                 "webrtcbin" | "dtlssrtpdec" => "gstreamer1.0-plugins-bad",
                 "nicesrc" | "nicesink" => "gstreamer1.0-nice",
-                "capssetter" => "gstreamer1.0-plugins-good",
+                "capssetter" | "level" | "rtpopuspay" | "rtpopusdepay" => "gstreamer1.0-plugins-good",
+                "alsasink" => "gstreamer1.0-alsa",
                 other => crate::video::package_for(other),
             };
             return Err(WebrtcError::MissingElement { element: (*name).into(), package });
@@ -282,25 +314,43 @@ fn watch_peer_certificate(webrtc: &gst::Element, on_pem: impl Fn(Option<Fingerpr
 }
 
 /// A thread that watches `pipeline`'s bus until `stop` is set, reporting
-/// errors as [`PeerEvent::Failed`].
+/// errors as [`PeerEvent::Failed`] and handing element messages (`level`'s)
+/// to `on_element`.
 fn spawn_bus_watch(
     pipeline: &gst::Pipeline,
     events: std::sync::mpsc::Sender<PeerEvent>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     who: &'static str,
+    on_element: impl Fn(&gst::StructureRef) + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let Some(bus) = pipeline.bus() else { return Err(std::io::Error::other("the pipeline has no bus")) };
     std::thread::Builder::new().name(format!("{who}-bus")).spawn(move || {
         use std::sync::atomic::Ordering;
         while !stop.load(Ordering::Relaxed) {
             let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else { continue };
-            if let gst::MessageView::Error(e) = msg.view() {
-                let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
-                tracing::warn!(peer = who, element = %src, error = %e.error(), "media pipeline error");
-                let _ = events.send(PeerEvent::Failed(format!("{src}: {}", e.error())));
+            match msg.view() {
+                gst::MessageView::Error(e) => {
+                    let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    tracing::warn!(peer = who, element = %src, error = %e.error(), "media pipeline error");
+                    let _ = events.send(PeerEvent::Failed(format!("{src}: {}", e.error())));
+                }
+                gst::MessageView::Element(e) => {
+                    if let Some(s) = e.structure() {
+                        on_element(s);
+                    }
+                }
+                _ => {}
             }
         }
     })
+}
+
+/// The loudest channel of a `level` message's `field` (`rms` or `peak`),
+/// dBFS, floored at [`SILENCE_DB`].
+fn level_db(s: &gst::StructureRef, field: &str) -> Option<f64> {
+    let values = s.get::<glib::ValueArray>(field).ok()?;
+    let loudest = values.iter().filter_map(|v| v.get::<f64>().ok()).fold(f64::NEG_INFINITY, f64::max);
+    Some(if loudest.is_nan() { SILENCE_DB } else { loudest.max(SILENCE_DB) })
 }
 
 /// Stop a pipeline: NULL state on a thread, abandoned after `timeout` (a

@@ -1,10 +1,14 @@
 //! The phone's peer (robotctl, tests): offers a recvonly H.264 video
-//! transceiver, decodes what the robot sends and counts the frames.
+//! transceiver, decodes what the robot sends and counts the frames; with
+//! [`PhoneOptions::audio`], also a sendrecv Opus transceiver that sends a
+//! tone (the "microphone", mutable) and counts the robot's audio.
 //!
 //! ```text
 //! webrtcbin (recvonly H264 pm1 42e01f + transport-cc, do-nack)
 //!   pad-added → valve (closed until the robot's certificate matches its answer)
 //!   → rtph264depay → h264parse → avdec_h264|openh264dec → fakesink (counts frames)
+//! audiotestsrc (440 Hz; volume 0 when muted) → opusenc → rtpopuspay pt 111 → webrtcbin
+//!   pad-added (audio) → valve → rtpopusdepay → opusdec → fakesink (counts buffers)
 //! ```
 
 use std::str::FromStr;
@@ -24,6 +28,26 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The payload type and transport-cc ID the phone offers.
 const OFFER_PT: u32 = 102;
 const OFFER_TWCC_ID: u32 = 3;
+/// The Opus payload type the phone offers (Chromium's).
+const OFFER_OPUS_PT: u32 = 111;
+/// The tone's volume while unmuted (about -9 dBFS RMS).
+const TONE_VOLUME: f64 = 0.5;
+
+/// What the phone offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhoneOptions {
+    /// Ask for retransmissions (NACK); off only to measure what it is worth.
+    pub nack: bool,
+    /// Offer audio sendrecv (m-line 0, before the video): send a tone, count
+    /// what the robot sends.
+    pub audio: bool,
+}
+
+impl Default for PhoneOptions {
+    fn default() -> Self {
+        PhoneOptions { nack: true, audio: false }
+    }
+}
 /// The receive jitterbuffer's latency, ms: room for a NACK and its
 /// retransmission. Measured in tests/webrtc.rs (5 % loss both ways, through a
 /// TURN relay, busy 2-core machine): 150 ms kept 89 % of the frames, 250 ms
@@ -51,6 +75,9 @@ pub struct PhonePeer {
     webrtc: gst::Element,
     gate: Arc<Mutex<Gate>>,
     frames: Arc<AtomicU64>,
+    audio_buffers: Arc<AtomicU64>,
+    /// The tone's source, when the phone offers audio.
+    mic: Option<gst::Element>,
     stop: Arc<AtomicBool>,
     events: Sender<PeerEvent>,
 }
@@ -69,6 +96,15 @@ impl PhonePeer {
         nack: bool,
         events: Sender<PeerEvent>,
     ) -> Result<(PhonePeer, String), WebrtcError> {
+        Self::offer_with(ice, PhoneOptions { nack, ..PhoneOptions::default() }, events)
+    }
+
+    /// [`PhonePeer::offer`] with [`PhoneOptions`].
+    pub fn offer_with(
+        ice: &IceConfig,
+        opts: PhoneOptions,
+        events: Sender<PeerEvent>,
+    ) -> Result<(PhonePeer, String), WebrtcError> {
         super::init()?;
         super::require_elements(&["webrtcbin", "nicesrc", "dtlssrtpdec", "valve", "rtph264depay", "h264parse"])?;
         let decoder = ["avdec_h264", "openh264dec"]
@@ -85,17 +121,21 @@ impl PhonePeer {
         super::configure_ice(&webrtc, ice)?;
         let gate = Arc::new(Mutex::new(Gate::default()));
         let frames = Arc::new(AtomicU64::new(0));
+        let audio_buffers = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        // The microphone first: its pad makes transceiver 0 (m-line 0, as in Chromium's offers).
+        let mic = if opts.audio { Some(add_tone(&pipeline, &webrtc)?) } else { None };
 
         {
             let (pipeline_weak, gate, frames) = (pipeline.downgrade(), gate.clone(), frames.clone());
+            let audio_buffers = audio_buffers.clone();
             let tx = events.clone();
             webrtc.connect_pad_added(move |_, pad| {
                 if pad.direction() != gst::PadDirection::Src {
                     return;
                 }
                 let Some(pipeline) = pipeline_weak.upgrade() else { return };
-                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames) {
+                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames, &audio_buffers) {
                     let _ = tx.send(PeerEvent::Failed(format!("receive path: {e}")));
                 }
             });
@@ -117,11 +157,11 @@ impl PhonePeer {
                 evaluate(&mut g, &tx);
             });
         }
-        super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone")
+        super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone", |_| {})
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
         pipeline.set_state(gst::State::Playing).map_err(|e| WebrtcError::Pipeline(format!("to PLAYING: {e}")))?;
-        let peer = PhonePeer { pipeline, webrtc, gate, frames, stop, events };
-        let offer = peer.make_offer(nack).inspect_err(|_| peer.shutdown())?;
+        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, mic, stop, events };
+        let offer = peer.make_offer(opts.nack).inspect_err(|_| peer.shutdown())?;
         Ok((peer, offer))
     }
 
@@ -138,6 +178,19 @@ impl PhonePeer {
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
         );
         tr.set_property("do-nack", nack);
+        if self.mic.is_some() {
+            let caps = gst::Caps::from_str(&format!(
+                "application/x-rtp,media=audio,encoding-name=OPUS,payload={OFFER_OPUS_PT},clock-rate=48000,\
+                 encoding-params=(string)2"
+            ))
+            .map_err(|e| WebrtcError::Pipeline(format!("audio preferences: {e}")))?;
+            let audio = self
+                .webrtc
+                .emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&0i32])
+                .ok_or_else(|| WebrtcError::Pipeline("webrtcbin has no transceiver for the tone".into()))?;
+            audio.set_direction(gst_webrtc::WebRTCRTPTransceiverDirection::Sendrecv);
+            audio.set_codec_preferences(Some(&caps));
+        }
         let reply =
             super::promise_call(&self.webrtc, "create-offer", &None::<gst::Structure>.to_value(), STEP_TIMEOUT)?;
         let offer = super::reply_description(reply, "offer")?;
@@ -173,6 +226,18 @@ impl PhonePeer {
     /// Frames decoded since the robot's certificate was verified.
     pub fn frames_decoded(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Opus buffers of the robot's decoded since its certificate was verified.
+    pub fn audio_buffers_decoded(&self) -> u64 {
+        self.audio_buffers.load(Ordering::Relaxed)
+    }
+
+    /// Mute (silence, still sent) or unmute the tone; no-op without audio.
+    pub fn set_mic_muted(&self, muted: bool) {
+        if let Some(src) = &self.mic {
+            src.set_property("volume", if muted { 0.0 } else { TONE_VOLUME });
+        }
     }
 
     /// Stop the pipeline (bounded: a stuck element is abandoned after 3 s).
@@ -214,33 +279,57 @@ fn evaluate(g: &mut Gate, tx: &Sender<PeerEvent>) {
     }
 }
 
+/// The phone's microphone: a tone into a new webrtcbin sink pad; returns the
+/// `audiotestsrc` (its volume is the mute).
+fn add_tone(pipeline: &gst::Pipeline, webrtc: &gst::Element) -> Result<gst::Element, WebrtcError> {
+    super::require_elements(&["audiotestsrc", "audioconvert", "audioresample", "opusenc", "rtpopuspay"])?;
+    let desc = format!(
+        "audiotestsrc name=tone is-live=true wave=sine freq=440 volume={TONE_VOLUME} ! audioconvert ! audioresample \
+         ! audio/x-raw,rate=48000,channels=1 ! opusenc bitrate=32000 ! rtpopuspay pt={OFFER_OPUS_PT}"
+    );
+    let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| WebrtcError::Pipeline(e.to_string()))?;
+    let tone = bin.by_name("tone").ok_or_else(|| WebrtcError::Pipeline("audiotestsrc missing".into()))?;
+    pipeline.add(&bin).map_err(|e| WebrtcError::Pipeline(e.to_string()))?;
+    let sink = webrtc
+        .request_pad_simple("sink_%u")
+        .ok_or_else(|| WebrtcError::Pipeline("webrtcbin gave no sink pad for audio".into()))?;
+    let src = bin.static_pad("src").ok_or_else(|| WebrtcError::Pipeline("tone bin has no src pad".into()))?;
+    src.link(&sink).map_err(|e| WebrtcError::Pipeline(format!("tone to webrtcbin: {e:?}")))?;
+    Ok(tone)
+}
+
 fn link_receiver(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     decoder: &str,
     gate: &Arc<Mutex<Gate>>,
     frames: &Arc<AtomicU64>,
+    audio_buffers: &Arc<AtomicU64>,
 ) -> Result<(), String> {
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
-    let is_video = caps
-        .as_ref()
-        .and_then(|c| c.structure(0))
-        .and_then(|s| s.get::<&str>("media").ok())
-        .is_none_or(|m| m == "video");
+    let s = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.to_owned()));
+    let media = s.as_ref().and_then(|s| s.get::<&str>("media").ok().map(str::to_owned));
+    let is_video = media.as_deref().is_none_or(|m| m == "video");
+    let is_opus = media.as_deref() == Some("audio")
+        && s.as_ref().is_some_and(|s| s.get::<&str>("encoding-name").is_ok_and(|e| e.eq_ignore_ascii_case("OPUS")));
     let desc = if is_video {
         format!(
             "valve name=gate drop=true ! rtph264depay request-keyframe=true wait-for-keyframe=true ! h264parse \
              ! {decoder} ! fakesink name=frames signal-handoffs=true sync=false async=false"
         )
+    } else if is_opus {
+        "valve name=gate drop=true ! rtpopusdepay ! opusdec \
+         ! fakesink name=frames signal-handoffs=true sync=false async=false"
+            .to_owned()
     } else {
         "fakesink sync=false async=false".to_owned()
     };
     let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| e.to_string())?;
     pipeline.add(&bin).map_err(|e| e.to_string())?;
-    if is_video {
+    if is_video || is_opus {
         let valve = bin.by_name("gate").ok_or("valve missing")?;
         let sink = bin.by_name("frames").ok_or("fakesink missing")?;
-        let (gate2, frames) = (gate.clone(), frames.clone());
+        let (gate2, frames) = (gate.clone(), if is_video { frames.clone() } else { audio_buffers.clone() });
         sink.connect("handoff", false, move |_| {
             if gate2.lock().map(|g| g.verified).unwrap_or(false) {
                 frames.fetch_add(1, Ordering::Relaxed);

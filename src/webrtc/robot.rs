@@ -5,12 +5,27 @@
 //!   → h264parse → rtph264pay (offer's PT, + transport-cc) → capssetter 42e01f
 //!   → valve (closed until the phone's DTLS certificate matches its offer) → webrtcbin
 //! ```
+//!
+//! With an audio m-line in the offer (protocol.md 7.8), the robot sends its
+//! microphone when it has one and the phone receives, and plays (or, with
+//! speaker `test`, only measures) the phone's audio when it has a speaker and
+//! the phone sends:
+//!
+//! ```text
+//! audiotestsrc|alsasrc → audioconvert → audioresample → opusenc → rtpopuspay
+//!   (the offer's Opus PT) → valve (the same gate) → webrtcbin
+//! webrtcbin pad-added (audio) → valve → rtpopusdepay → opusdec → audioconvert
+//!   → level (100 ms, read as [`SpeakerLevel`]) → alsasink|fakesink
+//! ```
+//!
+//! Anything else the phone sends ends in a `fakesink`, so no audio m-line,
+//! in any direction, can fail the pipeline.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -19,12 +34,59 @@ use gstreamer_rtp::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
-use super::{IceConfig, PeerEvent, TWCC_URI, VideoSpec, WebrtcError, sdp};
+use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
 
 /// How long a negotiation step may take before the call fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The SSRC of the video stream (one stream per process and call).
 const SSRC: u32 = 0x5EED_0001;
+/// The SSRC of the robot's audio stream.
+const AUDIO_SSRC: u32 = 0x5EED_0002;
+/// Opus bitrate of the robot's microphone, bit/s.
+const AUDIO_BITRATE: u32 = 32_000;
+/// `level`'s interval, ns.
+const LEVEL_INTERVAL_NS: u64 = 100_000_000;
+/// No level message for this long: the phone's audio is not being received.
+const RECEIVING_WINDOW: Duration = Duration::from_secs(1);
+
+/// What the robot does with the offer's audio m-line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AudioPlan {
+    /// Send the microphone (it is configured, the phone receives, Opus is offered).
+    pub send: bool,
+    /// Receive into the speaker (it is configured, the phone sends, Opus is offered).
+    pub receive: bool,
+}
+
+impl AudioPlan {
+    /// The plan for `line` (the offer's audio m-line) and the robot's devices.
+    pub fn new(line: &sdp::AudioLine, audio: &AudioSpec) -> AudioPlan {
+        let opus = line.opus_pt.is_some();
+        AudioPlan {
+            send: opus && line.phone_receives && audio.mic.is_some(),
+            receive: opus && line.phone_sends && audio.speaker.is_some(),
+        }
+    }
+
+    /// The answer's direction for the m-line.
+    pub fn direction(self) -> gst_webrtc::WebRTCRTPTransceiverDirection {
+        use gst_webrtc::WebRTCRTPTransceiverDirection as D;
+        match (self.send, self.receive) {
+            (true, true) => D::Sendrecv,
+            (true, false) => D::Sendonly,
+            (false, true) => D::Recvonly,
+            (false, false) => D::Inactive,
+        }
+    }
+}
+
+/// The speaker path's latest measurement.
+#[derive(Default)]
+struct Level {
+    at: Option<Instant>,
+    rms_db: Option<f64>,
+    peak_db: Option<f64>,
+}
 
 /// A running answerer; dropping it without [`RobotPeer::stop`] leaks the pipeline
 /// until the process exits (the helper process exits right after).
@@ -33,10 +95,14 @@ pub struct RobotPeer {
     webrtc: gst::Element,
     stop: Arc<AtomicBool>,
     frames_sent: Arc<AtomicU64>,
+    /// Measured levels, when the phone's audio goes to a speaker.
+    level: Option<Arc<Mutex<Level>>>,
 }
 
 #[derive(Default)]
 struct Gate {
+    /// Valves that open with the certificate check (the audio paths).
+    valves: Vec<gst::Element>,
     /// The peer's certificate matched.
     verified: bool,
     /// Connection state reached `connected`.
@@ -51,6 +117,7 @@ impl RobotPeer {
     pub fn answer(
         offer_sdp: &str,
         video: &VideoSpec,
+        audio: &AudioSpec,
         ice: &IceConfig,
         events: Sender<PeerEvent>,
     ) -> Result<(RobotPeer, String), WebrtcError> {
@@ -100,6 +167,19 @@ impl RobotPeer {
         let valve = get("gate")?;
         let pay = get("pay")?;
         super::configure_ice(&webrtc, ice)?;
+        let plan = info.audio.as_ref().map(|line| (line.clone(), AudioPlan::new(line, audio)));
+        let audio_valve = match &plan {
+            Some((line, p)) if p.send => Some(add_microphone(&pipeline, &webrtc, audio, line)?),
+            _ => None,
+        };
+        if let Some((_, p)) = &plan {
+            if p.receive {
+                super::require_elements(&["rtpopusdepay", "opusdec", "audioconvert", "level"])?;
+                if audio.speaker.as_deref() != Some("test") {
+                    super::require_elements(&["audioresample", "alsasink"])?;
+                }
+            }
+        }
 
         let mut prefs = format!(
             "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload={},\
@@ -124,9 +204,33 @@ impl RobotPeer {
         tr.set_property("do-nack", true);
         let caps = gst::Caps::from_str(&prefs).map_err(|e| WebrtcError::Pipeline(format!("codec preferences: {e}")))?;
         tr.set_codec_preferences(Some(&caps));
+        if let Some((line, p)) = &plan {
+            configure_audio_transceiver(&webrtc, line, *p)?;
+        }
 
         super::connect_common(&webrtc, &events);
+        drop_unreceived_rtp(&webrtc);
         let gate = Arc::new(Mutex::new(Gate::default()));
+        if let Some(v) = audio_valve {
+            gate.lock().unwrap_or_else(|p| p.into_inner()).valves.push(v);
+        }
+        let level = plan.as_ref().filter(|(_, p)| p.receive).map(|_| Arc::new(Mutex::new(Level::default())));
+        {
+            // Every pad webrtcbin adds is linked: the phone's audio to the
+            // speaker when the plan receives it, anything else to a fakesink
+            // (an unlinked pad would fail the pipeline).
+            let (pipeline_weak, gate, tx) = (pipeline.downgrade(), gate.clone(), events.clone());
+            let speaker = level.as_ref().and(audio.speaker.clone());
+            webrtc.connect_pad_added(move |_, pad| {
+                if pad.direction() != gst::PadDirection::Src {
+                    return;
+                }
+                let Some(pipeline) = pipeline_weak.upgrade() else { return };
+                if let Err(e) = link_incoming(&pipeline, pad, speaker.as_deref(), &gate) {
+                    let _ = tx.send(PeerEvent::Failed(format!("receive path: {e}")));
+                }
+            });
+        }
         let frames_sent = Arc::new(AtomicU64::new(0));
         {
             // Frames out of the encoder while the valve is open.
@@ -151,6 +255,9 @@ impl RobotPeer {
                     if !g.verified {
                         g.verified = true;
                         valve.set_property("drop", false);
+                        for v in &g.valves {
+                            v.set_property("drop", false);
+                        }
                         force_keyframe(&pay);
                         tracing::info!(fingerprint = %want, "phone's DTLS certificate matches its offer; video on");
                     }
@@ -158,6 +265,9 @@ impl RobotPeer {
                 } else {
                     g.verified = false;
                     valve.set_property("drop", true);
+                    for v in &g.valves {
+                        v.set_property("drop", true);
+                    }
                     let got = got.map(|f| f.to_string()).unwrap_or_else(|| "(no certificate)".into());
                     tracing::warn!(want = %want, got = %got, "phone's DTLS certificate does not match its offer");
                     let _ = tx.send(PeerEvent::FingerprintMismatch { want: want.to_string(), got });
@@ -173,9 +283,19 @@ impl RobotPeer {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
-        super::spawn_bus_watch(&pipeline, events, stop.clone(), "robot")
+        let on_element = {
+            let level = level.clone();
+            move |s: &gst::StructureRef| {
+                let Some(level) = level.as_ref().filter(|_| s.name() == "level") else { return };
+                let mut l = level.lock().unwrap_or_else(|p| p.into_inner());
+                l.at = Some(Instant::now());
+                l.rms_db = super::level_db(s, "rms");
+                l.peak_db = super::level_db(s, "peak");
+            }
+        };
+        super::spawn_bus_watch(&pipeline, events, stop.clone(), "robot", on_element)
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
-        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent };
+        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level };
         let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
         Ok((peer, answer))
     }
@@ -190,9 +310,8 @@ impl RobotPeer {
         let answer = super::reply_description(reply, "answer")?;
         super::promise_call(&self.webrtc, "set-local-description", &answer.to_value(), STEP_TIMEOUT)?;
         let text = answer.sdp().as_text().map_err(|e| WebrtcError::Negotiation(format!("answer as text: {e}")))?;
-        if !text.lines().any(|l| l.starts_with("m=video") && !l.starts_with("m=video 0 "))
-            || text.contains("a=inactive")
-        {
+        let video = text.split("m=").find(|m| m.starts_with("video"));
+        if video.is_none_or(|v| v.starts_with("video 0 ") || v.contains("a=inactive")) {
             tracing::warn!("webrtcbin's answer has no active video");
         }
         Ok(text)
@@ -201,6 +320,17 @@ impl RobotPeer {
     /// Encoded frames sent on since the phone's certificate was verified.
     pub fn frames_sent(&self) -> u64 {
         self.frames_sent.load(Ordering::Relaxed)
+    }
+
+    /// What the speaker path measures; `None` when the robot does not take
+    /// the phone's audio (no speaker, no audio m-line, the phone does not send).
+    pub fn speaker_level(&self) -> Option<SpeakerLevel> {
+        let l = self.level.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        Some(SpeakerLevel {
+            receiving: l.at.is_some_and(|t| t.elapsed() < RECEIVING_WINDOW),
+            rms_db: l.rms_db,
+            peak_db: l.peak_db,
+        })
     }
 
     /// A candidate of the phone's; `candidate` is the `candidate:…` text.
@@ -246,6 +376,148 @@ fn force_keyframe(pay: &gst::Element) {
     }
 }
 
+/// The microphone's branch, linked to a new webrtcbin sink pad (transceiver
+/// 1); returns its valve (closed until the certificate check passes).
+fn add_microphone(
+    pipeline: &gst::Pipeline,
+    webrtc: &gst::Element,
+    audio: &AudioSpec,
+    line: &sdp::AudioLine,
+) -> Result<gst::Element, WebrtcError> {
+    let mic = audio.mic.as_deref().unwrap_or("test");
+    let source = if mic == "test" { "audiotestsrc" } else { "alsasrc" };
+    super::require_elements(&[source, "audioconvert", "audioresample", "opusenc", "rtpopuspay"])?;
+    let pt = line.opus_pt.unwrap_or(111);
+    // The device is set as a property below, never spliced into the description.
+    let src = if mic == "test" {
+        "audiotestsrc name=asrc is-live=true wave=sine freq=440 volume=0.1"
+    } else {
+        "alsasrc name=asrc"
+    };
+    let desc = format!(
+        "{src} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1          ! opusenc bitrate={AUDIO_BITRATE} ! rtpopuspay pt={pt} ssrc={AUDIO_SSRC}          ! valve name=agate drop=true drop-mode=forward-sticky-events"
+    );
+    let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| WebrtcError::Pipeline(e.to_string()))?;
+    if mic != "test" {
+        if let Some(src) = bin.by_name("asrc") {
+            src.set_property("device", mic);
+        }
+    }
+    let valve = bin.by_name("agate").ok_or_else(|| WebrtcError::Pipeline("audio valve missing".into()))?;
+    pipeline.add(&bin).map_err(|e| WebrtcError::Pipeline(e.to_string()))?;
+    let sink = webrtc
+        .request_pad_simple("sink_%u")
+        .ok_or_else(|| WebrtcError::Pipeline("webrtcbin gave no sink pad for audio".into()))?;
+    let src = bin.static_pad("src").ok_or_else(|| WebrtcError::Pipeline("audio bin has no src pad".into()))?;
+    src.link(&sink).map_err(|e| WebrtcError::Pipeline(format!("audio to webrtcbin: {e:?}")))?;
+    Ok(valve)
+}
+
+/// The audio m-line's transceiver: the microphone's (transceiver 1) or a new
+/// one, with the plan's direction and pinned to the offer's Opus format.
+/// Without Opus in the offer there is nothing to pin: the m-line is answered
+/// inactive.
+fn configure_audio_transceiver(
+    webrtc: &gst::Element,
+    line: &sdp::AudioLine,
+    plan: AudioPlan,
+) -> Result<(), WebrtcError> {
+    let Some(pt) = line.opus_pt else {
+        // Preferences that match any audio format: webrtcbin takes this
+        // transceiver for the m-line (it would otherwise make its own,
+        // recvonly) and answers inactive.
+        let caps = gst::Caps::from_str("application/x-rtp,media=audio")
+            .map_err(|e| WebrtcError::Pipeline(format!("audio preferences: {e}")))?;
+        let _ = webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Inactive, &caps],
+        );
+        tracing::info!(mline = line.mline, "audio m-line without Opus: inactive");
+        return Ok(());
+    };
+    let mut prefs = format!("application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload={pt}");
+    if plan.send {
+        prefs.push_str(&format!(",ssrc=(uint){AUDIO_SSRC}"));
+    }
+    let caps = gst::Caps::from_str(&prefs).map_err(|e| WebrtcError::Pipeline(format!("audio preferences: {e}")))?;
+    let tr = if plan.send {
+        webrtc
+            .emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&1i32])
+            .ok_or_else(|| WebrtcError::Pipeline("webrtcbin has no transceiver for the audio pad".into()))?
+    } else {
+        webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>("add-transceiver", &[&plan.direction(), &caps])
+    };
+    tr.set_direction(plan.direction());
+    tr.set_codec_preferences(Some(&caps));
+    tracing::info!(mline = line.mline, direction = ?plan.direction(), "audio m-line");
+    Ok(())
+}
+
+/// RTP that the phone sends while the answer receives nothing (video
+/// `sendonly`, audio `sendonly` or `inactive`: a GStreamer phone sends on
+/// regardless) reaches the transport's `rtp_src` pad, which webrtcbin 1.22
+/// links to its rtpbin only when some transceiver receives; the `not-linked`
+/// would stop the whole receive path (DTLS and RTCP included) with "Internal
+/// data stream error". Such buffers are dropped instead.
+fn drop_unreceived_rtp(webrtc: &gst::Element) {
+    webrtc.connect("deep-element-added", false, |a| {
+        let Ok(el) = a[2].get::<gst::Element>() else { return None };
+        if !el.name().starts_with("transportreceivebin") {
+            return None;
+        }
+        if let Some(pad) = el.static_pad("rtp_src") {
+            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, |pad, _| {
+                if pad.is_linked() { gst::PadProbeReturn::Ok } else { gst::PadProbeReturn::Drop }
+            });
+        }
+        None
+    });
+}
+
+/// Link a pad webrtcbin added: the phone's audio into the speaker path when
+/// `speaker` is set, everything else into a fakesink.
+fn link_incoming(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    speaker: Option<&str>,
+    gate: &Arc<Mutex<Gate>>,
+) -> Result<(), String> {
+    let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
+    let s = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.to_owned()));
+    let is_opus = s.as_ref().is_some_and(|s| {
+        s.get::<&str>("media").ok() == Some("audio")
+            && s.get::<&str>("encoding-name").is_ok_and(|e| e.eq_ignore_ascii_case("OPUS"))
+    });
+    let desc = match speaker.filter(|_| is_opus) {
+        Some(device) => {
+            let sink = if device == "test" {
+                "fakesink sync=false async=false"
+            } else {
+                "audioresample ! alsasink name=spk sync=false async=false"
+            };
+            format!(
+                "valve name=sgate drop=true ! rtpopusdepay ! opusdec plc=true ! audioconvert                  ! level interval={LEVEL_INTERVAL_NS} post-messages=true ! {sink}"
+            )
+        }
+        None => "fakesink sync=false async=false".to_owned(),
+    };
+    let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| e.to_string())?;
+    if let (Some(device), Some(spk)) = (speaker, bin.by_name("spk")) {
+        spk.set_property("device", device);
+    }
+    pipeline.add(&bin).map_err(|e| e.to_string())?;
+    if let Some(valve) = bin.by_name("sgate") {
+        let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
+        valve.set_property("drop", !g.verified);
+        g.valves.push(valve);
+        tracing::info!("phone's audio goes to the speaker");
+    }
+    bin.sync_state_with_parent().map_err(|e| e.to_string())?;
+    let sink = bin.static_pad("sink").ok_or("bin has no sink pad")?;
+    pad.link(&sink).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
 fn check_video(v: &VideoSpec) -> Result<(), WebrtcError> {
     // Level 3.1 (the 42e01f the SDP promises): at most 1280x720@30.
     if !(16..=1280).contains(&v.width) || !(16..=720).contains(&v.height) {
@@ -261,4 +533,36 @@ fn check_video(v: &VideoSpec) -> Result<(), WebrtcError> {
         return Err(WebrtcError::Video("empty device (use `test` or a /dev/video path)".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gst_webrtc::WebRTCRTPTransceiverDirection as D;
+
+    fn line(phone_sends: bool, phone_receives: bool, opus: bool) -> sdp::AudioLine {
+        sdp::AudioLine { mline: 0, opus_pt: opus.then_some(111), phone_sends, phone_receives }
+    }
+
+    fn spec(mic: bool, speaker: bool) -> AudioSpec {
+        AudioSpec { mic: mic.then(|| "test".into()), speaker: speaker.then(|| "test".into()) }
+    }
+
+    /// protocol.md 7.8: the answer's audio direction for each offer and robot.
+    #[test]
+    fn the_audio_answer_follows_what_the_robot_has_and_the_phone_offers() {
+        let dir = |l: sdp::AudioLine, a: AudioSpec| AudioPlan::new(&l, &a).direction();
+        assert_eq!(dir(line(true, true, true), spec(true, true)), D::Sendrecv);
+        assert_eq!(dir(line(true, true, true), spec(true, false)), D::Sendonly);
+        assert_eq!(dir(line(true, true, true), spec(false, true)), D::Recvonly);
+        assert_eq!(dir(line(true, true, true), spec(false, false)), D::Inactive);
+        // The phone only receives: the speaker has nothing to take.
+        assert_eq!(dir(line(false, true, true), spec(true, true)), D::Sendonly);
+        assert_eq!(dir(line(false, true, true), spec(false, true)), D::Inactive);
+        // The phone only sends: the microphone has nobody to hear it.
+        assert_eq!(dir(line(true, false, true), spec(true, true)), D::Recvonly);
+        assert_eq!(dir(line(true, false, true), spec(true, false)), D::Inactive);
+        // No Opus: nothing either way.
+        assert_eq!(dir(line(true, true, false), spec(true, true)), D::Inactive);
+    }
 }

@@ -122,6 +122,44 @@ pub struct OfferInfo {
     pub twcc_id: Option<u8>,
     /// The DTLS fingerprint the offerer's certificate must have.
     pub fingerprint: Fingerprint,
+    /// The offer's first audio m-line, if it has one (not rejected with port 0).
+    pub audio: Option<AudioLine>,
+}
+
+/// An audio m-line of an offer, as the robot answers it (protocol.md 7.8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AudioLine {
+    /// Its m-line index.
+    pub mline: u32,
+    /// The payload type of its `opus/48000/2` format, if it offers Opus.
+    pub opus_pt: Option<u8>,
+    /// The phone sends on it (`sendrecv` or `sendonly`; `sendrecv` when absent).
+    pub phone_sends: bool,
+    /// The phone receives on it (`sendrecv` or `recvonly`).
+    pub phone_receives: bool,
+}
+
+impl AudioLine {
+    fn of(mline: u32, media: &gst_sdp::SDPMediaRef) -> AudioLine {
+        let opus_pt = media.formats().filter_map(|f| f.parse::<u8>().ok()).find(|pt| {
+            let prefix = format!("{pt} ");
+            media.attributes().filter(|a| a.key() == "rtpmap").any(|a| {
+                a.value()
+                    .and_then(|v| v.strip_prefix(&prefix))
+                    .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("opus/48000"))
+            })
+        });
+        let dir = ["sendrecv", "sendonly", "recvonly", "inactive"]
+            .into_iter()
+            .find(|d| media.attributes().any(|a| a.key() == *d))
+            .unwrap_or("sendrecv");
+        AudioLine {
+            mline,
+            opus_pt,
+            phone_sends: matches!(dir, "sendrecv" | "sendonly"),
+            phone_receives: matches!(dir, "sendrecv" | "recvonly"),
+        }
+    }
 }
 
 /// Check an offer: parseable, a sha-256 fingerprint, and a video m-line with
@@ -146,7 +184,13 @@ pub fn check_offer(sdp: &str) -> Result<OfferInfo, SdpError> {
         let uri = rest.split_whitespace().next()?;
         (uri == TWCC_URI).then(|| id.split('/').next()?.parse::<u8>().ok()).flatten()
     });
+    let audio = msg
+        .medias()
+        .enumerate()
+        .find(|(_, m)| m.media() == Some("audio") && m.port() != 0)
+        .map(|(i, m)| AudioLine::of(i as u32, m));
     Ok(OfferInfo {
+        audio,
         payload_type,
         mid: video.attribute_val("mid").map(str::to_owned),
         mline: mline as u32,
@@ -205,10 +249,23 @@ mod tests {
         assert_eq!(info.mid.as_deref(), Some("1"));
         assert_eq!(info.mline, 1);
         assert_eq!(info.twcc_id, Some(3));
+        let audio = AudioLine { mline: 0, opus_pt: Some(111), phone_sends: true, phone_receives: true };
+        assert_eq!(info.audio, Some(audio));
         assert_eq!(
             info.fingerprint.as_str(),
             "11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00"
         );
+    }
+
+    #[test]
+    fn the_audio_line_says_who_sends_and_whether_opus_is_offered() {
+        let recvonly = CHROME.replacen("a=sendrecv", "a=recvonly", 1);
+        let a = check_offer(&recvonly).unwrap().audio.unwrap();
+        assert!(!a.phone_sends && a.phone_receives);
+        let no_opus = CHROME.replace("opus/48000/2", "foo/48000/2");
+        assert_eq!(check_offer(&no_opus).unwrap().audio.unwrap().opus_pt, None);
+        let rejected = CHROME.replace("m=audio 9 ", "m=audio 0 ");
+        assert_eq!(check_offer(&rejected).unwrap().audio, None);
     }
 
     #[test]

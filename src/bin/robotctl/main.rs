@@ -153,6 +153,11 @@ struct CallArgs {
     /// (`stun:host[:port]`). None by default.
     #[arg(long)]
     stun: Option<String>,
+    /// Version 2: offer audio both ways, sending a 440 Hz test tone as the
+    /// phone's microphone (mute with the `mute` and `unmute` steps), and
+    /// count the robot's audio ("decoded N audio buffers").
+    #[arg(long)]
+    audio: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -259,6 +264,9 @@ async fn call(keys_path: &Path, auth: &BrokerAuth, a: CallArgs) -> anyhow::Resul
     if a.webrtc {
         return call_v2(keys_path, auth, phone_id, &robot, a).await;
     }
+    if a.audio {
+        bail!("--audio is for version 2 calls: add --webrtc");
+    }
     let port = if a.port == 0 { free_udp_port(a.media_host)? } else { a.port };
     let offer = Offer {
         host: a.media_host,
@@ -352,7 +360,7 @@ async fn call_v2(
     let limits =
         webrtc::Limits { max_width: a.max_width, max_height: a.max_height, max_fps: a.max_fps, max_kbps: a.max_kbps };
     let mut p = connect(&robot.broker, phone_id, keys_path, auth).await?;
-    let (mut c, mut media) = webrtc::start(&mut p, robot, ice, &limits, Duration::from_secs(15)).await?;
+    let (mut c, mut media) = webrtc::start(&mut p, robot, ice, a.audio, &limits, Duration::from_secs(15)).await?;
     println!("accepted: {}", c.accept["video"]);
     let result = async {
         media.wait_frames(&mut p, &mut c, a.frames.max(1), Duration::from_secs(60)).await?;
@@ -370,6 +378,11 @@ async fn call_v2(
                 }
                 continue;
             }
+            if step == "mute" || step == "unmute" {
+                media.set_mic_muted(step == "mute");
+                println!("{step}d");
+                continue;
+            }
             let (cmd, payload) = parse_step(step)?;
             let v = p.request(&mut c, &cmd, payload, Duration::from_secs(10)).await?;
             println!("{cmd}: {v}");
@@ -384,8 +397,12 @@ async fn call_v2(
         Some(p.request(&mut c, "hangup", json!({}), Duration::from_secs(10)).await)
     };
     let frames = media.frames();
+    let audio = media.audio_buffers();
     media.stop().await;
     println!("decoded {frames} frames in total");
+    if a.audio {
+        println!("decoded {audio} audio buffers in total");
+    }
     p.close().await;
     result?;
     if let Some(h) = hangup {

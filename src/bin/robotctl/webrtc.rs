@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use robotd::phone::{ActiveCall, InviteOutcome, PairedRobot, Phone};
-use robotd::webrtc::phone::PhonePeer;
+use robotd::webrtc::phone::{PhoneOptions, PhonePeer};
 use robotd::webrtc::{IceConfig, PeerEvent};
 
 /// The phone side of a v2 call's media.
@@ -37,11 +37,14 @@ pub async fn start(
     p: &mut Phone,
     robot: &PairedRobot,
     ice: IceConfig,
+    audio: bool,
     limits: &Limits,
     timeout: Duration,
 ) -> anyhow::Result<(ActiveCall, V2Media)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (peer, offer) = tokio::task::block_in_place(|| PhonePeer::offer(&ice, tx))?;
+    let (peer, offer) = tokio::task::block_in_place(|| {
+        PhonePeer::offer_with(&ice, PhoneOptions { audio, ..PhoneOptions::default() }, tx)
+    })?;
     // PeerEvents come from GStreamer threads; hand them to this task.
     let (etx, events) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -93,6 +96,18 @@ impl V2Media {
 
     pub fn frames(&self) -> u64 {
         self.peer.as_ref().map_or(0, PhonePeer::frames_decoded)
+    }
+
+    /// The robot's audio buffers decoded (with `--audio`).
+    pub fn audio_buffers(&self) -> u64 {
+        self.peer.as_ref().map_or(0, PhonePeer::audio_buffers_decoded)
+    }
+
+    /// Mute or unmute the phone's tone.
+    pub fn set_mic_muted(&self, muted: bool) {
+        if let Some(p) = &self.peer {
+            p.set_mic_muted(muted);
+        }
     }
 
     /// Exchange what is pending: our candidates out, the robot's in, the
