@@ -696,7 +696,7 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
 }
 
 /// Chromium's offer (audio first, sendrecv) answered by robots with each set
-/// of devices, and without Opus: the audio m-line's direction is the one
+/// of devices (one of them an ALSA speaker that does not exist), and without Opus: the audio m-line's direction is the one
 /// protocol.md 7.8 gives, and the video is always answered. (No network:
 /// only the answer is looked at.)
 #[test]
@@ -711,6 +711,8 @@ fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
         (chrome, AudioSpec { mic: None, speaker: test() }, "a=recvonly"),
         (chrome, AudioSpec { mic: test(), speaker: None }, "a=sendonly"),
         (chrome, AudioSpec::default(), "a=inactive"),
+        // A speaker that does not open is left out, not a failed call.
+        (chrome, AudioSpec { mic: test(), speaker: Some("hw:99,0".into()) }, "a=sendonly"),
         (no_opus.as_str(), AudioSpec { mic: test(), speaker: test() }, "rejected"),
     ];
     for (i, (offer, audio, want)) in cases.into_iter().enumerate() {

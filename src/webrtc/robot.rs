@@ -167,6 +167,11 @@ impl RobotPeer {
         let valve = get("gate")?;
         let pay = get("pay")?;
         super::configure_ice(&webrtc, ice)?;
+        // Audio is optional to the call: a device that does not open is left out.
+        let audio = &AudioSpec {
+            mic: audio.mic.clone().filter(|d| alsa_device_opens("alsasrc", "microphone", d)),
+            speaker: audio.speaker.clone().filter(|d| alsa_device_opens("alsasink", "speaker", d)),
+        };
         let plan = info.audio.as_ref().map(|line| (line.clone(), AudioPlan::new(line, audio)));
         let audio_valve = match &plan {
             Some((line, p)) if p.send => Some(add_microphone(&pipeline, &webrtc, audio, line)?),
@@ -374,6 +379,28 @@ fn force_keyframe(pay: &gst::Element) {
     if let Some(pad) = pay.static_pad("src") {
         pad.send_event(gst::event::CustomUpstream::new(s));
     }
+}
+
+/// Whether an ALSA device opens (`test` always does): tried before the
+/// answer, so a missing or busy sound card makes the robot decline that
+/// direction of audio instead of failing the call.
+fn alsa_device_opens(factory: &str, what: &str, device: &str) -> bool {
+    if device == "test" {
+        return true;
+    }
+    let el = match gst::ElementFactory::make(factory).property("device", device).build() {
+        Ok(el) => el,
+        Err(e) => {
+            tracing::warn!(%device, error = %e, "no {factory} (gstreamer1.0-alsa): the {what} is left out of this call");
+            return false;
+        }
+    };
+    let ok = el.set_state(gst::State::Ready).is_ok();
+    let _ = el.set_state(gst::State::Null);
+    if !ok {
+        tracing::warn!(%device, "the {what} (ALSA) does not open: left out of this call");
+    }
+    ok
 }
 
 /// The microphone's branch, linked to a new webrtcbin sink pad (transceiver
