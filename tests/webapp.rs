@@ -218,7 +218,9 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, e
 /// robot's LAN: first run, pairing by scanning the robot's QR code with the
 /// (fake) camera, a call whose video decodes at the negotiated size, goto
 /// kitchen (arrived) and bedroom (blocked at the shut door), the joystick
-/// (the simulated pose changes; release stops it), the broker restarted
+/// (the simulated pose changes; release stops it), push-to-talk (the fake
+/// microphone's tone reaches the robot's test speaker while unmuted, silence
+/// after muting), the broker restarted
 /// mid-call (banner shown and gone, the call goes on), hang-up on both
 /// sides. Saves `call-screen.png`.
 #[test]
@@ -232,7 +234,10 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     let dist = work.path().join("dist");
     build_app(&dist, &net.broker_ws_url(), None);
 
-    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&flat(), TEST_VIDEO));
+    // The robot's test microphone (a tone to the phone) and its test
+    // speaker, which measures the level of what the phone sends.
+    let audio = "[audio]\ndevice = \"test\"\nspeaker = \"test\"\n";
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), audio));
     robot.spawn_wrapped(net.robot.command("env"));
     // A fresh pairing window; its QR code becomes the camera's picture.
     pairing_uri(&robot);
@@ -249,10 +254,10 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
         ("QR_VIDEO", qr.display().to_string()),
         ("TONE_WAV", tone.display().to_string()),
         ("OUT_DIR", out.display().to_string()),
-        ("STEPS", "pair,call,goto,drive,broker,hangup".to_string()),
+        ("STEPS", "pair,call,goto,drive,talk,broker,hangup".to_string()),
     ];
     let said = drive_phone(&mut net, |n| &n.lan_phone, &robot, &env);
-    for step in ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released"] {
+    for step in ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"] {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");

@@ -199,10 +199,15 @@ try {
       const st = await ask('status');
       return st.motion === 'idle' && st;
     }, 100);
+    // The simulated robot brakes to a halt (a few centimetres), then stands.
     await sleep(1000);
+    const halted = pose(await ask('status'));
+    await sleep(1500);
     const after = pose(await ask('status'));
-    say(`joystick released: motion ${stopped.motion}, ${dist(after, pose(stopped)).toFixed(3)} m after`);
-    if (dist(after, pose(stopped)) > 0.02) throw new Error('the robot kept moving after the joystick was released');
+    say(`joystick released: motion ${stopped.motion}, braked ${dist(halted, pose(stopped)).toFixed(3)} m, then ${dist(after, halted).toFixed(3)} m in 1.5 s`);
+    if (dist(halted, pose(stopped)) > 0.1 || dist(after, halted) > 0.005) {
+      throw new Error('the robot kept moving after the joystick was released');
+    }
   }
 
   if (STEPS.includes('talk')) {
