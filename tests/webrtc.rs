@@ -143,6 +143,37 @@ fn run_phone() -> Result<(), String> {
     Ok(())
 }
 
+/// A robot `Stats` with the bandwidth fields, and the phone's decoded
+/// frames when it came.
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    at: Instant,
+    frames: u64,
+    bytes: u64,
+    estimate_kbps: u32,
+    encoder_kbps: u32,
+    width: u32,
+    height: u32,
+}
+
+impl Call {
+    /// The latest `Stats`.
+    fn last_rates(&self) -> Option<Rates> {
+        self.rates.last().copied()
+    }
+
+    /// Encoded kbit/s and frames decoded over the last `span` of `Stats`.
+    fn recent(&self, span: Duration) -> Option<(u32, u64)> {
+        let last = self.rates.last()?;
+        let first = self.rates.iter().find(|r| last.at.duration_since(r.at) <= span)?;
+        let secs = last.at.duration_since(first.at).as_secs_f64();
+        if secs < span.as_secs_f64() * 0.8 {
+            return None;
+        }
+        Some((((last.bytes - first.bytes) as f64 * 8.0 / secs / 1000.0) as u32, last.frames - first.frames))
+    }
+}
+
 /// What the relay hears.
 #[derive(Debug)]
 enum Heard {
@@ -269,6 +300,8 @@ struct Call {
     frames: u64,
     /// The robot's latest `Stats`.
     frames_sent: u64,
+    /// Every `Stats` with its bandwidth fields, as heard.
+    rates: Vec<Rates>,
     robot_heard: Vec<FromHelper>,
     robot_gone: Option<String>,
     phone_heard: Vec<String>,
@@ -287,7 +320,7 @@ impl Call {
         phone_ice: IceConfig,
         tamper: Tamper,
     ) -> Call {
-        Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, true)
+        Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, true, small_video())
     }
 
     fn start_with(
@@ -298,6 +331,7 @@ impl Call {
         phone_ice: IceConfig,
         tamper: Tamper,
         phone_nack: bool,
+        video: VideoSpec,
     ) -> Call {
         let (tx, rx) = mpsc::channel();
         let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone_nack, tx.clone());
@@ -311,13 +345,14 @@ impl Call {
         assert!(offer.contains(robotd::webrtc::TWCC_URI), "the phone offers transport-cc (trap d):\n{offer}");
         let offer = if tamper == Tamper::Offer { tamper_fingerprint(&offer) } else { offer };
         let mut robot = robot_helper(robot_ns, net.dir(), tx);
-        robot.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), ice: robot_ice });
+        robot.send(&ToHelper::Start { offer_sdp: offer, video, ice: robot_ice });
         Call {
             robot,
             phone,
             rx,
             frames: 0,
             frames_sent: 0,
+            rates: Vec::new(),
             robot_heard: Vec::new(),
             robot_gone: None,
             phone_heard: Vec::new(),
@@ -356,7 +391,25 @@ impl Call {
                             self.phone.send(&ToPhone::RemoteCandidate { mline: *mline, candidate: candidate.clone() })
                         }
                         FromHelper::EndOfCandidates => self.phone.send(&ToPhone::EndOfCandidates),
-                        FromHelper::Stats { frames_sent } => self.frames_sent = *frames_sent,
+                        FromHelper::Stats {
+                            frames_sent,
+                            bytes_encoded,
+                            estimate_kbps,
+                            encoder_kbps,
+                            width,
+                            height,
+                        } => {
+                            self.frames_sent = *frames_sent;
+                            self.rates.push(Rates {
+                                at: Instant::now(),
+                                frames: self.frames,
+                                bytes: *bytes_encoded,
+                                estimate_kbps: *estimate_kbps,
+                                encoder_kbps: *encoder_kbps,
+                                width: *width,
+                                height: *height,
+                            });
+                        }
                         _ => {}
                     }
                     if !matches!(
@@ -466,8 +519,16 @@ fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
     let mut ratios = Vec::new();
     for nack in [true, false] {
         net.clear();
-        let mut call =
-            Call::start_with(&net, &net.robot, &net.phone, robot_ice.clone(), phone_ice.clone(), Tamper::Nothing, nack);
+        let mut call = Call::start_with(
+            &net,
+            &net.robot,
+            &net.phone,
+            robot_ice.clone(),
+            phone_ice.clone(),
+            Tamper::Nothing,
+            nack,
+            small_video(),
+        );
         let flowing = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
         assert!(flowing && call.frames >= 15, "no video before the loss: {}", call.report());
         net.set_loss(5);
@@ -700,4 +761,91 @@ fn landlock_abi() -> i64 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns the ABI version.
     let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
     v.max(0)
+}
+
+/// Bandwidth adaptation (src/webrtc/congestion.rs): the robot starts at the
+/// call's 2000 kbit/s on a scene that fills any bitrate (`test:snow`),
+/// through its relay to the phone behind the carrier. Uncapped, the encoder
+/// stays near the call's rate. With the carrier policing the phone's traffic
+/// to 600 kbit/s each way, the transport-cc estimate brings the encoder
+/// under the cap, what it sends stays under it, and frames keep being
+/// decoded (a fixed 2000 kbit/s encoder loses most packets there and the
+/// phone decodes almost nothing). Lifted, the bitrate climbs back.
+#[test]
+fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
+    let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    let Some(mut net) = netns::Internet::new() else { return };
+    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
+    let server = netns::SERVER;
+    let robot_ice = IceConfig {
+        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
+        relay_only: true,
+        ..IceConfig::default()
+    };
+    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    let video = VideoSpec { device: "test:snow".into(), width: 320, height: 180, fps: 15, kbps: 2000 };
+    let mut call =
+        Call::start_with(&net, &net.robot, &net.phone, robot_ice, phone_ice, Tamper::Nothing, true, video.clone());
+    let flowing = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
+    assert!(flowing && call.frames >= 15, "no video before the cap: {}", call.report());
+    let answer = call.answer.clone().unwrap_or_default();
+    let twcc_fb = answer.lines().any(|l| l.starts_with("a=rtcp-fb:") && l.trim_end().ends_with(" transport-cc"));
+    assert!(twcc_fb, "the answer negotiates no transport-cc feedback:\n{answer}");
+
+    // Uncapped: near the call's rate (GCC only lowers it on loss or delay).
+    call.pump(Duration::from_secs(15), |c| c.robot_ended().is_some());
+    let free = call.last_rates().expect("no Stats from the robot");
+    let (free_sent, free_frames) = call.recent(Duration::from_secs(5)).expect("5 s of Stats");
+    eprintln!(
+        "uncapped: estimate {} kbit/s, encoder {} kbit/s, sent {free_sent} kbit/s, {free_frames} frames in 5 s",
+        free.estimate_kbps, free.encoder_kbps
+    );
+    assert!(
+        free.encoder_kbps >= video.kbps * 3 / 4 && free_sent >= video.kbps / 2,
+        "uncapped, the encoder fell to {} kbit/s (sends {free_sent}): {}",
+        free.encoder_kbps,
+        call.report()
+    );
+
+    // 73 KiB/s of IP packets = 598 kbit/s, each way.
+    net.set_rate_cap(73);
+    let capped_at = Instant::now();
+    let settled = call.pump(Duration::from_secs(60), |c| {
+        c.robot_ended().is_some()
+            || c.last_rates().is_some_and(|r| r.encoder_kbps < 550)
+                && c.recent(Duration::from_secs(3)).is_some_and(|(sent, _)| sent < 550)
+    });
+    let r = call.last_rates().unwrap();
+    eprintln!(
+        "capped: encoder {} kbit/s after {:.1} s (estimate {} kbit/s, {}x{})",
+        r.encoder_kbps,
+        capped_at.elapsed().as_secs_f64(),
+        r.estimate_kbps,
+        r.width,
+        r.height
+    );
+    assert!(settled && call.robot_ended().is_none(), "the encoder stayed above the cap: {:?}\n{}", r, call.report());
+    // Settled: 10 s under the cap, and the picture keeps moving.
+    call.pump(Duration::from_secs(10), |c| c.robot_ended().is_some());
+    let (sent, frames) = call.recent(Duration::from_secs(10)).expect("10 s of Stats");
+    let span: Vec<u32> =
+        call.rates.iter().filter(|r| r.at.elapsed() <= Duration::from_secs(10)).map(|r| r.encoder_kbps).collect();
+    let (lo, hi) = (span.iter().min().copied().unwrap_or(0), span.iter().max().copied().unwrap_or(0));
+    eprintln!("capped, settled: sent {sent} kbit/s, encoder {lo}-{hi} kbit/s, {frames} frames decoded in 10 s");
+    assert!(sent < 600, "the robot sends {sent} kbit/s through a 600 kbit/s cap");
+    assert!(
+        frames >= 5 * u64::from(video.fps),
+        "only {frames} frames decoded in 10 s under the cap: {}",
+        call.report()
+    );
+
+    // Lifted: the estimate climbs back (GCC's increase, ~8 % a second).
+    net.clear();
+    let lifted_at = Instant::now();
+    let back = call.pump(Duration::from_secs(90), |c| {
+        c.robot_ended().is_some() || c.last_rates().is_some_and(|r| r.encoder_kbps >= video.kbps * 3 / 4)
+    });
+    let r = call.last_rates().unwrap();
+    eprintln!("lifted: encoder {} kbit/s after {:.1} s", r.encoder_kbps, lifted_at.elapsed().as_secs_f64());
+    assert!(back && call.robot_ended().is_none(), "the bitrate did not climb back: {r:?}\n{}", call.report());
 }

@@ -59,9 +59,24 @@ pub enum FromHelper {
     /// Sent every second, from the moment the helper runs.
     Heartbeat,
     /// Every 250 ms once answered: encoded frames sent since the phone's
-    /// certificate was verified.
+    /// certificate was verified, and the bandwidth adaptation
+    /// (src/webrtc/congestion.rs; all 0 when the offer had no transport-cc).
     Stats {
         frames_sent: u64,
+        /// Encoded bytes since the call started (rate = difference over time).
+        #[serde(default)]
+        bytes_encoded: u64,
+        /// The bandwidth estimate, kbit/s (0 without transport-cc).
+        #[serde(default)]
+        estimate_kbps: u32,
+        /// The encoder's bitrate setting, kbit/s.
+        #[serde(default)]
+        encoder_kbps: u32,
+        /// The frame size sent.
+        #[serde(default)]
+        width: u32,
+        #[serde(default)]
+        height: u32,
     },
 }
 
