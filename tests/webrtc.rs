@@ -292,6 +292,20 @@ enum Tamper {
     Answer,
 }
 
+/// How a call differs from the usual one.
+struct Opts {
+    /// The phone asks for retransmissions.
+    phone_nack: bool,
+    /// What the robot sends.
+    video: VideoSpec,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts { phone_nack: true, video: small_video() }
+    }
+}
+
 /// One call: the phone offers, the robot's helper answers, the test relays.
 struct Call {
     robot: Proc,
@@ -320,7 +334,7 @@ impl Call {
         phone_ice: IceConfig,
         tamper: Tamper,
     ) -> Call {
-        Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, true, small_video())
+        Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, Opts::default())
     }
 
     fn start_with(
@@ -330,9 +344,9 @@ impl Call {
         robot_ice: IceConfig,
         phone_ice: IceConfig,
         tamper: Tamper,
-        phone_nack: bool,
-        video: VideoSpec,
+        opts: Opts,
     ) -> Call {
+        let Opts { phone_nack, video } = opts;
         let (tx, rx) = mpsc::channel();
         let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone_nack, tx.clone());
         let offer = match rx.recv_timeout(CALL_TIMEOUT) {
@@ -526,8 +540,7 @@ fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
             robot_ice.clone(),
             phone_ice.clone(),
             Tamper::Nothing,
-            nack,
-            small_video(),
+            Opts { phone_nack: nack, ..Opts::default() },
         );
         let flowing = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
         assert!(flowing && call.frames >= 15, "no video before the loss: {}", call.report());
@@ -764,13 +777,14 @@ fn landlock_abi() -> i64 {
 }
 
 /// Bandwidth adaptation (src/webrtc/congestion.rs): the robot starts at the
-/// call's 2000 kbit/s on a scene that fills any bitrate (`test:snow`),
-/// through its relay to the phone behind the carrier. Uncapped, the encoder
-/// stays near the call's rate. With the carrier policing the phone's traffic
-/// to 600 kbit/s each way, the transport-cc estimate brings the encoder
-/// under the cap, what it sends stays under it, and frames keep being
-/// decoded (a fixed 2000 kbit/s encoder loses most packets there and the
-/// phone decodes almost nothing). Lifted, the bitrate climbs back.
+/// call's 1280x720, 30 fps, 2000 kbit/s on a scene that fills any bitrate
+/// (`test:snow`), through its relay to the phone behind the carrier.
+/// Uncapped, the encoder stays near the call's rate. With the carrier
+/// policing the phone's traffic to 600 kbit/s each way, the transport-cc
+/// estimate brings the encoder under the cap, the frame size steps down
+/// (720p30 needs 600 kbit/s), what the robot sends stays under the cap, and
+/// frames keep being decoded (with the encoder left at 2000 kbit/s the send
+/// rate never comes under the cap). Lifted, the bitrate and the size come back.
 #[test]
 fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
@@ -783,9 +797,16 @@ fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
         ..IceConfig::default()
     };
     let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
-    let video = VideoSpec { device: "test:snow".into(), width: 320, height: 180, fps: 15, kbps: 2000 };
-    let mut call =
-        Call::start_with(&net, &net.robot, &net.phone, robot_ice, phone_ice, Tamper::Nothing, true, video.clone());
+    let video = VideoSpec { device: "test:snow".into(), width: 1280, height: 720, fps: 30, kbps: 2000 };
+    let mut call = Call::start_with(
+        &net,
+        &net.robot,
+        &net.phone,
+        robot_ice,
+        phone_ice,
+        Tamper::Nothing,
+        Opts { video: video.clone(), ..Opts::default() },
+    );
     let flowing = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
     assert!(flowing && call.frames >= 15, "no video before the cap: {}", call.report());
     let answer = call.answer.clone().unwrap_or_default();
@@ -824,28 +845,45 @@ fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
         r.width,
         r.height
     );
-    assert!(settled && call.robot_ended().is_none(), "the encoder stayed above the cap: {:?}\n{}", r, call.report());
+    let sending = call.recent(Duration::from_secs(3)).map(|(sent, _)| sent);
+    assert!(
+        settled && call.robot_ended().is_none(),
+        "the robot stayed above the cap (sending {sending:?} kbit/s): {r:?}\n{}",
+        call.report()
+    );
     // Settled: 10 s under the cap, and the picture keeps moving.
     call.pump(Duration::from_secs(10), |c| c.robot_ended().is_some());
     let (sent, frames) = call.recent(Duration::from_secs(10)).expect("10 s of Stats");
     let span: Vec<u32> =
         call.rates.iter().filter(|r| r.at.elapsed() <= Duration::from_secs(10)).map(|r| r.encoder_kbps).collect();
     let (lo, hi) = (span.iter().min().copied().unwrap_or(0), span.iter().max().copied().unwrap_or(0));
-    eprintln!("capped, settled: sent {sent} kbit/s, encoder {lo}-{hi} kbit/s, {frames} frames decoded in 10 s");
+    let r = call.last_rates().unwrap();
+    eprintln!(
+        "capped, settled: sent {sent} kbit/s, encoder {lo}-{hi} kbit/s, {}x{}, {frames} frames decoded in 10 s",
+        r.width, r.height
+    );
     assert!(sent < 600, "the robot sends {sent} kbit/s through a 600 kbit/s cap");
     assert!(
         frames >= 5 * u64::from(video.fps),
         "only {frames} frames decoded in 10 s under the cap: {}",
         call.report()
     );
+    assert!(r.width < video.width, "the frame size stayed {}x{} under the cap", r.width, r.height);
 
     // Lifted: the estimate climbs back (GCC's increase, ~8 % a second).
     net.clear();
     let lifted_at = Instant::now();
     let back = call.pump(Duration::from_secs(90), |c| {
-        c.robot_ended().is_some() || c.last_rates().is_some_and(|r| r.encoder_kbps >= video.kbps * 3 / 4)
+        c.robot_ended().is_some()
+            || c.last_rates().is_some_and(|r| r.encoder_kbps >= video.kbps * 3 / 4 && r.width == video.width)
     });
     let r = call.last_rates().unwrap();
-    eprintln!("lifted: encoder {} kbit/s after {:.1} s", r.encoder_kbps, lifted_at.elapsed().as_secs_f64());
+    eprintln!(
+        "lifted: encoder {} kbit/s, {}x{} after {:.1} s",
+        r.encoder_kbps,
+        r.width,
+        r.height,
+        lifted_at.elapsed().as_secs_f64()
+    );
     assert!(back && call.robot_ended().is_none(), "the bitrate did not climb back: {r:?}\n{}", call.report());
 }

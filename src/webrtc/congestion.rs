@@ -12,10 +12,15 @@
 //!   proportional to pixels per second (libwebrtc's minimum for 720p; it
 //!   gives its 150 kbit/s for 360p30 too);
 //! - step down one size (half width and height, at most twice) when the
-//!   estimate has stayed below the current size's need for [`DOWN_HOLD`];
-//! - step back up when it has stayed at or above [`UP_FACTOR`] × the larger
-//!   size's need for [`UP_HOLD`], and not sooner than [`UP_HOLD`] after the
-//!   last change.
+//!   mean estimate over the last [`DOWN_WINDOW`] is below the current size's
+//!   need (and the encoder uses its target, below);
+//! - step back up when the mean over the last [`UP_WINDOW`] is at least
+//!   [`UP_FACTOR`] × the larger size's need.
+//!
+//! Means, not every reading: GCC's estimate saws (on a link that drops
+//! rather than queues, it falls on loss and climbs back by up to 28 % a
+//! second), and the size follows the level, not the teeth. A window starts
+//! afresh at each size change, so two changes are at least a window apart.
 //!
 //! webrtcbin 1.22's `rtprtxsend` has no `stuffing-kbps` (padding probes), so
 //! the estimator cannot probe above what is sent: GCC lets the estimate grow
@@ -41,13 +46,10 @@ pub const FLOOR_KBPS: u32 = 100;
 /// Share of the estimate given to the encoder: the rest is for RTP/SRTP
 /// headers and retransmissions.
 pub const HEADROOM: f64 = 0.9;
-/// How long the estimate must stay below the current size's need before
-/// the size steps down.
-pub const DOWN_HOLD: Duration = Duration::from_secs(2);
-/// How long the estimate must stay at [`UP_FACTOR`] × the larger size's
-/// need before the size steps up (and the least time between two changes
-/// upward).
-pub const UP_HOLD: Duration = Duration::from_secs(5);
+/// The window of the mean estimate that steps the size down.
+pub const DOWN_WINDOW: Duration = Duration::from_secs(3);
+/// The window of the mean estimate that steps the size up.
+pub const UP_WINDOW: Duration = Duration::from_secs(5);
 /// Hysteresis: the larger size needs this many times its need to come back.
 pub const UP_FACTOR: f64 = 1.5;
 /// The encoder counts as using its target when it produces at least this
@@ -93,8 +95,9 @@ pub struct Adapter {
     /// 0: the call's size; each step halves both sides.
     step: u8,
     kbps: u32,
-    below_since: Option<Instant>,
-    above_since: Option<Instant>,
+    /// Readings since the last size change (at most [`UP_WINDOW`] old):
+    /// `(when, estimate kbit/s, target kbit/s, sent kbit/s)`.
+    window: std::collections::VecDeque<(Instant, u32, u32, u32)>,
     changed_at: Instant,
 }
 
@@ -109,8 +112,7 @@ impl Adapter {
             floor_kbps: FLOOR_KBPS.min(video.kbps),
             step: 0,
             kbps: video.kbps,
-            below_since: None,
-            above_since: None,
+            window: Default::default(),
             changed_at: now,
         }
     }
@@ -128,6 +130,27 @@ impl Adapter {
         (side(self.width), side(self.height))
     }
 
+    /// Mean (estimate, target, sent) over the last `span`, once the readings
+    /// since the last change cover it.
+    fn means(&self, span: Duration, now: Instant) -> Option<(f64, f64, f64)> {
+        if now.duration_since(self.changed_at) < span {
+            return None;
+        }
+        let recent: Vec<_> = self.window.iter().filter(|r| now.duration_since(r.0) <= span).collect();
+        let n = recent.len() as f64;
+        if n == 0.0 {
+            return None;
+        }
+        let mean = |f: fn(&(Instant, u32, u32, u32)) -> u32| recent.iter().map(|r| f64::from(f(r))).sum::<f64>() / n;
+        Some((mean(|r| r.1), mean(|r| r.2), mean(|r| r.3)))
+    }
+
+    fn change(&mut self, step: u8, now: Instant) {
+        self.step = step;
+        self.changed_at = now;
+        self.window.clear();
+    }
+
     /// The current target.
     pub fn target(&self) -> Target {
         let (width, height) = self.size(self.step);
@@ -142,33 +165,25 @@ impl Adapter {
         if f64::from(want.abs_diff(self.kbps)) >= MIN_CHANGE * f64::from(self.kbps) || want == self.max_kbps {
             self.kbps = want;
         }
-        let (w, h) = self.size(self.step);
-        let need = need_kbps(w, h, self.fps);
-        let busy = f64::from(sent_kbps) >= BUSY_SHARE * f64::from(self.kbps);
-        if self.step < MAX_STEPS && self.size(self.step + 1) != (w, h) && estimate_kbps < need && busy {
-            let since = *self.below_since.get_or_insert(now);
-            if now.duration_since(since) >= DOWN_HOLD {
-                self.step += 1;
-                self.changed_at = now;
-                self.below_since = None;
-                self.above_since = None;
-            }
-        } else {
-            self.below_since = None;
+        self.window.push_back((now, estimate_kbps, self.kbps, sent_kbps));
+        while self.window.front().is_some_and(|r| now.duration_since(r.0) > UP_WINDOW) {
+            self.window.pop_front();
         }
-        if self.step > 0 {
+        let (w, h) = self.size(self.step);
+        let can_shrink = self.step < MAX_STEPS && self.size(self.step + 1) != (w, h);
+        if can_shrink && let Some((estimate, target, sent)) = self.means(DOWN_WINDOW, now) {
+            let busy = sent >= BUSY_SHARE * target;
+            if estimate < f64::from(need_kbps(w, h, self.fps)) && busy {
+                self.change(self.step + 1, now);
+                return self.target();
+            }
+        }
+        if self.step > 0
+            && let Some((estimate, _, _)) = self.means(UP_WINDOW, now)
+        {
             let (uw, uh) = self.size(self.step - 1);
-            let up_need = f64::from(need_kbps(uw, uh, self.fps)) * UP_FACTOR;
-            if f64::from(estimate_kbps) >= up_need && now.duration_since(self.changed_at) >= UP_HOLD {
-                let since = *self.above_since.get_or_insert(now);
-                if now.duration_since(since) >= UP_HOLD {
-                    self.step -= 1;
-                    self.changed_at = now;
-                    self.above_since = None;
-                    self.below_since = None;
-                }
-            } else {
-                self.above_since = None;
+            if estimate >= UP_FACTOR * f64::from(need_kbps(uw, uh, self.fps)) {
+                self.change(self.step - 1, now);
             }
         }
         self.target()
@@ -321,38 +336,48 @@ mod tests {
         assert_eq!(Adapter::new(&low, t0).update(10_000, 60, t0).kbps, 60);
     }
 
+    /// Readings every 250 ms from `from` for `secs`, as `f(t)` gives them.
+    fn feed(a: &mut Adapter, t0: Instant, from: f64, secs: f64, f: impl Fn(f64) -> (u32, u32)) -> Target {
+        let mut t = from;
+        let mut last = a.target();
+        while t < from + secs {
+            let (est, sent) = f(t);
+            last = a.update(est, sent, t0 + Duration::from_secs_f64(t));
+            t += 0.25;
+        }
+        last
+    }
+
     #[test]
     fn a_narrow_link_steps_the_size_down_with_hysteresis_and_back_up() {
         let t0 = Instant::now();
         let mut a = Adapter::new(&hd(), t0);
         // 500 kbit/s < 600 for 720p30; the encoder uses its 450.
-        assert_eq!(a.update(500_000, 440, t0).width, 1280);
-        assert_eq!(a.update(500_000, 440, t0 + S).width, 1280, "not before DOWN_HOLD");
-        let t = a.update(500_000, 440, t0 + 2 * S);
+        assert_eq!(feed(&mut a, t0, 0.0, 2.5, |_| (500_000, 440)).width, 1280, "not before DOWN_WINDOW");
+        let t = feed(&mut a, t0, 2.5, 1.0, |_| (500_000, 440));
         assert_eq!((t.width, t.height), (640, 360));
         // 400 kbit/s is plenty for 360p (150): stays.
-        assert_eq!(a.update(400_000, 350, t0 + 10 * S).width, 640);
+        assert_eq!(feed(&mut a, t0, 3.5, 10.0, |_| (400_000, 350)).width, 640);
         // Recovery to 850 kbit/s < 1.5 × 600: no step up.
-        for i in 10..30 {
-            assert_eq!(a.update(850_000, 760, t0 + i * S).width, 640);
-        }
-        // 950 kbit/s >= 900 held for UP_HOLD: back to 720p.
-        assert_eq!(a.update(950_000, 850, t0 + 30 * S).width, 640);
-        assert_eq!(a.update(950_000, 850, t0 + 34 * S).width, 640);
-        assert_eq!(a.update(950_000, 850, t0 + 35 * S).width, 1280);
+        assert_eq!(feed(&mut a, t0, 13.5, 20.0, |_| (850_000, 760)).width, 640);
+        // 950 kbit/s >= 900: back to 720p once the 5 s mean is there.
+        assert_eq!(feed(&mut a, t0, 33.5, 2.0, |_| (950_000, 850)).width, 640);
+        assert_eq!(feed(&mut a, t0, 35.5, 5.0, |_| (950_000, 850)).width, 1280);
     }
 
     #[test]
-    fn at_most_two_steps_and_a_dip_shorter_than_the_hold_does_nothing() {
+    fn the_size_follows_the_mean_of_a_sawing_estimate_and_at_most_two_steps() {
         let t0 = Instant::now();
         let mut a = Adapter::new(&hd(), t0);
-        a.update(300_000, 270, t0);
-        a.update(900_000, 800, t0 + S);
-        assert_eq!(a.update(300_000, 270, t0 + 2 * S).width, 1280, "the dip was interrupted");
-        for i in 2..30 {
-            a.update(20_000, 100, t0 + i * S);
-        }
-        assert_eq!((a.target().width, a.target().height), (320, 180));
+        // Teeth down to 300 kbit/s, a mean of 900: 720p30 (needs 600) stays.
+        let saw = |t: f64| if t.fract() < 0.5 { (300_000, 280) } else { (1_500_000, 1300) };
+        assert_eq!(feed(&mut a, t0, 0.0, 20.0, saw).width, 1280);
+        // A mean of 450 (teeth to 1000): down to 360p, and no further (needs 150).
+        let low = |t: f64| if t.fract() < 0.75 { (267_000, 240) } else { (1_000_000, 900) };
+        assert_eq!(feed(&mut a, t0, 20.0, 20.0, low).width, 640);
+        // Starved: down to 320x180, never below.
+        let t = feed(&mut a, t0, 40.0, 30.0, |_| (20_000, 100));
+        assert_eq!((t.width, t.height), (320, 180));
     }
 
     #[test]
