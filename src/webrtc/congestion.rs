@@ -32,8 +32,8 @@
 //! starts moving, the estimate climbs by GCC's increase (about 8 % a second,
 //! up to 1.5 × what is sent), not at once.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -216,7 +216,7 @@ pub fn install(
     let bwe = gst::ElementFactory::make("rtpgccbwe")
         .build()
         .map_err(|e| WebrtcError::Pipeline(format!("rtpgccbwe (gst-plugin-rtp, registered at init): {e}")))?;
-    let adapter = Adapter::new(video, Instant::now());
+    let mut adapter = Adapter::new(video, Instant::now());
     let (min, start, max) = adapter.estimator_bounds();
     bwe.set_property("min-bitrate", min);
     bwe.set_property("max-bitrate", max);
@@ -247,7 +247,6 @@ pub fn install(
         });
     }
     let (encoder, size, r) = (encoder.clone(), size.clone(), readings.clone());
-    let adapter = Mutex::new(adapter);
     std::thread::Builder::new()
         .name("congestion".into())
         .spawn(move || {
@@ -269,7 +268,7 @@ pub fn install(
                 };
                 let estimate: u32 = bwe.property("estimated-bitrate");
                 r.estimate_kbps.store(estimate / 1000, Ordering::Relaxed);
-                let t = adapter.lock().unwrap_or_else(|p| p.into_inner()).update(estimate, sent_kbps, now);
+                let t = adapter.update(estimate, sent_kbps, now);
                 if t.kbps != applied.kbps {
                     encoder.set_property("bitrate", t.kbps);
                     r.encoder_kbps.store(t.kbps, Ordering::Relaxed);
