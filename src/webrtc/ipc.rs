@@ -158,6 +158,23 @@ mod tests {
     }
 
     #[test]
+    fn stats_carry_the_bandwidth_and_read_without_it() {
+        let st = FromHelper::Stats {
+            frames_sent: 9,
+            bytes_encoded: 12_000,
+            estimate_kbps: 480,
+            encoder_kbps: 432,
+            width: 640,
+            height: 360,
+        };
+        let bytes = encode(&st).unwrap();
+        assert_eq!(decode::<FromHelper>(&bytes[4..]).unwrap(), st);
+        // A helper without adaptation fields (or an older one): zeros.
+        let old = decode::<FromHelper>(br#"{"type":"Stats","frames_sent":3}"#).unwrap();
+        assert!(matches!(old, FromHelper::Stats { frames_sent: 3, estimate_kbps: 0, encoder_kbps: 0, .. }));
+    }
+
+    #[test]
     fn messages_round_trip_through_frames() {
         let mut buf = Vec::new();
         write_frame(&mut buf, &start()).unwrap();
