@@ -670,6 +670,8 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
     assert!(video.starts_with(" 9 UDP/TLS/RTP/SAVPF 106"), "answer:\n{answer}");
     assert!(video.contains("a=sendonly") && video.contains("a=rtpmap:106 H264/90000"), "answer:\n{answer}");
     assert!(video.contains(&format!("a=extmap:3 {}", robotd::webrtc::TWCC_URI)), "answer:\n{answer}");
+    // …and the transport-cc feedback the bandwidth estimator runs on.
+    assert!(video.contains("a=rtcp-fb:106 transport-cc"), "answer:\n{answer}");
     assert!(wait_for(&rx, Duration::from_secs(10), |h| matches!(h, Heard::Robot(FromHelper::Heartbeat))));
     helper.child.kill().unwrap();
     let eof = wait_for(&rx, Duration::from_secs(20), |h| matches!(h, Heard::RobotGone(_)));
