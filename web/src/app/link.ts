@@ -50,6 +50,9 @@ export class Link {
       connectTimeout: 5000,
       resubscribe: false,
       queueQoSZero: false,
+      // MQTT.js's default "worker" timers start a Worker from a blob: URL, which the CSP
+      // (script-src 'self', no worker-src) refuses; native timers need no exception.
+      timerVariant: "native",
       properties: { sessionExpiryInterval: 0, maximumPacketSize: 32768 },
       will: { topic: presenceTopic(phoneId), payload: "false", qos: 1, retain: true },
     };
