@@ -41,7 +41,7 @@ export function endText(reason: string, nickname: string, detail?: string): stri
     case "broker_lost":
       return "The connection to the broker is lost; the call could not be placed.";
     case "media_failed":
-      return `The robot's video failed${d}.`;
+      return `The call's media failed on the robot${d}.`;
     case "ice_failed":
       return `No media connection to ${nickname}: the networks may need a TURN server${d}.`;
     case "caller_offline":

@@ -8,7 +8,7 @@
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import { sign, authProps, verify, type AuthProps } from "../proto/mac";
 import { utf8 } from "../proto/bytes";
-import { presenceTopic, profileTopic } from "../proto/topics";
+import { matches, presenceTopic, profileTopic } from "../proto/topics";
 import { config } from "./config";
 
 /** A received PUBLISH. */
@@ -20,14 +20,6 @@ export interface Incoming {
 }
 
 export type Handler = (m: Incoming) => void;
-
-/** Does an MQTT filter (with `+` only) match a topic? */
-export function matches(filter: string, topic: string): boolean {
-  const f = filter.split("/");
-  const t = topic.split("/");
-  if (f.length !== t.length) return false;
-  return f.every((x, i) => x === "+" || x === t[i]);
-}
 
 export class Link {
   private client: MqttClient;

@@ -52,7 +52,8 @@ class App {
   private link!: Link;
   private me!: Me;
   private counter = new OutsideCounter();
-  private inviteCheck = new RisingCheck();
+  /** Per robot: its invite responses' seq must rise (5.5). */
+  private inviteChecks = new Map<string, RisingCheck>();
   private contacts = new Map<string, Contact>();
   private call: Call | null = null;
   private scan: Scan | null = null;
@@ -154,8 +155,20 @@ class App {
 
   private onPresence(c: Contact, m: Incoming) {
     const t = new TextDecoder().decode(m.payload);
+    const was = c.online;
     c.online = t === "true" ? true : t === "false" ? false : c.online;
     this.renderContact(c);
+    const call = this.call;
+    if (call && call.state !== "ended" && call.robot.robot === c.robot.robot && c.online !== was) {
+      const m = $("message");
+      if (c.online === false) {
+        m.textContent = `${c.nickname} went offline; waiting for it to come back…`;
+        m.dataset.kind = "robot-offline";
+      } else if (m.dataset.kind === "robot-offline") {
+        m.textContent = "";
+        delete m.dataset.kind;
+      }
+    }
   }
 
   private onProfile(c: Contact, m: Incoming) {
@@ -284,7 +297,7 @@ class App {
     mute.textContent = "Talk";
     mute.disabled = true;
     show("call-screen");
-    const call = new Call(this.link, this.me, { ...c.robot, nickname: c.nickname }, this.counter, this.inviteCheck, {
+    const call = new Call(this.link, this.me, { ...c.robot, nickname: c.nickname }, this.counter, this.inviteCheckOf(c.robot.robot), {
       state: (s, reason, message, rejectReason) => this.onCallState(call, s, reason, message, rejectReason),
       message: (t) => ($("message").textContent = t),
       remote: (stream) => {
@@ -300,6 +313,12 @@ class App {
     });
     this.call = call;
     await call.start(c.online);
+  }
+
+  private inviteCheckOf(robot: string): RisingCheck {
+    let r = this.inviteChecks.get(robot);
+    if (!r) this.inviteChecks.set(robot, (r = new RisingCheck()));
+    return r;
   }
 
   private onCallState(call: Call, s: CallState, reason?: string, message?: string, rejectReason?: string) {

@@ -15,3 +15,11 @@ export function responseCommand(topic: string, sid: string): string | null {
   const m = /^session\/([0-9a-f]{32})\/([a-z][a-z0-9_]{0,31})\/response$/.exec(topic);
   return m && m[1] === sid ? m[2] : null;
 }
+
+/** Does an MQTT filter (with `+` only, the app subscribes to no `#`) match a topic? */
+export function matches(filter: string, topic: string): boolean {
+  const f = filter.split("/");
+  const t = topic.split("/");
+  if (f.length !== t.length) return false;
+  return f.every((x, i) => x === "+" || x === t[i]);
+}
