@@ -44,7 +44,7 @@ sed -e "s|^url = \"mqtt://127\.0\.0\.1:[0-9]*\"|url = \"mqtt://127.0.0.1:$mqtt\"
 "${NS[@]}" mosquitto -c "$run/mosquitto.conf" 2>"$run/mosquitto.log" </dev/null >/dev/null &
 echo $! >"$run/mosq.pid"
 pids+=($!)
-"${NS[@]}" python3 -m http.server "$http" --bind 127.0.0.1 --directory "$run/dist" >"$run/http.log" 2>&1 </dev/null &
+"${NS[@]}" python3 -m http.server "$http" --bind 0.0.0.0 --directory "$run/dist" >"$run/http.log" 2>&1 </dev/null &
 pids+=($!)
 sleep 1
 "${NS[@]}" "$bin/robotd" -c "$run/robotd.toml" 2>"$run/robotd.log" </dev/null >/dev/null &

@@ -27,6 +27,7 @@ async function phone(number, name, uri, { mic = false } = {}) {
   // robotd on main cannot take the phone's audio yet (its pipeline fails): call without a mic
   if (!mic) await page.addInitScript(() => { navigator.mediaDevices.getUserMedia = () => Promise.reject(new Error("no mic")); });
   await page.goto(app + "#pair=" + encodeURIComponent(uri));
+  if (page.url().includes("#")) throw new Error(`the pairing link stayed in the address bar: ${page.url()}`);
   await page.fill("#phone-number", number);
   await page.fill("#nickname", name);
   await page.click("#save-profile");
@@ -37,6 +38,15 @@ async function phone(number, name, uri, { mic = false } = {}) {
   return page;
 }
 
+{
+  // plain http on an address other than localhost is not a secure context
+  const p = await (await browser.newContext()).newPage();
+  await p.goto(app.replace("127.0.0.1", "10.99.0.1"));
+  await step("insecure page", async () => {
+    await p.waitForSelector("#insecure:not([hidden])", { timeout: 5000 });
+    if (await p.isVisible("#first-run")) throw new Error("first run shown too");
+  });
+}
 const a = await phone("+48 555 555 555", "Alice", readFileSync(`${run}/uri`, "utf8").trim());
 console.log("ok   Alice paired (link in the fragment)");
 await a.click("[data-testid=call]");
@@ -97,6 +107,8 @@ await step("the call goes on", async () => {
   return `frames ${f0} -> ${f1}`;
 });
 await a.screenshot({ path: `${run}/call.png` });
+await a.setViewportSize({ width: 844, height: 390 });
+await a.screenshot({ path: `${run}/call-landscape.png` });
 await a.click("#hangup");
 await step("hang-up", () => a.waitForSelector('#call-screen[data-state="ended"][data-end-reason="hangup"]', { timeout: 10000 }));
 await step("robot's call ended", () => {
