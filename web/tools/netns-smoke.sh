@@ -16,6 +16,8 @@ ns="robotd-web-$$"
 mqtt=18931 ws=19931 http=18932
 pids=()
 cleanup() {
+  # the broker the smoke restarted is not a child of this script: its pid is in mosq.pid
+  [ -s "$run/mosq.pid" ] && pids+=("$(cat "$run/mosq.pid")")
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$ns" 2>/dev/null || true

@@ -99,15 +99,23 @@ export class Link {
     this.client.publish(profileTopic(this.phoneId), this.profile(), { qos: 1, retain: true });
   }
 
-  /** Listen on a filter; resolves once the broker granted it (or at once while offline:
-   * it is subscribed on the next CONNACK). */
+  /** Listen on a filter; resolves once the broker granted it (at once while offline: it is
+   * subscribed on the next CONNACK). */
   subscribe(filter: string, h: Handler): Promise<void> {
     let hs = this.subs.get(filter);
     const fresh = !hs;
     if (!hs) this.subs.set(filter, (hs = new Set()));
     hs.add(h);
     if (!fresh || !this.client.connected) return Promise.resolve();
-    return new Promise((resolve) => this.client.subscribe(filter, { qos: 1 }, () => resolve()));
+    // resolve on the SUBACK, or after 5 s whatever happened (a connection lost meanwhile
+    // resubscribes on its next CONNACK), so no flow waits forever
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, 5000);
+      this.client.subscribe(filter, { qos: 1 }, () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
   }
 
   unsubscribe(filter: string, h: Handler) {
