@@ -421,6 +421,12 @@ class App {
       show("contacts");
     });
     window.addEventListener("blur", () => this.stopNow());
+    // leaving the page: stop and hang up (the broker may not deliver it; the robot then
+    // ends the call when our Will arrives, 7.7)
+    window.addEventListener("pagehide", () => {
+      this.stopNow();
+      void this.call?.hangup();
+    });
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "hidden") this.stopNow();
     });
