@@ -7,7 +7,8 @@
 #   ROBOTD_BIN_DIR=/path/to/target/debug web/tools/netns-smoke.sh
 #
 # It builds the app into the run directory, runs web/tools/smoke.mjs, prints ok/FAIL per step and
-# removes the namespace. Exit status 1 if any step failed.
+# removes the namespace. Exit status 1 if any step failed. SMOKE_MIC=1 also calls with Chromium's
+# fake microphone and checks push-to-talk against robotd's test speaker ([audio] speaker = "test").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin="${ROBOTD_BIN_DIR:?set ROBOTD_BIN_DIR to the directory holding robotd}"
@@ -43,6 +44,8 @@ CONF
 sed -e "s|^url = \"mqtt://127\.0\.0\.1:[0-9]*\"|url = \"mqtt://127.0.0.1:$mqtt\"|" \
     -e "s|^state_dir = .*|state_dir = \"$run/state\"|" \
     -e "s|^socket = .*|socket = \"$run/control.sock\"|" config/flat.toml >"$run/robotd.toml"
+# SMOKE_MIC=1: the robot measures the phone's audio (a robotd with [audio] speaker support)
+[ -z "${SMOKE_MIC:-}" ] || printf '\n[audio]\nspeaker = "test"\n' >>"$run/robotd.toml"
 "${NS[@]}" mosquitto -c "$run/mosquitto.conf" 2>"$run/mosquitto.log" </dev/null >/dev/null &
 echo $! >"$run/mosq.pid"
 pids+=($!)
