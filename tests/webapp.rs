@@ -28,12 +28,18 @@ use calls_kit::*;
 use common::*;
 use netns::{Internet, Ns};
 
+/// md5("+48555555555"): the phone ID of the number phone.mjs types.
+const ALICE_ID: &str = "36940d0ece18aebf69d0ef6825534e24";
+const ALICE_BROKER_PASSWORD: &str = "al1ce-broker-pw";
+
 /// The whole browser scenario may take this long on a busy 2-core machine.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn web_dir() -> PathBuf {
     // ROBOTD_WEB_DIR: another checkout's web/ (while working on the app).
-    std::env::var_os("ROBOTD_WEB_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web"))
+    std::env::var_os("ROBOTD_WEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web"))
 }
 
 fn e2e_script() -> PathBuf {
@@ -257,7 +263,9 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
         ("STEPS", "pair,call,goto,drive,talk,broker,hangup".to_string()),
     ];
     let said = drive_phone(&mut net, |n| &n.lan_phone, &robot, &env);
-    for step in ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"] {
+    for step in
+        ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"]
+    {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");
@@ -269,17 +277,33 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
 /// a symmetric NAT), the robot at home behind its router. The app is built
 /// with only a STUN server (no TURN credentials in a web page), the robot
 /// has the TURN relay (robotd-made credentials, docs/install.md): the call
-/// connects through the relay, the video decodes, and hang-up ends it.
+/// connects through the relay, the video decodes, and hang-up ends it. The
+/// broker takes no anonymous clients: the app logs in with its phone ID and
+/// the password given at first run.
 #[test]
 fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     if skip_without_browser() {
         return;
     }
     let Some(mut net) = Internet::new() else { return };
-    net.start_mosquitto();
+    let work = tempfile::tempdir().unwrap();
+    // A broker that wants accounts (docs/install.md): the robot logs in with
+    // its robot ID, the phone with its phone ID and the password typed at
+    // first run; nobody gets in anonymously.
+    let mut robot = Robot::configure_url(&net.broker_url(), "");
+    let passwd = net.dir().join("passwd");
+    for (i, (user, password)) in [(robot.id.as_str(), "r0bot-pw"), (ALICE_ID, ALICE_BROKER_PASSWORD)].iter().enumerate()
+    {
+        let mut c = Command::new("mosquitto_passwd");
+        if i == 0 {
+            c.arg("-c");
+        }
+        c.arg("-b").arg(&passwd).args([user, password]);
+        run(c, "mosquitto_passwd");
+    }
+    net.start_mosquitto_with(&format!("allow_anonymous false\npassword_file {}\n", passwd.display()));
     let secret = "n0t-in-any-page";
     net.start_turn(&netns::TurnAuth::shared_secret(secret));
-    let work = tempfile::tempdir().unwrap();
     let dist = work.path().join("dist");
     let ice = serde_json::json!([{ "urls": net.stun_url() }]).to_string();
     build_app(&dist, &net.broker_ws_url(), Some(&ice));
@@ -288,7 +312,11 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     let webrtc =
         format!("[webrtc]\nturn = [\"{}\"]\nturn_secret_file = \"{}\"\n", net.turn_url("udp"), secret_file.display());
-    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc));
+    let pw_file = work.path().join("mqtt-password");
+    std::fs::write(&pw_file, "r0bot-pw\n").unwrap();
+    let account = format!("[mqtt]\nusername = \"{}\"\npassword_file = \"{}\"\n", robot.id, pw_file.display());
+    let extra = merge_toml(&merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc), &account);
+    robot.reconfigure(&extra);
     robot.spawn_wrapped(net.robot.command("env"));
     pairing_uri(&robot);
     let qr = work.path().join("qr.y4m");
@@ -305,6 +333,7 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
         ("TONE_WAV", tone.display().to_string()),
         ("OUT_DIR", out.display().to_string()),
         ("STEPS", "pair,call,hangup".to_string()),
+        ("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()),
     ];
     let said = drive_phone(&mut net, |n| &n.phone, &robot, &env);
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");

@@ -376,7 +376,17 @@ impl Call {
     fn start_audio(net: &netns::Internet, audio: AudioSpec) -> Call {
         let phone = PhoneOptions { nack: true, audio: true };
         let default = IceConfig::default();
-        Call::start_full(net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, phone, audio, small_video())
+        Call::start_full(
+            net,
+            &net.robot,
+            &net.lan_phone,
+            default.clone(),
+            default,
+            Tamper::Nothing,
+            phone,
+            audio,
+            small_video(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

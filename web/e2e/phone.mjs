@@ -17,6 +17,7 @@
 //   OUT_DIR    where screenshots go
 //   CHROMIUM   the browser (default /usr/bin/chromium)
 //   STEPS      comma-separated steps to run (default: all, in order)
+//   BROKER_PASSWORD  typed into the first-run screen when set
 
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -122,6 +123,7 @@ try {
   await page.locator('#first-run').waitFor({ timeout: LONG });
   await page.fill('#phone-number', '+48 555 555 555');
   await page.fill('#nickname', 'Alice');
+  if (process.env.BROKER_PASSWORD) await page.fill('#broker-password', process.env.BROKER_PASSWORD);
   await page.click('#save-profile');
   await until('the E.164 number shown', LONG, async () => (await page.textContent('#e164'))?.includes('+48555555555'));
   say('first run done: +48555555555');

@@ -32,10 +32,15 @@ export class Link {
     clientId: string,
     private phoneId: string,
     private profile: () => string,
+    password?: string,
   ) {
     const opts: IClientOptions = {
       protocolVersion: 5,
       clientId,
+      // The broker account is the phone ID (docs/install.md, ACLs with %c); brokers
+      // that allow anonymous clients ignore it.
+      username: phoneId,
+      ...(password ? { password } : {}),
       clean: true,
       keepalive: config.keepAliveS,
       reconnectPeriod: config.reconnectMinMs,

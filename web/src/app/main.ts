@@ -93,6 +93,9 @@ class App {
     }
     err.hidden = true;
     const me: Me = { e164, nickname: nick.nickname, phoneId: md5ClientId(e164) };
+    const password = ($("broker-password") as HTMLInputElement).value;
+    if (password) await store.setBrokerPassword(password);
+    ($("broker-password") as HTMLInputElement).value = "";
     await store.setMe(me);
     await this.start(me);
   }
@@ -101,6 +104,7 @@ class App {
     this.me = me;
     $("e164").textContent = me.e164;
     $("me-nickname").textContent = me.nickname;
+    $("phone-id").textContent = me.phoneId;
     show("contacts");
     let clientId = await store.mqttClientId();
     if (!clientId) {
@@ -108,7 +112,8 @@ class App {
       await store.setMqttClientId(clientId);
     }
     const profile = JSON.stringify({ nickname: me.nickname, kind: "phone" });
-    this.link = new Link(clientId, me.phoneId, () => profile);
+    const password = (await store.brokerPassword()) || undefined;
+    this.link = new Link(clientId, me.phoneId, () => profile, password);
     this.link.onState((up) => this.onLink(up));
     for (const r of await store.robots()) this.addContact(r);
     this.wire();

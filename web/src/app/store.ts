@@ -61,6 +61,10 @@ export const store = {
   setMe: (m: Me) => put("me", m),
   mqttClientId: () => get<string>("mqtt-client-id"),
   setMqttClientId: (id: string) => put("mqtt-client-id", id),
+  /** The broker password (docs/install.md: each phone logs in with its phone ID as user
+   * name); kept here, never in localStorage or the URL. */
+  brokerPassword: () => get<string>("broker-password"),
+  setBrokerPassword: (p: string) => put("broker-password", p),
   robots: async () => (await get<PairedRobot[]>("robots")) ?? [],
   async upsertRobot(r: PairedRobot) {
     const all = (await this.robots()).filter((x) => x.robot !== r.robot);
