@@ -149,7 +149,7 @@ fn output_dir(name: &str) -> PathBuf {
 }
 
 /// Run web/e2e/phone.mjs in `ns` and answer its requests until it exits.
-fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, env: &[(&str, String)]) -> String {
+fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robot, env: &[(&str, String)]) -> String {
     let mut cmd = ns_of(net).command("node");
     cmd.arg(e2e_script()).current_dir(web_dir());
     for (k, v) in env {
@@ -199,6 +199,19 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, e
                 eprintln!("harness: broker stopped");
                 "{}".into()
             }
+            Some("kill-helper") => match helper_pid(robot.pid()) {
+                Some(pid) => {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    eprintln!("harness: media helper {pid} killed");
+                    "{}".into()
+                }
+                None => serde_json::json!({ "error": "robotd has no media helper" }).to_string(),
+            },
+            Some("stop-robot") => {
+                let st = robot.stop();
+                eprintln!("harness: robotd stopped ({st})");
+                "{}".into()
+            }
             Some("start-broker") => {
                 net.start_mosquitto();
                 eprintln!("harness: broker started again");
@@ -228,7 +241,9 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, e
 /// microphone's tone reaches the robot's test speaker while unmuted, silence
 /// after muting), the broker restarted
 /// mid-call (banner shown and gone, the call goes on), hang-up on both
-/// sides. Saves `call-screen.png`.
+/// sides; then a call whose media helper is killed (the phone shows
+/// `media_failed` at once) and a robot gone offline (shown, and no call is
+/// placed). Saves `call-screen.png`.
 #[test]
 fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     if skip_without_browser() {
@@ -260,15 +275,16 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
         ("QR_VIDEO", qr.display().to_string()),
         ("TONE_WAV", tone.display().to_string()),
         ("OUT_DIR", out.display().to_string()),
-        ("STEPS", "pair,call,goto,drive,talk,broker,hangup".to_string()),
+        ("STEPS", "pair,call,goto,drive,talk,broker,hangup,media-failed,offline".to_string()),
     ];
-    let said = drive_phone(&mut net, |n| &n.lan_phone, &robot, &env);
+    let said = drive_phone(&mut net, |n| &n.lan_phone, &mut robot, &env);
     for step in
         ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"]
     {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");
+    assert!(said.contains("ended media_failed") && said.contains("robot offline: call refused"), "{said}");
     assert!(out.join("call-screen.png").exists(), "no screenshot in {}", out.display());
     eprintln!("screenshot: {}", out.join("call-screen.png").display());
 }
@@ -335,7 +351,7 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
         ("STEPS", "pair,call,hangup".to_string()),
         ("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()),
     ];
-    let said = drive_phone(&mut net, |n| &n.phone, &robot, &env);
+    let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &env);
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
     let turn = net.turn_log();
     assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");
