@@ -114,8 +114,8 @@ async fn read_loop(
             Err(_) => break Some(format!("media helper unresponsive (nothing for {} s)", HEARTBEAT_TIMEOUT.as_secs())),
             Ok(Ok(None)) => break None,
             Ok(Err(e)) => break Some(format!("media helper spoke nonsense: {e}")),
-            // Liveness only (the core has no use for frame counts yet).
-            Ok(Ok(Some(FromHelper::Heartbeat | FromHelper::Stats { .. }))) => {}
+            // Liveness only.
+            Ok(Ok(Some(FromHelper::Heartbeat))) => {}
             Ok(Ok(Some(msg))) => {
                 if let FromHelper::State { ice } = &msg {
                     debug!(session = %session, %ice, "ICE state");

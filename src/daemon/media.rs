@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::helper::Helper;
 use crate::config::{AudioConfig, VideoConfig};
-use crate::robot::admin::MediaStatus;
+use crate::robot::admin::{MediaStatus, VideoSendStatus};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 use crate::webrtc::ipc::{FromHelper, ToHelper};
@@ -58,11 +58,22 @@ pub struct Media {
     helper: Option<Helper>,
     /// What its speaker path measured last.
     speaker: Option<SpeakerLevel>,
+    /// Its latest video statistics, and when they came.
+    video_stats: Option<(VideoSendStatus, std::time::Instant, u64)>,
 }
 
 impl Media {
     pub fn new(video_cfg: VideoConfig, audio_cfg: AudioConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Self {
-        Media { video_cfg, audio_cfg, events, current: None, running: None, helper: None, speaker: None }
+        Media {
+            video_cfg,
+            audio_cfg,
+            events,
+            current: None,
+            running: None,
+            helper: None,
+            speaker: None,
+            video_stats: None,
+        }
     }
 
     /// Start a version 2 call's media helper with the phone's offer; its
@@ -174,6 +185,24 @@ impl Media {
                 }
                 None
             }
+            MediaEvent::Helper {
+                session,
+                msg: FromHelper::Stats { frames_sent, bytes_encoded, estimate_kbps, encoder_kbps, width, height },
+            } => {
+                if self.current.as_ref() == Some(&session) {
+                    let now = std::time::Instant::now();
+                    let sent_kbps = match self.video_stats {
+                        Some((_, at, bytes)) if now > at && bytes_encoded >= bytes => {
+                            let kbits = (bytes_encoded - bytes) as f64 * 8.0 / 1000.0;
+                            (kbits / now.duration_since(at).as_secs_f64()).round() as u32
+                        }
+                        _ => 0,
+                    };
+                    let st = VideoSendStatus { frames_sent, sent_kbps, estimate_kbps, encoder_kbps, width, height };
+                    self.video_stats = Some((st, now, bytes_encoded));
+                }
+                None
+            }
             MediaEvent::Helper { session, msg } => helper_report(session, msg),
         }
     }
@@ -212,10 +241,11 @@ impl Media {
         MediaReport::VideoAdjusted { session, result, answer }
     }
 
-    /// The speaker's side of `robotd status`.
+    /// The media side of `robotd status` (video sent, speaker).
     pub fn status(&self) -> MediaStatus {
         let level = self.speaker.filter(|_| self.helper.is_some());
         MediaStatus {
+            video: self.video_stats.as_ref().filter(|_| self.helper.is_some()).map(|(v, ..)| v.clone()),
             speaker: self.audio_cfg.speaker.clone(),
             speaker_receiving: level.is_some_and(|l| l.receiving),
             speaker_level_db: level.and_then(|l| l.rms_db),
@@ -227,6 +257,7 @@ impl Media {
     pub fn stop(&mut self) {
         self.current = None;
         self.speaker = None;
+        self.video_stats = None;
         if let Some(h) = self.helper.take() {
             h.stop();
         }
@@ -239,6 +270,7 @@ impl Media {
     pub async fn stop_and_wait(&mut self) {
         self.current = None;
         self.speaker = None;
+        self.video_stats = None;
         if let Some(h) = self.helper.take() {
             h.stop();
         }

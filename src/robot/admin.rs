@@ -180,9 +180,29 @@ pub struct Status {
     pub media: MediaStatus,
 }
 
-/// `status`: the audio of a version 2 call, as the media helper measures it.
+/// `status`: the video a version 2 call sends, as the media helper reports it
+/// (every 250 ms).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VideoSendStatus {
+    /// Frames encoded since the phone's certificate was checked.
+    pub frames_sent: u64,
+    /// Encoded video over the last report interval, kbit/s.
+    pub sent_kbps: u32,
+    /// The bandwidth estimate (transport-cc), kbit/s; 0 without one.
+    pub estimate_kbps: u32,
+    /// The encoder's bitrate setting, kbit/s.
+    pub encoder_kbps: u32,
+    /// The frame size sent (it steps down on a narrow link).
+    pub width: u32,
+    pub height: u32,
+}
+
+/// `status`: the media of a version 2 call, as the media helper measures it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MediaStatus {
+    /// What the call's video sends; `null` outside version 2 calls.
+    #[serde(default)]
+    pub video: Option<VideoSendStatus>,
     /// `[audio] speaker` (`"test"` or an ALSA device), `null` without one.
     pub speaker: Option<String>,
     /// The phone's audio reaches the speaker (decoded within the last second).

@@ -159,6 +159,13 @@ try {
     if (!video.playsinline || !video.muted) throw new Error(`video element not playsinline+muted: ${JSON.stringify(video)}`);
     if (neg && (video.w !== neg.width || video.h !== neg.height)) throw new Error(`video ${video.w}x${video.h} is not the negotiated ${neg.width}x${neg.height}`);
     if (!neg && (video.w === 0 || video.h === 0)) throw new Error('no video size');
+    // robotd status shows what its media helper sends.
+    const sent = await until('robotd status media.video', LONG, async () => {
+      const v = (await ask('status')).media?.video;
+      return v && v.frames_sent > 0 && v.sent_kbps > 0 && v;
+    });
+    say(`robotd status media.video: ${JSON.stringify(sent)}`);
+    if (neg && (sent.width !== neg.width || sent.height !== neg.height)) throw new Error(`robotd says it sends ${sent.width}x${sent.height}`);
   }
 
   if (STEPS.includes('goto')) {
