@@ -91,7 +91,7 @@ fn build_app(out: &Path, broker_ws: &str, ice_servers: Option<&str>) {
 
 /// Serve `dist` on 127.0.0.1:8000 of `ns` (its own loopback: a secure
 /// context for the page, and nothing outside the namespace can reach it).
-fn serve(ns: &Ns, dist: &Path, log: &Path) -> std::process::Child {
+fn serve(ns: &Ns, dist: &Path, log: &Path) -> Served {
     let f = std::fs::File::create(log).unwrap();
     let child = ns
         .command("python3")
@@ -103,8 +103,19 @@ fn serve(ns: &Ns, dist: &Path, log: &Path) -> std::process::Child {
         .spawn()
         .expect("python3 -m http.server");
     let up = wait_until(SOON, || ns.tcp_connect(([127, 0, 0, 1], 8000), Duration::from_secs(1)).is_ok());
+    let served = Served(child);
     assert!(up, "the app's static server did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-    child
+    served
+}
+
+/// The app's static server; stopped on drop.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The robot's pairing QR code (`pairing-qr.png`, written by `robotd pair`)
