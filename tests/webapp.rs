@@ -306,7 +306,8 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
 /// has the TURN relay (robotd-made credentials, docs/install.md): the call
 /// connects through the relay, the video decodes, and hang-up ends it. The
 /// broker takes no anonymous clients: the app logs in with its phone ID and
-/// the password given at first run.
+/// the password given at first run. This phone pairs from a pairing link
+/// (the URI in the app's URL fragment), which leaves the address bar at once.
 #[test]
 fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     if skip_without_browser() {
@@ -345,7 +346,7 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     let extra = merge_toml(&merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc), &account);
     robot.reconfigure(&extra);
     robot.spawn_wrapped(net.robot.command("env"));
-    pairing_uri(&robot);
+    let uri = pairing_uri(&robot).to_string();
     let qr = work.path().join("qr.y4m");
     qr_video(&robot.state_dir().join("pairing-qr.png"), &qr);
     let tone = work.path().join("tone.wav");
@@ -359,10 +360,12 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
         ("QR_VIDEO", qr.display().to_string()),
         ("TONE_WAV", tone.display().to_string()),
         ("OUT_DIR", out.display().to_string()),
-        ("STEPS", "pair,call,hangup".to_string()),
+        ("STEPS", "pair-link,call,hangup".to_string()),
         ("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()),
+        ("PAIR_URI", uri),
     ];
     let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &env);
+    assert!(said.contains("paired from a pairing link"), "{said}");
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
     let turn = net.turn_log();
     assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");

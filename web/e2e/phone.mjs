@@ -19,6 +19,8 @@
 //   CHROMIUM   the browser (default /usr/bin/chromium)
 //   STEPS      comma-separated steps to run (default: all, in order)
 //   BROKER_PASSWORD  typed into the first-run screen when set
+//   PAIR_URI   the robot's pairing URI, for the pair-link step (a link that
+//              opens the app with it in the fragment)
 
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -32,7 +34,7 @@ const env = (k, d) => {
 const APP_URL = env('APP_URL');
 const ROBOT_ID = env('ROBOT_ID');
 const OUT_DIR = env('OUT_DIR');
-const ALL = ['pair', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
+const ALL = ['pair', 'pair-link', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
 const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
 
 // Generous: a busy 2-core machine builds, encodes and decodes at once.
@@ -112,7 +114,12 @@ try {
   });
   page.on('pageerror', (e) => say('page error:', e.message));
 
-  await page.goto(APP_URL);
+  const link = STEPS.includes('pair-link') ? `#pair=${encodeURIComponent(env('PAIR_URI'))}` : '';
+  await page.goto(APP_URL + link);
+  if (link) {
+    // The secret leaves the address bar at once.
+    await until('the pairing link out of the address bar', LONG, async () => !page.url().includes('#pair='));
+  }
   const attr = (sel, name) => page.locator(sel).getAttribute(name);
   const quality = async () => ({
     frames: Number((await attr('#quality', 'data-frames-decoded')) || 0),
@@ -140,6 +147,22 @@ try {
       (await contact.locator('.online').getAttribute('data-online')) === 'true');
     say('paired by scanning the QR code; the robot shows online');
     if (page.url().includes('secret=') || page.url().includes('pair=')) throw new Error(`secret in the URL: ${page.url()}`);
+  }
+
+  if (STEPS.includes('pair-link')) {
+    await page.locator('#contacts').waitFor({ timeout: LONG });
+    const pre = await page.inputValue('#pair-uri');
+    if (!pre.startsWith('robotd://pair?')) throw new Error(`the pairing link did not fill the form: ${pre}`);
+    await page.click('#pair-submit');
+    await until('paired', LONG, async () => (await attr('#pair-status', 'data-status')) === 'paired');
+    await page.locator(`[data-testid=contact][data-robot-id="${ROBOT_ID}"]`).waitFor({ timeout: LONG });
+    say('paired from a pairing link; the address bar no longer has it');
+  }
+
+  if (STEPS.includes('pair') || STEPS.includes('pair-link')) {
+    // No secret in localStorage, sessionStorage or the URL (keys live in IndexedDB).
+    const stored = await page.evaluate(() => ({ local: localStorage.length, session: sessionStorage.length, url: location.href }));
+    if (stored.local || stored.session || /secret|pair=/.test(stored.url)) throw new Error(`secrets outside IndexedDB: ${JSON.stringify(stored)}`);
   }
 
   if (STEPS.includes('call')) {
