@@ -159,6 +159,38 @@ fn output_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// What a browser scenario needs beside the robot: a fresh pairing window
+/// (its QR code made into the fake camera's video, its URI for a pairing
+/// link), a tone for the fake microphone, the app served in `ns`, and the
+/// environment of web/e2e/phone.mjs.
+struct Phone {
+    env: Vec<(&'static str, String)>,
+    out: PathBuf,
+    _server: Served,
+}
+
+impl Phone {
+    fn prepare(ns: &Ns, robot: &Robot, work: &Path, dist: &Path, name: &str, steps: &str) -> Phone {
+        let uri = pairing_uri(robot).to_string();
+        let qr = work.join("qr.y4m");
+        qr_video(&robot.state_dir().join("pairing-qr.png"), &qr);
+        let tone = work.join("tone.wav");
+        tone_wav(&tone);
+        let server = serve(ns, dist, &work.join("http.log"));
+        let out = output_dir(name);
+        let env = vec![
+            ("APP_URL", "http://127.0.0.1:8000/".to_string()),
+            ("ROBOT_ID", robot.id.clone()),
+            ("QR_VIDEO", qr.display().to_string()),
+            ("TONE_WAV", tone.display().to_string()),
+            ("OUT_DIR", out.display().to_string()),
+            ("STEPS", steps.to_string()),
+            ("PAIR_URI", uri),
+        ];
+        Phone { env, out, _server: server }
+    }
+}
+
 /// Run web/e2e/phone.mjs in `ns` and answer its requests until it exits.
 fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robot, env: &[(&str, String)]) -> String {
     let mut cmd = ns_of(net).command("node");
@@ -271,24 +303,10 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     let audio = "[audio]\ndevice = \"test\"\nspeaker = \"test\"\n";
     let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), audio));
     robot.spawn_wrapped(net.robot.command("env"));
-    // A fresh pairing window; its QR code becomes the camera's picture.
-    pairing_uri(&robot);
-    let qr = work.path().join("qr.y4m");
-    qr_video(&robot.state_dir().join("pairing-qr.png"), &qr);
-    let tone = work.path().join("tone.wav");
-    tone_wav(&tone);
-    let _server = serve(&net.lan_phone, &dist, &work.path().join("http.log"));
-
-    let out = output_dir("lan");
-    let env = [
-        ("APP_URL", "http://127.0.0.1:8000/".to_string()),
-        ("ROBOT_ID", robot.id.clone()),
-        ("QR_VIDEO", qr.display().to_string()),
-        ("TONE_WAV", tone.display().to_string()),
-        ("OUT_DIR", out.display().to_string()),
-        ("STEPS", "pair,call,goto,drive,talk,broker,hangup,media-failed,offline".to_string()),
-    ];
-    let said = drive_phone(&mut net, |n| &n.lan_phone, &mut robot, &env);
+    let steps = "pair,call,goto,drive,talk,broker,hangup,media-failed,offline";
+    let phone = Phone::prepare(&net.lan_phone, &robot, work.path(), &dist, "lan", steps);
+    let said = drive_phone(&mut net, |n| &n.lan_phone, &mut robot, &phone.env);
+    let out = &phone.out;
     for step in
         ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"]
     {
@@ -346,25 +364,9 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     let extra = merge_toml(&merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc), &account);
     robot.reconfigure(&extra);
     robot.spawn_wrapped(net.robot.command("env"));
-    let uri = pairing_uri(&robot).to_string();
-    let qr = work.path().join("qr.y4m");
-    qr_video(&robot.state_dir().join("pairing-qr.png"), &qr);
-    let tone = work.path().join("tone.wav");
-    tone_wav(&tone);
-    let _server = serve(&net.phone, &dist, &work.path().join("http.log"));
-
-    let out = output_dir("carrier");
-    let env = [
-        ("APP_URL", "http://127.0.0.1:8000/".to_string()),
-        ("ROBOT_ID", robot.id.clone()),
-        ("QR_VIDEO", qr.display().to_string()),
-        ("TONE_WAV", tone.display().to_string()),
-        ("OUT_DIR", out.display().to_string()),
-        ("STEPS", "pair-link,call,hangup".to_string()),
-        ("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()),
-        ("PAIR_URI", uri),
-    ];
-    let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &env);
+    let mut phone = Phone::prepare(&net.phone, &robot, work.path(), &dist, "carrier", "pair-link,call,hangup");
+    phone.env.push(("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()));
+    let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &phone.env);
     assert!(said.contains("paired from a pairing link"), "{said}");
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
     let turn = net.turn_log();

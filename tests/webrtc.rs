@@ -313,13 +313,17 @@ enum Tamper {
 struct Opts {
     /// The phone asks for retransmissions.
     phone_nack: bool,
+    /// The phone offers audio (a tone) sendrecv.
+    phone_audio: bool,
+    /// The robot's microphone and speaker.
+    audio: AudioSpec,
     /// What the robot sends.
     video: VideoSpec,
 }
 
 impl Default for Opts {
     fn default() -> Opts {
-        Opts { phone_nack: true, video: small_video() }
+        Opts { phone_nack: true, phone_audio: false, audio: AudioSpec::default(), video: small_video() }
     }
 }
 
@@ -358,6 +362,13 @@ impl Call {
         Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, Opts::default())
     }
 
+    /// A LAN call where the phone offers audio (a tone) and the robot has `audio`.
+    fn start_audio(net: &netns::Internet, audio: AudioSpec) -> Call {
+        let default = IceConfig::default();
+        let opts = Opts { phone_audio: true, audio, ..Opts::default() };
+        Call::start_with(net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, opts)
+    }
+
     fn start_with(
         net: &netns::Internet,
         robot_ns: &netns::Ns,
@@ -367,40 +378,8 @@ impl Call {
         tamper: Tamper,
         opts: Opts,
     ) -> Call {
-        let Opts { phone_nack, video } = opts;
-        let phone = PhoneOptions { nack: phone_nack, audio: false };
-        Call::start_full(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, phone, AudioSpec::default(), video)
-    }
-
-    /// A LAN call where the phone offers audio (a tone) and the robot has `audio`.
-    fn start_audio(net: &netns::Internet, audio: AudioSpec) -> Call {
-        let phone = PhoneOptions { nack: true, audio: true };
-        let default = IceConfig::default();
-        Call::start_full(
-            net,
-            &net.robot,
-            &net.lan_phone,
-            default.clone(),
-            default,
-            Tamper::Nothing,
-            phone,
-            audio,
-            small_video(),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn start_full(
-        net: &netns::Internet,
-        robot_ns: &netns::Ns,
-        phone_ns: &netns::Ns,
-        robot_ice: IceConfig,
-        phone_ice: IceConfig,
-        tamper: Tamper,
-        phone: PhoneOptions,
-        audio: AudioSpec,
-        video: VideoSpec,
-    ) -> Call {
+        let Opts { phone_nack, phone_audio, audio, video } = opts;
+        let phone = PhoneOptions { nack: phone_nack, audio: phone_audio };
         let (tx, rx) = mpsc::channel();
         let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone, tx.clone());
         let offer = match rx.recv_timeout(CALL_TIMEOUT) {
@@ -643,6 +622,21 @@ fn a_certificate_that_is_not_the_offers_gets_no_video() {
     assert!(!call.robot_heard.contains(&FromHelper::Connected), "{}", call.report());
 }
 
+/// Start coturn; the robot relays only through it (long-term credentials),
+/// the phone uses it for STUN: the ICE set-up of a robot at home and a phone
+/// behind the carrier NAT.
+fn relayed(net: &mut netns::Internet) -> (IceConfig, IceConfig) {
+    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
+    let server = netns::SERVER;
+    let robot_ice = IceConfig {
+        stun: None,
+        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
+        relay_only: true,
+    };
+    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    (robot_ice, phone_ice)
+}
+
 /// 5 % random loss both ways on the phone's carrier, through the robot's
 /// relay, 20 s each with and without NACK (the phone asks for no
 /// retransmission): NACK/RTX keeps at least 85 % of the frames the robot sent
@@ -653,14 +647,7 @@ fn a_certificate_that_is_not_the_offers_gets_no_video() {
 fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
     let Some(mut net) = netns::Internet::new() else { return };
-    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
-    let server = netns::SERVER;
-    let robot_ice = IceConfig {
-        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
-        relay_only: true,
-        ..IceConfig::default()
-    };
-    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    let (robot_ice, phone_ice) = relayed(&mut net);
     let mut ratios = Vec::new();
     for nack in [true, false] {
         net.clear();
@@ -806,22 +793,8 @@ fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
         cmd.arg("media");
         let log = dir.path().join(format!("h{i}.log"));
         let mut helper = Proc::spawn::<FromHelper>(cmd, log, tx, Heard::Robot, Heard::RobotGone);
-        helper.send(&ToHelper::Start {
-            offer_sdp: offer.into(),
-            video: small_video(),
-            audio: audio.clone(),
-            ice: IceConfig::default(),
-        });
-        let mut answer = String::new();
-        let answered = wait_for(&rx, CALL_TIMEOUT, |h| match h {
-            Heard::Robot(FromHelper::Answer { sdp }) => {
-                answer = sdp.clone();
-                true
-            }
-            Heard::Robot(FromHelper::Ended { .. }) | Heard::RobotGone(_) => true,
-            _ => false,
-        });
-        assert!(answered && !answer.is_empty(), "{audio:?}: no answer:\n{}", helper.log());
+        let answer = answer_of(&mut helper, &rx, offer, audio.clone());
+        let answer = answer.unwrap_or_else(|| panic!("{audio:?}: no answer:\n{}", helper.log()));
         let video = answer_section(&answer, "video").unwrap_or_else(|| panic!("{audio:?}: no video:\n{answer}"));
         assert!(video.contains("a=sendonly") && video.contains("H264/90000"), "{audio:?}:\n{answer}");
         let section = answer_section(&answer, "audio").unwrap_or("audio 0 ");
@@ -835,6 +808,22 @@ fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
     }
 }
 
+/// Start `helper` on `offer` (small video, `audio`) and wait for its answer;
+/// `None` when it ends or dies first.
+fn answer_of(helper: &mut Proc, rx: &Receiver<Heard>, offer: &str, audio: AudioSpec) -> Option<String> {
+    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), audio, ice: IceConfig::default() });
+    let mut answer = None;
+    wait_for(rx, CALL_TIMEOUT, |h| match h {
+        Heard::Robot(FromHelper::Answer { sdp }) => {
+            answer = Some(sdp.clone());
+            true
+        }
+        Heard::Robot(FromHelper::Ended { .. }) | Heard::RobotGone(_) => true,
+        _ => false,
+    });
+    answer
+}
+
 /// (c) The supervision hook: when the helper dies (SIGKILL), robotd sees the
 /// end of its control socket at once; and a helper whose robotd closed the
 /// socket exits by itself.
@@ -845,21 +834,8 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
     let offer = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp");
     let (tx, rx) = mpsc::channel();
     let mut helper = robot_helper(&net.robot, net.dir(), tx.clone());
-    helper.send(&ToHelper::Start {
-        offer_sdp: offer.into(),
-        video: small_video(),
-        audio: AudioSpec::default(),
-        ice: IceConfig::default(),
-    });
-    let mut answer = String::new();
-    let answered = wait_for(&rx, CALL_TIMEOUT, |h| match h {
-        Heard::Robot(FromHelper::Answer { sdp }) => {
-            answer = sdp.clone();
-            true
-        }
-        _ => false,
-    });
-    assert!(answered, "no answer to a Chromium offer:\n{}", helper.log());
+    let answer = answer_of(&mut helper, &rx, offer, AudioSpec::default());
+    let answer = answer.unwrap_or_else(|| panic!("no answer to a Chromium offer:\n{}", helper.log()));
     // Trap (b): a Chromium offer (audio first, VP8 as PT 96) is answered with
     // its own H.264 CB pm1 format (106), sendonly, with its transport-cc ID.
     let video = answer.split("m=video").nth(1).unwrap_or_else(|| panic!("no video in the answer:\n{answer}"));
@@ -918,14 +894,7 @@ fn wait_for(rx: &Receiver<Heard>, timeout: Duration, mut f: impl FnMut(&Heard) -
 fn a_phone_behind_a_carrier_nat_sees_video_through_the_robots_turn_relay() {
     let _shared = shared();
     let Some(mut net) = netns::Internet::new() else { return };
-    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
-    let server = netns::SERVER;
-    let robot_ice = IceConfig {
-        stun: None,
-        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
-        relay_only: true,
-    };
-    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    let (robot_ice, phone_ice) = relayed(&mut net);
     let mut call = Call::start(&net, &net.robot, &net.phone, robot_ice, phone_ice, Tamper::Nothing);
     let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 30 || c.robot_ended().is_some());
     assert!(ok && call.frames >= 30, "no video through the relay: {}\n--- coturn\n{}", call.report(), net.turn_log());
@@ -992,14 +961,7 @@ fn landlock_abi() -> i64 {
 fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
     let Some(mut net) = netns::Internet::new() else { return };
-    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
-    let server = netns::SERVER;
-    let robot_ice = IceConfig {
-        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
-        relay_only: true,
-        ..IceConfig::default()
-    };
-    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    let (robot_ice, phone_ice) = relayed(&mut net);
     let video = VideoSpec { device: "test:snow".into(), width: 1280, height: 720, fps: 30, kbps: 2000 };
     let mut call = Call::start_with(
         &net,
