@@ -324,7 +324,8 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
 /// has the TURN relay (robotd-made credentials, docs/install.md): the call
 /// connects through the relay, the video decodes, and hang-up ends it. The
 /// broker takes no anonymous clients: the app logs in with its phone ID and
-/// the password given at first run. This phone pairs from a pairing link
+/// the password given at first run (a phone with a wrong one is told that
+/// the broker refused its login). This phone pairs from a pairing link
 /// (the URI in the app's URL fragment), which leaves the address bar at once.
 #[test]
 fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
@@ -364,10 +365,12 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     let extra = merge_toml(&merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc), &account);
     robot.reconfigure(&extra);
     robot.spawn_wrapped(net.robot.command("env"));
-    let mut phone = Phone::prepare(&net.phone, &robot, work.path(), &dist, "carrier", "pair-link,call,hangup");
+    let mut phone =
+        Phone::prepare(&net.phone, &robot, work.path(), &dist, "carrier", "refused-login,pair-link,call,hangup");
     phone.env.push(("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()));
     let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &phone.env);
     assert!(said.contains("paired from a pairing link"), "{said}");
+    assert!(said.contains("wrong broker password: \"The broker refused the login"), "{said}");
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
     let turn = net.turn_log();
     assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");

@@ -34,7 +34,7 @@ const env = (k, d) => {
 const APP_URL = env('APP_URL');
 const ROBOT_ID = env('ROBOT_ID');
 const OUT_DIR = env('OUT_DIR');
-const ALL = ['pair', 'pair-link', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
+const ALL = ['refused-login', 'pair', 'pair-link', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
 const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
 
 // Generous: a busy 2-core machine builds, encodes and decodes at once.
@@ -113,6 +113,23 @@ try {
     if (m.type() === 'error' || m.type() === 'warning') say(`console.${m.type()}:`, m.text());
   });
   page.on('pageerror', (e) => say('page error:', e.message));
+
+  if (STEPS.includes('refused-login')) {
+    // Another phone with a wrong broker password: told so, in words.
+    const other = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    const p2 = await other.newPage();
+    await p2.goto(APP_URL);
+    await p2.fill('#phone-number', '+48 555 555 555');
+    await p2.fill('#nickname', 'Mallory');
+    await p2.fill('#broker-password', 'not-the-password');
+    await p2.click('#save-profile');
+    const text = await until('the refused-login banner', LONG, async () => {
+      const t = (await p2.locator('#banner').isVisible()) && (await p2.textContent('#banner'));
+      return t && /refused/.test(t) && t;
+    });
+    say(`wrong broker password: "${text}"`);
+    await other.close();
+  }
 
   const link = STEPS.includes('pair-link') ? `#pair=${encodeURIComponent(env('PAIR_URI'))}` : '';
   await page.goto(APP_URL + link);

@@ -66,10 +66,18 @@ export class Link {
       };
       for (const [filter, hs] of this.subs) if (matches(filter, topic)) for (const h of hs) h(m);
     });
-    this.client.on("error", () => {
-      /* shown by the banner through close/offline; MQTT.js retries */
+    this.client.on("error", (e: Error & { code?: number }) => {
+      // Shown by the banner through close/offline; MQTT.js retries. A refused login
+      // (CONNACK 0x86 bad user name or password, 0x87 not authorized) gets its own words.
+      if (e.code === 0x86 || e.code === 0x87) {
+        this.refused = true;
+        for (const f of this.stateListeners) f(this.up);
+      }
     });
   }
+
+  /** The broker refused the last login (user name = phone ID, the broker password). */
+  refused = false;
 
   onState(f: (up: boolean) => void) {
     this.stateListeners.add(f);
@@ -90,6 +98,7 @@ export class Link {
   }
 
   private onConnack() {
+    this.refused = false;
     this.delay = config.reconnectMinMs;
     this.client.options.reconnectPeriod = config.reconnectMinMs;
     const filters = [...this.subs.keys()];

@@ -122,7 +122,11 @@ class App {
   private onLink(up: boolean) {
     const b = $("banner");
     b.dataset.kind = "broker-lost";
-    b.textContent = this.everUp ? "Connection to the broker lost — reconnecting…" : "Connecting to the broker…";
+    b.textContent = this.link.refused
+      ? `The broker refused the login of phone ID ${this.me.phoneId}: check its account and the broker password.`
+      : this.everUp
+        ? "Connection to the broker lost — reconnecting…"
+        : "Connecting to the broker…";
     b.hidden = up;
     if (up) this.everUp = true;
     if (this.call && this.call.state !== "ended") {
