@@ -33,7 +33,9 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn web_dir() -> PathBuf {
     // ROBOTD_WEB_DIR: another checkout's web/ (while working on the app).
-    std::env::var_os("ROBOTD_WEB_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web"))
+    std::env::var_os("ROBOTD_WEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web"))
 }
 
 fn e2e_script() -> PathBuf {
@@ -257,7 +259,9 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
         ("STEPS", "pair,call,goto,drive,talk,broker,hangup".to_string()),
     ];
     let said = drive_phone(&mut net, |n| &n.lan_phone, &robot, &env);
-    for step in ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"] {
+    for step in
+        ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"]
+    {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");
