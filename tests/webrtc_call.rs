@@ -269,3 +269,91 @@ fn without_turn_two_nats_end_the_call_ice_failed_and_nothing_moves() {
     assert!(((now.x - start.x).powi(2) + (now.y - start.y).powi(2)).sqrt() < 1e-6, "{start:?} {now:?}");
     assert!(status(&robot)["call"].is_null());
 }
+
+/// robotctl's output lines as they come, each with the moment it was read.
+fn timed_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<(Instant, String)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for pipe in [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Wait up to `limit` for a line that satisfies `f`, keeping every line read in `seen`.
+fn line_until(
+    rx: &std::sync::mpsc::Receiver<(Instant, String)>,
+    seen: &mut Vec<String>,
+    limit: Duration,
+    f: impl Fn(&str) -> bool,
+) -> Option<Instant> {
+    let end = Instant::now() + limit;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        let Ok((at, line)) = rx.recv_timeout(left) else { break };
+        let hit = f(&line);
+        seen.push(line);
+        if hit {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The media path cut for 3 s mid-call (everything between the phone and
+/// the internet dropped, the phone behind the carrier's NAT and the robot
+/// on its TURN relay), then restored: the same call goes on and the video
+/// resumes; how long after the restoration is a FIGURE (the goal, 1 s, is a
+/// benchmark's, not an assert's).
+#[test]
+fn a_3_s_cut_of_the_media_path_leaves_the_call_up_and_the_video_resumes() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.phone, &robot, dir.path());
+    let stun = net.stun_url();
+    // Pings keep the call inside its 15 s timeout; the cut falls in the first wait.
+    let mut args = vec!["call", "--webrtc", "--stun", &stun, "--stats", "--frames", "30"];
+    for step in ["wait 7", "ping", "wait 7", "ping", "wait 2"] {
+        args.extend(["-x", step]);
+    }
+    let mut phone = robotctl(&net.phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let lines = timed_lines(&mut phone);
+    let mut seen = Vec::new();
+    let flowing = line_until(&lines, &mut seen, Duration::from_secs(90), |l| l.starts_with("decoded 30 frames"));
+    assert!(flowing.is_some(), "no video before the cut:\n{}\nrobotd:\n{}", seen.join("\n"), robot.log());
+    let session = status(&robot)["call"]["session"].clone();
+    assert!(session.is_string(), "{}", status(&robot));
+    std::thread::sleep(Duration::from_millis(500));
+    net.cut();
+    std::thread::sleep(Duration::from_secs(3));
+    net.restore();
+    let restored = Instant::now();
+    let resumed = line_until(&lines, &mut seen, Duration::from_secs(10), |l| l.starts_with("freeze: "));
+    let st = status(&robot);
+    let out = seen.join("\n");
+    let resumed = resumed
+        .unwrap_or_else(|| panic!("no video within 10 s of the restoration:\n{out}\nrobotd:\n{}\n{st}", robot.log()));
+    eprintln!("FIGURE 3 s cut: video resumed {:?} after the restoration", resumed.saturating_duration_since(restored));
+    assert_eq!(st["call"]["session"], session, "not the same call after the cut: {st}\n{}", robot.log());
+    let status_code = phone.wait().unwrap();
+    line_until(&lines, &mut seen, Duration::from_secs(5), |l| l.starts_with("hangup: "));
+    let out = seen.join("\n");
+    assert!(status_code.success(), "robotctl failed after the cut:\n{out}\nrobotd:\n{}", robot.log());
+    assert!(out.contains("ping: {\"status\":\"ok\""), "{out}");
+}
