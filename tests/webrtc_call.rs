@@ -34,9 +34,14 @@ fn robotctl(ns: &Ns, keys: &Path, args: &[&str]) -> Command {
 
 /// Pair a robotctl in `ns` with `robot`; returns its keys file.
 fn pair(ns: &Ns, robot: &Robot, dir: &Path) -> PathBuf {
+    pair_as(ns, robot, dir, "+48 555 555 555")
+}
+
+/// [`pair`] with the phone number `phone` (another owner).
+fn pair_as(ns: &Ns, robot: &Robot, dir: &Path, phone: &str) -> PathBuf {
     let uri = pairing_uri(robot).to_string();
     let keys = dir.join("keys.json");
-    let out = robotctl(ns, &keys, &["pair", &uri, "--phone", "+48 555 555 555"]).output().unwrap();
+    let out = robotctl(ns, &keys, &["pair", &uri, "--phone", phone]).output().unwrap();
     assert!(out.status.success(), "pairing: {}", said(&out));
     keys
 }
@@ -356,4 +361,85 @@ fn a_3_s_cut_of_the_media_path_leaves_the_call_up_and_the_video_resumes() {
     let out = seen.join("\n");
     assert!(status_code.success(), "robotctl failed after the cut:\n{out}\nrobotd:\n{}", robot.log());
     assert!(out.contains("ping: {\"status\":\"ok\""), "{out}");
+}
+
+/// The same phone keys under another MQTT client identifier: the phone's
+/// new connection after its network changed (its old one may linger until
+/// the broker notices it is dead).
+fn same_phone_new_connection(keys: &Path, dir: &Path) -> PathBuf {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(keys).unwrap()).unwrap();
+    v["mqtt_client_id"] = hex::encode(rand::random::<[u8; 16]>()).into();
+    let path = dir.join("mobile-keys.json");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    path
+}
+
+/// The phone changes network mid-call (docs/protocol.md 7.8): on the robot's
+/// Wi-Fi first, then behind the carrier's NAT with a new address, where the
+/// old ICE pair cannot follow (webrtcbin 1.22 has no ICE restart). It places
+/// a new invite with the same keys: the robot ends the old call `replaced`
+/// at once and the new one decodes video and drives; meanwhile another
+/// owner's invite is still `busy`.
+#[test]
+fn a_phone_that_changes_network_calls_again_and_replaces_its_call() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_keys = pair_as(&net.lan_phone, &robot, other_dir.path(), "+48 555 555 556");
+    let mobile_keys = same_phone_new_connection(&keys, dir.path());
+
+    let mut args = vec!["call", "--webrtc", "--frames", "10"];
+    for _ in 0..6 {
+        args.extend(["-x", "wait 4", "-x", "ping"]);
+    }
+    let mut wifi =
+        robotctl(&net.lan_phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let wifi_lines = timed_lines(&mut wifi);
+    let mut wifi_said = Vec::new();
+    let flowing = line_until(&wifi_lines, &mut wifi_said, Duration::from_secs(90), |l| l.starts_with("decoded 10"));
+    assert!(flowing.is_some(), "no video on Wi-Fi:\n{}\nrobotd:\n{}", wifi_said.join("\n"), robot.log());
+    let first = status(&robot)["call"].clone();
+    assert!(first["session"].is_string(), "{first}");
+
+    // Another owner is busy, and the call goes on.
+    let other = robotctl(&net.lan_phone, &other_keys, &["call", "--webrtc", "--frames", "1"]).output().unwrap();
+    assert!(!other.status.success() && said(&other).contains("busy"), "another owner:\n{}", said(&other));
+    assert_eq!(status(&robot)["call"]["session"], first["session"]);
+
+    let stun = net.stun_url();
+    let t0 = Instant::now();
+    let args = ["call", "--webrtc", "--stun", &stun, "--frames", "30", "-x", "ping", "-x", "drive 0.3 0 300"];
+    let mut mobile =
+        robotctl(&net.phone, &mobile_keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mobile_lines = timed_lines(&mut mobile);
+    let replaced = line_until(&wifi_lines, &mut wifi_said, Duration::from_secs(30), |l| l.contains("replaced"));
+    let wifi_out = wifi_said.join("\n");
+    let replaced = replaced.unwrap_or_else(|| panic!("the Wi-Fi call was not replaced:\n{wifi_out}\n{}", robot.log()));
+    let wifi_status = wifi.wait().unwrap();
+    let mut mobile_said = Vec::new();
+    let decoded30 =
+        line_until(&mobile_lines, &mut mobile_said, Duration::from_secs(90), |l| l.starts_with("decoded 30"));
+    let now = status(&robot)["call"].clone();
+    let done = mobile.wait().unwrap();
+    line_until(&mobile_lines, &mut mobile_said, Duration::from_secs(5), |l| l.starts_with("hangup: "));
+    let mobile_out = mobile_said.join("\n");
+    assert!(decoded30.is_some() && done.success(), "the new call:\n{mobile_out}\nrobotd:\n{}", robot.log());
+    eprintln!(
+        "FIGURE network change: new robotctl started -> old call ended `replaced` {:?}, -> 30 frames decoded {:?}",
+        replaced - t0,
+        decoded30.unwrap() - t0
+    );
+    assert!(!wifi_status.success(), "{wifi_out}");
+    assert!(wifi_out.contains("\"reason\":\"replaced\""), "{wifi_out}");
+    assert!(mobile_out.contains("drive: {\"status\":\"ok\""), "{mobile_out}");
+    assert!(now["session"].is_string() && now["session"] != first["session"], "{now} {first}");
+    assert_eq!(now["caller"], first["caller"]);
+    let log = robot.log();
+    assert!(log.contains("replaces its call"), "{log}");
+    assert!(status(&robot)["call"].is_null(), "{}", status(&robot));
 }
