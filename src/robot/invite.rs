@@ -1,6 +1,6 @@
 //! Invites and the life of a call: authenticate, accept (or busy, or
 //! rejected), start the media; end on hangup, presence, timeout, revocation,
-//! media failure or shutdown.
+//! media failure, shutdown, or the caller's new invite ([`may_replace`]).
 
 use bytes::Bytes;
 use tracing::{error, info, warn};
@@ -103,7 +103,7 @@ impl Core {
                 // limit, does the caller's call in progress give way.
                 if let Some(old) = self.call.as_ref().map(|c| c.session.clone()) {
                     info!(session = %session, replaced = %old, caller = %owner_id, "the caller's new invite replaces its call");
-                    self.end_call(EndReason::Replaced);
+                    self.end_call_because(EndReason::Replaced, "a newer invite from the caller took this call's place");
                 }
                 self.start_call_v2(session, &owner_id, key, invite, corr)
             }

@@ -294,6 +294,7 @@ fn a_v2_invite_from_the_caller_replaces_its_call_and_another_owner_stays_busy() 
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!(ended[0]["status"], "ended");
     assert_eq!(ended[0]["reason"], "replaced");
+    assert!(ended[0]["detail"].as_str().unwrap().contains("newer invite"), "{ended:?}");
     assert_eq!(r.motion(), MotionState::Idle, "the motors run on across the switch");
     let stop = effect_index(&fx, |e| matches!(e, Effect::StopMedia)).expect("the old helper is stopped");
     let start = effect_index(&fx, |e| matches!(e, Effect::StartWebRtc(_))).expect("a new helper starts");
