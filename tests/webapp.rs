@@ -85,9 +85,19 @@ fn build_app(out: &Path, broker_ws: &str, ice_servers: Option<&str>) {
     assert!(out.join("index.html").exists(), "the build made no index.html in {}", out.display());
 }
 
+/// The app's static server; killed and reaped when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Serve `dist` on 127.0.0.1:8000 of `ns` (its own loopback: a secure
 /// context for the page, and nothing outside the namespace can reach it).
-fn serve(ns: &Ns, dist: &Path, log: &Path) -> std::process::Child {
+fn serve(ns: &Ns, dist: &Path, log: &Path) -> Server {
     let f = std::fs::File::create(log).unwrap();
     let child = ns
         .command("python3")
@@ -99,8 +109,9 @@ fn serve(ns: &Ns, dist: &Path, log: &Path) -> std::process::Child {
         .spawn()
         .expect("python3 -m http.server");
     let up = wait_until(SOON, || ns.tcp_connect(([127, 0, 0, 1], 8000), Duration::from_secs(1)).is_ok());
+    let server = Server(child);
     assert!(up, "the app's static server did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-    child
+    server
 }
 
 /// The robot's pairing QR code (`pairing-qr.png`, written by `robotd pair`)
