@@ -443,3 +443,42 @@ fn a_phone_that_changes_network_calls_again_and_replaces_its_call() {
     assert!(log.contains("replaces its call"), "{log}");
     assert!(status(&robot)["call"].is_null(), "{}", status(&robot));
 }
+
+/// The media path cut for good while the signalling still gets through (UDP
+/// dropped, MQTT over TCP not): the call does not hang on without video; it
+/// ends `ice_failed` when the ICE agent gives up on the pair (about 50 s of
+/// libnice keepalive checks; FIGURE), saying the path was lost, not that a
+/// TURN server is missing, and robotctl reports it at once.
+#[test]
+fn a_media_path_that_stays_cut_ends_the_call_ice_failed_saying_it_was_lost() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.phone, &robot, dir.path());
+    let stun = net.stun_url();
+    let mut args = vec!["call", "--webrtc", "--stun", &stun, "--frames", "30"];
+    for _ in 0..30 {
+        args.extend(["-x", "wait 4", "-x", "ping"]);
+    }
+    let mut phone = robotctl(&net.phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let lines = timed_lines(&mut phone);
+    let mut seen = Vec::new();
+    let flowing = line_until(&lines, &mut seen, Duration::from_secs(90), |l| l.starts_with("decoded 30 frames"));
+    assert!(flowing.is_some(), "no video before the cut:\n{}\nrobotd:\n{}", seen.join("\n"), robot.log());
+    net.set_udp_only(true);
+    net.cut();
+    let cut = Instant::now();
+    let ended = line_until(&lines, &mut seen, Duration::from_secs(110), |l| l.contains("ended the call"));
+    let out = seen.join("\n");
+    let ended = ended.unwrap_or_else(|| panic!("the call outlived its media path:\n{out}\nrobotd:\n{}", robot.log()));
+    eprintln!("FIGURE media path cut for good: the call ended after {:?}", ended - cut);
+    let _ = phone.kill();
+    let _ = phone.wait();
+    assert!(out.contains("\"reason\":\"ice_failed\"") && out.contains("lost after it worked"), "{out}");
+    assert!(!out.contains("TURN server may be needed"), "{out}");
+    let st = status(&robot);
+    assert!(st["call"].is_null() && st["motion"] == "idle", "{st}");
+}

@@ -362,3 +362,27 @@ fn an_invalid_or_rate_limited_or_v1_invite_does_not_replace_the_call() {
     assert_eq!(invite_answers(&r, &fx, SESSION2)[0]["status"], "busy");
     assert!(r.ended(&c).is_empty());
 }
+
+/// ICE that fails after the media flowed says the path was lost (not that a
+/// TURN server is missing); before, it points at TURN.
+#[test]
+fn ice_failing_after_the_media_flowed_says_the_path_was_lost() {
+    for (flowed, says) in [(true, "lost after it worked"), (false, "TURN")] {
+        let mut r = Rig::new();
+        let mut phone = r.pair("+48555555555");
+        let req = started(&r.invite_v2(&mut phone, SESSION, OFFER)).unwrap();
+        let (_, c) = r.answer(&phone, &req.session);
+        if flowed {
+            r.media(MediaReport::Started { session: req.session.clone() });
+        }
+        r.media(MediaReport::Ended {
+            session: req.session.clone(),
+            reason: EndReason::IceFailed,
+            detail: "ICE connection failed".into(),
+        });
+        let ended = r.ended(&c);
+        assert_eq!(ended[0]["reason"], "ice_failed");
+        let detail = ended[0]["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "media flowed: {flowed}: {detail}");
+    }
+}
