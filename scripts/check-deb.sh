@@ -89,6 +89,8 @@ for lib in $needed; do
     libgstapp-1.0.so.0|libgstbase-1.0.so.0|libgstvideo-1.0.so.0) pkg=libgstreamer-plugins-base1.0-0 ;;
     libgstsdp-1.0.so.0|libgstrtp-1.0.so.0) pkg=libgstreamer-plugins-base1.0-0 ;;  # WebRTC helper (SDP, RTP extensions)
     libgstwebrtc-1.0.so.0) pkg=libgstreamer-plugins-bad1.0-0 ;;  # WebRTC helper (webrtcbin's types)
+    libgstnet-1.0.so.0) pkg=libgstreamer1.0-0 ;;  # gst-plugin-rtp (rtpgccbwe, linked in)
+    libgstaudio-1.0.so.0) pkg=libgstreamer-plugins-base1.0-0 ;;  # gst-plugin-rtp (rtpgccbwe, linked in)
     libglib-2.0.so.0|libgobject-2.0.so.0|libgio-2.0.so.0|libgmodule-2.0.so.0) pkg=libglib2.0-0 ;;
     *) pkg="" ;;
   esac

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, then format, lint, build and
-# every test (unit + integration against real Mosquitto brokers started on
-# free loopback ports by the tests themselves). CI runs exactly this.
+# The whole test suite: installs what it needs, then the web app's checks,
+# format, lint, build and every test (unit + integration against real
+# Mosquitto brokers started on free loopback ports by the tests themselves,
+# and the browser tests, tests/webapp.rs). CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+
+echo "== web app: typecheck, unit tests (protocol vectors), build"
+(cd web && npm run --silent typecheck && npm test --silent && npm run --silent build)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -25,6 +25,7 @@ fn run_local_once_pairs_calls_drives_navigates_and_records() {
         .arg("--once")
         .env("ROBOTD_BIN_DIR", bins)
         .env("ROBOTD_DEMO_PORT", port.to_string())
+        .env("ROBOTD_WEB_PORT", free_port().to_string())
         .env("ROBOTD_DEMO_DIR", run.path())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -74,6 +75,12 @@ fn run_local_once_pairs_calls_drives_navigates_and_records() {
     assert!(out.contains("route home > hall > kitchen"), "{context}");
     assert!(out.contains("demo finished in"), "{context}");
     assert!(!out.contains("FAILED"), "{context}");
+    // The phone web app was built for the demo broker's WebSockets listener,
+    // served, and a link with a fresh pairing URI printed.
+    let web = line("web app: served on");
+    assert!(web.contains("#pair=robotd%3A%2F%2Fpair%3Fv%3D1%26robot%3D"), "{context}");
+    let html = std::fs::read_to_string(run.path().join("web/index.html")).expect("the built web app");
+    assert!(html.contains(&format!("connect-src 'self' ws://127.0.0.1:{}", port + 1)), "CSP: {html}");
 
     // The files.
     let demo = run.path().join("demo");

@@ -28,6 +28,10 @@ use calls_kit::*;
 use common::*;
 use netns::{Internet, Ns};
 
+/// md5("+48555555555"): the phone ID of the number phone.mjs types.
+const ALICE_ID: &str = "36940d0ece18aebf69d0ef6825534e24";
+const ALICE_BROKER_PASSWORD: &str = "al1ce-broker-pw";
+
 /// The whole browser scenario may take this long on a busy 2-core machine.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -156,7 +160,7 @@ fn output_dir(name: &str) -> PathBuf {
 }
 
 /// Run web/e2e/phone.mjs in `ns` and answer its requests until it exits.
-fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, env: &[(&str, String)]) -> String {
+fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robot, env: &[(&str, String)]) -> String {
     let mut cmd = ns_of(net).command("node");
     cmd.arg(e2e_script()).current_dir(web_dir());
     for (k, v) in env {
@@ -206,6 +210,19 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, e
                 eprintln!("harness: broker stopped");
                 "{}".into()
             }
+            Some("kill-helper") => match helper_pid(robot.pid()) {
+                Some(pid) => {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    eprintln!("harness: media helper {pid} killed");
+                    "{}".into()
+                }
+                None => serde_json::json!({ "error": "robotd has no media helper" }).to_string(),
+            },
+            Some("stop-robot") => {
+                let st = robot.stop();
+                eprintln!("harness: robotd stopped ({st})");
+                "{}".into()
+            }
             Some("start-broker") => {
                 net.start_mosquitto();
                 eprintln!("harness: broker started again");
@@ -235,7 +252,9 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &Robot, e
 /// microphone's tone reaches the robot's test speaker while unmuted, silence
 /// after muting), the broker restarted
 /// mid-call (banner shown and gone, the call goes on), hang-up on both
-/// sides. Saves `call-screen.png`.
+/// sides; then a call whose media helper is killed (the phone shows
+/// `media_failed` at once) and a robot gone offline (shown, and no call is
+/// placed). Saves `call-screen.png`.
 #[test]
 fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     if skip_without_browser() {
@@ -267,15 +286,16 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
         ("QR_VIDEO", qr.display().to_string()),
         ("TONE_WAV", tone.display().to_string()),
         ("OUT_DIR", out.display().to_string()),
-        ("STEPS", "pair,call,goto,drive,talk,broker,hangup".to_string()),
+        ("STEPS", "pair,call,goto,drive,talk,broker,hangup,media-failed,offline".to_string()),
     ];
-    let said = drive_phone(&mut net, |n| &n.lan_phone, &robot, &env);
+    let said = drive_phone(&mut net, |n| &n.lan_phone, &mut robot, &env);
     for step in
         ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"]
     {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");
+    assert!(said.contains("ended media_failed") && said.contains("robot offline: call refused"), "{said}");
     assert!(out.join("call-screen.png").exists(), "no screenshot in {}", out.display());
     eprintln!("screenshot: {}", out.join("call-screen.png").display());
 }
@@ -284,17 +304,33 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
 /// a symmetric NAT), the robot at home behind its router. The app is built
 /// with only a STUN server (no TURN credentials in a web page), the robot
 /// has the TURN relay (robotd-made credentials, docs/install.md): the call
-/// connects through the relay, the video decodes, and hang-up ends it.
+/// connects through the relay, the video decodes, and hang-up ends it. The
+/// broker takes no anonymous clients: the app logs in with its phone ID and
+/// the password given at first run.
 #[test]
 fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     if skip_without_browser() {
         return;
     }
     let Some(mut net) = Internet::new() else { return };
-    net.start_mosquitto();
+    let work = tempfile::tempdir().unwrap();
+    // A broker that wants accounts (docs/install.md): the robot logs in with
+    // its robot ID, the phone with its phone ID and the password typed at
+    // first run; nobody gets in anonymously.
+    let mut robot = Robot::configure_url(&net.broker_url(), "");
+    let passwd = net.dir().join("passwd");
+    for (i, (user, password)) in [(robot.id.as_str(), "r0bot-pw"), (ALICE_ID, ALICE_BROKER_PASSWORD)].iter().enumerate()
+    {
+        let mut c = Command::new("mosquitto_passwd");
+        if i == 0 {
+            c.arg("-c");
+        }
+        c.arg("-b").arg(&passwd).args([user, password]);
+        run(c, "mosquitto_passwd");
+    }
+    net.start_mosquitto_with(&format!("allow_anonymous false\npassword_file {}\n", passwd.display()));
     let secret = "n0t-in-any-page";
     net.start_turn(&netns::TurnAuth::shared_secret(secret));
-    let work = tempfile::tempdir().unwrap();
     let dist = work.path().join("dist");
     let ice = serde_json::json!([{ "urls": net.stun_url() }]).to_string();
     build_app(&dist, &net.broker_ws_url(), Some(&ice));
@@ -303,7 +339,11 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     let webrtc =
         format!("[webrtc]\nturn = [\"{}\"]\nturn_secret_file = \"{}\"\n", net.turn_url("udp"), secret_file.display());
-    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc));
+    let pw_file = work.path().join("mqtt-password");
+    std::fs::write(&pw_file, "r0bot-pw\n").unwrap();
+    let account = format!("[mqtt]\nusername = \"{}\"\npassword_file = \"{}\"\n", robot.id, pw_file.display());
+    let extra = merge_toml(&merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc), &account);
+    robot.reconfigure(&extra);
     robot.spawn_wrapped(net.robot.command("env"));
     pairing_uri(&robot);
     let qr = work.path().join("qr.y4m");
@@ -320,8 +360,9 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
         ("TONE_WAV", tone.display().to_string()),
         ("OUT_DIR", out.display().to_string()),
         ("STEPS", "pair,call,hangup".to_string()),
+        ("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()),
     ];
-    let said = drive_phone(&mut net, |n| &n.phone, &robot, &env);
+    let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &env);
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
     let turn = net.turn_log();
     assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");

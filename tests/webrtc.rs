@@ -159,6 +159,37 @@ fn run_phone() -> Result<(), String> {
     Ok(())
 }
 
+/// A robot `Stats` with the bandwidth fields, and the phone's decoded
+/// frames when it came.
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    at: Instant,
+    frames: u64,
+    bytes: u64,
+    estimate_kbps: u32,
+    encoder_kbps: u32,
+    width: u32,
+    height: u32,
+}
+
+impl Call {
+    /// The latest `Stats`.
+    fn last_rates(&self) -> Option<Rates> {
+        self.rates.last().copied()
+    }
+
+    /// Encoded kbit/s and frames decoded over the last `span` of `Stats`.
+    fn recent(&self, span: Duration) -> Option<(u32, u64)> {
+        let last = self.rates.last()?;
+        let first = self.rates.iter().find(|r| last.at.duration_since(r.at) <= span)?;
+        let secs = last.at.duration_since(first.at).as_secs_f64();
+        if secs < span.as_secs_f64() * 0.8 {
+            return None;
+        }
+        Some((((last.bytes - first.bytes) as f64 * 8.0 / secs / 1000.0) as u32, last.frames - first.frames))
+    }
+}
+
 /// What the relay hears.
 #[derive(Debug)]
 enum Heard {
@@ -278,6 +309,20 @@ enum Tamper {
     Answer,
 }
 
+/// How a call differs from the usual one.
+struct Opts {
+    /// The phone asks for retransmissions.
+    phone_nack: bool,
+    /// What the robot sends.
+    video: VideoSpec,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts { phone_nack: true, video: small_video() }
+    }
+}
+
 /// One call: the phone offers, the robot's helper answers, the test relays.
 struct Call {
     robot: Proc,
@@ -290,6 +335,8 @@ struct Call {
     speaker: Option<SpeakerLevel>,
     /// The robot's Opus buffers the phone decoded.
     audio_received: u64,
+    /// Every `Stats` with its bandwidth fields, as heard.
+    rates: Vec<Rates>,
     robot_heard: Vec<FromHelper>,
     robot_gone: Option<String>,
     phone_heard: Vec<String>,
@@ -308,7 +355,7 @@ impl Call {
         phone_ice: IceConfig,
         tamper: Tamper,
     ) -> Call {
-        Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, true)
+        Call::start_with(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, Opts::default())
     }
 
     fn start_with(
@@ -318,17 +365,28 @@ impl Call {
         robot_ice: IceConfig,
         phone_ice: IceConfig,
         tamper: Tamper,
-        phone_nack: bool,
+        opts: Opts,
     ) -> Call {
+        let Opts { phone_nack, video } = opts;
         let phone = PhoneOptions { nack: phone_nack, audio: false };
-        Call::start_full(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, phone, AudioSpec::default())
+        Call::start_full(net, robot_ns, phone_ns, robot_ice, phone_ice, tamper, phone, AudioSpec::default(), video)
     }
 
     /// A LAN call where the phone offers audio (a tone) and the robot has `audio`.
     fn start_audio(net: &netns::Internet, audio: AudioSpec) -> Call {
         let phone = PhoneOptions { nack: true, audio: true };
         let default = IceConfig::default();
-        Call::start_full(net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, phone, audio)
+        Call::start_full(
+            net,
+            &net.robot,
+            &net.lan_phone,
+            default.clone(),
+            default,
+            Tamper::Nothing,
+            phone,
+            audio,
+            small_video(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -341,6 +399,7 @@ impl Call {
         tamper: Tamper,
         phone: PhoneOptions,
         audio: AudioSpec,
+        video: VideoSpec,
     ) -> Call {
         let (tx, rx) = mpsc::channel();
         let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone, tx.clone());
@@ -354,7 +413,7 @@ impl Call {
         assert!(offer.contains(robotd::webrtc::TWCC_URI), "the phone offers transport-cc (trap d):\n{offer}");
         let offer = if tamper == Tamper::Offer { tamper_fingerprint(&offer) } else { offer };
         let mut robot = robot_helper(robot_ns, net.dir(), tx);
-        robot.send(&ToHelper::Start { offer_sdp: offer, video: small_video(), audio, ice: robot_ice });
+        robot.send(&ToHelper::Start { offer_sdp: offer, video, audio, ice: robot_ice });
         Call {
             robot,
             phone,
@@ -363,6 +422,7 @@ impl Call {
             frames_sent: 0,
             speaker: None,
             audio_received: 0,
+            rates: Vec::new(),
             robot_heard: Vec::new(),
             robot_gone: None,
             phone_heard: Vec::new(),
@@ -401,7 +461,25 @@ impl Call {
                             self.phone.send(&ToPhone::RemoteCandidate { mline: *mline, candidate: candidate.clone() })
                         }
                         FromHelper::EndOfCandidates => self.phone.send(&ToPhone::EndOfCandidates),
-                        FromHelper::Stats { frames_sent } => self.frames_sent = *frames_sent,
+                        FromHelper::Stats {
+                            frames_sent,
+                            bytes_encoded,
+                            estimate_kbps,
+                            encoder_kbps,
+                            width,
+                            height,
+                        } => {
+                            self.frames_sent = *frames_sent;
+                            self.rates.push(Rates {
+                                at: Instant::now(),
+                                frames: self.frames,
+                                bytes: *bytes_encoded,
+                                estimate_kbps: *estimate_kbps,
+                                encoder_kbps: *encoder_kbps,
+                                width: *width,
+                                height: *height,
+                            });
+                        }
                         FromHelper::Speaker { level } => self.speaker = Some(*level),
                         _ => {}
                     }
@@ -586,8 +664,15 @@ fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
     let mut ratios = Vec::new();
     for nack in [true, false] {
         net.clear();
-        let mut call =
-            Call::start_with(&net, &net.robot, &net.phone, robot_ice.clone(), phone_ice.clone(), Tamper::Nothing, nack);
+        let mut call = Call::start_with(
+            &net,
+            &net.robot,
+            &net.phone,
+            robot_ice.clone(),
+            phone_ice.clone(),
+            Tamper::Nothing,
+            Opts { phone_nack: nack, ..Opts::default() },
+        );
         let flowing = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
         assert!(flowing && call.frames >= 15, "no video before the loss: {}", call.report());
         net.set_loss(5);
@@ -781,6 +866,8 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
     assert!(video.starts_with(" 9 UDP/TLS/RTP/SAVPF 106"), "answer:\n{answer}");
     assert!(video.contains("a=sendonly") && video.contains("a=rtpmap:106 H264/90000"), "answer:\n{answer}");
     assert!(video.contains(&format!("a=extmap:3 {}", robotd::webrtc::TWCC_URI)), "answer:\n{answer}");
+    // …and the transport-cc feedback the bandwidth estimator runs on.
+    assert!(video.contains("a=rtcp-fb:106 transport-cc"), "answer:\n{answer}");
     assert!(wait_for(&rx, Duration::from_secs(10), |h| matches!(h, Heard::Robot(FromHelper::Heartbeat))));
     helper.child.kill().unwrap();
     let eof = wait_for(&rx, Duration::from_secs(20), |h| matches!(h, Heard::RobotGone(_)));
@@ -890,4 +977,116 @@ fn landlock_abi() -> i64 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns the ABI version.
     let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
     v.max(0)
+}
+
+/// Bandwidth adaptation (src/webrtc/congestion.rs): the robot starts at the
+/// call's 1280x720, 30 fps, 2000 kbit/s on a scene that fills any bitrate
+/// (`test:snow`), through its relay to the phone behind the carrier.
+/// Uncapped, the encoder stays near the call's rate. With the carrier
+/// policing the phone's traffic to 600 kbit/s each way, the transport-cc
+/// estimate brings the encoder under the cap, the frame size steps down
+/// (720p30 needs 600 kbit/s), what the robot sends stays under the cap, and
+/// frames keep being decoded (with the encoder left at 2000 kbit/s the send
+/// rate never comes under the cap). Lifted, the bitrate and the size come back.
+#[test]
+fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
+    let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    let Some(mut net) = netns::Internet::new() else { return };
+    net.start_turn(&netns::TurnAuth::long_term("robot", "s3cret"));
+    let server = netns::SERVER;
+    let robot_ice = IceConfig {
+        turn: vec![format!("turn://robot:s3cret@{server}:{}?transport=udp", netns::TURN_PORT)],
+        relay_only: true,
+        ..IceConfig::default()
+    };
+    let phone_ice = IceConfig { stun: Some(format!("stun://{server}:{}", netns::TURN_PORT)), ..IceConfig::default() };
+    let video = VideoSpec { device: "test:snow".into(), width: 1280, height: 720, fps: 30, kbps: 2000 };
+    let mut call = Call::start_with(
+        &net,
+        &net.robot,
+        &net.phone,
+        robot_ice,
+        phone_ice,
+        Tamper::Nothing,
+        Opts { video: video.clone(), ..Opts::default() },
+    );
+    let flowing = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
+    assert!(flowing && call.frames >= 15, "no video before the cap: {}", call.report());
+    let answer = call.answer.clone().unwrap_or_default();
+    let twcc_fb = answer.lines().any(|l| l.starts_with("a=rtcp-fb:") && l.trim_end().ends_with(" transport-cc"));
+    assert!(twcc_fb, "the answer negotiates no transport-cc feedback:\n{answer}");
+
+    // Uncapped: near the call's rate (GCC only lowers it on loss or delay).
+    call.pump(Duration::from_secs(15), |c| c.robot_ended().is_some());
+    let free = call.last_rates().expect("no Stats from the robot");
+    let (free_sent, free_frames) = call.recent(Duration::from_secs(5)).expect("5 s of Stats");
+    eprintln!(
+        "uncapped: estimate {} kbit/s, encoder {} kbit/s, sent {free_sent} kbit/s, {free_frames} frames in 5 s",
+        free.estimate_kbps, free.encoder_kbps
+    );
+    assert!(
+        free.encoder_kbps >= video.kbps * 3 / 4 && free_sent >= video.kbps / 2,
+        "uncapped, the encoder fell to {} kbit/s (sends {free_sent}): {}",
+        free.encoder_kbps,
+        call.report()
+    );
+
+    // 73 KiB/s of IP packets = 598 kbit/s, each way.
+    net.set_rate_cap(73);
+    let capped_at = Instant::now();
+    let settled = call.pump(Duration::from_secs(60), |c| {
+        c.robot_ended().is_some()
+            || c.last_rates().is_some_and(|r| r.encoder_kbps < 550)
+                && c.recent(Duration::from_secs(3)).is_some_and(|(sent, _)| sent < 550)
+    });
+    let r = call.last_rates().unwrap();
+    eprintln!(
+        "capped: encoder {} kbit/s after {:.1} s (estimate {} kbit/s, {}x{})",
+        r.encoder_kbps,
+        capped_at.elapsed().as_secs_f64(),
+        r.estimate_kbps,
+        r.width,
+        r.height
+    );
+    let sending = call.recent(Duration::from_secs(3)).map(|(sent, _)| sent);
+    assert!(
+        settled && call.robot_ended().is_none(),
+        "the robot stayed above the cap (sending {sending:?} kbit/s): {r:?}\n{}",
+        call.report()
+    );
+    // Settled: 10 s under the cap, and the picture keeps moving.
+    call.pump(Duration::from_secs(10), |c| c.robot_ended().is_some());
+    let (sent, frames) = call.recent(Duration::from_secs(10)).expect("10 s of Stats");
+    let span: Vec<u32> =
+        call.rates.iter().filter(|r| r.at.elapsed() <= Duration::from_secs(10)).map(|r| r.encoder_kbps).collect();
+    let (lo, hi) = (span.iter().min().copied().unwrap_or(0), span.iter().max().copied().unwrap_or(0));
+    let r = call.last_rates().unwrap();
+    eprintln!(
+        "capped, settled: sent {sent} kbit/s, encoder {lo}-{hi} kbit/s, {}x{}, {frames} frames decoded in 10 s",
+        r.width, r.height
+    );
+    assert!(sent < 600, "the robot sends {sent} kbit/s through a 600 kbit/s cap");
+    assert!(
+        frames >= 5 * u64::from(video.fps),
+        "only {frames} frames decoded in 10 s under the cap: {}",
+        call.report()
+    );
+    assert!(r.width < video.width, "the frame size stayed {}x{} under the cap", r.width, r.height);
+
+    // Lifted: the estimate climbs back (GCC's increase, ~8 % a second).
+    net.clear();
+    let lifted_at = Instant::now();
+    let back = call.pump(Duration::from_secs(90), |c| {
+        c.robot_ended().is_some()
+            || c.last_rates().is_some_and(|r| r.encoder_kbps >= video.kbps * 3 / 4 && r.width == video.width)
+    });
+    let r = call.last_rates().unwrap();
+    eprintln!(
+        "lifted: encoder {} kbit/s, {}x{} after {:.1} s",
+        r.encoder_kbps,
+        r.width,
+        r.height,
+        lifted_at.elapsed().as_secs_f64()
+    );
+    assert!(back && call.robot_ended().is_none(), "the bitrate did not climb back: {r:?}\n{}", call.report());
 }

@@ -124,14 +124,6 @@ fn the_phones_audio_reaches_the_robots_speaker_as_robotd_status_shows() {
     assert!(st["call"].is_null() && st["media"]["speaker_level_db"].is_null(), "{st}");
 }
 
-/// The pid of `robotd media`, robotd's child, once there is one.
-fn helper_pid(robotd: i32) -> Option<i32> {
-    let kids = std::fs::read_to_string(format!("/proc/{robotd}/task/{robotd}/children")).ok()?;
-    kids.split_whitespace().filter_map(|p| p.parse().ok()).find(|p: &i32| {
-        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"media"))
-    })
-}
-
 /// The media helper killed with SIGKILL mid-call: the phone hears `ended`
 /// `media_failed` at once (not after a frame timeout), robotd stays up with
 /// the motors stopped, and the next call starts a fresh helper and works.

@@ -340,19 +340,33 @@ fn spawn_stats(out: Out, peer: Arc<Mutex<Option<RobotPeer>>>) {
     let _ = std::thread::Builder::new().name("stats".into()).spawn(move || {
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let (frames_sent, speaker) = match peer.lock() {
+            let (stats, speaker) = match peer.lock() {
                 Ok(g) => match g.as_ref() {
-                    Some(p) => (p.frames_sent(), p.speaker_level()),
+                    Some(p) => (stats_of(p), p.speaker_level()),
                     None => return,
                 },
                 Err(_) => return,
             };
-            send(&out, &FromHelper::Stats { frames_sent });
+            send(&out, &stats);
             if let Some(level) = speaker {
                 send(&out, &FromHelper::Speaker { level });
             }
         }
     });
+}
+
+fn stats_of(p: &RobotPeer) -> FromHelper {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = p.readings();
+    let get = |f: fn(&super::congestion::Readings) -> u32| r.map_or(0, f);
+    FromHelper::Stats {
+        frames_sent: p.frames_sent(),
+        bytes_encoded: r.map_or(0, |r| r.bytes_encoded.load(Relaxed)),
+        estimate_kbps: get(|r| r.estimate_kbps.load(Relaxed)),
+        encoder_kbps: get(|r| r.encoder_kbps.load(Relaxed)),
+        width: get(|r| r.width.load(Relaxed)),
+        height: get(|r| r.height.load(Relaxed)),
+    }
 }
 
 /// Turn peer events into messages; an ending event stops the helper.

@@ -66,9 +66,24 @@ pub enum FromHelper {
     /// Sent every second, from the moment the helper runs.
     Heartbeat,
     /// Every 250 ms once answered: encoded frames sent since the phone's
-    /// certificate was verified.
+    /// certificate was verified, and the bandwidth adaptation
+    /// (src/webrtc/congestion.rs; all 0 when the offer had no transport-cc).
     Stats {
         frames_sent: u64,
+        /// Encoded bytes since the call started (rate = difference over time).
+        #[serde(default)]
+        bytes_encoded: u64,
+        /// The bandwidth estimate, kbit/s (0 without transport-cc).
+        #[serde(default)]
+        estimate_kbps: u32,
+        /// The encoder's bitrate setting, kbit/s.
+        #[serde(default)]
+        encoder_kbps: u32,
+        /// The frame size sent.
+        #[serde(default)]
+        width: u32,
+        #[serde(default)]
+        height: u32,
     },
     /// Every 250 ms once answered, when the robot takes the phone's audio
     /// (a speaker is configured and the offer's audio m-line sends Opus):
@@ -158,6 +173,23 @@ mod tests {
             audio: AudioSpec { mic: Some("test".into()), speaker: Some("plughw:0,0".into()) },
             ice: IceConfig::default(),
         }
+    }
+
+    #[test]
+    fn stats_carry_the_bandwidth_and_read_without_it() {
+        let st = FromHelper::Stats {
+            frames_sent: 9,
+            bytes_encoded: 12_000,
+            estimate_kbps: 480,
+            encoder_kbps: 432,
+            width: 640,
+            height: 360,
+        };
+        let bytes = encode(&st).unwrap();
+        assert_eq!(decode::<FromHelper>(&bytes[4..]).unwrap(), st);
+        // A helper without adaptation fields (or an older one): zeros.
+        let old = decode::<FromHelper>(br#"{"type":"Stats","frames_sent":3}"#).unwrap();
+        assert!(matches!(old, FromHelper::Stats { frames_sent: 3, estimate_kbps: 0, encoder_kbps: 0, .. }));
     }
 
     #[test]

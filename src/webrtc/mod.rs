@@ -17,12 +17,14 @@
 //!
 //! - [`sdp`]: fingerprints and the offer check (which H.264 format to send);
 //! - [`robot`]: [`RobotPeer`], the sending answerer;
+//! - [`congestion`]: the bandwidth estimator (`rtpgccbwe`) driving its encoder;
 //! - [`phone`]: [`PhonePeer`], the receiving offerer (robotctl, tests);
 //! - [`ipc`]: the framing and messages between robotd and its helper;
 //! - [`helper`]: the helper process itself.
 //!
 //! No STUN or TURN server is ever configured unless the caller names one.
 
+pub mod congestion;
 pub mod helper;
 pub mod ipc;
 pub mod phone;
@@ -140,10 +142,16 @@ pub enum WebrtcError {
     TurnUrl { index: usize },
 }
 
-/// Initialise GStreamer once; later calls are free.
+/// Initialise GStreamer once, and register gst-plugins-rs's RTP plugin
+/// (`rtpgccbwe`, linked in: Debian 12 does not ship it); later calls are free.
 pub fn init() -> Result<(), WebrtcError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| gst::init().map_err(|e| e.to_string())).clone().map_err(WebrtcError::Init)
+    INIT.get_or_init(|| {
+        gst::init().map_err(|e| e.to_string())?;
+        gstrsrtp::plugin_register_static().map_err(|e| format!("registering gst-plugin-rtp (rtpgccbwe): {e}"))
+    })
+    .clone()
+    .map_err(WebrtcError::Init)
 }
 
 /// Check that every element exists, naming the package of the first missing one.

@@ -167,10 +167,12 @@ impl PhonePeer {
 
     fn make_offer(&self, nack: bool) -> Result<String, WebrtcError> {
         // Trap (d): the transport-cc extmap must be in the preferences for
-        // webrtcbin (and browsers) to offer it.
+        // webrtcbin (and browsers) to offer it; `a=rtcp-fb:* transport-cc`
+        // says the phone sends the feedback the robot's estimator needs.
         let caps = gst::Caps::from_str(&format!(
             "application/x-rtp,media=video,encoding-name=H264,payload={OFFER_PT},clock-rate=90000,\
-             packetization-mode=(string)1,profile-level-id=(string)42e01f,extmap-{OFFER_TWCC_ID}=(string){TWCC_URI}"
+             packetization-mode=(string)1,profile-level-id=(string)42e01f,extmap-{OFFER_TWCC_ID}=(string){TWCC_URI},\
+             rtcp-fb-transport-cc=(boolean)true"
         ))
         .map_err(|e| WebrtcError::Pipeline(format!("codec preferences: {e}")))?;
         let tr = self.webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(

@@ -1,9 +1,11 @@
 //! The robot's peer: answers the phone's offer and sends H.264.
 //!
 //! ```text
-//! videotestsrc|v4l2src → videoconvert → x264enc (zerolatency) → constrained baseline
+//! videotestsrc|v4l2src → videoconvert → (call's size) → videoscale → capsfilter size
+//!   → x264enc (zerolatency) → constrained baseline
 //!   → h264parse → rtph264pay (offer's PT, + transport-cc) → capssetter 42e01f
 //!   → valve (closed until the phone's DTLS certificate matches its offer) → webrtcbin
+//!     (+ rtpgccbwe as its aux sender when transport-cc is negotiated)
 //! ```
 //!
 //! With an audio m-line in the offer (protocol.md 7.8), the robot sends its
@@ -20,6 +22,9 @@
 //!
 //! Anything else the phone sends ends in a `fakesink`, so no audio m-line,
 //! in any direction, can fail the pipeline.
+//!
+//! The `size` capsfilter and x264enc's `bitrate` follow the bandwidth
+//! estimate ([`super::congestion`]).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +39,7 @@ use gstreamer_rtp::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
+use super::congestion::{self, Readings};
 use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
 
 /// How long a negotiation step may take before the call fails.
@@ -97,6 +103,8 @@ pub struct RobotPeer {
     frames_sent: Arc<AtomicU64>,
     /// Measured levels, when the phone's audio goes to a speaker.
     level: Option<Arc<Mutex<Level>>>,
+    /// The bandwidth estimate and encoder settings (transport-cc calls).
+    readings: Option<Arc<Readings>>,
 }
 
 #[derive(Default)]
@@ -124,7 +132,8 @@ impl RobotPeer {
         super::init()?;
         let info = sdp::check_offer(offer_sdp)?;
         check_video(video)?;
-        let source = if video.device == "test" { "videotestsrc" } else { "v4l2src" };
+        let pattern = test_pattern(&video.device);
+        let source = if pattern.is_some() { "videotestsrc" } else { "v4l2src" };
         super::require_elements(&[
             source,
             "videoconvert",
@@ -138,10 +147,10 @@ impl RobotPeer {
             "dtlssrtpdec",
         ])?;
         // The device path is set as a property below, never spliced into the description.
-        let src =
-            if video.device == "test" { "videotestsrc name=src is-live=true pattern=ball" } else { "v4l2src name=src" };
+        let src = if pattern.is_some() { "videotestsrc name=src is-live=true" } else { "v4l2src name=src" };
         let desc = format!(
             "{src} ! videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
+             ! videoscale ! capsfilter name=size caps=video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 \
              ! x264enc name=enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={kbps} \
              ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
              ! rtph264pay name=pay pt={pt} ssrc={SSRC} config-interval=-1 aggregate-mode=zero-latency mtu=1200 \
@@ -160,8 +169,9 @@ impl RobotPeer {
             .map_err(|_| WebrtcError::Pipeline("not a pipeline".into()))?;
         let get =
             |name: &str| pipeline.by_name(name).ok_or_else(|| WebrtcError::Pipeline(format!("element {name} missing")));
-        if video.device != "test" {
-            get("src")?.set_property("device", &video.device);
+        match pattern {
+            Some(p) => get("src")?.set_property_from_str("pattern", p),
+            None => get("src")?.set_property("device", &video.device),
         }
         let webrtc = get("webrtc")?;
         let valve = get("gate")?;
@@ -196,7 +206,7 @@ impl RobotPeer {
                 .ok_or_else(|| WebrtcError::Pipeline("rtphdrexttwcc missing (gstreamer1.0-plugins-good)".into()))?;
             ext.set_id(u32::from(id));
             pay.emit_by_name::<()>("add-extension", &[&ext]);
-            prefs.push_str(&format!(",extmap-{id}=(string){TWCC_URI}"));
+            prefs.push_str(&format!(",extmap-{id}=(string){TWCC_URI},rtcp-fb-transport-cc=(boolean)true"));
         }
 
         // Trap (b): the transceiver of the sink pad parse_launch requested,
@@ -288,6 +298,14 @@ impl RobotPeer {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
+        // Congestion control needs the phone's transport-cc feedback.
+        let readings = match info.twcc_id {
+            Some(_) => Some(congestion::install(&webrtc, &get("enc")?, &get("size")?, video, stop.clone())?),
+            None => {
+                tracing::warn!(kbps = video.kbps, "the offer has no transport-cc: fixed bitrate, no adaptation");
+                None
+            }
+        };
         let on_element = {
             let level = level.clone();
             move |s: &gst::StructureRef| {
@@ -300,7 +318,7 @@ impl RobotPeer {
         };
         super::spawn_bus_watch(&pipeline, events, stop.clone(), "robot", on_element)
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
-        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level };
+        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings };
         let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
         Ok((peer, answer))
     }
@@ -336,6 +354,12 @@ impl RobotPeer {
             rms_db: l.rms_db,
             peak_db: l.peak_db,
         })
+    }
+
+    /// The bandwidth estimate and what the encoder does with it; `None`
+    /// without transport-cc (fixed bitrate).
+    pub fn readings(&self) -> Option<&Readings> {
+        self.readings.as_deref()
     }
 
     /// A candidate of the phone's; `candidate` is the `candidate:…` text.
@@ -543,6 +567,16 @@ fn link_incoming(
     let sink = bin.static_pad("sink").ok_or("bin has no sink pad")?;
     pad.link(&sink).map_err(|e| format!("{e:?}"))?;
     Ok(())
+}
+
+/// The `videotestsrc` pattern of a test device: `test` (a moving ball) or
+/// `test:snow` (noise: a scene that fills any bitrate, for rate tests).
+fn test_pattern(device: &str) -> Option<&'static str> {
+    match device {
+        "test" | "test:ball" => Some("ball"),
+        "test:snow" => Some("snow"),
+        _ => None,
+    }
 }
 
 fn check_video(v: &VideoSpec) -> Result<(), WebrtcError> {

@@ -421,3 +421,11 @@ pub async fn owner_series(phone: &mut Phone, call: &mut ActiveCall, n: usize, pe
     out.latencies.sort();
     out
 }
+
+/// The pid of `robotd media`, robotd's child, once there is one.
+pub fn helper_pid(robotd: i32) -> Option<i32> {
+    let kids = std::fs::read_to_string(format!("/proc/{robotd}/task/{robotd}/children")).ok()?;
+    kids.split_whitespace().filter_map(|p| p.parse().ok()).find(|p: &i32| {
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"media"))
+    })
+}

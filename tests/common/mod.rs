@@ -178,6 +178,14 @@ impl Robot {
         Robot { dir, config, id, child: None }
     }
 
+    /// Merge `extra` into the written config (before [`Robot::spawn`]), for
+    /// settings that need the robot ID (e.g. its broker user name).
+    #[allow(dead_code)]
+    pub fn reconfigure(&mut self, extra: &str) {
+        let now = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, merge_toml(&now, extra)).unwrap();
+    }
+
     /// Configure and start.
     pub fn start(broker: &Broker, extra: &str) -> Robot {
         let mut r = Robot::configure(broker, extra);

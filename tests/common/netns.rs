@@ -501,10 +501,12 @@ impl Internet {
     /// global options, e.g. `sys_interval 1\n`) added before the listeners.
     pub fn start_mosquitto_with(&mut self, global: &str) {
         let conf = self.dir().join("mosquitto.conf");
+        // Anonymous unless `global` says otherwise (e.g. a password_file).
+        let anonymous = if global.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" };
         std::fs::write(
             &conf,
             format!(
-                "allow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\nmax_keepalive 600\n{global}\
+                "{anonymous}persistence false\nlog_dest stderr\nlog_type all\nmax_keepalive 600\n{global}\
                  listener {MQTT_PORT} {SERVER}\nlistener {MQTT_WS_PORT} {SERVER}\nprotocol websockets\n"
             ),
         )

@@ -6,7 +6,8 @@
 // ICE candidate is a namespace address). It talks with that harness in lines:
 // a request is printed as `@@ {"op":...}` on stdout and its answer is one JSON
 // line on stdin. Requests: `status` (robotd status), `stop-broker` (kill
-// Mosquitto, as in a crash) and `start-broker`. Everything else it prints is a
+// Mosquitto, as in a crash), `start-broker`, `kill-helper` (SIGKILL robotd's
+// media helper) and `stop-robot` (robotd stops gracefully: offline). Everything else it prints is a
 // progress line for the test's output. Exit status 0 = every step passed.
 //
 // Environment (set by the harness):
@@ -17,6 +18,7 @@
 //   OUT_DIR    where screenshots go
 //   CHROMIUM   the browser (default /usr/bin/chromium)
 //   STEPS      comma-separated steps to run (default: all, in order)
+//   BROKER_PASSWORD  typed into the first-run screen when set
 
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -30,7 +32,7 @@ const env = (k, d) => {
 const APP_URL = env('APP_URL');
 const ROBOT_ID = env('ROBOT_ID');
 const OUT_DIR = env('OUT_DIR');
-const ALL = ['pair', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup'];
+const ALL = ['pair', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
 const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
 
 // Generous: a busy 2-core machine builds, encodes and decodes at once.
@@ -122,6 +124,7 @@ try {
   await page.locator('#first-run').waitFor({ timeout: LONG });
   await page.fill('#phone-number', '+48 555 555 555');
   await page.fill('#nickname', 'Alice');
+  if (process.env.BROKER_PASSWORD) await page.fill('#broker-password', process.env.BROKER_PASSWORD);
   await page.click('#save-profile');
   await until('the E.164 number shown', LONG, async () => (await page.textContent('#e164'))?.includes('+48555555555'));
   say('first run done: +48555555555');
@@ -261,6 +264,39 @@ try {
     if (reason !== 'hangup') throw new Error(`ended with ${reason}, not hangup`);
     await until('ended on the robot', LONG, async () => (await ask('status')).call === null);
     say('hung up: ended on both sides');
+  }
+
+  const contactSel = `[data-testid=contact][data-robot-id="${ROBOT_ID}"]`;
+  const backToContacts = async () => {
+    if (await page.locator('#back').isVisible()) await page.click('#back');
+    await page.locator('#contacts').waitFor({ timeout: LONG });
+  };
+
+  if (STEPS.includes('media-failed')) {
+    // The robot's media helper dies mid-call: the phone says so at once.
+    await backToContacts();
+    await page.click(`${contactSel} [data-testid=call]`);
+    await until('connected again', LONG, async () => (await attr('#call-screen', 'data-state')) === 'connected');
+    await until('frames again', LONG, async () => (await quality()).frames >= 10);
+    await ask('kill-helper');
+    await until('the call ended', LONG, async () => (await attr('#call-screen', 'data-state')) === 'ended');
+    const reason = await attr('#call-screen', 'data-end-reason');
+    const text = (await page.textContent('#message')) || '';
+    say(`media helper killed: ended ${reason}: "${text}"`);
+    if (reason !== 'media_failed' || !text.trim()) throw new Error(`expected media_failed with a message, got ${reason}: ${text}`);
+  }
+
+  if (STEPS.includes('offline')) {
+    // The robot goes offline: its dot says so, and a call is not even placed.
+    await backToContacts();
+    await ask('stop-robot');
+    await until('the robot shown offline', LONG, async () =>
+      (await page.locator(`${contactSel} .online`).getAttribute('data-online')) === 'false');
+    await page.click(`${contactSel} [data-testid=call]`);
+    await until('the offline message', LONG, async () => (await attr('#call-screen', 'data-end-reason')) === 'offline');
+    const text = (await page.textContent('#message')) || '';
+    say(`robot offline: call refused on the phone: "${text}"`);
+    if (!text.trim()) throw new Error('no message for an offline robot');
   }
 } catch (e) {
   failed = true;

@@ -1,0 +1,177 @@
+/**
+ * The MQTT 5 link to the broker over WebSockets (docs/protocol.md 3.1, 3.3).
+ *
+ * After every CONNACK, in this order: subscribe to everything the app listens to (MQTT.js
+ * is told not to resubscribe by itself, so the order is ours), then publish the retained
+ * presence `true` and the profile. The Will is `false` on the same topic.
+ */
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
+import { sign, authProps, verify, type AuthProps } from "../proto/mac";
+import { utf8 } from "../proto/bytes";
+import { matches, presenceTopic, profileTopic } from "../proto/topics";
+import { config } from "./config";
+
+/** A received PUBLISH. */
+export interface Incoming {
+  topic: string;
+  payload: Uint8Array;
+  retain: boolean;
+  user: Record<string, string | string[]> | undefined;
+}
+
+export type Handler = (m: Incoming) => void;
+
+export class Link {
+  private client: MqttClient;
+  private subs = new Map<string, Set<Handler>>();
+  private delay = config.reconnectMinMs;
+  private stateListeners = new Set<(up: boolean) => void>();
+  up = false;
+
+  constructor(
+    clientId: string,
+    private phoneId: string,
+    private profile: () => string,
+    password?: string,
+  ) {
+    const opts: IClientOptions = {
+      protocolVersion: 5,
+      clientId,
+      // The broker account is the phone ID (docs/install.md, ACLs with %c); brokers
+      // that allow anonymous clients ignore it.
+      username: phoneId,
+      ...(password ? { password } : {}),
+      clean: true,
+      keepalive: config.keepAliveS,
+      reconnectPeriod: config.reconnectMinMs,
+      connectTimeout: 5000,
+      resubscribe: false,
+      queueQoSZero: false,
+      // MQTT.js's default "worker" timers start a Worker from a blob: URL, which the CSP
+      // (script-src 'self', no worker-src) refuses; native timers need no exception.
+      timerVariant: "native",
+      properties: { sessionExpiryInterval: 0, maximumPacketSize: 32768 },
+      will: { topic: presenceTopic(phoneId), payload: "false", qos: 1, retain: true },
+    };
+    this.client = mqtt.connect(config.brokerWs, opts);
+    this.client.on("connect", () => this.onConnack());
+    this.client.on("close", () => this.onDown());
+    this.client.on("offline", () => this.onDown());
+    this.client.on("message", (topic, payload, packet: IPublishPacket) => {
+      const m: Incoming = {
+        topic,
+        payload: new Uint8Array(payload),
+        retain: !!packet.retain,
+        user: packet.properties?.userProperties as Record<string, string | string[]> | undefined,
+      };
+      for (const [filter, hs] of this.subs) if (matches(filter, topic)) for (const h of hs) h(m);
+    });
+    this.client.on("error", () => {
+      /* shown by the banner through close/offline; MQTT.js retries */
+    });
+  }
+
+  onState(f: (up: boolean) => void) {
+    this.stateListeners.add(f);
+    f(this.up);
+  }
+
+  private setUp(up: boolean) {
+    if (this.up === up) return;
+    this.up = up;
+    for (const f of this.stateListeners) f(up);
+  }
+
+  private onDown() {
+    this.setUp(false);
+    // bounded exponential backoff between reconnect attempts
+    this.client.options.reconnectPeriod = this.delay;
+    this.delay = Math.min(this.delay * 2, config.reconnectMaxMs);
+  }
+
+  private onConnack() {
+    this.delay = config.reconnectMinMs;
+    this.client.options.reconnectPeriod = config.reconnectMinMs;
+    const filters = [...this.subs.keys()];
+    if (filters.length) this.client.subscribe(filters, { qos: 1 });
+    this.announce();
+    this.setUp(true);
+  }
+
+  /** Presence `true` and the profile, retained (3.3). */
+  announce() {
+    this.client.publish(presenceTopic(this.phoneId), "true", { qos: 1, retain: true });
+    this.client.publish(profileTopic(this.phoneId), this.profile(), { qos: 1, retain: true });
+  }
+
+  /** Listen on a filter; resolves once the broker granted it (at once while offline: it is
+   * subscribed on the next CONNACK). */
+  subscribe(filter: string, h: Handler): Promise<void> {
+    let hs = this.subs.get(filter);
+    const fresh = !hs;
+    if (!hs) this.subs.set(filter, (hs = new Set()));
+    hs.add(h);
+    if (!fresh || !this.client.connected) return Promise.resolve();
+    // resolve on the SUBACK, or after 5 s whatever happened (a connection lost meanwhile
+    // resubscribes on its next CONNACK), so no flow waits forever
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, 5000);
+      this.client.subscribe(filter, { qos: 1 }, () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  unsubscribe(filter: string, h: Handler) {
+    const hs = this.subs.get(filter);
+    if (!hs) return;
+    hs.delete(h);
+    if (hs.size === 0) {
+      this.subs.delete(filter);
+      if (this.client.connected) this.client.unsubscribe(filter);
+    }
+  }
+
+  /** Publish an authenticated message (5): the four user properties and the MAC with `key`.
+   * Returns false, sending nothing, when `onlyIfUp` and the link is down (so a drive is
+   * never queued to arrive late). */
+  async publishSigned(
+    key: CryptoKey,
+    topic: string,
+    payload: string,
+    seq: number,
+    opts: { expiryS?: number; onlyIfUp?: boolean } = {},
+  ): Promise<boolean> {
+    if (opts.onlyIfUp && !this.client.connected) return false;
+    const ts = String(Date.now());
+    const s = String(seq);
+    const mac = await sign(key, topic, this.phoneId, s, ts, utf8(payload));
+    this.client.publish(topic, payload, {
+      qos: 1,
+      retain: false,
+      properties: {
+        userProperties: { from: this.phoneId, seq: s, ts, mac },
+        ...(opts.expiryS ? { messageExpiryInterval: opts.expiryS } : {}),
+      },
+    });
+    return true;
+  }
+}
+
+/** Check an authenticated message from `from` with `key`; its properties if it verifies. */
+export async function checkSigned(key: CryptoKey, m: Incoming, from: string): Promise<AuthProps | null> {
+  const p = authProps(m.user);
+  if (!p || p.from !== from) return null;
+  return (await verify(key, m.topic, p, m.payload)) ? p : null;
+}
+
+/** Parse a JSON object payload, or null. */
+export function parseObject(b: Uint8Array): Record<string, unknown> | null {
+  try {
+    const v: unknown = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(b));
+    return v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
