@@ -89,9 +89,19 @@ fn build_app(out: &Path, broker_ws: &str, ice_servers: Option<&str>) {
     assert!(out.join("index.html").exists(), "the build made no index.html in {}", out.display());
 }
 
+/// The app's static server; killed and reaped when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Serve `dist` on 127.0.0.1:8000 of `ns` (its own loopback: a secure
 /// context for the page, and nothing outside the namespace can reach it).
-fn serve(ns: &Ns, dist: &Path, log: &Path) -> Served {
+fn serve(ns: &Ns, dist: &Path, log: &Path) -> Server {
     let f = std::fs::File::create(log).unwrap();
     let child = ns
         .command("python3")
@@ -103,19 +113,9 @@ fn serve(ns: &Ns, dist: &Path, log: &Path) -> Served {
         .spawn()
         .expect("python3 -m http.server");
     let up = wait_until(SOON, || ns.tcp_connect(([127, 0, 0, 1], 8000), Duration::from_secs(1)).is_ok());
-    let served = Served(child);
+    let server = Server(child);
     assert!(up, "the app's static server did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-    served
-}
-
-/// The app's static server; stopped on drop.
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    server
 }
 
 /// The robot's pairing QR code (`pairing-qr.png`, written by `robotd pair`)
@@ -166,7 +166,7 @@ fn output_dir(name: &str) -> PathBuf {
 struct Phone {
     env: Vec<(&'static str, String)>,
     out: PathBuf,
-    _server: Served,
+    _server: Server,
 }
 
 impl Phone {

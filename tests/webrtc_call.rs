@@ -34,9 +34,14 @@ fn robotctl(ns: &Ns, keys: &Path, args: &[&str]) -> Command {
 
 /// Pair a robotctl in `ns` with `robot`; returns its keys file.
 fn pair(ns: &Ns, robot: &Robot, dir: &Path) -> PathBuf {
+    pair_as(ns, robot, dir, "+48 555 555 555")
+}
+
+/// [`pair`] with the phone number `phone` (another owner).
+fn pair_as(ns: &Ns, robot: &Robot, dir: &Path, phone: &str) -> PathBuf {
     let uri = pairing_uri(robot).to_string();
     let keys = dir.join("keys.json");
-    let out = robotctl(ns, &keys, &["pair", &uri, "--phone", "+48 555 555 555"]).output().unwrap();
+    let out = robotctl(ns, &keys, &["pair", &uri, "--phone", phone]).output().unwrap();
     assert!(out.status.success(), "pairing: {}", said(&out));
     keys
 }
@@ -260,4 +265,227 @@ fn without_turn_two_nats_end_the_call_ice_failed_and_nothing_moves() {
     let now = sim_pose(&status(&robot));
     assert!(((now.x - start.x).powi(2) + (now.y - start.y).powi(2)).sqrt() < 1e-6, "{start:?} {now:?}");
     assert!(status(&robot)["call"].is_null());
+}
+
+/// robotctl's output lines as they come, each with the moment it was read.
+fn timed_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<(Instant, String)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for pipe in [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// The gap of robotctl's `freeze: no new frame for N ms, ...` line.
+fn freeze_ms(line: &str) -> Option<u64> {
+    line.strip_prefix("freeze: no new frame for ")?.split_whitespace().next()?.parse().ok()
+}
+
+/// Wait up to `limit` for a line that satisfies `f`, keeping every line read in `seen`.
+fn line_until(
+    rx: &std::sync::mpsc::Receiver<(Instant, String)>,
+    seen: &mut Vec<String>,
+    limit: Duration,
+    f: impl Fn(&str) -> bool,
+) -> Option<Instant> {
+    let end = Instant::now() + limit;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        let Ok((at, line)) = rx.recv_timeout(left) else { break };
+        let hit = f(&line);
+        seen.push(line);
+        if hit {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The media path cut for 3 s mid-call (everything between the phone and
+/// the internet dropped, the phone behind the carrier's NAT and the robot
+/// on its TURN relay), then restored: the same call goes on and the video
+/// resumes; how long after the restoration is a FIGURE (the goal, 1 s, is a
+/// benchmark's, not an assert's).
+#[test]
+fn a_3_s_cut_of_the_media_path_leaves_the_call_up_and_the_video_resumes() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.phone, &robot, dir.path());
+    let stun = net.stun_url();
+    // Pings keep the call inside its 15 s timeout; the cut falls in the first wait.
+    let mut args = vec!["call", "--webrtc", "--stun", &stun, "--stats", "--frames", "30"];
+    for step in ["wait 7", "ping", "wait 7", "ping", "wait 2"] {
+        args.extend(["-x", step]);
+    }
+    let mut phone = robotctl(&net.phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let lines = timed_lines(&mut phone);
+    let mut seen = Vec::new();
+    let flowing = line_until(&lines, &mut seen, Duration::from_secs(90), |l| l.starts_with("decoded 30 frames"));
+    assert!(flowing.is_some(), "no video before the cut:\n{}\nrobotd:\n{}", seen.join("\n"), robot.log());
+    let session = status(&robot)["call"]["session"].clone();
+    assert!(session.is_string(), "{}", status(&robot));
+    std::thread::sleep(Duration::from_millis(500));
+    net.cut();
+    std::thread::sleep(Duration::from_secs(3));
+    net.restore();
+    let restored = Instant::now();
+    // The freeze that spans the cut (a shorter one before it would not).
+    let resumed = line_until(&lines, &mut seen, Duration::from_secs(10), |l| freeze_ms(l).is_some_and(|ms| ms >= 2500));
+    let st = status(&robot);
+    let out = seen.join("\n");
+    let resumed = resumed
+        .unwrap_or_else(|| panic!("no video within 10 s of the restoration:\n{out}\nrobotd:\n{}\n{st}", robot.log()));
+    eprintln!("FIGURE 3 s cut: video resumed {:?} after the restoration", resumed.saturating_duration_since(restored));
+    assert_eq!(st["call"]["session"], session, "not the same call after the cut: {st}\n{}", robot.log());
+    let status_code = phone.wait().unwrap();
+    line_until(&lines, &mut seen, Duration::from_secs(5), |l| l.starts_with("hangup: "));
+    let out = seen.join("\n");
+    assert!(status_code.success(), "robotctl failed after the cut:\n{out}\nrobotd:\n{}", robot.log());
+    assert!(out.contains("ping: {\"status\":\"ok\""), "{out}");
+}
+
+/// The same phone keys under another MQTT client identifier: the phone's
+/// new connection after its network changed (its old one may linger until
+/// the broker notices it is dead).
+fn same_phone_new_connection(keys: &Path, dir: &Path) -> PathBuf {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(keys).unwrap()).unwrap();
+    v["mqtt_client_id"] = hex::encode(rand::random::<[u8; 16]>()).into();
+    let path = dir.join("mobile-keys.json");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    path
+}
+
+/// The phone changes network mid-call (docs/protocol.md 7.8): on the robot's
+/// Wi-Fi first, then behind the carrier's NAT with a new address, where the
+/// old ICE pair cannot follow (webrtcbin 1.22 has no ICE restart). It places
+/// a new invite with the same keys: the robot ends the old call `replaced`
+/// at once and the new one decodes video and drives; meanwhile another
+/// owner's invite is still `busy`.
+#[test]
+fn a_phone_that_changes_network_calls_again_and_replaces_its_call() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_keys = pair_as(&net.lan_phone, &robot, other_dir.path(), "+48 555 555 556");
+    let mobile_keys = same_phone_new_connection(&keys, dir.path());
+
+    let mut args = vec!["call", "--webrtc", "--frames", "10"];
+    for _ in 0..10 {
+        args.extend(["-x", "wait 4", "-x", "ping"]);
+    }
+    let mut wifi =
+        robotctl(&net.lan_phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let wifi_lines = timed_lines(&mut wifi);
+    let mut wifi_said = Vec::new();
+    let flowing = line_until(&wifi_lines, &mut wifi_said, Duration::from_secs(90), |l| l.starts_with("decoded 10"));
+    assert!(flowing.is_some(), "no video on Wi-Fi:\n{}\nrobotd:\n{}", wifi_said.join("\n"), robot.log());
+    let first = status(&robot)["call"].clone();
+    assert!(first["session"].is_string(), "{first}");
+
+    // Another owner is busy, and the call goes on.
+    let other = robotctl(&net.lan_phone, &other_keys, &["call", "--webrtc", "--frames", "1"]).output().unwrap();
+    assert!(!other.status.success() && said(&other).contains("busy"), "another owner:\n{}", said(&other));
+    assert_eq!(status(&robot)["call"]["session"], first["session"]);
+
+    let stun = net.stun_url();
+    let t0 = Instant::now();
+    let args = ["call", "--webrtc", "--stun", &stun, "--frames", "30", "-x", "ping", "-x", "drive 0.3 0 300"];
+    let mut mobile =
+        robotctl(&net.phone, &mobile_keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mobile_lines = timed_lines(&mut mobile);
+    let replaced = line_until(&wifi_lines, &mut wifi_said, Duration::from_secs(30), |l| l.contains("replaced"));
+    let wifi_out = wifi_said.join("\n");
+    let replaced = replaced.unwrap_or_else(|| panic!("the Wi-Fi call was not replaced:\n{wifi_out}\n{}", robot.log()));
+    let wifi_status = wifi.wait().unwrap();
+    let mut mobile_said = Vec::new();
+    let decoded30 =
+        line_until(&mobile_lines, &mut mobile_said, Duration::from_secs(90), |l| l.starts_with("decoded 30"));
+    let now = status(&robot)["call"].clone();
+    let done = mobile.wait().unwrap();
+    line_until(&mobile_lines, &mut mobile_said, Duration::from_secs(5), |l| l.starts_with("hangup: "));
+    let mobile_out = mobile_said.join("\n");
+    assert!(decoded30.is_some() && done.success(), "the new call:\n{mobile_out}\nrobotd:\n{}", robot.log());
+    eprintln!(
+        "FIGURE network change: new robotctl started -> old call ended `replaced` {:?}, -> 30 frames decoded {:?}",
+        replaced - t0,
+        decoded30.unwrap() - t0
+    );
+    assert!(!wifi_status.success(), "{wifi_out}");
+    assert!(wifi_out.contains("\"reason\":\"replaced\""), "{wifi_out}");
+    assert!(mobile_out.contains("drive: {\"status\":\"ok\""), "{mobile_out}");
+    assert!(now["session"].is_string() && now["session"] != first["session"], "{now} {first}");
+    assert_eq!(now["caller"], first["caller"]);
+    let log = robot.log();
+    assert!(log.contains("replaces its call"), "{log}");
+    assert!(status(&robot)["call"].is_null(), "{}", status(&robot));
+}
+
+/// The media path cut for good while the signalling still gets through (UDP
+/// dropped, MQTT over TCP not): the call does not hang on without video; it
+/// ends `ice_failed` when the ICE agent gives up on the pair (about 50 s of
+/// libnice keepalive checks; FIGURE), saying the path was lost, not that a
+/// TURN server is missing, and robotctl reports it at once. (The phone's own
+/// ICE agent runs the same checks and may give up first: robotctl then says
+/// "ICE failed" and hangs up, which ends the call too.)
+#[test]
+fn a_media_path_that_stays_cut_ends_the_call_ice_failed_saying_it_was_lost() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let secret = "n0t-in-any-log";
+    net.start_turn(&netns::TurnAuth::shared_secret(secret));
+    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.phone, &robot, dir.path());
+    let stun = net.stun_url();
+    let mut args = vec!["call", "--webrtc", "--stun", &stun, "--frames", "30"];
+    for _ in 0..30 {
+        args.extend(["-x", "wait 4", "-x", "ping"]);
+    }
+    let mut phone = robotctl(&net.phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let lines = timed_lines(&mut phone);
+    let mut seen = Vec::new();
+    let flowing = line_until(&lines, &mut seen, Duration::from_secs(90), |l| l.starts_with("decoded 30 frames"));
+    assert!(flowing.is_some(), "no video before the cut:\n{}\nrobotd:\n{}", seen.join("\n"), robot.log());
+    net.set_udp_only(true);
+    net.cut();
+    let cut = Instant::now();
+    let over = |l: &str| l.contains("ended the call") || l.contains("ICE failed");
+    let ended = line_until(&lines, &mut seen, Duration::from_secs(110), over);
+    let out = seen.join("\n");
+    let ended = ended.unwrap_or_else(|| panic!("the call outlived its media path:\n{out}\nrobotd:\n{}", robot.log()));
+    let by_robot = out.contains("ended the call");
+    eprintln!("FIGURE media path cut for good: the call ended after {:?} (by the robot: {by_robot})", ended - cut);
+    wait_until(SOON, || phone.try_wait().unwrap().is_some());
+    let _ = phone.kill();
+    let _ = phone.wait();
+    if by_robot {
+        assert!(out.contains("\"reason\":\"ice_failed\"") && out.contains("lost after it worked"), "{out}");
+        assert!(!out.contains("TURN server may be needed"), "{out}");
+    }
+    let gone = wait_until(SOON, || status_sync(&robot)["call"].is_null());
+    assert!(gone, "robotd still has the call: {}", status(&robot));
+    let st = status(&robot);
+    assert!(st["call"].is_null() && st["motion"] == "idle", "{st}");
 }

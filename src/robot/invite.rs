@@ -1,6 +1,6 @@
 //! Invites and the life of a call: authenticate, accept (or busy, or
 //! rejected), start the media; end on hangup, presence, timeout, revocation,
-//! media failure or shutdown.
+//! media failure, shutdown, or the caller's new invite ([`may_replace`]).
 
 use bytes::Bytes;
 use tracing::{error, info, warn};
@@ -69,7 +69,7 @@ impl Core {
             }
             return;
         }
-        if self.call.is_some() {
+        if self.call.as_ref().is_some_and(|c| !may_replace(c, &owner_id, &m.payload)) {
             info!(session = %session, caller = %owner_id, "busy: already in a call");
             return self.answer_invite(&key, session, Reply::Busy, corr);
         }
@@ -98,7 +98,15 @@ impl Core {
                 self.answer_invite(key, session, Reply::rejected_because(RejectReason::RateLimited, detail), corr);
             }
             Ok(AnyInvite::V1(invite)) => self.accept_call(session.clone(), owner_id, key, invite, corr),
-            Ok(AnyInvite::V2(invite)) => self.start_call_v2(session, &owner_id, key, invite, corr),
+            Ok(AnyInvite::V2(invite)) => {
+                // Only now, with the new invite valid and within the rate
+                // limit, does the caller's call in progress give way.
+                if let Some(old) = self.call.as_ref().map(|c| c.session.clone()) {
+                    info!(session = %session, replaced = %old, caller = %owner_id, "the caller's new invite replaces its call");
+                    self.end_call_because(EndReason::Replaced, "a newer invite from the caller took this call's place");
+                }
+                self.start_call_v2(session, &owner_id, key, invite, corr)
+            }
             Err(e) => {
                 warn!(session = %session, error = ?e, "invite rejected");
                 let reply = match e {
@@ -273,6 +281,17 @@ impl Core {
         }
         self.take_effects()
     }
+}
+
+/// Whether a fresh, authenticated invite from `caller` may take the place
+/// of `call` instead of being answered `busy` (docs/protocol.md 7.8): a
+/// version 2 invite from the caller of a version 2 call. That is how a phone
+/// whose network changed (Wi-Fi to mobile, a new address: its ICE pair is
+/// gone, and webrtcbin 1.22 cannot restart ICE) gets its video back at once
+/// instead of waiting for the old call to fail. Other owners, and version 1
+/// calls (LAN only), still get `busy`.
+fn may_replace(call: &Call, caller: &ClientId, payload: &[u8]) -> bool {
+    call.webrtc.is_some() && &call.caller == caller && crate::wire::webrtc::is_v2(payload)
 }
 
 /// The answer to a `video` change before the video runs.

@@ -149,8 +149,14 @@ impl Core {
             return self.refuse_pending(detail);
         }
         if reason == EndReason::IceFailed {
-            let detail = format!("{detail} (no ICE path between phone and robot; a TURN server may be needed)");
-            return self.end_call_because(reason, &detail);
+            // A path that worked and then went away is not a set-up problem:
+            // the phone's network changed or stayed cut (7.8).
+            let hint = if self.media_running {
+                "the media path was lost after it worked: the phone's network changed or was cut; the phone may call again"
+            } else {
+                "no ICE path between phone and robot; a TURN server may be needed"
+            };
+            return self.end_call_because(reason, &format!("{detail} ({hint})"));
         }
         self.end_call_because(reason, detail);
     }

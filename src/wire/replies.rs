@@ -53,6 +53,9 @@ pub enum EndReason {
     MediaFailed,
     /// Version 2: the peer's DTLS certificate is not the one in its authenticated SDP.
     FingerprintMismatch,
+    /// Version 2: the caller placed a new invite (its network changed), and
+    /// the new call took this one's place (docs/protocol.md 7.8).
+    Replaced,
 }
 
 impl EndReason {
@@ -68,6 +71,7 @@ impl EndReason {
             EndReason::IceFailed => "ice_failed",
             EndReason::MediaFailed => "media_failed",
             EndReason::FingerprintMismatch => "fingerprint_mismatch",
+            EndReason::Replaced => "replaced",
         }
     }
 }

@@ -158,6 +158,10 @@ struct CallArgs {
     /// count the robot's audio ("decoded N audio buffers").
     #[arg(long)]
     audio: bool,
+    /// Version 2: print receive statistics as they happen; for now each
+    /// freeze, when the video resumes ("freeze: no new frame for N ms").
+    #[arg(long)]
+    stats: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -361,6 +365,7 @@ async fn call_v2(
         webrtc::Limits { max_width: a.max_width, max_height: a.max_height, max_fps: a.max_fps, max_kbps: a.max_kbps };
     let mut p = connect(&robot.broker, phone_id, keys_path, auth).await?;
     let (mut c, mut media) = webrtc::start(&mut p, robot, ice, a.audio, &limits, Duration::from_secs(15)).await?;
+    media.stats = a.stats;
     println!("accepted: {}", c.accept["video"]);
     let result = async {
         media.wait_frames(&mut p, &mut c, a.frames.max(1), Duration::from_secs(60)).await?;
@@ -374,7 +379,7 @@ async fn call_v2(
                     if let Some(why) = &media.failed {
                         bail!("{why}");
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 continue;
             }

@@ -22,7 +22,15 @@ pub struct V2Media {
     pub failed: Option<String>,
     /// The robot ended the call (no `hangup` to send).
     pub robot_ended: bool,
+    /// `--stats`: report freezes (no new frame for [`FREEZE`] or more).
+    pub stats: bool,
+    /// Frames decoded when last looked at, and when that count last grew.
+    last_frames: u64,
+    last_growth: std::time::Instant,
 }
+
+/// A gap between decoded frames this long or longer is a freeze.
+pub const FREEZE: Duration = Duration::from_millis(500);
 
 /// The limits a phone asks for.
 pub struct Limits {
@@ -60,8 +68,17 @@ pub async fn start(
         "video": {"max_width": limits.max_width, "max_height": limits.max_height,
                   "max_fps": limits.max_fps, "max_kbps": limits.max_kbps},
     });
-    let mut media =
-        V2Media { peer: Some(peer), events, held: Vec::new(), held_end: false, failed: None, robot_ended: false };
+    let mut media = V2Media {
+        peer: Some(peer),
+        events,
+        held: Vec::new(),
+        held_end: false,
+        failed: None,
+        robot_ended: false,
+        stats: false,
+        last_frames: 0,
+        last_growth: std::time::Instant::now(),
+    };
     let c = match p.invite_with(robot, serde_json::to_vec(&payload)?, timeout).await? {
         InviteOutcome::Accepted(c) => c,
         InviteOutcome::Refused(v) => {
@@ -113,6 +130,7 @@ impl V2Media {
     /// Exchange what is pending: our candidates out, the robot's in, the
     /// peer's failures noted. Never waits for more than one request.
     pub async fn pump(&mut self, p: &mut Phone, c: &mut ActiveCall) -> anyhow::Result<()> {
+        self.watch_freezes();
         while let Ok(e) = self.events.try_recv() {
             self.note(e);
         }
@@ -174,6 +192,21 @@ impl V2Media {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// With `--stats`, say when the video resumes after a freeze (the line
+    /// is printed when the first new frame is seen, so its time is the
+    /// resumption's, within one poll).
+    fn watch_freezes(&mut self) {
+        let (n, now) = (self.frames(), std::time::Instant::now());
+        if n == self.last_frames {
+            return;
+        }
+        let gap = now.duration_since(self.last_growth);
+        if self.stats && self.last_frames > 0 && gap >= FREEZE {
+            println!("freeze: no new frame for {} ms, video resumed at frame {n}", gap.as_millis());
+        }
+        (self.last_frames, self.last_growth) = (n, now);
     }
 
     pub async fn stop(&mut self) {

@@ -254,3 +254,135 @@ fn a_call_whose_media_never_connects_ends_ice_failed_and_nothing_moves() {
     }
     assert!(r.ended(&c).is_empty(), "{:?}", r.ended(&c));
 }
+
+/// The session of the call in progress, as `robotd status` shows it.
+fn current_session(r: &mut Rig) -> Option<String> {
+    match r.admin(Request::Status).unwrap() {
+        AdminReply::Status(s) => s.call.map(|c| c.session.to_string()),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+fn effect_index(fx: &[Effect], f: impl Fn(&Effect) -> bool) -> Option<usize> {
+    fx.iter().position(f)
+}
+
+const SESSION2: &str = "ffeeddccbbaa99887766554433221100";
+const SESSION3: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// docs/protocol.md 7.8: a phone whose network changed places a new v2
+/// invite; from the caller of the call in progress it replaces that call
+/// at once (the old one `ended` `replaced`, the motors stopped, the old
+/// helper stopped before the new one starts); another owner is still busy.
+#[test]
+fn a_v2_invite_from_the_caller_replaces_its_call_and_another_owner_stays_busy() {
+    let mut r = Rig::new();
+    let mut phone = r.pair("+48555555555");
+    let req = started(&r.invite_v2(&mut phone, SESSION, OFFER)).unwrap();
+    let (_, mut old) = r.answer(&phone, &req.session);
+    r.media(MediaReport::Started { session: req.session.clone() });
+    assert_eq!(r.request(&mut old, &phone, "drive", r#"{"linear":0.5,"angular":0.0,"ms":500}"#)[0]["status"], "ok");
+    assert_ne!(r.motion(), MotionState::Idle);
+
+    let mut other = r.pair("+48555555556");
+    let busy = r.invite_v2(&mut other, SESSION2, OFFER);
+    assert_eq!(invite_answers(&r, &busy, SESSION2)[0]["status"], "busy");
+    assert!(r.ended(&old).is_empty() && started(&busy).is_none());
+
+    let fx = r.invite_v2(&mut phone, SESSION3, OFFER);
+    let ended = jsons_of(&fx, &topics::session_response(&old.session, "hangup"));
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["status"], "ended");
+    assert_eq!(ended[0]["reason"], "replaced");
+    assert!(ended[0]["detail"].as_str().unwrap().contains("newer invite"), "{ended:?}");
+    assert_eq!(r.motion(), MotionState::Idle, "the motors run on across the switch");
+    let stop = effect_index(&fx, |e| matches!(e, Effect::StopMedia)).expect("the old helper is stopped");
+    let start = effect_index(&fx, |e| matches!(e, Effect::StartWebRtc(_))).expect("a new helper starts");
+    assert!(stop < start, "{fx:?}");
+    let new = started(&fx).unwrap();
+    assert_eq!(new.session.to_string(), SESSION3);
+    assert_eq!(current_session(&mut r).as_deref(), Some(SESSION3));
+    let (accept, mut c) = r.answer(&phone, &new.session);
+    assert_eq!(accept["status"], "accepted", "{accept}");
+    assert_eq!(r.request(&mut c, &phone, "ping", "{}")[0]["status"], "ok");
+    // The old call is over: its requests are not answered, its helper's
+    // late reports change nothing.
+    assert!(r.request(&mut old, &phone, "ping", "{}").is_empty());
+    let late = r.media(MediaReport::Ended { session: req.session, reason: EndReason::IceFailed, detail: "x".into() });
+    assert_eq!(publishes(&late), 0);
+    assert!(r.ended(&c).is_empty());
+}
+
+/// A pending call (the helper has not answered yet) is replaced too: its
+/// invite is refused (the phone has no `Ks` to read an `ended`).
+#[test]
+fn a_pending_call_is_replaced_by_its_callers_new_invite() {
+    let mut r = Rig::new();
+    let mut phone = r.pair("+48555555555");
+    started(&r.invite_v2(&mut phone, SESSION, OFFER)).unwrap();
+    let fx = r.invite_v2(&mut phone, SESSION2, OFFER);
+    let refused = invite_answers(&r, &fx, SESSION);
+    assert_eq!(refused[0]["reason"], "media_unavailable", "{refused:?}");
+    assert!(refused[0]["detail"].as_str().unwrap().contains("replaced"), "{refused:?}");
+    assert_eq!(started(&fx).unwrap().session.to_string(), SESSION2);
+}
+
+/// The replacement is decided only for a valid invite within the setup
+/// rate limit (7.2): a bad offer or one invite too many leaves the call up;
+/// and a v1 invite, or any invite during a v1 call, is still `busy`.
+#[test]
+fn an_invalid_or_rate_limited_or_v1_invite_does_not_replace_the_call() {
+    let mut r = Rig::new();
+    let mut phone = r.pair("+48555555555");
+    let sessions = [SESSION, SESSION2, SESSION3, "00000000000000000000000000000004"];
+    let mut calls = Vec::new();
+    // The budget is 4 setups in 10 s: the first call and three replacements.
+    for s in sessions {
+        let req = started(&r.invite_v2(&mut phone, s, OFFER)).unwrap();
+        calls.push(r.answer(&phone, &req.session).1);
+    }
+    let last = calls.last().unwrap();
+    for (i, c) in calls.iter().enumerate().take(3) {
+        assert_eq!(r.ended(c)[0]["reason"], "replaced", "call {i}");
+    }
+    let fx = r.invite_v2(&mut phone, "00000000000000000000000000000005", OFFER);
+    let a = invite_answers(&r, &fx, "00000000000000000000000000000005");
+    assert_eq!(a[0]["reason"], "rate_limited", "{a:?}");
+    let fx2 = r.invite_v2(&mut phone, "00000000000000000000000000000006", &OFFER.replace("H264/90000", "VP8/90000"));
+    assert!(started(&fx).is_none() && started(&fx2).is_none());
+    let v1 = r.invite(&mut phone, "00000000000000000000000000000007", r.now().wall_ms);
+    assert_eq!(v1["status"], "busy", "{v1}");
+    assert!(r.ended(last).is_empty(), "{:?}", r.ended(last));
+    assert_eq!(current_session(&mut r).as_deref(), Some(sessions[3]));
+
+    // During a v1 call, the caller's v2 invite is busy.
+    let mut r = Rig::new();
+    let (mut phone, c) = r.call();
+    let fx = r.invite_v2(&mut phone, SESSION2, OFFER);
+    assert_eq!(invite_answers(&r, &fx, SESSION2)[0]["status"], "busy");
+    assert!(r.ended(&c).is_empty());
+}
+
+/// ICE that fails after the media flowed says the path was lost (not that a
+/// TURN server is missing); before, it points at TURN.
+#[test]
+fn ice_failing_after_the_media_flowed_says_the_path_was_lost() {
+    for (flowed, says) in [(true, "lost after it worked"), (false, "TURN")] {
+        let mut r = Rig::new();
+        let mut phone = r.pair("+48555555555");
+        let req = started(&r.invite_v2(&mut phone, SESSION, OFFER)).unwrap();
+        let (_, c) = r.answer(&phone, &req.session);
+        if flowed {
+            r.media(MediaReport::Started { session: req.session.clone() });
+        }
+        r.media(MediaReport::Ended {
+            session: req.session.clone(),
+            reason: EndReason::IceFailed,
+            detail: "ICE connection failed".into(),
+        });
+        let ended = r.ended(&c);
+        assert_eq!(ended[0]["reason"], "ice_failed");
+        let detail = ended[0]["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "media flowed: {flowed}: {detail}");
+    }
+}
