@@ -255,6 +255,17 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
                 eprintln!("harness: robotd stopped ({st})");
                 "{}".into()
             }
+            Some("cut-udp") => {
+                net.set_udp_only(true);
+                net.cut();
+                eprintln!("harness: the carrier drops all UDP");
+                "{}".into()
+            }
+            Some("restore") => {
+                net.clear();
+                eprintln!("harness: the carrier passes everything again");
+                "{}".into()
+            }
             Some("start-broker") => {
                 net.start_mosquitto();
                 eprintln!("harness: broker started again");
@@ -327,6 +338,8 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
 /// the password given at first run (a phone with a wrong one is told that
 /// the broker refused its login). This phone pairs from a pairing link
 /// (the URI in the app's URL fragment), which leaves the address bar at once.
+/// Then its media path is lost for good (the carrier drops UDP, the broker
+/// stays): the app calls again by itself and the new call replaces the old.
 #[test]
 fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     if skip_without_browser() {
@@ -365,13 +378,20 @@ fn the_web_app_on_a_carrier_network_calls_the_robot_at_home_through_turn() {
     let extra = merge_toml(&merge_toml(&merge_toml(&flat(), TEST_VIDEO), &webrtc), &account);
     robot.reconfigure(&extra);
     robot.spawn_wrapped(net.robot.command("env"));
-    let mut phone =
-        Phone::prepare(&net.phone, &robot, work.path(), &dist, "carrier", "refused-login,pair-link,call,hangup");
+    let mut phone = Phone::prepare(
+        &net.phone,
+        &robot,
+        work.path(),
+        &dist,
+        "carrier",
+        "refused-login,pair-link,call,network-change,hangup",
+    );
     phone.env.push(("BROKER_PASSWORD", ALICE_BROKER_PASSWORD.to_string()));
     let said = drive_phone(&mut net, |n| &n.phone, &mut robot, &phone.env);
     assert!(said.contains("paired from a pairing link"), "{said}");
     assert!(said.contains("wrong broker password: \"The broker refused the login"), "{said}");
     assert!(said.contains("call connected") && said.contains("hung up"), "{said}");
+    assert!(said.contains("the new call replaced the old one"), "{said}");
     let turn = net.turn_log();
     assert!(turn.contains("ALLOCATE processed, success"), "no relay allocated:\n{turn}");
     assert!(

@@ -7,7 +7,8 @@
 // a request is printed as `@@ {"op":...}` on stdout and its answer is one JSON
 // line on stdin. Requests: `status` (robotd status), `stop-broker` (kill
 // Mosquitto, as in a crash), `start-broker`, `kill-helper` (SIGKILL robotd's
-// media helper) and `stop-robot` (robotd stops gracefully: offline). Everything else it prints is a
+// media helper), `stop-robot` (robotd stops gracefully: offline), `cut-udp`
+// (the carrier drops all UDP: the media path, not the broker) and `restore`. Everything else it prints is a
 // progress line for the test's output. Exit status 0 = every step passed.
 //
 // Environment (set by the harness):
@@ -34,7 +35,7 @@ const env = (k, d) => {
 const APP_URL = env('APP_URL');
 const ROBOT_ID = env('ROBOT_ID');
 const OUT_DIR = env('OUT_DIR');
-const ALL = ['refused-login', 'pair', 'pair-link', 'call', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
+const ALL = ['refused-login', 'pair', 'pair-link', 'call', 'network-change', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
 const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
 
 // Generous: a busy 2-core machine builds, encodes and decodes at once.
@@ -206,6 +207,25 @@ try {
     });
     say(`robotd status media.video: ${JSON.stringify(sent)}`);
     if (neg && (sent.width !== neg.width || sent.height !== neg.height)) throw new Error(`robotd says it sends ${sent.width}x${sent.height}`);
+  }
+
+  if (STEPS.includes('network-change')) {
+    // The media path is lost for good (as when the phone leaves a network) while the
+    // broker connection stays: the app notices ICE fail and calls again, and the new
+    // call replaces the old one on the robot (protocol 7.8).
+    const recalls = async () => Number((await attr('#call-screen', 'data-recalls')) || 0);
+    const before = await recalls();
+    const session = (await ask('status')).call?.session;
+    await ask('cut-udp');
+    const t0 = Date.now();
+    await until('the app calling again', 3 * LONG, async () => (await recalls()) > before, 200);
+    const noticed = Date.now() - t0;
+    await ask('restore');
+    await until('connected again', LONG, async () => (await attr('#call-screen', 'data-state')) === 'connected');
+    await until('frames in the new call', LONG, async () => (await quality()).frames >= 10);
+    const st = await ask('status');
+    if (!st.call || st.call.session === session) throw new Error(`the robot is not in a new call: ${JSON.stringify(st.call)}`);
+    say(`network change: the app called again after ${noticed} ms; the new call replaced the old one and decodes`);
   }
 
   if (STEPS.includes('goto')) {

@@ -40,6 +40,10 @@ export function endText(reason: string, nickname: string, detail?: string): stri
       return `${nickname} did not answer.`;
     case "broker_lost":
       return "The connection to the broker is lost; the call could not be placed.";
+    case "network_lost":
+      return `The connection to ${nickname} dropped (did the network change?); calling again…`;
+    case "replaced":
+      return "This call was replaced by a newer one.";
     case "media_failed":
       return `The call's media failed on the robot${d}.`;
     case "ice_failed":
@@ -82,6 +86,7 @@ export class Call {
   private lastSent = 0;
   private timers: number[] = [];
   private inviteDone = false;
+  private wasConnected = false;
   private handleSession = (m: Incoming) => void this.onSession(m);
   private handleInvite = (m: Incoming) => void this.onInviteResponse(m);
   state: CallState = "calling";
@@ -142,8 +147,16 @@ export class Call {
       };
       pc.onconnectionstatechange = () => {
         if (this.state === "ended") return;
-        if (pc.connectionState === "connected") this.view.state((this.state = "connected"));
-        else if (pc.connectionState === "failed") void this.hangup("ice_failed");
+        if (pc.connectionState === "connected") {
+          this.wasConnected = true;
+          this.view.state((this.state = "connected"));
+        } else if (pc.connectionState === "failed") {
+          // After it worked, a lost media path is a network change or cut (protocol 7.8):
+          // the app calls again and the robot lets the new call replace this one, so no
+          // hangup. Never connected: no path at all.
+          if (this.wasConnected) this.end("network_lost");
+          else void this.hangup("ice_failed");
+        }
       };
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);

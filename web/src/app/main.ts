@@ -62,6 +62,7 @@ class App {
   private meter = new QualityMeter();
   private statsTimer = 0;
   private everUp = false;
+  private recalls = 0;
   private joystick!: { release(): void };
 
   constructor(private pendingUri: string | null) {}
@@ -285,8 +286,11 @@ class App {
 
   // ---- calls ----------------------------------------------------------------------------
 
-  private async placeCall(c: Contact) {
+  private async placeCall(c: Contact, again = false) {
     if (this.call && this.call.state !== "ended") return;
+    // Calls placed by the app itself after a lost media path (at most 3 in a row).
+    this.recalls = again ? this.recalls + 1 : 0;
+    $("call-screen").dataset.recalls = String(this.recalls);
     const screen = $("call-screen");
     delete screen.dataset.endReason;
     delete screen.dataset.rejectReason;
@@ -337,6 +341,13 @@ class App {
     if (s === "connecting" || s === "connected") this.startStats(call);
     if (s !== "ended") return;
     this.joystick.release();
+    const contact = this.contacts.get(call.robot.robot);
+    if (reason === "network_lost" && contact && this.recalls < 3) {
+      // Protocol 7.8: a new invite at once; the robot lets it replace the lost call.
+      $("message").textContent = message ?? "";
+      window.setTimeout(() => void this.placeCall(contact, true), 500);
+      return;
+    }
     clearInterval(this.statsTimer);
     if (reason) screen.dataset.endReason = reason;
     if (rejectReason) screen.dataset.rejectReason = rejectReason;
