@@ -218,6 +218,9 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
     });
     let end = Instant::now() + SCENARIO_TIMEOUT;
     let mut transcript = String::new();
+    // Bob, a second owner (robotctl), for the busy step.
+    let bob_dir = tempfile::tempdir().unwrap();
+    let mut bob: Option<std::process::Child> = None;
     loop {
         let left = end.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
@@ -255,6 +258,33 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
                 eprintln!("harness: robotd stopped ({st})");
                 "{}".into()
             }
+            Some("other-call-start") => {
+                let keys = bob_dir.path().join("bob.json");
+                let uri = pairing_uri(robot).to_string();
+                let mut pair = ns_of(net).command(robotctl_bin());
+                pair.arg("--keys").arg(&keys).args(["pair", &uri, "--phone", "+48 555 555 556", "--nickname", "Bob"]);
+                run(pair, "robotctl pair (Bob)");
+                let mut call = ns_of(net).command(robotctl_bin());
+                call.arg("--keys").arg(&keys).args(["call", "--webrtc", "-x", "wait 12"]);
+                bob = Some(call.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+                let calling = wait_until(SOON, || status_sync(robot)["call"].is_object());
+                eprintln!("harness: Bob calls the robot");
+                if calling {
+                    "{}".into()
+                } else {
+                    serde_json::json!({ "error": "Bob's call did not start" }).to_string()
+                }
+            }
+            Some("other-call-stop") => {
+                let done = bob.as_mut().is_some_and(|b| wait_until(SOON, || b.try_wait().unwrap().is_some()));
+                let free = wait_until(SOON, || status_sync(robot)["call"].is_null());
+                eprintln!("harness: Bob hung up");
+                if done && free {
+                    "{}".into()
+                } else {
+                    serde_json::json!({ "error": "Bob's call did not end" }).to_string()
+                }
+            }
             Some("cut-udp") => {
                 net.set_udp_only(true);
                 net.cut();
@@ -277,6 +307,10 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
             break;
         }
     }
+    if let Some(mut b) = bob {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
     let status = child.wait().unwrap();
     // Let the stderr thread drain.
     while let Ok(Some(l)) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -295,7 +329,8 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
 /// microphone's tone reaches the robot's test speaker while unmuted, silence
 /// after muting), the broker restarted
 /// mid-call (banner shown and gone, the call goes on), hang-up on both
-/// sides; then a call whose media helper is killed (the phone shows
+/// sides; a call while another owner is in one (busy, said so); then a call
+/// whose media helper is killed (the phone shows
 /// `media_failed` at once) and a robot gone offline (shown, and no call is
 /// placed). Saves `call-screen.png`.
 #[test]
@@ -314,7 +349,7 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     let audio = "[audio]\ndevice = \"test\"\nspeaker = \"test\"\n";
     let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), audio));
     robot.spawn_wrapped(net.robot.command("env"));
-    let steps = "pair,call,goto,drive,talk,broker,hangup,media-failed,offline";
+    let steps = "pair,call,goto,drive,talk,broker,hangup,busy,media-failed,offline";
     let phone = Phone::prepare(&net.lan_phone, &robot, work.path(), &dist, "lan", steps);
     let said = drive_phone(&mut net, |n| &n.lan_phone, &mut robot, &phone.env);
     let out = &phone.out;
@@ -325,6 +360,7 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");
     assert!(said.contains("ended media_failed") && said.contains("robot offline: call refused"), "{said}");
+    assert!(said.contains("busy: "), "{said}");
     assert!(out.join("call-screen.png").exists(), "no screenshot in {}", out.display());
     eprintln!("screenshot: {}", out.join("call-screen.png").display());
 }

@@ -8,7 +8,8 @@
 // line on stdin. Requests: `status` (robotd status), `stop-broker` (kill
 // Mosquitto, as in a crash), `start-broker`, `kill-helper` (SIGKILL robotd's
 // media helper), `stop-robot` (robotd stops gracefully: offline), `cut-udp`
-// (the carrier drops all UDP: the media path, not the broker) and `restore`. Everything else it prints is a
+// (the carrier drops all UDP: the media path, not the broker), `restore`, and
+// `other-call-start`/`other-call-stop` (a second owner, robotctl, in a call). Everything else it prints is a
 // progress line for the test's output. Exit status 0 = every step passed.
 //
 // Environment (set by the harness):
@@ -35,7 +36,7 @@ const env = (k, d) => {
 const APP_URL = env('APP_URL');
 const ROBOT_ID = env('ROBOT_ID');
 const OUT_DIR = env('OUT_DIR');
-const ALL = ['refused-login', 'pair', 'pair-link', 'call', 'network-change', 'goto', 'drive', 'talk', 'broker', 'hangup', 'media-failed', 'offline'];
+const ALL = ['refused-login', 'pair', 'pair-link', 'call', 'network-change', 'goto', 'drive', 'talk', 'broker', 'hangup', 'busy', 'media-failed', 'offline'];
 const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
 
 // Generous: a busy 2-core machine builds, encodes and decodes at once.
@@ -338,6 +339,16 @@ try {
     if (await page.locator('#back').isVisible()) await page.click('#back');
     await page.locator('#contacts').waitFor({ timeout: LONG });
   };
+
+  if (STEPS.includes('busy')) {
+    // Someone else is in a call: the phone is told so.
+    await backToContacts();
+    await ask('other-call-start');
+    await page.click(`${contactSel} [data-testid=call]`);
+    await until('busy', LONG, async () => (await attr('#call-screen', 'data-end-reason')) === 'busy');
+    say(`busy: "${await page.textContent('#message')}"`);
+    await ask('other-call-stop');
+  }
 
   if (STEPS.includes('media-failed')) {
     // The robot's media helper dies mid-call: the phone says so at once.
