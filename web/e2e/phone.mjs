@@ -23,6 +23,8 @@
 //   BROKER_PASSWORD  typed into the first-run screen when set
 //   PAIR_URI   the robot's pairing URI, for the pair-link step (a link that
 //              opens the app with it in the fragment)
+//   INSECURE_URL  the app from a plain http:// network address (no secure
+//              context), checked with the pair step
 
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -134,6 +136,14 @@ try {
   }
 
   const link = STEPS.includes('pair-link') ? `#pair=${encodeURIComponent(env('PAIR_URI'))}` : '';
+  if (process.env.INSECURE_URL && STEPS.includes('pair')) {
+    // From a plain http:// network address the page is no secure context: it says so.
+    const p2 = await context.newPage();
+    await p2.goto(process.env.INSECURE_URL);
+    await p2.locator('#insecure').waitFor({ timeout: LONG });
+    say(`not a secure context: "${(await p2.textContent('#insecure')).trim().replace(/\s+/g, ' ')}"`);
+    await p2.close();
+  }
   await page.goto(APP_URL + link);
   if (link) {
     // The secret leaves the address bar at once.
