@@ -1,9 +1,9 @@
 /**
  * Scan a pairing QR code with the camera: getUserMedia (the back camera), a <video>, and a
  * canvas loop decoding with jsQR a few times a second. Bounded: it gives up after 60 s, and
- * the camera is stopped on success, cancel and timeout alike.
+ * the camera is stopped on success, cancel and timeout alike. jsQR is loaded only when a scan
+ * starts (its own chunk), so opening the app does not download it.
  */
-import jsQR from "jsqr";
 
 export interface Scan {
   cancel(): void;
@@ -32,10 +32,13 @@ export function scanQr(video: HTMLVideoElement, accept: (text: string) => boolea
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   const started = performance.now();
   (async () => {
+    const decoder = import("jsqr"); // fetched while the camera starts
+    let jsQR: (typeof import("jsqr"))["default"];
     try {
       stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+      jsQR = (await decoder).default;
     } catch {
-      return stop(null);
+      return stop(null); // stops the camera too, if it had started
     }
     if (stopped) return stop(null);
     video.srcObject = stream;
