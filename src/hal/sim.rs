@@ -201,7 +201,7 @@ fn distance(o: &Obstacle, p: [f64; 2]) -> f64 {
 
 /// Distance along the ray `from + t·dir` (|dir| = 1, t ≥ 0) to the
 /// obstacle's surface; 0 when `from` is inside it.
-fn ray_hit(o: &Obstacle, from: [f64; 2], dir: [f64; 2]) -> Option<f64> {
+pub(crate) fn ray_hit(o: &Obstacle, from: [f64; 2], dir: [f64; 2]) -> Option<f64> {
     match o {
         Obstacle::Circle { center, radius } => {
             let oc = [from[0] - center[0], from[1] - center[1]];
