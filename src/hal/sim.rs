@@ -492,6 +492,11 @@ impl Sim {
         self.lock().pose = Pose { heading: wrap_angle(pose.heading), ..pose };
     }
 
+    /// The obstacles as they are now (what the simulated camera sees).
+    pub fn obstacles(&self) -> Vec<Obstacle> {
+        self.lock().obstacles.clone()
+    }
+
     /// Replaces the obstacles, e.g. to shut a door in the robot's path.
     pub fn set_obstacles(&self, obstacles: Vec<Obstacle>) {
         self.lock().obstacles = obstacles;
