@@ -500,7 +500,10 @@ mod tests {
         let c = Config::load(&path).unwrap();
         let map = c.nav.as_ref().unwrap().validate().unwrap();
         assert_eq!(map.places(), ["home", "hall", "kitchen", "bedroom"]);
-        assert_eq!(c.hardware.sim.obstacles.len(), 1, "the shut bedroom door");
+        let door = crate::hal::config::Obstacle::Box { min: [3.0, -0.6], max: [3.05, 0.6] };
+        assert_eq!(c.hardware.sim.obstacles.first(), Some(&door), "the shut bedroom door first, then the walls");
+        assert!(c.hardware.sim.obstacles.len() > 1, "the flat has walls");
+        assert_eq!(c.video.device, "sim");
         assert!(parse("").unwrap().nav.is_none());
     }
 
