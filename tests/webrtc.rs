@@ -25,9 +25,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use robotd::webrtc::ipc::{self, FromHelper, ToHelper};
 use robotd::hal::config::Obstacle;
 use robotd::webrtc::SIM_DEVICE;
+use robotd::webrtc::ipc::{self, FromHelper, ToHelper};
 use robotd::webrtc::phone::PhoneOptions;
 use robotd::webrtc::{AudioSpec, IceConfig, PeerEvent, PhonePeer, SpeakerLevel, VideoSpec};
 use serde::{Deserialize, Serialize};
@@ -148,11 +148,14 @@ fn run_phone() -> Result<(), String> {
         let (out, peer) = (out.clone(), peer.clone());
         std::thread::spawn(move || {
             loop {
-                send(&out, &FromPhone::Frames {
+                send(
+                    &out,
+                    &FromPhone::Frames {
                         n: peer.frames_decoded(),
                         audio: peer.audio_buffers_decoded(),
                         walls: peer.wall_fraction(),
-                    });
+                    },
+                );
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
@@ -334,7 +337,13 @@ struct Opts {
 
 impl Default for Opts {
     fn default() -> Opts {
-        Opts { phone_nack: true, phone_audio: false, audio: AudioSpec::default(), video: small_video(), sim_world: None }
+        Opts {
+            phone_nack: true,
+            phone_audio: false,
+            audio: AudioSpec::default(),
+            video: small_video(),
+            sim_world: None,
+        }
     }
 }
 
@@ -554,8 +563,7 @@ fn sim_camera_call(device: &str) -> Option<(bool, f64, f64, String)> {
     let video = VideoSpec { device: device.into(), ..small_video() };
     let opts = Opts { video, sim_world: Some(vec![door]), ..Opts::default() };
     let default = IceConfig::default();
-    let mut call =
-        Call::start_with(&net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, opts);
+    let mut call = Call::start_with(&net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, opts);
     let pose = |x: f64| ToHelper::Pose { x, y: 0.0, heading: 0.0, state: "driving".into() };
     call.robot.send(&pose(0.0));
     let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
@@ -872,7 +880,13 @@ fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
 /// Start `helper` on `offer` (small video, `audio`) and wait for its answer;
 /// `None` when it ends or dies first.
 fn answer_of(helper: &mut Proc, rx: &Receiver<Heard>, offer: &str, audio: AudioSpec) -> Option<String> {
-    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), audio, ice: IceConfig::default(), sim_world: None });
+    helper.send(&ToHelper::Start {
+        offer_sdp: offer.into(),
+        video: small_video(),
+        audio,
+        ice: IceConfig::default(),
+        sim_world: None,
+    });
     let mut answer = None;
     wait_for(rx, CALL_TIMEOUT, |h| match h {
         Heard::Robot(FromHelper::Answer { sdp }) => {

@@ -8,10 +8,10 @@ use tracing::{info, warn};
 
 use super::helper::Helper;
 use crate::config::{AudioConfig, VideoConfig};
+use crate::hal::sim::{Pose, Sim};
 use crate::robot::admin::{MediaStatus, VideoSendStatus};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
-use crate::hal::sim::{Pose, Sim};
 use crate::webrtc::SIM_DEVICE;
 use crate::webrtc::ipc::{FromHelper, ToHelper};
 

@@ -90,8 +90,24 @@ fn wall_colour(i: usize) -> (f64, u8, u8) {
     HUES[i % HUES.len()]
 }
 
+/// One column's wall: rows `[top, bottom)` and its colour.
+struct Span {
+    top: usize,
+    bottom: usize,
+    y: u8,
+    u: u8,
+    v: u8,
+}
+
 /// Render the view into `out` (resized to [`i420_len`]) as I420.
-pub fn render_i420(world: &[Obstacle], pose: &ViewPose, overlay: Option<&Overlay>, width: u32, height: u32, out: &mut Vec<u8>) {
+pub fn render_i420(
+    world: &[Obstacle],
+    pose: &ViewPose,
+    overlay: Option<&Overlay>,
+    width: u32,
+    height: u32,
+    out: &mut Vec<u8>,
+) {
     let (w, h) = (width as usize, height as usize);
     out.clear();
     out.resize(i420_len(width, height), 128);
@@ -102,7 +118,7 @@ pub fn render_i420(world: &[Obstacle], pose: &ViewPose, overlay: Option<&Overlay
     let focal = (w as f64 / 2.0) / (FOV_DEG.to_radians() / 2.0).tan();
     let horizon = h as f64 / 2.0;
     // Per column: the wall's rows [top, bottom) and colour.
-    let spans: Vec<Option<(usize, usize, u8, u8, u8)>> = hits
+    let spans: Vec<Option<Span>> = hits
         .iter()
         .map(|hit| {
             hit.map(|hit| {
@@ -111,7 +127,7 @@ pub fn render_i420(world: &[Obstacle], pose: &ViewPose, overlay: Option<&Overlay
                 let (y, u, v) = wall_colour(hit.obstacle);
                 let shade = 1.0 / (1.0 + 0.15 * hit.depth);
                 let clamp = |r: f64| r.clamp(0.0, h as f64) as usize;
-                (clamp(top), clamp(bottom), (y * shade + 20.0) as u8, u, v)
+                Span { top: clamp(top), bottom: clamp(bottom), y: (y * shade + 20.0) as u8, u, v }
             })
         })
         .collect();
@@ -123,19 +139,19 @@ pub fn render_i420(world: &[Obstacle], pose: &ViewPose, overlay: Option<&Overlay
         line.fill(base as u8);
     }
     for (col, span) in spans.iter().enumerate() {
-        if let Some((top, bottom, y, _, _)) = *span {
-            for row in top..bottom {
-                luma[row * w + col] = y;
+        if let Some(s) = span {
+            for row in s.top..s.bottom {
+                luma[row * w + col] = s.y;
             }
         }
     }
     let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
     let (us, vs) = chroma.split_at_mut(cw * ch);
     for (ccol, pair) in spans.chunks(2).enumerate() {
-        if let Some((top, bottom, _, u, v)) = pair[0] {
-            for crow in top.div_ceil(2)..bottom / 2 {
-                us[crow * cw + ccol] = u;
-                vs[crow * cw + ccol] = v;
+        if let Some(s) = &pair[0] {
+            for crow in s.top.div_ceil(2)..s.bottom / 2 {
+                us[crow * cw + ccol] = s.u;
+                vs[crow * cw + ccol] = s.v;
             }
         }
     }

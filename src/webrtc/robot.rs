@@ -42,9 +42,9 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
 use super::congestion::{self, Readings};
+use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
 use crate::hal::config::Obstacle;
 use crate::video::simview::{self, ViewPose};
-use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
 
 /// How long a negotiation step may take before the call fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -655,9 +655,8 @@ fn spawn_sim_camera(
         let mut frame = Vec::new();
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let time_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let time_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             simview::render_i420(&scene.world, &scene.pose(), Some(&simview::Overlay { time_ms }), w, h, &mut frame);
             // Before PLAYING and after stop the push is refused; that is fine.
             let _ = appsrc.push_buffer(gst::Buffer::from_mut_slice(std::mem::take(&mut frame)));
