@@ -63,7 +63,9 @@ pub struct Config {
 #[serde(from = "VideoToml", into = "VideoToml")]
 pub struct VideoConfig {
     /// `"auto"` (the first V4L2 camera with a usable format), a device such as
-    /// `"/dev/video0"`, or `"test"` for GStreamer's test pattern (no camera).
+    /// `"/dev/video0"`, `"test"` for GStreamer's test pattern (no camera), or `"sim"`
+    /// (with `hardware.backend = "sim"`): the simulated robot's view, rendered by
+    /// [`crate::video::simview`] in version 2 calls (version 1 calls show the test pattern).
     pub device: String,
     /// `"auto"` (v4l2h264enc, else x264enc, else openh264enc) or one of those names.
     pub encoder: String,
@@ -395,7 +397,18 @@ impl Config {
             );
         }
         if v.device.is_empty() {
-            return bad("video.device", "must be \"auto\", \"test\" or a device path such as /dev/video0".into());
+            return bad(
+                "video.device",
+                "must be \"auto\", \"test\", \"sim\" or a device path such as /dev/video0".into(),
+            );
+        }
+        if v.device == crate::webrtc::SIM_DEVICE && self.hardware.backend != crate::hal::config::Backend::Sim {
+            return bad(
+                "video.device",
+                "\"sim\" shows the simulated robot's world and needs hardware.backend = \"sim\"; \
+                 set video.device to \"auto\", \"test\" or a camera such as /dev/video0"
+                    .into(),
+            );
         }
         use crate::wire::payloads as pl;
         let v = &self.video.preferred;
@@ -487,7 +500,10 @@ mod tests {
         let c = Config::load(&path).unwrap();
         let map = c.nav.as_ref().unwrap().validate().unwrap();
         assert_eq!(map.places(), ["home", "hall", "kitchen", "bedroom"]);
-        assert_eq!(c.hardware.sim.obstacles.len(), 1, "the shut bedroom door");
+        let door = crate::hal::config::Obstacle::Box { min: [3.0, -0.6], max: [3.05, 0.6] };
+        assert_eq!(c.hardware.sim.obstacles.first(), Some(&door), "the shut bedroom door first, then the walls");
+        assert!(c.hardware.sim.obstacles.len() > 1, "the flat has walls");
+        assert_eq!(c.video.device, "sim");
         assert!(parse("").unwrap().nav.is_none());
     }
 
@@ -508,6 +524,7 @@ mod tests {
             ("[hardware]\nbackend = \"gpio\"", "hardware.backend"),
             ("[pairing]\nbutton = { pin = 17 }", "pairing.button.pin"),
             ("[video]\nencoder = \"vp8enc\"", "video.encoder"),
+            ("[hardware]\nbackend = \"rppal\"\n[video]\ndevice = \"sim\"", "video.device"),
             ("[video]\nwidth = 641", "video.width"),
             ("[video]\nkbps = 5", "video.kbps"),
             ("[audio]\nspeaker = \"\"", "audio.speaker"),

@@ -25,6 +25,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use robotd::hal::config::Obstacle;
+use robotd::webrtc::SIM_DEVICE;
 use robotd::webrtc::ipc::{self, FromHelper, ToHelper};
 use robotd::webrtc::phone::PhoneOptions;
 use robotd::webrtc::{AudioSpec, IceConfig, PeerEvent, PhonePeer, SpeakerLevel, VideoSpec};
@@ -81,6 +83,9 @@ enum FromPhone {
         n: u64,
         #[serde(default)]
         audio: u64,
+        /// The last frame's coloured fraction (`simview::wall_fraction`).
+        #[serde(default)]
+        walls: f64,
     },
     Mismatch {
         want: String,
@@ -143,7 +148,14 @@ fn run_phone() -> Result<(), String> {
         let (out, peer) = (out.clone(), peer.clone());
         std::thread::spawn(move || {
             loop {
-                send(&out, &FromPhone::Frames { n: peer.frames_decoded(), audio: peer.audio_buffers_decoded() });
+                send(
+                    &out,
+                    &FromPhone::Frames {
+                        n: peer.frames_decoded(),
+                        audio: peer.audio_buffers_decoded(),
+                        walls: peer.wall_fraction(),
+                    },
+                );
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
@@ -319,11 +331,19 @@ struct Opts {
     audio: AudioSpec,
     /// What the robot sends.
     video: VideoSpec,
+    /// The simulated world (video device `sim`).
+    sim_world: Option<Vec<Obstacle>>,
 }
 
 impl Default for Opts {
     fn default() -> Opts {
-        Opts { phone_nack: true, phone_audio: false, audio: AudioSpec::default(), video: small_video() }
+        Opts {
+            phone_nack: true,
+            phone_audio: false,
+            audio: AudioSpec::default(),
+            video: small_video(),
+            sim_world: None,
+        }
     }
 }
 
@@ -333,6 +353,8 @@ struct Call {
     phone: Proc,
     rx: Receiver<Heard>,
     frames: u64,
+    /// The phone's last frame's coloured fraction.
+    walls: f64,
     /// The robot's latest `Stats`.
     frames_sent: u64,
     /// The robot's latest `Speaker`.
@@ -378,7 +400,7 @@ impl Call {
         tamper: Tamper,
         opts: Opts,
     ) -> Call {
-        let Opts { phone_nack, phone_audio, audio, video } = opts;
+        let Opts { phone_nack, phone_audio, audio, video, sim_world } = opts;
         let phone = PhoneOptions { nack: phone_nack, audio: phone_audio };
         let (tx, rx) = mpsc::channel();
         let phone = spawn_phone(phone_ns, net.dir(), &phone_ice, phone, tx.clone());
@@ -392,12 +414,13 @@ impl Call {
         assert!(offer.contains(robotd::webrtc::TWCC_URI), "the phone offers transport-cc (trap d):\n{offer}");
         let offer = if tamper == Tamper::Offer { tamper_fingerprint(&offer) } else { offer };
         let mut robot = robot_helper(robot_ns, net.dir(), tx);
-        robot.send(&ToHelper::Start { offer_sdp: offer, video, audio, ice: robot_ice });
+        robot.send(&ToHelper::Start { offer_sdp: offer, video, audio, ice: robot_ice, sim_world });
         Call {
             robot,
             phone,
             rx,
             frames: 0,
+            walls: 0.0,
             frames_sent: 0,
             speaker: None,
             audio_received: 0,
@@ -479,8 +502,9 @@ impl Call {
                         self.robot.send(&ToHelper::RemoteCandidate { mline, candidate })
                     }
                     FromPhone::EndOfCandidates => self.robot.send(&ToHelper::EndOfCandidates),
-                    FromPhone::Frames { n, audio } => {
+                    FromPhone::Frames { n, audio, walls } => {
                         self.frames = n;
+                        self.walls = walls;
                         self.audio_received = audio;
                     }
                     other => self.phone_heard.push(format!("{other:?}")),
@@ -512,6 +536,50 @@ impl Call {
             self.phone.log()
         )
     }
+}
+
+/// The simulated robot's camera (video device `sim`): the helper renders
+/// the world it was given from the poses robotd sends, and the shut door
+/// ahead fills more of the phone's decoded picture as the robot nears it.
+#[test]
+fn the_sim_camera_shows_the_door_grow_as_the_robot_nears_it() {
+    let Some((grew, far, near, report)) = sim_camera_call(SIM_DEVICE) else { return };
+    assert!(grew && far > 0.01, "the door does not grow: far {far:.3}, near {near:.3}: {report}");
+}
+
+/// The same call with the test pattern shows no door: the check above can fail.
+#[test]
+fn the_test_pattern_shows_no_door() {
+    let Some((grew, far, near, report)) = sim_camera_call("test") else { return };
+    assert!(!grew && far <= 0.01, "far {far:.3}, near {near:.3}: {report}");
+}
+
+/// A call with `device`, the robot at 3 m then 0.8 m from a shut door:
+/// whether the coloured part of the picture doubled, its far and near values.
+fn sim_camera_call(device: &str) -> Option<(bool, f64, f64, String)> {
+    let _shared = shared();
+    let net = netns::Internet::new()?;
+    let door = Obstacle::Box { min: [3.0, -0.6], max: [3.05, 0.6] };
+    let video = VideoSpec { device: device.into(), ..small_video() };
+    let opts = Opts { video, sim_world: Some(vec![door]), ..Opts::default() };
+    let default = IceConfig::default();
+    let mut call = Call::start_with(&net, &net.robot, &net.lan_phone, default.clone(), default, Tamper::Nothing, opts);
+    let pose = |x: f64| ToHelper::Pose { x, y: 0.0, heading: 0.0, state: "driving".into() };
+    call.robot.send(&pose(0.0));
+    let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 15 || c.robot_ended().is_some());
+    assert!(ok && call.frames >= 15, "no video: {}", call.report());
+    // Settle on the far view: a few frames after the pose, then read it.
+    let seen = call.frames;
+    call.pump(CALL_TIMEOUT, |c| c.frames >= seen + 15);
+    let far = call.walls;
+    call.robot.send(&pose(2.2));
+    let seen = call.frames;
+    // 15 frames take 1 s; 30 s is generous even on a busy machine.
+    let grew = call.pump(Duration::from_secs(30), |c| c.frames >= seen + 15 && c.walls > 2.0 * far.max(0.01));
+    let near = call.walls;
+    eprintln!("device {device}: coloured fraction far {far:.3}, near {near:.3}");
+    call.robot.send(&ToHelper::Stop);
+    Some((grew, far, near, call.report()))
 }
 
 /// (a) Robot and phone on the same LAN, host candidates only, no STUN/TURN:
@@ -738,6 +806,7 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
         video: small_video(),
         audio: AudioSpec::default(),
         ice: IceConfig::default(),
+        sim_world: None,
     });
     let ended = wait_for(
         &rx,
@@ -811,7 +880,13 @@ fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
 /// Start `helper` on `offer` (small video, `audio`) and wait for its answer;
 /// `None` when it ends or dies first.
 fn answer_of(helper: &mut Proc, rx: &Receiver<Heard>, offer: &str, audio: AudioSpec) -> Option<String> {
-    helper.send(&ToHelper::Start { offer_sdp: offer.into(), video: small_video(), audio, ice: IceConfig::default() });
+    helper.send(&ToHelper::Start {
+        offer_sdp: offer.into(),
+        video: small_video(),
+        audio,
+        ice: IceConfig::default(),
+        sim_world: None,
+    });
     let mut answer = None;
     wait_for(rx, CALL_TIMEOUT, |h| match h {
         Heard::Robot(FromHelper::Answer { sdp }) => {
@@ -857,6 +932,7 @@ fn robotd_sees_a_killed_helper_and_a_helper_sees_robotd_go() {
         video: small_video(),
         audio: AudioSpec::default(),
         ice: IceConfig::default(),
+        sim_world: None,
     });
     assert!(wait_for(&rx2, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Answer { .. }))));
     helper.sock.shutdown(std::net::Shutdown::Both).unwrap();

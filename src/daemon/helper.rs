@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::media::MediaEvent;
+use crate::hal::config::Obstacle;
 use crate::webrtc::ipc::{self, FromHelper, ToHelper};
 use crate::webrtc::{AudioSpec, IceConfig, VideoSpec};
 use crate::wire::identity::ClientId;
@@ -49,6 +50,7 @@ impl Helper {
         video: VideoSpec,
         audio: AudioSpec,
         ice: IceConfig,
+        sim_world: Option<Vec<Obstacle>>,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Helper, String> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -65,7 +67,7 @@ impl Helper {
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket: {e}"))?;
         let (rd, wr) = stream.into_split();
         let (to_helper, rx) = mpsc::unbounded_channel();
-        let _ = to_helper.send(ToHelper::Start { offer_sdp, video, audio, ice });
+        let _ = to_helper.send(ToHelper::Start { offer_sdp, video, audio, ice, sim_world });
         info!(session = %session, pid = child.id(), "media helper started");
         tokio::spawn(write_loop(wr, rx));
         tokio::spawn(read_loop(session.clone(), rd, child, events));

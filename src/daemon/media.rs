@@ -8,10 +8,15 @@ use tracing::{info, warn};
 
 use super::helper::Helper;
 use crate::config::{AudioConfig, VideoConfig};
+use crate::hal::sim::{Pose, Sim};
 use crate::robot::admin::{MediaStatus, VideoSendStatus};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
+use crate::webrtc::SIM_DEVICE;
 use crate::webrtc::ipc::{FromHelper, ToHelper};
+
+/// How often the simulated robot's pose goes to a `sim` camera's helper.
+pub const POSE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 use crate::webrtc::{AudioSpec, IceConfig, SpeakerLevel, VideoSpec};
 use crate::wire::identity::ClientId;
 use crate::wire::payloads::VideoChange;
@@ -60,6 +65,10 @@ pub struct Media {
     speaker: Option<SpeakerLevel>,
     /// Its latest video statistics, and when they came.
     video_stats: Option<(VideoSendStatus, std::time::Instant, u64)>,
+    /// The simulated world, which video device `sim` shows.
+    sim: Option<Sim>,
+    /// The pose last sent to the helper (sent again only when it changed).
+    sent_pose: Option<(Pose, &'static str)>,
 }
 
 impl Media {
@@ -73,7 +82,39 @@ impl Media {
             helper: None,
             speaker: None,
             video_stats: None,
+            sim: None,
+            sent_pose: None,
         }
+    }
+
+    /// The simulated robot's world, for video device `sim` (sim backend only).
+    pub fn with_sim(mut self, sim: Option<Sim>) -> Self {
+        self.sim = sim;
+        self
+    }
+
+    /// Called every [`POSE_PERIOD`]: a version 2 call with video device
+    /// `sim` gets the robot's pose when it changed (at most one small
+    /// message per period, so the helper's queue stays short).
+    pub fn send_pose(&mut self) {
+        let (Some(sim), Some(h)) = (&self.sim, &self.helper) else { return };
+        if self.video_cfg.device != SIM_DEVICE {
+            return;
+        }
+        let snap = sim.snapshot();
+        let state = if snap.blocked {
+            "blocked"
+        } else if snap.wheel_speed_mps.iter().any(|v| v.abs() > 1e-3) {
+            "driving"
+        } else {
+            "idle"
+        };
+        if self.sent_pose == Some((snap.pose, state)) {
+            return;
+        }
+        self.sent_pose = Some((snap.pose, state));
+        let p = snap.pose;
+        h.send(ToHelper::Pose { x: p.x, y: p.y, heading: p.heading, state: state.into() });
     }
 
     /// Start a version 2 call's media helper with the phone's offer; its
@@ -90,7 +131,9 @@ impl Media {
             kbps: v.kbps,
         };
         let audio = AudioSpec { mic: self.audio_cfg.device.clone(), speaker: self.audio_cfg.speaker.clone() };
-        match Helper::spawn(req.session.clone(), req.offer_sdp, video, audio, ice, self.events.clone()) {
+        let sim_world = self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(Sim::obstacles);
+        self.sent_pose = None;
+        match Helper::spawn(req.session.clone(), req.offer_sdp, video, audio, ice, sim_world, self.events.clone()) {
             Ok(h) => self.helper = Some(h),
             Err(detail) => {
                 let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });

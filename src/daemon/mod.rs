@@ -268,6 +268,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     info!(backend = ?cfg.hardware.backend, "hardware ready, motors stopped");
     // Keeps the simulated world stepping in real time (sim backend only).
     let _sim = hw.sim().map(|s| s.run_realtime());
+    let sim = hw.sim().cloned();
     let store = DirStore::new(&cfg.robot.state_dir);
     // Stale temporary files of an interrupted owners write may hold keys.
     crate::state::owners::remove_stale_temp_files(&cfg.robot.state_dir);
@@ -279,7 +280,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     let link = Link::new(&cfg, robot, &client_id, generation, profile)?;
     let mut shell = Shell {
         link: link.handle(),
-        media: Media::new(cfg.video.clone(), cfg.audio.clone(), media_tx),
+        media: Media::new(cfg.video.clone(), cfg.audio.clone(), media_tx).with_sim(sim.clone()),
         broker_url: cfg.mqtt.url.clone(),
         webrtc: cfg.webrtc.clone(),
     };
@@ -302,6 +303,12 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
     notify(&[sd_notify::NotifyState::Ready]);
     let mut watchdog = watchdog_period().map(tokio::time::interval);
     let mut stall = test_stall();
+    // The simulated camera follows the robot (only with a sim to follow).
+    let mut pose_tick = sim.as_ref().map(|_| {
+        let mut t = tokio::time::interval(media::POSE_PERIOD);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    });
 
     loop {
         // The call's own requests first, whatever else is queued.
@@ -333,6 +340,10 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
             // Pinged from this loop, not a side timer, so a stuck loop is caught.
             _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
+                Vec::new()
+            }
+            _ = async { pose_tick.as_mut().unwrap().tick().await }, if pose_tick.is_some() => {
+                shell.media.send_pose();
                 Vec::new()
             }
             _ = test_stall_due(&mut stall) => {

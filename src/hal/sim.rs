@@ -201,7 +201,7 @@ fn distance(o: &Obstacle, p: [f64; 2]) -> f64 {
 
 /// Distance along the ray `from + t·dir` (|dir| = 1, t ≥ 0) to the
 /// obstacle's surface; 0 when `from` is inside it.
-fn ray_hit(o: &Obstacle, from: [f64; 2], dir: [f64; 2]) -> Option<f64> {
+pub(crate) fn ray_hit(o: &Obstacle, from: [f64; 2], dir: [f64; 2]) -> Option<f64> {
     match o {
         Obstacle::Circle { center, radius } => {
             let oc = [from[0] - center[0], from[1] - center[1]];
@@ -490,6 +490,11 @@ impl Sim {
     /// Moves the robot (for test set-up); wheel speeds are kept.
     pub fn set_pose(&self, pose: Pose) {
         self.lock().pose = Pose { heading: wrap_angle(pose.heading), ..pose };
+    }
+
+    /// The obstacles as they are now (what the simulated camera sees).
+    pub fn obstacles(&self) -> Vec<Obstacle> {
+        self.lock().obstacles.clone()
     }
 
     /// Replaces the obstacles, e.g. to shut a door in the robot's path.

@@ -13,6 +13,8 @@
 //! - [`sender`]: [`VideoSender`], the camera -> encoder -> RTP -> SRTP -> UDP pipeline,
 //!   with bitrate and size/fps changes while running.
 //! - [`audio`]: [`AudioSender`], microphone -> Opus -> RTP -> SRTP -> UDP.
+//! - [`simview`]: the simulated robot's camera, a ray-cast first-person view of the
+//!   simulator's obstacles as I420 frames (pure; `robotd media` renders it for `video.device = "sim"`).
 //! - [`receiver`]: [`Receiver`], UDP -> SRTP -> depay -> decode, counting frames,
 //!   optionally recording to Matroska and saving a PNG snapshot (used by `robotctl`
 //!   and by the tests); [`AudioReceiver`] does the same for Opus.
@@ -28,6 +30,7 @@ pub mod camera;
 pub mod encoder;
 pub mod receiver;
 pub mod sender;
+pub mod simview;
 mod supervise;
 
 use std::path::PathBuf;

@@ -39,7 +39,8 @@ pub enum VideoSource {
 impl VideoSource {
     /// `"test"` is the test pattern; anything else is a device path.
     pub fn from_config(device: &str) -> Self {
-        if device == "test" { VideoSource::Test } else { VideoSource::Device(device.into()) }
+        // `sim` is rendered by the media helper (version 2 calls); a version 1 call shows the test pattern.
+        if device == "test" || device == "sim" { VideoSource::Test } else { VideoSource::Device(device.into()) }
     }
 }
 

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::ipc::{self, FromHelper, ToHelper};
-use super::{PeerEvent, RobotPeer};
+use super::{PeerEvent, RobotPeer, SIM_DEVICE, SimScene};
+use crate::video::simview::ViewPose;
 
 /// How long teardown may take before the helper exits anyway.
 const STOP_BOUND: Duration = Duration::from_secs(3);
@@ -270,6 +271,8 @@ pub fn main() -> ! {
         exit_now(2);
     }
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
+    // Device `sim`'s world and pose (set by Start, moved by Pose).
+    let mut scene: Option<Arc<SimScene>> = None;
     let end = |peer: &Arc<Mutex<Option<RobotPeer>>>, code: i32| -> ! {
         stop_bounded(peer);
         exit_now(code)
@@ -288,7 +291,7 @@ pub fn main() -> ! {
             }
         };
         match msg {
-            ToHelper::Start { offer_sdp, video, audio, ice } => {
+            ToHelper::Start { offer_sdp, video, audio, ice, sim_world } => {
                 if peer.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                     send(
                         &out,
@@ -297,7 +300,8 @@ pub fn main() -> ! {
                     end(&peer, 2);
                 }
                 let (tx, rx) = mpsc::channel();
-                match RobotPeer::answer(&offer_sdp, &video, &audio, &ice, tx) {
+                scene = (video.device == SIM_DEVICE).then(|| SimScene::new(sim_world.unwrap_or_default()));
+                match RobotPeer::answer_with_scene(&offer_sdp, &video, &audio, &ice, tx, scene.clone()) {
                     Ok((p, sdp)) => {
                         *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
                         send(&out, &FromHelper::Answer { sdp });
@@ -318,6 +322,11 @@ pub fn main() -> ! {
             ToHelper::RemoteCandidate { mline, candidate } => {
                 if let Some(p) = peer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                     p.add_remote_candidate(mline, &candidate);
+                }
+            }
+            ToHelper::Pose { x, y, heading, state } => {
+                if let Some(scene) = &scene {
+                    scene.set_pose(ViewPose { x, y, heading, state });
                 }
             }
             ToHelper::EndOfCandidates => {

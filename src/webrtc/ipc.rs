@@ -12,12 +12,13 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{AudioSpec, IceConfig, SpeakerLevel, VideoSpec};
+use crate::hal::config::Obstacle;
 
 /// Largest frame body accepted or sent (an SDP offer is at most ~12 KB).
 pub const MAX_FRAME: usize = 64 * 1024;
 
 /// robotd → helper.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ToHelper {
     /// Answer this offer and send video (and audio, protocol.md 7.8).
@@ -28,6 +29,23 @@ pub enum ToHelper {
         #[serde(default)]
         audio: AudioSpec,
         ice: IceConfig,
+        /// The simulated world (`[[hardware.sim.obstacles]]`) that video
+        /// device `sim` renders; absent (an older robotd, a real robot): none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sim_world: Option<Vec<Obstacle>>,
+    },
+    /// The simulated robot's pose and state, for video device `sim`
+    /// (robotd sends it while such a call runs, when the pose changed).
+    Pose {
+        /// Metres.
+        x: f64,
+        /// Metres.
+        y: f64,
+        /// Radians, 0 along +x, counter-clockwise positive.
+        heading: f64,
+        /// `idle`, `driving`, `blocked`… (shown in the picture).
+        #[serde(default)]
+        state: String,
     },
     /// A candidate of the phone's (`candidate:…`).
     RemoteCandidate { mline: u32, candidate: String },
@@ -172,6 +190,7 @@ mod tests {
             video: video(),
             audio: AudioSpec { mic: Some("test".into()), speaker: Some("plughw:0,0".into()) },
             ice: IceConfig::default(),
+            sim_world: Some(vec![Obstacle::Box { min: [3.0, -0.6], max: [3.05, 0.6] }]),
         }
     }
 
@@ -196,9 +215,12 @@ mod tests {
     fn messages_round_trip_through_frames() {
         let mut buf = Vec::new();
         write_frame(&mut buf, &start()).unwrap();
+        let pose = ToHelper::Pose { x: 1.5, y: -0.25, heading: 0.5, state: "driving".into() };
+        write_frame(&mut buf, &pose).unwrap();
         write_frame(&mut buf, &ToHelper::Stop).unwrap();
         let mut r = &buf[..];
         assert_eq!(read_frame::<_, ToHelper>(&mut r).unwrap(), Some(start()));
+        assert_eq!(read_frame::<_, ToHelper>(&mut r).unwrap(), Some(pose));
         assert_eq!(read_frame::<_, ToHelper>(&mut r).unwrap(), Some(ToHelper::Stop));
         assert!(read_frame::<_, ToHelper>(&mut r).unwrap().is_none());
         let e = FromHelper::Ended { reason: "fingerprint_mismatch".into(), detail: "x".into() };
@@ -213,7 +235,7 @@ mod tests {
         // A Start without `audio` (an older robotd) means no microphone and no speaker.
         let old = br#"{"type":"Start","offer_sdp":"v=0","video":{"device":"test","width":320,"height":240,"fps":15,"kbps":300},"ice":{}}"#;
         assert!(
-            matches!(decode::<ToHelper>(old).unwrap(), ToHelper::Start { audio, .. } if audio == AudioSpec::default())
+            matches!(decode::<ToHelper>(old).unwrap(), ToHelper::Start { audio, sim_world: None, .. } if audio == AudioSpec::default())
         );
     }
 
@@ -228,6 +250,7 @@ mod tests {
             video: video(),
             audio: AudioSpec::default(),
             ice: IceConfig::default(),
+            sim_world: None,
         };
         assert!(matches!(encode(&big), Err(IpcError::TooLarge { .. })));
     }

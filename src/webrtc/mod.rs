@@ -39,7 +39,7 @@ use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use phone::PhonePeer;
-pub use robot::RobotPeer;
+pub use robot::{RobotPeer, SIM_DEVICE, SimScene};
 pub use sdp::{AudioLine, Fingerprint, OfferInfo, SdpError};
 
 /// The transport-wide congestion control RTP header extension.

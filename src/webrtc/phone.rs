@@ -17,6 +17,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::video::simview;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_sdp as gst_sdp;
@@ -76,6 +77,8 @@ pub struct PhonePeer {
     gate: Arc<Mutex<Gate>>,
     frames: Arc<AtomicU64>,
     audio_buffers: Arc<AtomicU64>,
+    /// The last decoded frame's [`simview::wall_fraction`] (f64 bits).
+    walls: Arc<AtomicU64>,
     /// The tone's source, when the phone offers audio.
     mic: Option<gst::Element>,
     stop: Arc<AtomicBool>,
@@ -122,20 +125,21 @@ impl PhonePeer {
         let gate = Arc::new(Mutex::new(Gate::default()));
         let frames = Arc::new(AtomicU64::new(0));
         let audio_buffers = Arc::new(AtomicU64::new(0));
+        let walls = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         // The microphone first: its pad makes transceiver 0 (m-line 0, as in Chromium's offers).
         let mic = if opts.audio { Some(add_tone(&pipeline, &webrtc)?) } else { None };
 
         {
             let (pipeline_weak, gate, frames) = (pipeline.downgrade(), gate.clone(), frames.clone());
-            let audio_buffers = audio_buffers.clone();
+            let (audio_buffers, walls) = (audio_buffers.clone(), walls.clone());
             let tx = events.clone();
             webrtc.connect_pad_added(move |_, pad| {
                 if pad.direction() != gst::PadDirection::Src {
                     return;
                 }
                 let Some(pipeline) = pipeline_weak.upgrade() else { return };
-                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames, &audio_buffers) {
+                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames, &audio_buffers, &walls) {
                     let _ = tx.send(PeerEvent::Failed(format!("receive path: {e}")));
                 }
             });
@@ -160,7 +164,7 @@ impl PhonePeer {
         super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone", |_| {})
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
         pipeline.set_state(gst::State::Playing).map_err(|e| WebrtcError::Pipeline(format!("to PLAYING: {e}")))?;
-        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, mic, stop, events };
+        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, mic, stop, events };
         let offer = peer.make_offer(opts.nack).inspect_err(|_| peer.shutdown())?;
         Ok((peer, offer))
     }
@@ -228,6 +232,12 @@ impl PhonePeer {
     /// Frames decoded since the robot's certificate was verified.
     pub fn frames_decoded(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
+    }
+
+    /// How much of the last decoded frame is coloured
+    /// ([`simview::wall_fraction`]: the walls of video device `sim`).
+    pub fn wall_fraction(&self) -> f64 {
+        f64::from_bits(self.walls.load(Ordering::Relaxed))
     }
 
     /// Opus buffers of the robot's decoded since its certificate was verified.
@@ -300,6 +310,21 @@ fn add_tone(pipeline: &gst::Pipeline, webrtc: &gst::Element) -> Result<gst::Elem
     Ok(tone)
 }
 
+/// [`simview::wall_fraction`] of a decoded I420 frame (a fakesink
+/// `handoff`'s buffer and pad); `None` for another format.
+fn frame_walls(args: &[gst::glib::Value]) -> Option<f64> {
+    let buffer = args.get(1)?.get::<gst::Buffer>().ok()?;
+    let pad = args.get(2)?.get::<gst::Pad>().ok()?;
+    let caps = pad.current_caps()?;
+    let s = caps.structure(0)?;
+    if s.get::<&str>("format").ok()? != "I420" {
+        return None;
+    }
+    let (w, h) = (s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?);
+    let map = buffer.map_readable().ok()?;
+    Some(simview::wall_fraction(map.as_slice(), u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+}
+
 fn link_receiver(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
@@ -307,6 +332,7 @@ fn link_receiver(
     gate: &Arc<Mutex<Gate>>,
     frames: &Arc<AtomicU64>,
     audio_buffers: &Arc<AtomicU64>,
+    walls: &Arc<AtomicU64>,
 ) -> Result<(), String> {
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let s = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.to_owned()));
@@ -332,9 +358,15 @@ fn link_receiver(
         let valve = bin.by_name("gate").ok_or("valve missing")?;
         let sink = bin.by_name("frames").ok_or("fakesink missing")?;
         let (gate2, frames) = (gate.clone(), if is_video { frames.clone() } else { audio_buffers.clone() });
-        sink.connect("handoff", false, move |_| {
+        let walls = walls.clone();
+        sink.connect("handoff", false, move |args| {
             if gate2.lock().map(|g| g.verified).unwrap_or(false) {
                 frames.fetch_add(1, Ordering::Relaxed);
+                if is_video {
+                    if let Some(f) = frame_walls(args) {
+                        walls.store(f.to_bits(), Ordering::Relaxed);
+                    }
+                }
             }
             None
         });

@@ -1,7 +1,8 @@
 //! The robot's peer: answers the phone's offer and sends H.264.
 //!
 //! ```text
-//! videotestsrc|v4l2src → videoconvert → (call's size) → videoscale → capsfilter size
+//! videotestsrc|v4l2src|appsrc (device `sim`: [`SimScene`] rendered by
+//!   [`simview`]) → videoconvert → (call's size) → videoscale → capsfilter size
 //!   → x264enc (zerolatency) → constrained baseline
 //!   → h264parse → rtph264pay (offer's PT, + transport-cc) → capssetter 42e01f
 //!   → valve (closed until the phone's DTLS certificate matches its offer) → webrtcbin
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
 use gstreamer_rtp as gst_rtp;
 use gstreamer_rtp::prelude::*;
 use gstreamer_sdp as gst_sdp;
@@ -41,6 +43,8 @@ use gstreamer_webrtc as gst_webrtc;
 
 use super::congestion::{self, Readings};
 use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
+use crate::hal::config::Obstacle;
+use crate::video::simview::{self, ViewPose};
 
 /// How long a negotiation step may take before the call fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,11 +133,29 @@ impl RobotPeer {
         ice: &IceConfig,
         events: Sender<PeerEvent>,
     ) -> Result<(RobotPeer, String), WebrtcError> {
+        Self::answer_with_scene(offer_sdp, video, audio, ice, events, None)
+    }
+
+    /// [`RobotPeer::answer`], with the simulated world that video device
+    /// `sim` renders (`None`: an empty world, floor and ceiling only).
+    pub fn answer_with_scene(
+        offer_sdp: &str,
+        video: &VideoSpec,
+        audio: &AudioSpec,
+        ice: &IceConfig,
+        events: Sender<PeerEvent>,
+        scene: Option<Arc<SimScene>>,
+    ) -> Result<(RobotPeer, String), WebrtcError> {
         super::init()?;
         let info = sdp::check_offer(offer_sdp)?;
         check_video(video)?;
         let pattern = test_pattern(&video.device);
-        let source = if pattern.is_some() { "videotestsrc" } else { "v4l2src" };
+        let sim = (video.device == SIM_DEVICE).then(|| scene.unwrap_or_else(|| SimScene::new(Vec::new())));
+        let source = match (&sim, pattern) {
+            (Some(_), _) => "appsrc",
+            (None, Some(_)) => "videotestsrc",
+            (None, None) => "v4l2src",
+        };
         super::require_elements(&[
             source,
             "videoconvert",
@@ -147,7 +169,20 @@ impl RobotPeer {
             "dtlssrtpdec",
         ])?;
         // The device path is set as a property below, never spliced into the description.
-        let src = if pattern.is_some() { "videotestsrc name=src is-live=true" } else { "v4l2src name=src" };
+        let src = match (&sim, pattern) {
+            // Frames pushed by `spawn_sim_camera` at the call's size and rate;
+            // at most 2 queued, the oldest dropped, so a slow encoder never
+            // builds up delay or memory.
+            (Some(_), _) => format!(
+                "appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream \
+                 caps=video/x-raw,format=I420,width={w},height={h},framerate={fps}/1,pixel-aspect-ratio=1/1",
+                w = video.width,
+                h = video.height,
+                fps = video.fps,
+            ),
+            (None, Some(_)) => "videotestsrc name=src is-live=true".into(),
+            (None, None) => "v4l2src name=src".into(),
+        };
         let desc = format!(
             "{src} ! videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! videoscale ! capsfilter name=size caps=video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 \
@@ -169,9 +204,10 @@ impl RobotPeer {
             .map_err(|_| WebrtcError::Pipeline("not a pipeline".into()))?;
         let get =
             |name: &str| pipeline.by_name(name).ok_or_else(|| WebrtcError::Pipeline(format!("element {name} missing")));
-        match pattern {
-            Some(p) => get("src")?.set_property_from_str("pattern", p),
-            None => get("src")?.set_property("device", &video.device),
+        match (&sim, pattern) {
+            (Some(_), _) => {}
+            (None, Some(p)) => get("src")?.set_property_from_str("pattern", p),
+            (None, None) => get("src")?.set_property("device", &video.device),
         }
         let webrtc = get("webrtc")?;
         let valve = get("gate")?;
@@ -318,6 +354,13 @@ impl RobotPeer {
         };
         super::spawn_bus_watch(&pipeline, events, stop.clone(), "robot", on_element)
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
+        if let Some(scene) = sim {
+            let appsrc = get("src")?
+                .downcast::<gst_app::AppSrc>()
+                .map_err(|_| WebrtcError::Pipeline("element src is not an appsrc".into()))?;
+            spawn_sim_camera(appsrc, scene, video, stop.clone())
+                .map_err(|e| WebrtcError::Pipeline(format!("sim camera thread: {e}")))?;
+        }
         let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings };
         let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
         Ok((peer, answer))
@@ -571,6 +614,64 @@ fn link_incoming(
 
 /// The `videotestsrc` pattern of a test device: `test` (a moving ball) or
 /// `test:snow` (noise: a scene that fills any bitrate, for rate tests).
+/// `video.device` for the simulated robot's camera view.
+pub const SIM_DEVICE: &str = "sim";
+
+/// What the simulated camera sees: the world (obstacles) and the robot's
+/// latest pose, which robotd updates with `ToHelper::Pose`.
+pub struct SimScene {
+    world: Vec<Obstacle>,
+    pose: Mutex<ViewPose>,
+}
+
+impl SimScene {
+    /// A scene of `world`, seen from the origin until the first pose.
+    pub fn new(world: Vec<Obstacle>) -> Arc<SimScene> {
+        Arc::new(SimScene { world, pose: Mutex::new(ViewPose::default()) })
+    }
+
+    /// The robot moved.
+    pub fn set_pose(&self, pose: ViewPose) {
+        *self.pose.lock().unwrap_or_else(|p| p.into_inner()) = pose;
+    }
+
+    fn pose(&self) -> ViewPose {
+        self.pose.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Render and push a frame every 1/fps until `stop`: the latest pose, the
+/// capture time in the overlay. The frame size is the call's (the encoder
+/// chain scales when the bandwidth adaptation shrinks it).
+fn spawn_sim_camera(
+    appsrc: gst_app::AppSrc,
+    scene: Arc<SimScene>,
+    video: &VideoSpec,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let (w, h) = (video.width, video.height);
+    let period = Duration::from_secs(1) / video.fps.max(1);
+    std::thread::Builder::new().name("sim-camera".into()).spawn(move || {
+        let mut frame = Vec::new();
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let time_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            simview::render_i420(&scene.world, &scene.pose(), Some(&simview::Overlay { time_ms }), w, h, &mut frame);
+            // Before PLAYING and after stop the push is refused; that is fine.
+            let _ = appsrc.push_buffer(gst::Buffer::from_mut_slice(std::mem::take(&mut frame)));
+            next += period;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+    })?;
+    Ok(())
+}
+
 fn test_pattern(device: &str) -> Option<&'static str> {
     match device {
         "test" | "test:ball" => Some("ball"),
