@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: the robot on this machine (simulated motors, test video, the
+# The demo: the robot on this machine (simulated motors, the simulated camera view, the
 # example flat of config/flat.toml), a local Mosquitto, and a scripted phone
 # session (`robotctl demo`) that pairs, calls, drives, goes to the kitchen,
 # tries the shut bedroom, records, hangs up and prints a timeline.

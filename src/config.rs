@@ -62,10 +62,11 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "VideoToml", into = "VideoToml")]
 pub struct VideoConfig {
-    /// `"auto"` (the first V4L2 camera with a usable format), a device such as
+    /// `"auto"` (the first V4L2 camera with a usable format; with
+    /// `hardware.backend = "sim"` it means `"sim"`), a device such as
     /// `"/dev/video0"`, `"test"` for GStreamer's test pattern (no camera), or `"sim"`
     /// (with `hardware.backend = "sim"`): the simulated robot's view, rendered by
-    /// [`crate::video::simview`] in version 2 calls (version 1 calls show the test pattern).
+    /// [`crate::video::simview`].
     pub device: String,
     /// `"auto"` (v4l2h264enc, else x264enc, else openh264enc) or one of those names.
     pub encoder: String,
@@ -402,6 +403,11 @@ impl Config {
                 "must be \"auto\", \"test\", \"sim\" or a device path such as /dev/video0".into(),
             );
         }
+        if v.device == "auto" && self.hardware.backend == crate::hal::config::Backend::Sim {
+            // The simulated robot's camera is the simulated view.
+            self.video.device = crate::webrtc::SIM_DEVICE.into();
+        }
+        let v = &self.video;
         if v.device == crate::webrtc::SIM_DEVICE && self.hardware.backend != crate::hal::config::Backend::Sim {
             return bad(
                 "video.device",
@@ -554,7 +560,8 @@ mod tests {
         let c = parse("[video]\nfps = 20").unwrap();
         assert_eq!(c.video.preferred, VideoParams { fps: 20, ..VideoConfig::default().preferred });
         let text = toml::to_string(&c.video).unwrap();
-        assert_eq!(text, "device = \"auto\"\nencoder = \"auto\"\nwidth = 1280\nheight = 720\nfps = 20\nkbps = 2000\n");
+        // The default device "auto" means the simulated camera on the (default) sim backend.
+        assert_eq!(text, "device = \"sim\"\nencoder = \"auto\"\nwidth = 1280\nheight = 720\nfps = 20\nkbps = 2000\n");
         let e = parse("[video]\npreferred = { width = 640 }").unwrap_err().to_string();
         assert!(e.contains("unknown field `preferred`"), "{e}");
         let e = parse("[video]\nwidth = \"wide\"").unwrap_err().to_string();

@@ -89,13 +89,35 @@ fn run_local_once_pairs_calls_drives_navigates_and_records() {
     assert_eq!(&mkv[..4], &[0x1a, 0x45, 0xdf, 0xa3], "call.mkv is Matroska (EBML)");
     assert!(mkv.windows(4).any(|w| w == [0x1c, 0x53, 0xbb, 0x6b]), "call.mkv was finished (Cues)");
     let png = std::fs::File::open(demo.join("frame.png")).expect("frame.png");
-    let info = png::Decoder::new(std::io::BufReader::new(png)).read_info().expect("frame.png is a PNG");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(png)).read_info().expect("frame.png is a PNG");
     // config/flat.toml's video: 640x480.
-    assert_eq!((info.info().width, info.info().height), (640, 480));
+    assert_eq!((reader.info().width, reader.info().height), (640, 480));
+    // The frame is the simulated camera's when the bedroom goto ended blocked,
+    // 0.2 m before the shut door (obstacle 0): the door's colour fills the view.
+    // (The first frame, on the dock, facing the same door 3 m away: 29 %.)
+    let mut rgb = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut rgb).expect("frame.png decodes");
+    assert_eq!(frame.color_type, png::ColorType::Rgb, "frame.png is RGB");
+    let door = door_fraction(&rgb[..frame.buffer_size()]);
+    assert!(door > 0.8, "the door covers only {:.0} % of frame.png\n{context}", door * 100.0);
 
     // Stopped cleanly: robotd said goodbye and nothing listens any more.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the broker is still running");
     assert!(log.contains("shutting down") && log.trim_end().ends_with("stopped"), "{context}");
+}
+
+/// The share of RGB pixels with the shut door's colour (its U and V; the
+/// renderer's shading changes only Y), BT.601.
+fn door_fraction(rgb: &[u8]) -> f64 {
+    let (_, du, dv) = robotd::video::simview::wall_colour(0);
+    let near = |px: &[u8]| {
+        let (r, g, b) = (f64::from(px[0]), f64::from(px[1]), f64::from(px[2]));
+        let u = -0.169 * r - 0.331 * g + 0.5 * b + 128.0;
+        let v = 0.5 * r - 0.419 * g - 0.081 * b + 128.0;
+        (u - f64::from(du)).abs() < 25.0 && (v - f64::from(dv)).abs() < 25.0
+    };
+    let px: Vec<&[u8]> = rgb.chunks_exact(3).collect();
+    px.iter().filter(|p| near(p)).count() as f64 / px.len().max(1) as f64
 }
 
 fn tail(s: &str, n: usize) -> String {

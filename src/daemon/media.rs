@@ -3,6 +3,8 @@
 //! through events tagged with the session, so a late event from an earlier
 //! call can never touch the current one.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -11,6 +13,8 @@ use crate::config::{AudioConfig, VideoConfig};
 use crate::hal::sim::{Pose, Sim};
 use crate::robot::admin::{MediaStatus, VideoSendStatus};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
+use crate::video::simcam::SimScene;
+use crate::video::simview::ViewPose;
 use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 use crate::webrtc::SIM_DEVICE;
 use crate::webrtc::ipc::{FromHelper, ToHelper};
@@ -69,6 +73,8 @@ pub struct Media {
     sim: Option<Sim>,
     /// The pose last sent to the helper (sent again only when it changed).
     sent_pose: Option<(Pose, &'static str)>,
+    /// What a version 1 call's simulated camera shows (posed in place).
+    scene: Option<Arc<SimScene>>,
 }
 
 impl Media {
@@ -84,6 +90,7 @@ impl Media {
             video_stats: None,
             sim: None,
             sent_pose: None,
+            scene: None,
         }
     }
 
@@ -93,16 +100,20 @@ impl Media {
         self
     }
 
-    /// Called every [`POSE_PERIOD`]: a version 2 call with video device
-    /// `sim` gets the robot's pose when it changed (at most one small
-    /// message per period, so the helper's queue stays short).
-    pub fn send_pose(&mut self) {
-        let (Some(sim), Some(h)) = (&self.sim, &self.helper) else { return };
-        if self.video_cfg.device != SIM_DEVICE {
+    /// Called every [`POSE_PERIOD`]: a call with video device `sim` gets
+    /// the robot's pose when it changed (version 2: at most one small
+    /// message per period to the helper, so its queue stays short; version 1:
+    /// the sender's scene in place).
+    ///
+    /// `goto_blocked`: the last goto ended blocked and the robot has not
+    /// moved since (the overlay says `blocked`).
+    pub fn send_pose(&mut self, goto_blocked: bool) {
+        let Some(sim) = &self.sim else { return };
+        if self.video_cfg.device != SIM_DEVICE || (self.helper.is_none() && self.scene.is_none()) {
             return;
         }
         let snap = sim.snapshot();
-        let state = if snap.blocked {
+        let state = if snap.blocked || goto_blocked {
             "blocked"
         } else if snap.wheel_speed_mps.iter().any(|v| v.abs() > 1e-3) {
             "driving"
@@ -114,7 +125,12 @@ impl Media {
         }
         self.sent_pose = Some((snap.pose, state));
         let p = snap.pose;
-        h.send(ToHelper::Pose { x: p.x, y: p.y, heading: p.heading, state: state.into() });
+        if let Some(scene) = &self.scene {
+            scene.set_pose(ViewPose { x: p.x, y: p.y, heading: p.heading, state: state.into() });
+        }
+        if let Some(h) = &self.helper {
+            h.send(ToHelper::Pose { x: p.x, y: p.y, heading: p.heading, state: state.into() });
+        }
     }
 
     /// Start a version 2 call's media helper with the phone's offer; its
@@ -155,12 +171,16 @@ impl Media {
     /// Start the senders in the background; a `Started` or `Failed` event follows.
     pub fn start(&mut self, req: MediaRequest) {
         self.current = Some(req.session.clone());
+        self.sent_pose = None;
+        self.scene =
+            self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(|s| SimScene::new(s.obstacles()));
+        let scene = self.scene.clone();
         let video_cfg = self.video_cfg.clone();
         let audio_dev = self.audio_cfg.device.clone();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let session = req.session.clone();
-            let source = match resolve_source(&video_cfg.device) {
+            let source = match scene.map_or_else(|| resolve_source(&video_cfg.device), |s| Ok(VideoSource::Sim(s))) {
                 Ok(s) => s,
                 Err(detail) => {
                     let _ = events.send(MediaEvent::Failed { session, detail });
@@ -299,6 +319,7 @@ impl Media {
     /// Stop whatever runs (in the background; returns at once).
     pub fn stop(&mut self) {
         self.current = None;
+        self.scene = None;
         self.speaker = None;
         self.video_stats = None;
         if let Some(h) = self.helper.take() {
@@ -312,6 +333,7 @@ impl Media {
     /// Stop whatever runs and wait for it (shutdown).
     pub async fn stop_and_wait(&mut self) {
         self.current = None;
+        self.scene = None;
         self.speaker = None;
         self.video_stats = None;
         if let Some(h) = self.helper.take() {

@@ -126,6 +126,8 @@ pub struct Navigator {
     store: Box<dyn StateStore>,
     at: Option<String>,
     goto: Option<Goto>,
+    /// The last goto ended `blocked` and the robot has not moved since.
+    blocked: bool,
 }
 
 impl Navigator {
@@ -163,6 +165,7 @@ impl Navigator {
             store,
             at,
             goto: None,
+            blocked: false,
         })
     }
 
@@ -256,6 +259,7 @@ impl Navigator {
         }
         self.at = None;
         self.goto = Some(goto);
+        self.blocked = false;
         Ok(vec![accepted])
     }
 
@@ -280,6 +284,7 @@ impl Navigator {
                 }
                 self.at = Some(place);
             }
+            self.blocked = *outcome == Outcome::Blocked;
             self.goto = None;
         }
         NavTick { motor: u.motor, statuses: u.statuses }
@@ -309,6 +314,7 @@ impl Navigator {
     pub fn manual_drive(&mut self, now: Instant) -> Vec<Status> {
         let s = self.cancel(now, CancelledBy::Drive);
         self.lose_place();
+        self.blocked = false;
         s
     }
 
@@ -323,7 +329,14 @@ impl Navigator {
         }
         self.persist(Some(place))?;
         self.at = Some(place.to_owned());
+        self.blocked = false;
         Ok(())
+    }
+
+    /// Whether the last goto ended `blocked` and nothing has moved the
+    /// robot since (what the simulated camera's overlay says).
+    pub fn stopped_blocked(&self) -> bool {
+        self.blocked && !self.is_navigating()
     }
 }
 

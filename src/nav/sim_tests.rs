@@ -306,6 +306,7 @@ fn shut_door_blocks_and_the_robot_stays_stopped() {
     rig.run_for(2.0);
     assert!(rig.stopped());
     assert!(!rig.nav.is_navigating());
+    assert!(rig.nav.stopped_blocked(), "what the sim camera's overlay says");
     assert_eq!(rig.nav.at(), None);
     assert_eq!(rig.restarted().at(), None);
     // Lost until someone puts it back on a known place.
@@ -313,6 +314,7 @@ fn shut_door_blocks_and_the_robot_stays_stopped() {
     assert!(matches!(&r.state, GotoState::Rejected { reason, .. } if reason == "position_unknown"), "{r:?}");
     rig.sim.set_pose(crate::hal::sim::Pose::default());
     rig.nav.set_at("home").unwrap();
+    assert!(!rig.nav.stopped_blocked(), "put back on its dock, no longer blocked");
     assert_eq!(rig.restarted().at(), Some("home"));
     assert!(rig.nav.set_at("attic").is_err());
 }

@@ -15,6 +15,8 @@
 //! - [`audio`]: [`AudioSender`], microphone -> Opus -> RTP -> SRTP -> UDP.
 //! - [`simview`]: the simulated robot's camera, a ray-cast first-person view of the
 //!   simulator's obstacles as I420 frames (pure; `robotd media` renders it for `video.device = "sim"`).
+//! - [`simcam`]: [`simcam::SimScene`] and the thread that renders it into an `appsrc`
+//!   (both senders use it for `video.device = "sim"`).
 //! - [`receiver`]: [`Receiver`], UDP -> SRTP -> depay -> decode, counting frames,
 //!   optionally recording to Matroska and saving a PNG snapshot (used by `robotctl`
 //!   and by the tests); [`AudioReceiver`] does the same for Opus.
@@ -30,6 +32,7 @@ pub mod camera;
 pub mod encoder;
 pub mod receiver;
 pub mod sender;
+pub mod simcam;
 pub mod simview;
 mod supervise;
 

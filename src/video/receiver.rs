@@ -42,7 +42,8 @@ pub struct ReceiverParams {
     /// finished then, while the call and the decoding go on); None records
     /// until [`Receiver::stop`].
     pub record_for: Option<Duration>,
-    /// Save the first decoded frame to this PNG file.
+    /// Save the first decoded frame to this PNG file (again on
+    /// [`Receiver::retake_snapshot`]).
     pub snapshot: Option<PathBuf>,
 }
 
@@ -59,6 +60,8 @@ struct FrameState {
     frames: u64,
     size: Option<(u32, u32)>,
     snapshot: Option<Result<(), String>>,
+    /// The next decoded frame is saved as the snapshot.
+    snapshot_pending: bool,
 }
 
 #[derive(Default)]
@@ -195,6 +198,17 @@ impl Receiver {
     /// Wait until a frame of `width`x`height` has been decoded; `false` on timeout.
     pub fn wait_frame_size(&self, width: u32, height: u32, timeout: Duration) -> bool {
         self.frames.wait_until(timeout, |s| s.size == Some((width, height)))
+    }
+
+    /// Save the next decoded frame as the snapshot again, replacing the file
+    /// (e.g. the picture when the robot stopped at a door rather than the
+    /// first one); [`Receiver::wait_snapshot`] then waits for that frame.
+    pub fn retake_snapshot(&self) {
+        if self.snapshot.is_some() {
+            let mut st = self.frames.lock();
+            st.snapshot = None;
+            st.snapshot_pending = true;
+        }
     }
 
     /// Wait until the snapshot (if asked for) has been written.
@@ -411,7 +425,7 @@ impl AudioReceiver {
 }
 
 fn frame_counter(frames: Arc<Frames>, snapshot: Option<PathBuf>) -> gst_app::AppSinkCallbacks {
-    let mut snapshot = snapshot;
+    frames.lock().snapshot_pending = snapshot.is_some();
     gst_app::AppSinkCallbacks::builder()
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
@@ -419,7 +433,8 @@ fn frame_counter(frames: Arc<Frames>, snapshot: Option<PathBuf>) -> gst_app::App
                 .caps()
                 .and_then(|c| c.structure(0))
                 .and_then(|s| Some((s.get::<i32>("width").ok()? as u32, s.get::<i32>("height").ok()? as u32)));
-            let snap = snapshot.take().map(|path| save_png(&path, &sample, size));
+            let pending = std::mem::take(&mut frames.lock().snapshot_pending);
+            let snap = snapshot.as_ref().filter(|_| pending).map(|path| save_png(path, &sample, size));
             let mut st = frames.lock();
             st.frames += 1;
             st.size = size;

@@ -1,7 +1,7 @@
 //! The sending pipeline: camera -> H.264 -> RTP -> SRTP -> UDP.
 //!
 //! ```text
-//! v4l2src | videotestsrc
+//! v4l2src | videotestsrc | appsrc (the simulated camera, [`super::simcam`])
 //!   [-> capsfilter (camera mode) -> jpegdec]                   (MJPEG camera)
 //!   -> videoconvert -> videoscale -> videorate -> capsfilter   (I420, size, fps)
 //!   -> queue (leaky: a slow encoder drops frames, never adds delay)
@@ -15,7 +15,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -23,24 +24,39 @@ use tokio::sync::watch;
 
 use super::camera::{self, CaptureKind, CaptureMode};
 use super::encoder::{self, Encoder, EncoderPreference};
+use super::simcam::{self, SimScene};
 use super::supervise::Supervised;
 use super::{SrtpKey, VideoError, build, element, link_chain};
 use crate::wire::payloads::VideoParams;
 
 /// Where the picture comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum VideoSource {
     /// `videotestsrc` (configured as `video.device = "test"`).
     Test,
     /// A V4L2 camera, e.g. `/dev/video0`.
     Device(PathBuf),
+    /// The simulated robot's view of its world (`video.device = "sim"`),
+    /// which the daemon keeps posed.
+    Sim(Arc<SimScene>),
+}
+
+impl PartialEq for VideoSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (VideoSource::Test, VideoSource::Test) => true,
+            (VideoSource::Device(a), VideoSource::Device(b)) => a == b,
+            (VideoSource::Sim(a), VideoSource::Sim(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl VideoSource {
-    /// `"test"` is the test pattern; anything else is a device path.
+    /// `"test"` is the test pattern; anything else is a device path. (`"sim"`
+    /// needs the simulated world: the daemon makes [`VideoSource::Sim`].)
     pub fn from_config(device: &str) -> Self {
-        // `sim` is rendered by the media helper (version 2 calls); a version 1 call shows the test pattern.
-        if device == "test" || device == "sim" { VideoSource::Test } else { VideoSource::Device(device.into()) }
+        if device == "test" { VideoSource::Test } else { VideoSource::Device(device.into()) }
     }
 }
 
@@ -84,6 +100,16 @@ pub struct VideoSender {
     #[cfg(test)]
     udpsink: gst::Element,
     settings: Mutex<VideoSettings>,
+    /// Stops the simulated camera's render thread (source `Sim`).
+    sim_stop: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for VideoSender {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.sim_stop {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl VideoSender {
@@ -98,7 +124,7 @@ impl VideoSender {
         super::validate_kbps(v.kbps)?;
         super::ensure_init()?;
         let capture = match &params.source {
-            VideoSource::Test => None,
+            VideoSource::Test | VideoSource::Sim(_) => None,
             VideoSource::Device(path) => {
                 let info =
                     camera::probe_camera(path)?.ok_or_else(|| VideoError::NoCaptureFormat { path: path.clone() })?;
@@ -119,7 +145,21 @@ impl VideoSender {
 
         // Source (and camera caps / decoding).
         let mut settings = VideoSettings { video: v, encoder };
+        let mut sim_src = None;
         match &capture {
+            None if matches!(params.source, VideoSource::Sim(_)) => {
+                let desc = simcam::appsrc_description(&n("src"), v.width, v.height, v.fps);
+                let src = gst::parse::launch(&desc)
+                    .map_err(|e| VideoError::Start { pipeline: "video sender", detail: e.to_string() })
+                    .and_then(|el| {
+                        el.downcast::<gstreamer_app::AppSrc>().map_err(|_| VideoError::Start {
+                            pipeline: "video sender",
+                            detail: "the simulated camera's source is not an appsrc".into(),
+                        })
+                    })?;
+                chain.push(src.clone().upcast());
+                sim_src = Some(src);
+            }
             None => {
                 chain.push(build(
                     "videotestsrc",
@@ -199,6 +239,16 @@ impl VideoSender {
         link_srtp(chain.last().expect("chain is never empty"), &srtpenc, &udpsink)?;
 
         let run = Supervised::start("video sender", format!("{p}-bus"), pipeline)?;
+        let sim_stop = match (sim_src, &params.source) {
+            (Some(src), VideoSource::Sim(scene)) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                simcam::spawn(src, scene.clone(), v.width, v.height, v.fps, stop.clone()).map_err(|e| {
+                    VideoError::Start { pipeline: "video sender", detail: format!("sim camera thread: {e}") }
+                })?;
+                Some(stop)
+            }
+            _ => None,
+        };
         tracing::info!(host = %params.host, port = params.port, ssrc = params.ssrc,
             width = settings.video.width, height = settings.video.height, fps = settings.video.fps,
             kbps = settings.video.kbps,
@@ -210,6 +260,7 @@ impl VideoSender {
             #[cfg(test)]
             udpsink,
             settings: Mutex::new(settings),
+            sim_stop,
         })
     }
 

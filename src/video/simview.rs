@@ -83,8 +83,9 @@ pub fn i420_len(width: u32, height: u32) -> usize {
     w * h + 2 * (w.div_ceil(2) * h.div_ceil(2))
 }
 
-/// A wall's colour (Y, U, V) at full brightness, by obstacle index.
-fn wall_colour(i: usize) -> (f64, u8, u8) {
+/// A wall's colour (Y, U, V) at full brightness, by obstacle index (the
+/// shading changes only Y).
+pub fn wall_colour(i: usize) -> (f64, u8, u8) {
     const HUES: [(f64, u8, u8); 6] =
         [(150.0, 90, 190), (140.0, 190, 90), (160.0, 70, 100), (130.0, 180, 170), (170.0, 60, 160), (120.0, 150, 60)];
     HUES[i % HUES.len()]

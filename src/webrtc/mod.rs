@@ -38,8 +38,9 @@ use gstreamer::glib;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use crate::video::simcam::SimScene;
 pub use phone::PhonePeer;
-pub use robot::{RobotPeer, SIM_DEVICE, SimScene};
+pub use robot::{RobotPeer, SIM_DEVICE};
 pub use sdp::{AudioLine, Fingerprint, OfferInfo, SdpError};
 
 /// The transport-wide congestion control RTP header extension.

@@ -43,8 +43,7 @@ use gstreamer_webrtc as gst_webrtc;
 
 use super::congestion::{self, Readings};
 use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
-use crate::hal::config::Obstacle;
-use crate::video::simview::{self, ViewPose};
+use crate::video::simcam::{self, SimScene};
 
 /// How long a negotiation step may take before the call fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,16 +169,8 @@ impl RobotPeer {
         ])?;
         // The device path is set as a property below, never spliced into the description.
         let src = match (&sim, pattern) {
-            // Frames pushed by `spawn_sim_camera` at the call's size and rate;
-            // at most 2 queued, the oldest dropped, so a slow encoder never
-            // builds up delay or memory.
-            (Some(_), _) => format!(
-                "appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream \
-                 caps=video/x-raw,format=I420,width={w},height={h},framerate={fps}/1,pixel-aspect-ratio=1/1",
-                w = video.width,
-                h = video.height,
-                fps = video.fps,
-            ),
+            // Frames pushed by `simcam::spawn` at the call's size and rate.
+            (Some(_), _) => simcam::appsrc_description("src", video.width, video.height, video.fps),
             (None, Some(_)) => "videotestsrc name=src is-live=true".into(),
             (None, None) => "v4l2src name=src".into(),
         };
@@ -358,7 +349,7 @@ impl RobotPeer {
             let appsrc = get("src")?
                 .downcast::<gst_app::AppSrc>()
                 .map_err(|_| WebrtcError::Pipeline("element src is not an appsrc".into()))?;
-            spawn_sim_camera(appsrc, scene, video, stop.clone())
+            simcam::spawn(appsrc, scene, video.width, video.height, video.fps, stop.clone())
                 .map_err(|e| WebrtcError::Pipeline(format!("sim camera thread: {e}")))?;
         }
         let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings };
@@ -616,61 +607,6 @@ fn link_incoming(
 /// `test:snow` (noise: a scene that fills any bitrate, for rate tests).
 /// `video.device` for the simulated robot's camera view.
 pub const SIM_DEVICE: &str = "sim";
-
-/// What the simulated camera sees: the world (obstacles) and the robot's
-/// latest pose, which robotd updates with `ToHelper::Pose`.
-pub struct SimScene {
-    world: Vec<Obstacle>,
-    pose: Mutex<ViewPose>,
-}
-
-impl SimScene {
-    /// A scene of `world`, seen from the origin until the first pose.
-    pub fn new(world: Vec<Obstacle>) -> Arc<SimScene> {
-        Arc::new(SimScene { world, pose: Mutex::new(ViewPose::default()) })
-    }
-
-    /// The robot moved.
-    pub fn set_pose(&self, pose: ViewPose) {
-        *self.pose.lock().unwrap_or_else(|p| p.into_inner()) = pose;
-    }
-
-    fn pose(&self) -> ViewPose {
-        self.pose.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Render and push a frame every 1/fps until `stop`: the latest pose, the
-/// capture time in the overlay. The frame size is the call's (the encoder
-/// chain scales when the bandwidth adaptation shrinks it).
-fn spawn_sim_camera(
-    appsrc: gst_app::AppSrc,
-    scene: Arc<SimScene>,
-    video: &VideoSpec,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let (w, h) = (video.width, video.height);
-    let period = Duration::from_secs(1) / video.fps.max(1);
-    std::thread::Builder::new().name("sim-camera".into()).spawn(move || {
-        let mut frame = Vec::new();
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let time_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            simview::render_i420(&scene.world, &scene.pose(), Some(&simview::Overlay { time_ms }), w, h, &mut frame);
-            // Before PLAYING and after stop the push is refused; that is fine.
-            let _ = appsrc.push_buffer(gst::Buffer::from_mut_slice(std::mem::take(&mut frame)));
-            next += period;
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            } else {
-                next = now;
-            }
-        }
-    })?;
-    Ok(())
-}
 
 fn test_pattern(device: &str) -> Option<&'static str> {
     match device {

@@ -5,7 +5,7 @@
 //! back, then tell the robot it is on its dock again, since a manual drive
 //! loses its place), go to the kitchen (arrives), try the bedroom (the door
 //! is shut: blocked), record the first seconds of the decrypted video and
-//! save a decoded frame, hang up. Every step is timed out generously; the
+//! save a decoded frame (what the robot sees at the shut door), hang up. Every step is timed out generously; the
 //! exit status is non-zero if any step failed.
 
 use std::fmt::Display;
@@ -309,7 +309,14 @@ async fn in_call(
     for (place, expected, why) in [("kitchen", "arrived", ""), ("bedroom", "blocked", ": the door is shut")] {
         let step = format!("goto {place}");
         match goto(t, p, c, &mut ping, place).await {
-            Ok((s, what)) if s == expected => t.ok(&step, format!("{what}{why}; pose {}", sim_pose(socket).await)),
+            Ok((s, what)) if s == expected => {
+                t.ok(&step, format!("{what}{why}; pose {}", sim_pose(socket).await));
+                if place == "bedroom" {
+                    // The frame to keep: what the robot sees, stopped at the door.
+                    receiver.retake_snapshot();
+                    let _ = tokio::task::block_in_place(|| receiver.wait_snapshot(Duration::from_secs(5)));
+                }
+            }
             Ok((_, what)) => t.fail(&step, format!("{what}, expected {expected}")),
             Err(e) => t.fail(&step, format!("{e:#}")),
         }
