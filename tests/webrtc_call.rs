@@ -57,20 +57,33 @@ fn decoded(out: &str) -> u64 {
 
 /// A phone on the robot's LAN (host candidates only, no STUN or TURN) calls
 /// with WebRTC: the accept carries the robot's answer, candidates trickle
-/// both ways, the video decodes, and the phone drives the robot.
+/// both ways, the video decodes, and the phone drives the robot; it records
+/// the video (a finished Matroska file) and saves a frame (PNG, the call's size).
 #[test]
-fn a_phone_on_the_robots_lan_calls_over_webrtc_sees_video_and_drives() {
+fn a_phone_on_the_robots_lan_calls_over_webrtc_sees_video_drives_records_and_saves_a_frame() {
     let Some(mut net) = Internet::new() else { return };
     net.start_mosquitto();
     let robot = robot_in(&net);
     let dir = tempfile::tempdir().unwrap();
     let keys = pair(&net.lan_phone, &robot, dir.path());
     let start = sim_pose(&status(&robot));
-    let args = ["call", "--webrtc", "--frames", "30", "-x", "ping", "-x", "drive 0.4 0 600", "-x", "wait 1"];
+    let (mkv, png) = (dir.path().join("call.mkv"), dir.path().join("frame.png"));
+    let (mkv_s, png_s) = (mkv.to_str().unwrap(), png.to_str().unwrap());
+    let args = ["call", "--webrtc", "--frames", "30", "--record", mkv_s, "--snapshot", png_s];
+    let args = [&args[..], &["-x", "ping", "-x", "drive 0.4 0 600", "-x", "wait 1"]].concat();
     let out = robotctl(&net.lan_phone, &keys, &args).output().unwrap();
     let text = said(&out);
     assert!(out.status.success(), "robotctl call --webrtc failed:\n{text}\nrobotd:\n{}", robot.log());
     assert!(decoded(&text) >= 30, "{text}");
+    assert!(text.contains(&format!("snapshot: {png_s}")) && text.contains(&format!("recording: {mkv_s}")), "{text}");
+    let file = std::fs::read(&mkv).expect("call.mkv");
+    assert!(file.len() > 10_000, "call.mkv has only {} bytes", file.len());
+    assert_eq!(&file[..4], &[0x1a, 0x45, 0xdf, 0xa3], "call.mkv is Matroska (EBML)");
+    assert!(file.windows(4).any(|w| w == [0x1c, 0x53, 0xbb, 0x6b]), "call.mkv was finished (Cues)");
+    let info = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).expect("frame.png")))
+        .read_info()
+        .expect("frame.png is a PNG");
+    assert_eq!((info.info().width, info.info().height), (320, 240), "TEST_VIDEO's size");
     assert!(text.contains("ping: {\"status\":\"ok\""), "{text}");
     assert!(text.contains("drive: {\"status\":\"ok\""), "{text}");
     let now = sim_pose(&status(&robot));

@@ -6,15 +6,18 @@
 //! ```text
 //! webrtcbin (recvonly H264 pm1 42e01f + transport-cc, do-nack)
 //!   pad-added → valve (closed until the robot's certificate matches its answer)
-//!   → rtph264depay → h264parse → avdec_h264|openh264dec → fakesink (counts frames)
+//!   → rtph264depay → h264parse → avdec_h264|openh264dec → fakesink (counts frames;
+//!     a [`Keep::snapshot`] is the first verified frame as PNG)
+//!   [h264parse → tee → queue → matroskamux → filesink: [`Keep::record`]]
 //! audiotestsrc (440 Hz; volume 0 when muted) → opusenc → rtpopuspay pt 111 → webrtcbin
 //!   pad-added (audio) → valve → rtpopusdepay → opusdec → fakesink (counts buffers)
 //! ```
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::video::simview;
@@ -48,6 +51,83 @@ impl Default for PhoneOptions {
     fn default() -> Self {
         PhoneOptions { nack: true, audio: false }
     }
+}
+
+/// What the phone keeps of the robot's video (robotctl's `--record` and
+/// `--snapshot`), only once the robot's certificate is verified.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// Record the H.264 as received (no re-encoding) to this Matroska file,
+    /// finished (end of stream through the muxer) when the peer stops.
+    pub record: Option<PathBuf>,
+    /// Save the first decoded frame to this PNG file.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// Where the kept files stand, shared with the streaming threads.
+#[derive(Default)]
+struct Kept {
+    keep: Keep,
+    state: Mutex<KeptState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct KeptState {
+    /// The recording branch's queue (to end it), once the video pad came.
+    record_queue: Option<gst::Element>,
+    /// End of stream reached the recording's file.
+    record_done: bool,
+    /// The snapshot's outcome, once a frame was saved (or failed to be).
+    snapshot: Option<Result<(), String>>,
+}
+
+impl Kept {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Save `buffer` (caps from `pad`) as the snapshot unless one was saved.
+    fn snapshot(&self, args: &[gst::glib::Value]) {
+        let Some(path) = &self.keep.snapshot else { return };
+        if self.lock().snapshot.is_some() {
+            return;
+        }
+        let r = save_png(path, args);
+        self.lock().snapshot = Some(r);
+        self.cond.notify_all();
+    }
+
+    /// End the recording and wait (at most `timeout`) for the muxer to
+    /// finish the file; `true` when it did, or when nothing was recorded.
+    fn finish_recording(&self, timeout: Duration) -> bool {
+        let Some(queue) = self.lock().record_queue.clone() else { return true };
+        let Some(pad) = queue.static_pad("sink") else { return false };
+        if !pad.send_event(gst::event::Eos::new()) {
+            return false;
+        }
+        let st = self.lock();
+        let (st, _) = self.cond.wait_timeout_while(st, timeout, |s| !s.record_done).unwrap_or_else(|p| p.into_inner());
+        st.record_done
+    }
+}
+
+/// A decoded frame (a fakesink `handoff`'s buffer and pad) as PNG, through
+/// GStreamer's own converter and `pngenc`.
+fn save_png(path: &std::path::Path, args: &[gst::glib::Value]) -> Result<(), String> {
+    let buffer = args.get(1).and_then(|v| v.get::<gst::Buffer>().ok()).ok_or("no buffer")?;
+    let pad = args.get(2).and_then(|v| v.get::<gst::Pad>().ok()).ok_or("no pad")?;
+    let caps = pad.current_caps().ok_or("no caps")?;
+    let sample = gst::Sample::builder().buffer(&buffer).caps(&caps).build();
+    let png = gstreamer_video::convert_sample(
+        &sample,
+        &gst::Caps::builder("image/png").build(),
+        gst::ClockTime::from_seconds(5),
+    )
+    .map_err(|e| format!("to PNG: {e}"))?;
+    let out = png.buffer().ok_or("PNG without a buffer")?;
+    let map = out.map_readable().map_err(|e| e.to_string())?;
+    std::fs::write(path, map.as_slice()).map_err(|e| format!("{}: {e}", path.display()))
 }
 /// The receive jitterbuffer's latency, ms: room for a NACK and its
 /// retransmission. Measured in tests/webrtc.rs (5 % loss both ways, through a
@@ -83,6 +163,7 @@ pub struct PhonePeer {
     mic: Option<gst::Element>,
     stop: Arc<AtomicBool>,
     events: Sender<PeerEvent>,
+    kept: Arc<Kept>,
 }
 
 impl PhonePeer {
@@ -108,7 +189,24 @@ impl PhonePeer {
         opts: PhoneOptions,
         events: Sender<PeerEvent>,
     ) -> Result<(PhonePeer, String), WebrtcError> {
+        Self::offer_keeping(ice, opts, Keep::default(), events)
+    }
+
+    /// [`PhonePeer::offer_with`], recording and/or saving a frame ([`Keep`]).
+    pub fn offer_keeping(
+        ice: &IceConfig,
+        opts: PhoneOptions,
+        keep: Keep,
+        events: Sender<PeerEvent>,
+    ) -> Result<(PhonePeer, String), WebrtcError> {
         super::init()?;
+        if keep.record.is_some() {
+            super::require_elements(&["tee", "queue", "matroskamux", "filesink"])?;
+        }
+        if keep.snapshot.is_some() {
+            super::require_elements(&["videoconvert", "pngenc"])?;
+        }
+        let kept = Arc::new(Kept { keep, ..Kept::default() });
         super::require_elements(&["webrtcbin", "nicesrc", "dtlssrtpdec", "valve", "rtph264depay", "h264parse"])?;
         let decoder = ["avdec_h264", "openh264dec"]
             .into_iter()
@@ -132,14 +230,15 @@ impl PhonePeer {
 
         {
             let (pipeline_weak, gate, frames) = (pipeline.downgrade(), gate.clone(), frames.clone());
-            let (audio_buffers, walls) = (audio_buffers.clone(), walls.clone());
+            let (audio_buffers, walls, kept) = (audio_buffers.clone(), walls.clone(), kept.clone());
             let tx = events.clone();
             webrtc.connect_pad_added(move |_, pad| {
                 if pad.direction() != gst::PadDirection::Src {
                     return;
                 }
                 let Some(pipeline) = pipeline_weak.upgrade() else { return };
-                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames, &audio_buffers, &walls) {
+                let counters = Counters { frames: &frames, audio_buffers: &audio_buffers, walls: &walls, kept: &kept };
+                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, counters) {
                     let _ = tx.send(PeerEvent::Failed(format!("receive path: {e}")));
                 }
             });
@@ -164,7 +263,7 @@ impl PhonePeer {
         super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone", |_| {})
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
         pipeline.set_state(gst::State::Playing).map_err(|e| WebrtcError::Pipeline(format!("to PLAYING: {e}")))?;
-        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, mic, stop, events };
+        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, mic, stop, events, kept };
         let offer = peer.make_offer(opts.nack).inspect_err(|_| peer.shutdown())?;
         Ok((peer, offer))
     }
@@ -252,8 +351,28 @@ impl PhonePeer {
         }
     }
 
+    /// Wait (at most `timeout`) for the snapshot: `Ok(true)` saved,
+    /// `Ok(false)` not (yet, or none asked for), `Err` it could not be written.
+    pub fn wait_snapshot(&self, timeout: Duration) -> Result<bool, String> {
+        if self.kept.keep.snapshot.is_none() {
+            return Ok(false);
+        }
+        let st = self.kept.lock();
+        let (st, _) =
+            self.kept.cond.wait_timeout_while(st, timeout, |s| s.snapshot.is_none()).unwrap_or_else(|p| p.into_inner());
+        match st.snapshot.clone() {
+            None => Ok(false),
+            Some(r) => r.map(|()| true),
+        }
+    }
+
     /// Stop the pipeline (bounded: a stuck element is abandoned after 3 s).
+    /// A recording is finished first (at most 3 s more), so the file is
+    /// complete and seekable.
     pub fn stop(self) {
+        if !self.kept.finish_recording(Duration::from_secs(3)) {
+            tracing::warn!("the recording may be incomplete: end of stream did not reach the file in time");
+        }
         self.shutdown();
     }
 
@@ -310,6 +429,28 @@ fn add_tone(pipeline: &gst::Pipeline, webrtc: &gst::Element) -> Result<gst::Elem
     Ok(tone)
 }
 
+/// Point the recording branch of `bin` at its file and note when end of
+/// stream reaches it.
+fn keep_recording(bin: &gst::Bin, kept: &Arc<Kept>) -> Result<(), String> {
+    let path = kept.keep.record.as_ref().ok_or("no recording asked for")?;
+    let file = bin.by_name("file").ok_or("filesink missing")?;
+    file.set_property("location", path.to_string_lossy().into_owned());
+    let sink = file.static_pad("sink").ok_or("filesink has no sink pad")?;
+    let k = kept.clone();
+    sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(e)) = &info.data {
+            if e.type_() == gst::EventType::Eos {
+                k.lock().record_done = true;
+                k.cond.notify_all();
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let queue = bin.by_name("rq").ok_or("recording queue missing")?;
+    kept.lock().record_queue = Some(queue);
+    Ok(())
+}
+
 /// [`simview::wall_fraction`] of a decoded I420 frame (a fakesink
 /// `handoff`'s buffer and pad); `None` for another format.
 fn frame_walls(args: &[gst::glib::Value]) -> Option<f64> {
@@ -325,14 +466,20 @@ fn frame_walls(args: &[gst::glib::Value]) -> Option<f64> {
     Some(simview::wall_fraction(map.as_slice(), u32::try_from(w).ok()?, u32::try_from(h).ok()?))
 }
 
+/// What the receive paths count and keep.
+struct Counters<'a> {
+    frames: &'a Arc<AtomicU64>,
+    audio_buffers: &'a Arc<AtomicU64>,
+    walls: &'a Arc<AtomicU64>,
+    kept: &'a Arc<Kept>,
+}
+
 fn link_receiver(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     decoder: &str,
     gate: &Arc<Mutex<Gate>>,
-    frames: &Arc<AtomicU64>,
-    audio_buffers: &Arc<AtomicU64>,
-    walls: &Arc<AtomicU64>,
+    c: Counters<'_>,
 ) -> Result<(), String> {
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let s = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.to_owned()));
@@ -340,7 +487,15 @@ fn link_receiver(
     let is_video = media.as_deref().is_none_or(|m| m == "video");
     let is_opus = media.as_deref() == Some("audio")
         && s.as_ref().is_some_and(|s| s.get::<&str>("encoding-name").is_ok_and(|e| e.eq_ignore_ascii_case("OPUS")));
-    let desc = if is_video {
+    let record = c.kept.keep.record.is_some();
+    let desc = if is_video && record {
+        // The file's location is set as a property below, never spliced in.
+        format!(
+            "valve name=gate drop=true ! rtph264depay request-keyframe=true wait-for-keyframe=true ! h264parse \
+             ! tee name=t ! queue ! {decoder} ! fakesink name=frames signal-handoffs=true sync=false async=false \
+             t. ! queue name=rq ! h264parse ! matroskamux ! filesink name=file async=false"
+        )
+    } else if is_video {
         format!(
             "valve name=gate drop=true ! rtph264depay request-keyframe=true wait-for-keyframe=true ! h264parse \
              ! {decoder} ! fakesink name=frames signal-handoffs=true sync=false async=false"
@@ -353,12 +508,15 @@ fn link_receiver(
         "fakesink sync=false async=false".to_owned()
     };
     let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| e.to_string())?;
+    if is_video && record {
+        keep_recording(&bin, c.kept)?;
+    }
     pipeline.add(&bin).map_err(|e| e.to_string())?;
     if is_video || is_opus {
         let valve = bin.by_name("gate").ok_or("valve missing")?;
         let sink = bin.by_name("frames").ok_or("fakesink missing")?;
-        let (gate2, frames) = (gate.clone(), if is_video { frames.clone() } else { audio_buffers.clone() });
-        let walls = walls.clone();
+        let (gate2, frames) = (gate.clone(), if is_video { c.frames.clone() } else { c.audio_buffers.clone() });
+        let (walls, kept) = (c.walls.clone(), c.kept.clone());
         sink.connect("handoff", false, move |args| {
             if gate2.lock().map(|g| g.verified).unwrap_or(false) {
                 frames.fetch_add(1, Ordering::Relaxed);
@@ -366,6 +524,7 @@ fn link_receiver(
                     if let Some(f) = frame_walls(args) {
                         walls.store(f.to_bits(), Ordering::Relaxed);
                     }
+                    kept.snapshot(args);
                 }
             }
             None

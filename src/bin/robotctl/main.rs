@@ -146,7 +146,7 @@ struct CallArgs {
     exec: Vec<String>,
     /// Call with protocol version 2 (WebRTC: through NATs, with a STUN/TURN
     /// server when needed) instead of version 1 (pre-keyed SRTP to
-    /// --media-host, same LAN only). --record and --snapshot are version 1 only for now.
+    /// --media-host, same LAN only).
     #[arg(long)]
     webrtc: bool,
     /// Version 2: STUN server for this phone's reflexive candidates
@@ -350,9 +350,6 @@ async fn call_v2(
     robot: &PairedRobot,
     a: CallArgs,
 ) -> anyhow::Result<()> {
-    if a.record.is_some() || a.snapshot.is_some() {
-        bail!("--record and --snapshot are not available with --webrtc yet");
-    }
     let stun = match &a.stun {
         None => None,
         Some(s) => {
@@ -364,7 +361,8 @@ async fn call_v2(
     let limits =
         webrtc::Limits { max_width: a.max_width, max_height: a.max_height, max_fps: a.max_fps, max_kbps: a.max_kbps };
     let mut p = connect(&robot.broker, phone_id, keys_path, auth).await?;
-    let (mut c, mut media) = webrtc::start(&mut p, robot, ice, a.audio, &limits, Duration::from_secs(15)).await?;
+    let keep = robotd::webrtc::phone::Keep { record: a.record.clone(), snapshot: a.snapshot.clone() };
+    let (mut c, mut media) = webrtc::start(&mut p, robot, ice, a.audio, keep, &limits, Duration::from_secs(15)).await?;
     media.stats = a.stats;
     println!("accepted: {}", c.accept["video"]);
     let result = async {
@@ -403,8 +401,21 @@ async fn call_v2(
     };
     let frames = media.frames();
     let audio = media.audio_buffers();
+    let snapshot = a.snapshot.as_ref().map(|path| (path, media.wait_snapshot(Duration::from_secs(5))));
     media.stop().await;
     println!("decoded {frames} frames in total");
+    match snapshot {
+        Some((path, Ok(true))) => println!("snapshot: {}", path.display()),
+        Some((path, Ok(false))) => eprintln!("snapshot: no frame was decoded, {} not written", path.display()),
+        Some((path, Err(e))) => eprintln!("snapshot: {} could not be written: {e}", path.display()),
+        None => {}
+    }
+    if let Some(path) = &a.record {
+        match std::fs::metadata(path) {
+            Ok(m) => println!("recording: {} ({} KiB)", path.display(), m.len() / 1024),
+            Err(e) => eprintln!("recording: {}: {e}", path.display()),
+        }
+    }
     if a.audio {
         println!("decoded {audio} audio buffers in total");
     }

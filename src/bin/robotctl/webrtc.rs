@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use robotd::phone::{ActiveCall, InviteOutcome, PairedRobot, Phone};
-use robotd::webrtc::phone::{PhoneOptions, PhonePeer};
+use robotd::webrtc::phone::{Keep, PhoneOptions, PhonePeer};
 use robotd::webrtc::{IceConfig, PeerEvent};
 
 /// The phone side of a v2 call's media.
@@ -46,12 +46,13 @@ pub async fn start(
     robot: &PairedRobot,
     ice: IceConfig,
     audio: bool,
+    keep: Keep,
     limits: &Limits,
     timeout: Duration,
 ) -> anyhow::Result<(ActiveCall, V2Media)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (peer, offer) = tokio::task::block_in_place(|| {
-        PhonePeer::offer_with(&ice, PhoneOptions { audio, ..PhoneOptions::default() }, tx)
+        PhonePeer::offer_keeping(&ice, PhoneOptions { audio, ..PhoneOptions::default() }, keep, tx)
     })?;
     // PeerEvents come from GStreamer threads; hand them to this task.
     let (etx, events) = tokio::sync::mpsc::unbounded_channel();
@@ -207,6 +208,14 @@ impl V2Media {
             println!("freeze: no new frame for {} ms, video resumed at frame {n}", gap.as_millis());
         }
         (self.last_frames, self.last_growth) = (n, now);
+    }
+
+    /// Wait for `--snapshot` (see [`PhonePeer::wait_snapshot`]).
+    pub fn wait_snapshot(&self, timeout: Duration) -> Result<bool, String> {
+        match &self.peer {
+            Some(peer) => tokio::task::block_in_place(|| peer.wait_snapshot(timeout)),
+            None => Ok(false),
+        }
     }
 
     pub async fn stop(&mut self) {
