@@ -137,6 +137,51 @@ fn the_phones_audio_reaches_the_robots_speaker_as_robotd_status_shows() {
     assert!(st["call"].is_null() && st["media"]["speaker_level_db"].is_null(), "{st}");
 }
 
+/// The `video` command in a version 2 call (protocol.md 8): `video KBPS`
+/// caps the bandwidth adaptation (the encoder's bitrate in `robotd status`
+/// falls to it although the estimate is higher), `video WxH@FPS` sets the
+/// frame size the robot sends, and anything above the call's accepted
+/// values is `invalid_request`.
+#[test]
+fn the_video_command_caps_the_adaptation_in_a_webrtc_call() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    // TEST_VIDEO with SMALL_VIDEO: 320x240@10, 200 kbit/s.
+    let robot = robot_in(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    let mut args = vec!["call", "--webrtc", "--frames", "10", "-x", "video 400", "-x", "video 120", "-x", "wait 6"];
+    args.extend(["-x", "ping", "-x", "video 160x120@5", "-x", "wait 6", "-x", "ping", "-x", "wait 4"]);
+    let phone = robotctl(&net.lan_phone, &keys, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let video = |st: &serde_json::Value| st["media"]["video"].clone();
+    let mut last = serde_json::Value::Null;
+    let capped = wait_until(Duration::from_secs(60), || {
+        last = status_sync(&robot);
+        video(&last)["encoder_kbps"].as_u64().is_some_and(|k| k > 0 && k <= 120)
+    });
+    assert!(capped, "the encoder's bitrate did not fall to the 120 kbit/s cap: {last}\n{}", robot.log());
+    let smaller = wait_until(Duration::from_secs(60), || {
+        last = status_sync(&robot);
+        (video(&last)["width"].as_u64(), video(&last)["height"].as_u64()) == (Some(160), Some(120))
+    });
+    assert!(smaller, "the frame size did not become 160x120: {last}\n{}", robot.log());
+    let out = phone.wait_with_output().unwrap();
+    let text = said(&out);
+    assert!(out.status.success(), "robotctl failed:\n{text}\nrobotd:\n{}", robot.log());
+    let line = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect::<Vec<_>>();
+    let answers = line("video: ");
+    assert_eq!(answers.len(), 3, "{text}");
+    assert!(
+        answers[0].contains("\"rejected\"")
+            && answers[0].contains("invalid_request")
+            && answers[0].contains("above the call's"),
+        "400 > 200: {text}"
+    );
+    assert!(answers[1].contains("\"ok\"") && answers[1].contains("\"kbps\":120"), "{text}");
+    assert!(answers[2].contains("\"ok\"") && answers[2].contains("\"width\":160"), "{text}");
+    assert!(decoded(&text) >= 10, "{text}");
+}
+
 /// The media helper killed with SIGKILL mid-call: the phone hears `ended`
 /// `media_failed` at once (not after a frame timeout), robotd stays up with
 /// the motors stopped, and the next call starts a fresh helper and works.

@@ -23,7 +23,7 @@ use crate::webrtc::ipc::{FromHelper, ToHelper};
 pub const POSE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 use crate::webrtc::{AudioSpec, IceConfig, SpeakerLevel, VideoSpec};
 use crate::wire::identity::ClientId;
-use crate::wire::payloads::VideoChange;
+use crate::wire::payloads::{VideoChange, VideoParams};
 use crate::wire::replies::EndReason;
 use crate::wire::webrtc::Candidate;
 
@@ -75,6 +75,9 @@ pub struct Media {
     sent_pose: Option<(Pose, &'static str)>,
     /// What a version 1 call's simulated camera shows (posed in place).
     scene: Option<Arc<SimScene>>,
+    /// The version 2 call's video as accepted, and as the `video` command
+    /// set it last.
+    webrtc_video: Option<(VideoParams, VideoParams)>,
 }
 
 impl Media {
@@ -91,6 +94,7 @@ impl Media {
             sim: None,
             sent_pose: None,
             scene: None,
+            webrtc_video: None,
         }
     }
 
@@ -139,6 +143,7 @@ impl Media {
         self.stop();
         self.current = Some(req.session.clone());
         let v = req.video;
+        self.webrtc_video = Some((v, v));
         let video = VideoSpec {
             device: self.video_cfg.device.clone(),
             width: v.width,
@@ -292,6 +297,10 @@ impl Media {
     /// Change the running video of `session` (bitrate at once; a new size or
     /// rate renegotiates the caps) and report what is now in force.
     pub fn adjust(&mut self, session: ClientId, change: VideoChange, answer: Answer) -> MediaReport {
+        if self.helper.as_ref().is_some_and(|h| h.session == session) {
+            let result = self.adjust_webrtc(change);
+            return MediaReport::VideoAdjusted { session, result, answer };
+        }
         let result = match self.running.as_ref().filter(|r| r.session == session) {
             None => Err(VideoAdjustError::Unavailable),
             Some(r) => match change {
@@ -302,6 +311,29 @@ impl Media {
             .map_err(|e| VideoAdjustError::Invalid(e.to_string())),
         };
         MediaReport::VideoAdjusted { session, result, answer }
+    }
+
+    /// `video` in a version 2 call: limits at most the call's accepted
+    /// values, which the helper's bandwidth adaptation works below.
+    fn adjust_webrtc(&mut self, change: VideoChange) -> Result<VideoParams, VideoAdjustError> {
+        let (Some((accepted, now)), Some(h)) = (self.webrtc_video.as_mut(), self.helper.as_ref()) else {
+            return Err(VideoAdjustError::Unavailable);
+        };
+        let want = match change {
+            VideoChange::Bitrate(kbps) => VideoParams { kbps, ..*now },
+            VideoChange::Format { width, height, fps } => VideoParams { width, height, fps, ..*now },
+        };
+        let a = *accepted;
+        if want.width > a.width || want.height > a.height || want.fps > a.fps || want.kbps > a.kbps {
+            return Err(VideoAdjustError::Invalid(format!(
+                "{}x{}@{} {} kbps is above the call's {}x{}@{} {} kbps: in a version 2 call `video` \
+                 lowers the picture or the bitrate (or restores them), and the bandwidth adaptation works below it",
+                want.width, want.height, want.fps, want.kbps, a.width, a.height, a.fps, a.kbps
+            )));
+        }
+        *now = want;
+        h.send(ToHelper::Video { width: want.width, height: want.height, fps: want.fps, kbps: want.kbps });
+        Ok(want)
     }
 
     /// The media side of `robotd status` (video sent, speaker).
@@ -320,6 +352,7 @@ impl Media {
     pub fn stop(&mut self) {
         self.current = None;
         self.scene = None;
+        self.webrtc_video = None;
         self.speaker = None;
         self.video_stats = None;
         if let Some(h) = self.helper.take() {
@@ -334,6 +367,7 @@ impl Media {
     pub async fn stop_and_wait(&mut self) {
         self.current = None;
         self.scene = None;
+        self.webrtc_video = None;
         self.speaker = None;
         self.video_stats = None;
         if let Some(h) = self.helper.take() {

@@ -84,6 +84,16 @@ pub struct Target {
     pub height: u32,
 }
 
+/// The owner's `video` command in a version 2 call: the frame size, rate
+/// and maximum bitrate the adaptation works below from now on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub kbps: u32,
+}
+
 /// The pure controller: estimates and the encoder's output in, [`Target`] out.
 #[derive(Debug)]
 pub struct Adapter {
@@ -115,6 +125,19 @@ impl Adapter {
             window: Default::default(),
             changed_at: now,
         }
+    }
+
+    /// New limits (the `video` command): the size steps start again from
+    /// `limits`' size, the bitrate never goes above `limits.kbps` (and is
+    /// brought down to it at once).
+    pub fn set_limits(&mut self, limits: Limits, now: Instant) {
+        self.width = limits.width;
+        self.height = limits.height;
+        self.fps = limits.fps.max(1);
+        self.max_kbps = limits.kbps;
+        self.floor_kbps = FLOOR_KBPS.min(limits.kbps);
+        self.kbps = self.kbps.clamp(self.floor_kbps, self.max_kbps);
+        self.change(0, now);
     }
 
     /// The estimator's bounds and start, bit/s: `(min, start, max)`. The
@@ -201,6 +224,8 @@ pub struct Readings {
     pub bytes_encoded: AtomicU64,
     pub width: AtomicU32,
     pub height: AtomicU32,
+    /// New [`Limits`] for the adaptation thread to take at its next tick.
+    pub limits: std::sync::Mutex<Option<Limits>>,
 }
 
 /// Plug `rtpgccbwe` into `webrtc` (its `request-aux-sender`) and drive
@@ -266,14 +291,28 @@ pub fn install(
                     }
                     _ => 0,
                 };
+                let limits = r.limits.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(l) = limits {
+                    adapter.set_limits(l, now);
+                    let (min, _, max) = adapter.estimator_bounds();
+                    bwe.set_property("min-bitrate", min);
+                    bwe.set_property("max-bitrate", max);
+                    tracing::info!(
+                        width = l.width,
+                        height = l.height,
+                        fps = l.fps,
+                        kbps = l.kbps,
+                        "video limits changed"
+                    );
+                }
                 let estimate: u32 = bwe.property("estimated-bitrate");
                 r.estimate_kbps.store(estimate / 1000, Ordering::Relaxed);
                 let t = adapter.update(estimate, sent_kbps, now);
-                if t.kbps != applied.kbps {
+                if t.kbps != applied.kbps || limits.is_some() {
                     encoder.set_property("bitrate", t.kbps);
                     r.encoder_kbps.store(t.kbps, Ordering::Relaxed);
                 }
-                if (t.width, t.height) != (applied.width, applied.height) {
+                if (t.width, t.height) != (applied.width, applied.height) || limits.is_some() {
                     tracing::info!(
                         width = t.width,
                         height = t.height,
@@ -312,6 +351,24 @@ mod tests {
     }
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_video_commands_limits_cap_the_bitrate_and_set_the_size() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(&hd(), t0);
+        assert_eq!(a.update(9_000_000, 2000, t0).kbps, 2000);
+        a.set_limits(Limits { width: 640, height: 360, fps: 15, kbps: 300 }, t0);
+        // At once, whatever the estimate; and the estimator is bounded to match.
+        assert_eq!(a.target(), Target { kbps: 300, width: 640, height: 360 });
+        assert_eq!(a.estimator_bounds().2, 333_333);
+        assert_eq!(a.update(9_000_000, 300, t0 + S).kbps, 300);
+        // Below the cap the estimate still rules.
+        assert_eq!(a.update(200_000, 180, t0 + 2 * S).kbps, 180);
+        // Lifting the cap lets the estimate climb to the new one.
+        a.set_limits(Limits { width: 1280, height: 720, fps: 30, kbps: 2000 }, t0 + 3 * S);
+        assert_eq!(a.update(9_000_000, 180, t0 + 4 * S).kbps, 2000);
+        assert_eq!((a.target().width, a.target().height), (1280, 720));
+    }
 
     #[test]
     fn needs_follow_libwebrtcs_minimums() {

@@ -26,6 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::congestion;
 use super::ipc::{self, FromHelper, ToHelper};
 use super::{PeerEvent, RobotPeer, SIM_DEVICE, SimScene};
 use crate::video::simview::ViewPose;
@@ -327,6 +328,11 @@ pub fn main() -> ! {
             ToHelper::Pose { x, y, heading, state } => {
                 if let Some(scene) = &scene {
                     scene.set_pose(ViewPose { x, y, heading, state });
+                }
+            }
+            ToHelper::Video { width, height, fps, kbps } => {
+                if let Some(p) = peer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    p.set_video(congestion::Limits { width, height, fps, kbps });
                 }
             }
             ToHelper::EndOfCandidates => {

@@ -47,6 +47,10 @@ pub enum ToHelper {
         #[serde(default)]
         state: String,
     },
+    /// The owner's `video` command: from now on the frame size, frame rate
+    /// and the bitrate's maximum (each at most the call's); the bandwidth
+    /// adaptation works below them.
+    Video { width: u32, height: u32, fps: u32, kbps: u32 },
     /// A candidate of the phone's (`candidate:…`).
     RemoteCandidate { mline: u32, candidate: String },
     /// The phone has no more candidates.

@@ -175,7 +175,8 @@ impl RobotPeer {
             (None, None) => "v4l2src name=src".into(),
         };
         let desc = format!(
-            "{src} ! videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
+            "{src} ! videoconvert ! videoscale ! videorate \
+             ! capsfilter name=rate caps=video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! videoscale ! capsfilter name=size caps=video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 \
              ! x264enc name=enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={kbps} \
              ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
@@ -388,6 +389,35 @@ impl RobotPeer {
             rms_db: l.rms_db,
             peak_db: l.peak_db,
         })
+    }
+
+    /// The owner's `video` command: frame rate now, size and maximum
+    /// bitrate through the bandwidth adaptation (directly without it).
+    pub fn set_video(&self, limits: congestion::Limits) {
+        let fps = limits.fps.max(1);
+        if let Some(rate) = self.pipeline.by_name("rate") {
+            let caps: gst::Caps = rate.property("caps");
+            let mut caps = caps.copy();
+            if let Some(s) = caps.make_mut().structure_mut(0) {
+                s.set("framerate", gst::Fraction::new(fps as i32, 1));
+            }
+            rate.set_property("caps", caps);
+        }
+        if let Some(enc) = self.pipeline.by_name("enc") {
+            enc.set_property("key-int-max", fps.saturating_mul(2));
+            if self.readings.is_none() {
+                enc.set_property("bitrate", limits.kbps);
+            }
+        }
+        match &self.readings {
+            Some(r) => *r.limits.lock().unwrap_or_else(|p| p.into_inner()) = Some(limits),
+            None => {
+                if let Some(size) = self.pipeline.by_name("size") {
+                    size.set_property("caps", congestion::size_caps(limits.width, limits.height));
+                }
+            }
+        }
+        tracing::info!(width = limits.width, height = limits.height, fps, kbps = limits.kbps, "video command applied");
     }
 
     /// The bandwidth estimate and what the encoder does with it; `None`
