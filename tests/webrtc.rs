@@ -291,7 +291,7 @@ fn spawn_phone(ns: &netns::Ns, dir: &std::path::Path, ice: &IceConfig, opts: Pho
 }
 
 fn small_video() -> VideoSpec {
-    VideoSpec { device: "test".into(), width: 320, height: 240, fps: 15, kbps: 300 }
+    VideoSpec { device: "test".into(), width: 320, height: 240, fps: 15, kbps: 300, encoder: "auto".into() }
 }
 
 /// Change every `a=fingerprint:sha-256` of an SDP (its first byte).
@@ -580,6 +580,36 @@ fn sim_camera_call(device: &str) -> Option<(bool, f64, f64, String)> {
     eprintln!("device {device}: coloured fraction far {far:.3}, near {near:.3}");
     call.robot.send(&ToHelper::Stop);
     Some((grew, far, near, call.report()))
+}
+
+/// `video.encoder` reaches the helper: forced `openh264enc` (the software
+/// fallback) sends video the phone decodes; forced `v4l2h264enc` (the Pi's
+/// hardware encoder, absent here) ends the call `video_failed` naming it.
+#[test]
+fn the_configured_encoder_is_the_one_the_helper_uses() {
+    let _shared = shared();
+    let Some(net) = netns::Internet::new() else { return };
+    let default = IceConfig::default();
+    let call_with = |encoder: &str| {
+        let video = VideoSpec { encoder: encoder.into(), ..small_video() };
+        let opts = Opts { video, ..Opts::default() };
+        Call::start_with(&net, &net.robot, &net.lan_phone, default.clone(), default.clone(), Tamper::Nothing, opts)
+    };
+    let mut call = call_with("openh264enc");
+    let ok = call.pump(CALL_TIMEOUT, |c| c.frames >= 30 || c.robot_ended().is_some());
+    assert!(ok && call.frames >= 30, "no video from openh264enc: {}", call.report());
+    call.robot.send(&ToHelper::Stop);
+    drop(call);
+    if gstreamer::init().is_ok() && gstreamer::ElementFactory::find("v4l2h264enc").is_none() {
+        let mut call = call_with("v4l2h264enc");
+        call.pump(CALL_TIMEOUT, |c| c.robot_ended().is_some());
+        let ended = call.robot_ended().map(|(r, d)| (r.to_owned(), d.to_owned()));
+        assert!(
+            ended.as_ref().is_some_and(|(r, d)| r == "video_failed" && d.contains("v4l2h264enc")),
+            "{ended:?}: {}",
+            call.report()
+        );
+    }
 }
 
 /// (a) Robot and phone on the same LAN, host candidates only, no STUN/TURN:
@@ -1038,7 +1068,8 @@ fn under_a_600_kbit_cap_the_encoder_drops_below_it_and_frames_keep_coming() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
     let Some(mut net) = netns::Internet::new() else { return };
     let (robot_ice, phone_ice) = relayed(&mut net);
-    let video = VideoSpec { device: "test:snow".into(), width: 1280, height: 720, fps: 30, kbps: 2000 };
+    let video =
+        VideoSpec { device: "test:snow".into(), width: 1280, height: 720, fps: 30, kbps: 2000, encoder: "auto".into() };
     let mut call = Call::start_with(
         &net,
         &net.robot,

@@ -150,6 +150,7 @@ impl Media {
             height: v.height,
             fps: v.fps,
             kbps: v.kbps,
+            encoder: self.video_cfg.encoder.clone(),
         };
         let audio = AudioSpec { mic: self.audio_cfg.device.clone(), speaker: self.audio_cfg.speaker.clone() };
         let sim_world = self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(Sim::obstacles);

@@ -64,8 +64,30 @@ impl Encoder {
         super::build(factory, b)
     }
 
+    /// The encoder as a `gst-launch` description element named `name`, set
+    /// up as [`Encoder::make`] does (x264enc also without B-frame
+    /// adaptation), for the media helper's pipeline. `v4l2h264enc` is
+    /// followed by the explicit level the Pi's encoder needs to negotiate.
+    pub fn launch_description(self, name: &str, kbps: u32, fps: u32) -> String {
+        let k = keyframe_interval(fps);
+        match self {
+            Encoder::V4l2 => format!(
+                "v4l2h264enc name={name} extra-controls=\"controls,video_bitrate=(int){},h264_i_frame_period=(int){k},\
+                 repeat_sequence_header=(int)1\" ! video/x-h264,level=(string)4",
+                kbps.saturating_mul(1000).min(i32::MAX as u32)
+            ),
+            Encoder::X264 => format!(
+                "x264enc name={name} tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={k} bitrate={kbps}"
+            ),
+            Encoder::OpenH264 => format!(
+                "openh264enc name={name} rate-control=bitrate usage-type=camera complexity=low gop-size={k} bitrate={}",
+                kbps.saturating_mul(1000)
+            ),
+        }
+    }
+
     /// Change the bitrate of a running encoder; all three take it while playing.
-    pub(crate) fn set_bitrate(self, enc: &gst::Element, kbps: u32, fps: u32) {
+    pub fn set_bitrate(self, enc: &gst::Element, kbps: u32, fps: u32) {
         match self {
             Encoder::V4l2 => enc.set_property("extra-controls", v4l2_controls(kbps, fps)),
             Encoder::X264 => enc.set_property("bitrate", kbps),
@@ -75,7 +97,7 @@ impl Encoder {
 
     /// Set the keyframe interval for a new frame rate (takes effect when the
     /// encoder is reconfigured by the following caps change).
-    pub(crate) fn set_keyframe_rate(self, enc: &gst::Element, kbps: u32, fps: u32) {
+    pub fn set_keyframe_rate(self, enc: &gst::Element, kbps: u32, fps: u32) {
         match self {
             Encoder::V4l2 => enc.set_property("extra-controls", v4l2_controls(kbps, fps)),
             Encoder::X264 => enc.set_property("key-int-max", keyframe_interval(fps)),

@@ -134,6 +134,30 @@ fn this_machine_has_an_encoder() {
     assert!(Encoder::AUTO_ORDER.contains(&enc));
 }
 
+#[test]
+fn the_helpers_encoder_descriptions_build_and_set_the_rate() {
+    // v4l2h264enc exists only on a Pi: its description is checked as text,
+    // with the controls the v1 sender gives it.
+    let v4l2 = Encoder::V4l2.launch_description("enc", 800, 15);
+    assert!(v4l2.starts_with("v4l2h264enc name=enc extra-controls=\""), "{v4l2}");
+    for c in ["video_bitrate=(int)800000", "h264_i_frame_period=(int)30", "repeat_sequence_header=(int)1"] {
+        assert!(v4l2.contains(c), "{c} in {v4l2}");
+    }
+    assert!(v4l2.ends_with("! video/x-h264,level=(string)4"), "{v4l2}");
+    super::ensure_init().unwrap();
+    for (enc, prop, want) in [(Encoder::X264, "bitrate", 800u32), (Encoder::OpenH264, "bitrate", 800_000)] {
+        if !super::has_element(enc.element_name()) {
+            continue;
+        }
+        let desc = format!("videotestsrc num-buffers=1 ! {} ! fakesink", enc.launch_description("enc", 800, 15));
+        let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+        let el = p.by_name("enc").unwrap();
+        assert_eq!(el.property::<u32>(prop), want, "{desc}");
+        enc.set_bitrate(&el, 300, 15);
+        assert_eq!(el.property::<u32>(prop), want * 3 / 8, "{enc} after set_bitrate");
+    }
+}
+
 // ---- capture choice ----------------------------------------------------------
 
 fn fmt(fourcc: &str, compressed: bool, sizes: &[(u32, u32, &[u32])]) -> CameraFormat {

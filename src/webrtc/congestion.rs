@@ -229,11 +229,11 @@ pub struct Readings {
 }
 
 /// Plug `rtpgccbwe` into `webrtc` (its `request-aux-sender`) and drive
-/// `encoder` (x264enc's `bitrate`) and `size` (a capsfilter before it) from
+/// `encoder` (its bitrate, by [`crate::video::Encoder::set_bitrate`]) and `size` (a capsfilter before it) from
 /// its estimate, every [`TICK`], until `stop`.
 pub fn install(
     webrtc: &gst::Element,
-    encoder: &gst::Element,
+    (encoder, kind): (&gst::Element, crate::video::Encoder),
     size: &gst::Element,
     video: &VideoSpec,
     stop: Arc<AtomicBool>,
@@ -309,7 +309,7 @@ pub fn install(
                 r.estimate_kbps.store(estimate / 1000, Ordering::Relaxed);
                 let t = adapter.update(estimate, sent_kbps, now);
                 if t.kbps != applied.kbps || limits.is_some() {
-                    encoder.set_property("bitrate", t.kbps);
+                    kind.set_bitrate(&encoder, t.kbps, adapter.fps);
                     r.encoder_kbps.store(t.kbps, Ordering::Relaxed);
                 }
                 if (t.width, t.height) != (applied.width, applied.height) || limits.is_some() {
@@ -347,7 +347,7 @@ mod tests {
     use super::*;
 
     fn hd() -> VideoSpec {
-        VideoSpec { device: "test".into(), width: 1280, height: 720, fps: 30, kbps: 2000 }
+        VideoSpec { device: "test".into(), width: 1280, height: 720, fps: 30, kbps: 2000, encoder: "auto".into() }
     }
 
     const S: Duration = Duration::from_secs(1);

@@ -260,7 +260,7 @@ mod tests {
     }
 
     fn video() -> VideoSpec {
-        VideoSpec { device: "test".into(), width: 320, height: 240, fps: 15, kbps: 300 }
+        VideoSpec { device: "test".into(), width: 320, height: 240, fps: 15, kbps: 300, encoder: "auto".into() }
     }
 
     #[test]

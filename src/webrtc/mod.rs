@@ -92,6 +92,14 @@ pub struct VideoSpec {
     pub fps: u32,
     /// Encoder bitrate, kbit/s.
     pub kbps: u32,
+    /// `video.encoder`: `auto` (v4l2h264enc, else x264enc, else
+    /// openh264enc) or one of those names; absent (an older robotd): auto.
+    #[serde(default = "auto")]
+    pub encoder: String,
+}
+
+fn auto() -> String {
+    "auto".into()
 }
 
 /// The robot's audio devices for one call (`[audio]` in the configuration).

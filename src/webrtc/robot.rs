@@ -3,7 +3,8 @@
 //! ```text
 //! videotestsrc|v4l2src|appsrc (device `sim`: [`SimScene`] rendered by
 //!   [`simview`]) → videoconvert → (call's size) → videoscale → capsfilter size
-//!   → x264enc (zerolatency) → constrained baseline
+//!   → v4l2h264enc | x264enc (zerolatency) | openh264enc (`video.encoder`,
+//!     [`Encoder::launch_description`]) → constrained baseline
 //!   → h264parse → rtph264pay (offer's PT, + transport-cc) → capssetter 42e01f
 //!   → valve (closed until the phone's DTLS certificate matches its offer) → webrtcbin
 //!     (+ rtpgccbwe as its aux sender when transport-cc is negotiated)
@@ -24,7 +25,7 @@
 //! Anything else the phone sends ends in a `fakesink`, so no audio m-line,
 //! in any direction, can fail the pipeline.
 //!
-//! The `size` capsfilter and x264enc's `bitrate` follow the bandwidth
+//! The `size` capsfilter and the encoder's bitrate follow the bandwidth
 //! estimate ([`super::congestion`]).
 
 use std::str::FromStr;
@@ -43,6 +44,8 @@ use gstreamer_webrtc as gst_webrtc;
 
 use super::congestion::{self, Readings};
 use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
+use crate::video::VideoError;
+use crate::video::encoder::{self, Encoder, EncoderPreference};
 use crate::video::simcam::{self, SimScene};
 
 /// How long a negotiation step may take before the call fails.
@@ -108,6 +111,8 @@ pub struct RobotPeer {
     level: Option<Arc<Mutex<Level>>>,
     /// The bandwidth estimate and encoder settings (transport-cc calls).
     readings: Option<Arc<Readings>>,
+    /// The H.264 encoder in use (`video.encoder`).
+    encoder: Encoder,
 }
 
 #[derive(Default)]
@@ -150,6 +155,10 @@ impl RobotPeer {
         check_video(video)?;
         let pattern = test_pattern(&video.device);
         let sim = (video.device == SIM_DEVICE).then(|| scene.unwrap_or_else(|| SimScene::new(Vec::new())));
+        let pref: EncoderPreference =
+            video.encoder.parse().map_err(|e: VideoError| WebrtcError::Video(e.to_string()))?;
+        let encoder = encoder::choose_encoder(pref, |name| gst::ElementFactory::find(name).is_some())
+            .map_err(|e| WebrtcError::Video(e.to_string()))?;
         let source = match (&sim, pattern) {
             (Some(_), _) => "appsrc",
             (None, Some(_)) => "videotestsrc",
@@ -158,7 +167,7 @@ impl RobotPeer {
         super::require_elements(&[
             source,
             "videoconvert",
-            "x264enc",
+            encoder.element_name(),
             "h264parse",
             "rtph264pay",
             "capssetter",
@@ -178,16 +187,14 @@ impl RobotPeer {
             "{src} ! videoconvert ! videoscale ! videorate \
              ! capsfilter name=rate caps=video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! videoscale ! capsfilter name=size caps=video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 \
-             ! x264enc name=enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={kbps} \
-             ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
+             ! {enc} ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
              ! rtph264pay name=pay pt={pt} ssrc={SSRC} config-interval=-1 aggregate-mode=zero-latency mtu=1200 \
              ! capssetter caps=\"application/x-rtp,profile-level-id=(string)42e01f\" \
              ! valve name=gate drop=true drop-mode=forward-sticky-events ! webrtcbin name=webrtc latency=150",
             w = video.width,
             h = video.height,
             fps = video.fps,
-            kint = video.fps.saturating_mul(2).max(1),
-            kbps = video.kbps,
+            enc = encoder.launch_description("enc", video.kbps, video.fps),
             pt = info.payload_type,
         );
         let pipeline = gst::parse::launch(&desc)
@@ -328,7 +335,7 @@ impl RobotPeer {
         let stop = Arc::new(AtomicBool::new(false));
         // Congestion control needs the phone's transport-cc feedback.
         let readings = match info.twcc_id {
-            Some(_) => Some(congestion::install(&webrtc, &get("enc")?, &get("size")?, video, stop.clone())?),
+            Some(_) => Some(congestion::install(&webrtc, (&get("enc")?, encoder), &get("size")?, video, stop.clone())?),
             None => {
                 tracing::warn!(kbps = video.kbps, "the offer has no transport-cc: fixed bitrate, no adaptation");
                 None
@@ -353,7 +360,8 @@ impl RobotPeer {
             simcam::spawn(appsrc, scene, video.width, video.height, video.fps, stop.clone())
                 .map_err(|e| WebrtcError::Pipeline(format!("sim camera thread: {e}")))?;
         }
-        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings };
+        tracing::info!(encoder = encoder.element_name(), "video encoder");
+        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings, encoder };
         let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
         Ok((peer, answer))
     }
@@ -404,9 +412,9 @@ impl RobotPeer {
             rate.set_property("caps", caps);
         }
         if let Some(enc) = self.pipeline.by_name("enc") {
-            enc.set_property("key-int-max", fps.saturating_mul(2));
+            self.encoder.set_keyframe_rate(&enc, limits.kbps, fps);
             if self.readings.is_none() {
-                enc.set_property("bitrate", limits.kbps);
+                self.encoder.set_bitrate(&enc, limits.kbps, fps);
             }
         }
         match &self.readings {
