@@ -355,7 +355,7 @@ fn raw_caps(width: u32, height: u32, fps: u32) -> gst::Caps {
 }
 
 /// The caps asked of the camera for a capture mode.
-fn camera_caps(mode: &CaptureMode) -> gst::Caps {
+pub(crate) fn camera_caps(mode: &CaptureMode) -> gst::Caps {
     let media = match mode.kind {
         CaptureKind::H264 => "video/x-h264",
         CaptureKind::Mjpeg => "image/jpeg",

@@ -45,6 +45,7 @@ use gstreamer_webrtc as gst_webrtc;
 use super::congestion::{self, Readings};
 use super::{AudioSpec, IceConfig, PeerEvent, SpeakerLevel, TWCC_URI, VideoSpec, WebrtcError, sdp};
 use crate::video::VideoError;
+use crate::video::camera::{self, CaptureKind, CaptureMode};
 use crate::video::encoder::{self, Encoder, EncoderPreference};
 use crate::video::simcam::{self, SimScene};
 
@@ -176,12 +177,24 @@ impl RobotPeer {
             "nicesrc",
             "dtlssrtpdec",
         ])?;
+        // A camera: the mode to capture in (probed, as for version 1).
+        let capture = match (&sim, pattern) {
+            (None, None) => Some(camera_mode(video)?),
+            _ => None,
+        };
+        if capture.as_ref().is_some_and(|m| m.kind == CaptureKind::Mjpeg) {
+            super::require_elements(&["jpegdec"])?;
+        }
+        if capture.as_ref().is_some_and(|m| m.kind == CaptureKind::H264) {
+            super::require_elements(&["avdec_h264"])?;
+        }
         // The device path is set as a property below, never spliced into the description.
-        let src = match (&sim, pattern) {
+        let src = match (&sim, pattern, &capture) {
             // Frames pushed by `simcam::spawn` at the call's size and rate.
-            (Some(_), _) => simcam::appsrc_description("src", video.width, video.height, video.fps),
-            (None, Some(_)) => "videotestsrc name=src is-live=true".into(),
-            (None, None) => "v4l2src name=src".into(),
+            (Some(_), _, _) => simcam::appsrc_description("src", video.width, video.height, video.fps),
+            (None, Some(_), _) => "videotestsrc name=src is-live=true".into(),
+            (None, None, Some(mode)) => camera_description(mode.kind),
+            (None, None, None) => "v4l2src name=src".into(),
         };
         let desc = format!(
             "{src} ! videoconvert ! videoscale ! videorate \
@@ -207,6 +220,11 @@ impl RobotPeer {
             (Some(_), _) => {}
             (None, Some(p)) => get("src")?.set_property_from_str("pattern", p),
             (None, None) => get("src")?.set_property("device", &video.device),
+        }
+        if let Some(mode) = &capture {
+            get("cam")?.set_property("caps", crate::video::sender::camera_caps(mode));
+            tracing::info!(device = %video.device, fourcc = %mode.fourcc, width = mode.width, height = mode.height,
+                rate = %mode.rate, "camera capture mode");
         }
         let webrtc = get("webrtc")?;
         let valve = get("gate")?;
@@ -646,6 +664,36 @@ fn link_incoming(
 /// `video.device` for the simulated robot's camera view.
 pub const SIM_DEVICE: &str = "sim";
 
+/// How to capture from the camera `video.device` for this call: its modes
+/// as for version 1 ([`camera::choose_capture`]), but a camera's own H.264
+/// only when it has nothing else: the helper always re-encodes, so the
+/// bandwidth adaptation and the phone's keyframe requests always reach an
+/// encoder it drives.
+fn camera_mode(video: &VideoSpec) -> Result<CaptureMode, WebrtcError> {
+    let path = std::path::Path::new(&video.device);
+    let info = camera::probe_camera(path)
+        .map_err(|e| WebrtcError::Video(e.to_string()))?
+        .ok_or_else(|| WebrtcError::Video(format!("{} is not a video capture device", video.device)))?;
+    let decodable: Vec<_> =
+        info.formats.iter().filter(|f| f.capture_kind().is_some_and(|k| k != CaptureKind::H264)).cloned().collect();
+    camera::choose_capture(&decodable, video.width, video.height, video.fps)
+        .or_else(|| camera::choose_capture(&info.formats, video.width, video.height, video.fps))
+        .ok_or_else(|| {
+            WebrtcError::Video(format!("{} offers no format robotd can capture (raw, MJPEG or H.264)", video.device))
+        })
+}
+
+/// The camera's source element and what turns its frames into raw video:
+/// `cam` is the capsfilter holding the chosen mode.
+fn camera_description(kind: CaptureKind) -> String {
+    let decode = match kind {
+        CaptureKind::Raw => "",
+        CaptureKind::Mjpeg => " ! jpegdec",
+        CaptureKind::H264 => " ! h264parse ! avdec_h264",
+    };
+    format!("v4l2src name=src ! capsfilter name=cam{decode}")
+}
+
 fn test_pattern(device: &str) -> Option<&'static str> {
     match device {
         "test" | "test:ball" => Some("ball"),
@@ -674,6 +722,26 @@ fn check_video(v: &VideoSpec) -> Result<(), WebrtcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_camera_is_captured_in_a_mode_it_has_and_decoded_to_raw() {
+        assert_eq!(camera_description(CaptureKind::Raw), "v4l2src name=src ! capsfilter name=cam");
+        assert_eq!(camera_description(CaptureKind::Mjpeg), "v4l2src name=src ! capsfilter name=cam ! jpegdec");
+        assert_eq!(
+            camera_description(CaptureKind::H264),
+            "v4l2src name=src ! capsfilter name=cam ! h264parse ! avdec_h264"
+        );
+        let video = VideoSpec {
+            device: "/dev/video-robotd-missing".into(),
+            width: 640,
+            height: 480,
+            fps: 30,
+            kbps: 1000,
+            encoder: "auto".into(),
+        };
+        let e = camera_mode(&video).unwrap_err().to_string();
+        assert!(e.contains("/dev/video-robotd-missing"), "{e}");
+    }
     use gst_webrtc::WebRTCRTPTransceiverDirection as D;
 
     fn line(phone_sends: bool, phone_receives: bool, opus: bool) -> sdp::AudioLine {
