@@ -276,7 +276,9 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
                 run(pair, "robotctl pair (Bob)");
                 let mut call = ns_of(net).command(robotctl_bin());
                 call.arg("--keys").arg(&keys).args(["call", "--webrtc", "-x", "wait 12"]);
-                bob = Some(call.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+                let log = std::fs::File::create(bob_dir.path().join("bob.log")).unwrap();
+                let err = log.try_clone().unwrap();
+                bob = Some(call.stdin(Stdio::null()).stdout(log).stderr(err).spawn().unwrap());
                 let calling = wait_until(SOON, || status_sync(robot)["call"].is_object());
                 eprintln!("harness: Bob calls the robot");
                 if calling {
@@ -286,13 +288,18 @@ fn drive_phone(net: &mut Internet, ns_of: fn(&Internet) -> &Ns, robot: &mut Robo
                 }
             }
             Some("other-call-stop") => {
-                let done = bob.as_mut().is_some_and(|b| wait_until(SOON, || b.try_wait().unwrap().is_some()));
+                // robotctl waits up to 60 s for a first frame, then 12 s.
+                let end = Duration::from_secs(90);
+                let done = bob.as_mut().is_some_and(|b| wait_until(end, || b.try_wait().unwrap().is_some()));
                 let free = wait_until(SOON, || status_sync(robot)["call"].is_null());
                 eprintln!("harness: Bob hung up");
                 if done && free {
                     "{}".into()
                 } else {
-                    serde_json::json!({ "error": "Bob's call did not end" }).to_string()
+                    let said = std::fs::read_to_string(bob_dir.path().join("bob.log")).unwrap_or_default();
+                    let st = status_sync(robot);
+                    let error = format!("Bob's call did not end; robotctl said:\n{said}\nrobotd status: {st}");
+                    serde_json::json!({ "error": error }).to_string()
                 }
             }
             Some("cut-udp") => {
@@ -357,15 +364,26 @@ fn the_web_app_pairs_by_qr_calls_drives_and_survives_a_broker_restart() {
     // The robot's test microphone (a tone to the phone) and its test
     // speaker, which measures the level of what the phone sends.
     let audio = "[audio]\ndevice = \"test\"\nspeaker = \"test\"\n";
-    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), TEST_VIDEO), audio));
+    // The flat's simulated camera, small: the phone checks that the shut
+    // bedroom door fills the picture when the goto ends blocked.
+    let video = "[video]\ndevice = \"sim\"\nwidth = 320\nheight = 240\nfps = 30\nkbps = 600\n";
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(&merge_toml(&flat(), video), audio));
     robot.spawn_wrapped(net.robot.command("env"));
     let steps = "pair,call,goto,drive,talk,broker,hangup,busy,media-failed,offline";
-    let phone = Phone::prepare(&net.lan_phone, &robot, work.path(), &dist, "lan", steps);
+    let mut phone = Phone::prepare(&net.lan_phone, &robot, work.path(), &dist, "lan", steps);
+    let (_, u, v) = robotd::video::simview::wall_colour(0);
+    phone.env.push(("DOOR_UV", format!("{u},{v}")));
     let said = drive_phone(&mut net, |n| &n.lan_phone, &mut robot, &phone.env);
     let out = &phone.out;
-    for step in
-        ["paired by scanning", "call connected", "goto kitchen", "goto bedroom: blocked", "joystick released", "talk:"]
-    {
+    for step in [
+        "paired by scanning",
+        "call connected",
+        "goto kitchen",
+        "goto bedroom: blocked",
+        "the door fills",
+        "joystick released",
+        "talk:",
+    ] {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }
     assert!(said.contains("broker restarted") && said.contains("hung up"), "{said}");

@@ -200,6 +200,10 @@ try {
     const q = await until('30 frames decoded', LONG, async () => {
       const v = await quality();
       return v.frames >= 30 && v;
+    }).catch(async (e) => {
+      // What the robot says it sent, for the failure report.
+      const st = await ask('status').catch(() => ({}));
+      throw new Error(`${e.message}; robotd status media: ${JSON.stringify(st.media)}; phone: ${JSON.stringify(await quality())}`);
     });
     const video = await page.evaluate(() => {
       const v = document.querySelector('video#remote-video');
@@ -257,6 +261,34 @@ try {
     const text = await page.textContent('#goto-status');
     say(`goto bedroom: blocked: "${text}"`);
     if (!/bedroom/i.test(text)) throw new Error(`the blocked message does not name the bedroom: ${text}`);
+    if (process.env.DOOR_UV) {
+      // The simulated camera: stopped before the shut door, the door's
+      // colour (its U and V; the renderer shades only Y) fills the picture.
+      const [du, dv] = process.env.DOOR_UV.split(',').map(Number);
+      const share = () => page.evaluate(([du, dv]) => {
+        const v = document.querySelector('video#remote-video');
+        const c = document.createElement('canvas');
+        c.width = v.videoWidth;
+        c.height = v.videoHeight;
+        const g = c.getContext('2d');
+        g.drawImage(v, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) {
+          const [r, gr, b] = [d[i], d[i + 1], d[i + 2]];
+          const u = -0.169 * r - 0.331 * gr + 0.5 * b + 128;
+          const w = 0.5 * r - 0.419 * gr - 0.081 * b + 128;
+          if (Math.abs(u - du) < 25 && Math.abs(w - dv) < 25) n++;
+        }
+        return n / Math.max(1, d.length / 4);
+      }, [du, dv]);
+      let last = 0;
+      const filled = await until('the shut door filling the picture', LONG, async () => {
+        last = await share();
+        return last > 0.8 && last;
+      }).catch((e) => { throw new Error(`${e.message} (door colour in ${(last * 100).toFixed(0)} % of the picture)`); });
+      say(`goto bedroom: the door fills ${(filled * 100).toFixed(0)} % of the picture`);
+    }
     await page.screenshot({ path: join(OUT_DIR, 'call-screen.png') });
   }
 
