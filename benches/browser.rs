@@ -5,8 +5,9 @@
 //! online". docs/benchmarks.md ("In a real browser") explains the method
 //! and holds the results.
 //!
-//!     cargo bench --bench browser                 # ~4 min
-//!     cargo bench --bench browser -- --quick      # ~2 min
+//!     cargo bench --bench browser                 # ~7 min
+//!     cargo bench --bench browser -- --quick      # ~2.5 min
+//!     cargo bench --bench browser -- --floors bare,chain,gcc,gcc2x
 //!
 //! Needs root (network namespaces, tests/common/netns.rs), Debian's
 //! Chromium and web/node_modules (scripts/setup.sh); prints why and exits
@@ -46,6 +47,7 @@ use calls_kit::*;
 use common::*;
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use gstreamer_rtp::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
@@ -168,7 +170,7 @@ fn sim_video() -> String {
 /// the page's offer (`{"sdp":...}`, all candidates in it) on stdin, prints
 /// the answer with all of its own, sends until stdin closes.
 fn floor_sender() {
-    gst::init().expect("gst::init");
+    robotd::webrtc::init().expect("gst::init and rtpgccbwe");
     let mut lines = std::io::stdin().lock().lines();
     let offer: Value = serde_json::from_str(&lines.next().expect("an offer").expect("stdin")).expect("offer JSON");
     let offer = offer["sdp"].as_str().expect("offer.sdp").to_string();
@@ -176,23 +178,28 @@ fn floor_sender() {
     // The same source and encoder settings as src/webrtc/robot.rs; without
     // its valve, videoscale/videorate (pass-through at the call's size) and
     // congestion control.
-    // ROBOTD_FLOOR_CHAIN=robot: with robotd's scaling and rate chain too
-    // (a diagnostic: what those elements cost).
-    let chain = if std::env::var("ROBOTD_FLOOR_CHAIN").as_deref() == Ok("robot") {
+    // The variant (`--floors`): `bare`; `chain` adds robotd's scaling and
+    // rate elements; `gcc` adds to that rtpgccbwe (its pacer) with robotd's
+    // bounds and transport-cc; `gcc2x` the same with the estimator's start
+    // and maximum at 2.5x the encoder's rate (the pacer faster than the
+    // encoder, as libwebrtc's pacing factor 2.5).
+    let variant = std::env::var("ROBOTD_FLOOR").unwrap_or_else(|_| "bare".into());
+    let chain = if variant == "bare" {
+        String::new()
+    } else {
         format!(
             "! videoscale ! videorate ! video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate={FPS}/1 \
              ! videoscale ! capsfilter caps=video/x-raw,width={WIDTH},height={HEIGHT},pixel-aspect-ratio=1/1"
         )
-    } else {
-        String::new()
     };
+    let gcc = variant.starts_with("gcc") && info.twcc_id.is_some();
     let desc = format!(
         "appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream \
          caps=video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate={FPS}/1,pixel-aspect-ratio=1/1 \
          ! videoconvert {chain} \
          ! x264enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={KBPS} \
          ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
-         ! rtph264pay pt={pt} config-interval=-1 aggregate-mode=zero-latency mtu=1200 \
+         ! rtph264pay name=pay pt={pt} config-interval=-1 aggregate-mode=zero-latency mtu=1200 \
          ! capssetter caps=\"application/x-rtp,profile-level-id=(string)42e01f\" \
          ! webrtcbin name=webrtc bundle-policy=max-bundle",
         kint = FPS * 2,
@@ -203,11 +210,29 @@ fn floor_sender() {
     pipeline.set_state(gst::State::Ready).expect("READY");
     let tr = webrtc.emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&0i32]).unwrap();
     tr.set_direction(gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly);
-    let prefs = format!(
+    let mut prefs = format!(
         "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload={},\
          packetization-mode=(string)1,profile-level-id=(string)42e01f",
         info.payload_type
     );
+    if let (true, Some(id)) = (gcc, info.twcc_id) {
+        let uri = robotd::webrtc::TWCC_URI;
+        let ext = gstreamer_rtp::RTPHeaderExtension::create_from_uri(uri).expect("rtphdrexttwcc");
+        ext.set_id(u32::from(id));
+        pipeline.by_name("pay").unwrap().emit_by_name::<()>("add-extension", &[&ext]);
+        prefs.push_str(&format!(",extmap-{id}=(string){uri},rtcp-fb-transport-cc=(boolean)true"));
+        // As congestion::install: bounds from the call's rate over HEADROOM.
+        let factor = if variant == "gcc2x" { 2.5 } else { 1.0 };
+        let bps = |kbps: u32, f: f64| (f64::from(kbps) * 1000.0 * f / robotd::webrtc::congestion::HEADROOM) as u32;
+        let bwe = gst::ElementFactory::make("rtpgccbwe").build().expect("rtpgccbwe");
+        bwe.set_property("min-bitrate", bps(robotd::webrtc::congestion::FLOOR_KBPS, 1.0));
+        bwe.set_property("max-bitrate", bps(KBPS, factor));
+        bwe.set_property("estimated-bitrate", bps(KBPS, factor));
+        let used = AtomicBool::new(false);
+        webrtc.connect("request-aux-sender", false, move |_| {
+            (!used.swap(true, Ordering::Relaxed)).then(|| bwe.to_value())
+        });
+    }
     tr.set_codec_preferences(Some(&gst::Caps::from_str(&prefs).unwrap()));
     webrtc.connect_pad_added(|_, pad| {
         // Nothing comes back but RTCP; an unlinked source pad would fail the pipeline.
@@ -283,11 +308,12 @@ struct Floor {
 }
 
 impl Floor {
-    fn start(ns: &Ns, offer: &Value, log: &Path) -> Result<(Floor, String), String> {
+    fn start(ns: &Ns, variant: &str, offer: &Value, log: &Path) -> Result<(Floor, String), String> {
         let err = std::fs::File::create(log).unwrap();
         let mut child = ns
             .command(std::env::current_exe().unwrap())
             .arg("floor-sender")
+            .env("ROBOTD_FLOOR", variant)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err)
@@ -377,7 +403,7 @@ fn drive(ns: &Ns, robot_ns: &Ns, robot: &Robot, env: &[(&str, String)], work: &P
             Some("floor-offer") => {
                 floor = None;
                 n += 1;
-                match Floor::start(robot_ns, &req["offer"], &work.join(format!("floor-{n}.log"))) {
+                match Floor::start(robot_ns, req["variant"].as_str().unwrap_or("bare"), &req["offer"], &work.join(format!("floor-{n}.log"))) {
                     Ok((f, answer)) => {
                         floor = Some(f);
                         serde_json::from_str(&answer).unwrap_or_else(|e| json!({ "error": e.to_string() }))
@@ -432,43 +458,50 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }
 
-/// Glass-to-glass rows: p50/p90/p99/max of each sender and the ratio.
+/// Glass-to-glass rows: each sender's percentiles and its ratio to the bare floor.
 fn g2g_report(r: &Value) {
     println!("\n### Glass-to-glass, {WIDTH}x{HEIGHT}@{FPS}, capture -> expectedDisplayTime (ms)\n");
     println!(
-        "| sender | frames read | unreadable | p50 | p90 | p99 | max | receive->display p50 | jitter buffer avg | decode avg |"
+        "| sender | frames read | unreadable | p50 | p90 | p99 | max | p50 / bare floor | p99 / bare floor | \
+         receive->display p50 | jitter buffer avg | decode avg | p50 by round |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let mut p = Vec::new();
-    for who in ["app", "floor"] {
-        let g = &r["g2g"][who];
-        let all = nums(&g["ms"]);
-        let rd = nums(&g["recv_to_display"]);
-        let jb = nums(&g["jitter_ms"]);
-        let dec = nums(&g["decode_ms"]);
-        let mean = |x: &[f64]| if x.is_empty() { f64::NAN } else { x.iter().sum::<f64>() / x.len() as f64 };
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let Some(all) = r["g2g"].as_object() else { return };
+    let floor = nums(&r["g2g"]["floor:bare"]["ms"]);
+    let mean = |x: &[f64]| if x.is_empty() { f64::NAN } else { x.iter().sum::<f64>() / x.len() as f64 };
+    for (who, g) in all {
+        let ms = nums(&g["ms"]);
+        let name = match who.as_str() {
+            "app" => "robotd (the app's call)".to_string(),
+            "floor:bare" => "floor: bare webrtcbin".to_string(),
+            "floor:chain" => "floor + robotd's videoscale/videorate".to_string(),
+            "floor:gcc" => "floor + chain + rtpgccbwe (robotd's bounds)".to_string(),
+            "floor:gcc2x" => "floor + chain + rtpgccbwe at 2.5x".to_string(),
+            other => other.to_string(),
+        };
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            if who == "app" { "robotd (the app's call)" } else { "floor (bare webrtcbin)" },
-            all.len(),
+            "| {name} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1} | {:.1} | {:.1} | {} |",
+            ms.len(),
             g["unreadable"].as_u64().unwrap_or(0),
-            pct(&all, 0.5),
-            pct(&all, 0.9),
-            pct(&all, 0.99),
-            all.last().copied().unwrap_or(f64::NAN),
-            pct(&rd, 0.5),
-            mean(&jb),
-            mean(&dec),
+            pct(&ms, 0.5),
+            pct(&ms, 0.9),
+            pct(&ms, 0.99),
+            ms.last().copied().unwrap_or(f64::NAN),
+            pct(&ms, 0.5) / pct(&floor, 0.5),
+            pct(&ms, 0.99) / pct(&floor, 0.99),
+            pct(&nums(&g["recv_to_display"]), 0.5),
+            mean(&nums(&g["jitter_ms"])),
+            mean(&nums(&g["decode_ms"])),
+            g["rounds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{:.0}", r["p50"].as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
-        p.push((pct(&all, 0.5), pct(&all, 0.99)));
     }
-    if let [(a50, a99), (f50, f99)] = p[..] {
-        println!(
-            "\nratio robotd/floor: p50 {:.2}x, p99 {:.2}x (goal: p50 <= 50 ms, p99 <= 100 ms)",
-            a50 / f50,
-            a99 / f99
-        );
-    }
+    println!("\n(goal: p50 <= 50 ms, p99 <= 100 ms)");
 }
 
 fn ttff_report(label: &str, r: &Value, goal_ms: u32) {
@@ -521,9 +554,16 @@ fn main() {
         println!("browser bench skipped: {reason}");
         return;
     }
-    let (rounds, seconds) = if quick { (2, 8) } else { (4, 15) };
+    let (rounds, seconds) = if quick { (2, 8) } else { (6, 10) };
+    // `--floors bare,chain,gcc,gcc2x`: which floor variants run each round
+    // (`chain` is robotd's chain before videorate went from the sim path).
+    let floors = args
+        .iter()
+        .position(|a| a == "--floors")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| if quick { "bare".into() } else { "bare,chain".into() });
     let started = Instant::now();
-    println!("# robotd browser bench\n\n{}; {rounds} rounds of {seconds} s per sender\n", machine());
+    println!("# robotd browser bench\n\n{}; {rounds} rounds of {seconds} s per sender; floors {floors}\n", machine());
 
     // Home LAN: the phone on the robot's Wi-Fi.
     let Some(mut net) = Internet::new() else { return };
@@ -542,6 +582,7 @@ fn main() {
             ("MODE", "lan".to_string()),
             ("ROUNDS", rounds.to_string()),
             ("SECONDS", seconds.to_string()),
+            ("FLOORS", floors.clone()),
             ("DIST", dist.display().to_string()),
         ];
         drive(&net.lan_phone, &net.robot, &robot, &env, work.path())

@@ -28,6 +28,8 @@ const ROBOT_ID = env('ROBOT_ID');
 const MODE = env('MODE', 'lan');
 const ROUNDS = Number(env('ROUNDS', '3'));
 const SECONDS = Number(env('SECONDS', '10'));
+// Floor variants, each measured every round (benches/browser.rs floor_sender).
+const FLOORS = env('FLOORS', 'bare').split(',').filter(Boolean);
 const LONG = 90_000;
 
 const lines = createInterface({ input: process.stdin });
@@ -305,7 +307,7 @@ try {
     }
     await hangUp();
 
-    if (MODE === 'lan' && SECONDS > 0) {
+    for (const variant of MODE === 'lan' && SECONDS > 0 ? FLOORS : []) {
       // The floor: a bare webrtcbin sender to a video element of the same size on the same page.
       const offer = await page.evaluate(async () => {
         const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
@@ -327,7 +329,7 @@ try {
         });
         return { type: 'offer', sdp: pc.localDescription.sdp };
       });
-      const answer = await ask('floor-offer', { offer });
+      const answer = await ask('floor-offer', { offer, variant });
       await page.evaluate(async (sdp) => {
         await window.__floor.setRemoteDescription({ type: 'answer', sdp });
         const v = document.getElementById('floor-video');
@@ -339,7 +341,7 @@ try {
       await page.waitForTimeout(2000);
       const a = await stats('window.__floor');
       const m = await page.evaluate((ms) => window.__g2g(document.getElementById('floor-video'), ms), SECONDS * 1000);
-      add('floor', m, perFrame(a, await stats('window.__floor')));
+      add(`floor:${variant}`, m, perFrame(a, await stats('window.__floor')));
       await page.evaluate(() => {
         window.__floor.close();
         document.getElementById('floor-video').remove();
