@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! videotestsrc|v4l2src|appsrc (device `sim`: [`SimScene`] rendered by
-//!   [`simview`]) → videoconvert → (call's size) → videoscale → capsfilter size
+//!   [`simview`]) → videoconvert → (call's size; videorate to its rate, not for `sim`)
+//!   → videoscale → capsfilter size
 //!   → x264enc (zerolatency) → constrained baseline
 //!   → h264parse → rtph264pay (offer's PT, + transport-cc) → capssetter 42e01f
 //!   → valve (closed until the phone's DTLS certificate matches its offer) → webrtcbin
@@ -183,8 +184,13 @@ impl RobotPeer {
             (None, Some(_)) => "videotestsrc name=src is-live=true".into(),
             (None, None) => "v4l2src name=src".into(),
         };
+        // videorate holds each frame until the next one arrives (to decide
+        // whether to duplicate it): a frame period of delay (benches/browser.rs,
+        // docs/benchmarks.md). The simulated camera pushes at the call's
+        // rate already, so it goes without.
+        let rate = if sim.is_some() { "" } else { "! videorate " };
         let desc = format!(
-            "{src} ! videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
+            "{src} ! videoconvert ! videoscale {rate}! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! videoscale ! capsfilter name=size caps=video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 \
              ! x264enc name=enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} bitrate={kbps} \
              ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
