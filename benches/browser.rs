@@ -47,8 +47,8 @@ use calls_kit::*;
 use common::*;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_rtp::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_rtp::prelude::*;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use netns::{Internet, Ns};
@@ -403,7 +403,12 @@ fn drive(ns: &Ns, robot_ns: &Ns, robot: &Robot, env: &[(&str, String)], work: &P
             Some("floor-offer") => {
                 floor = None;
                 n += 1;
-                match Floor::start(robot_ns, req["variant"].as_str().unwrap_or("bare"), &req["offer"], &work.join(format!("floor-{n}.log"))) {
+                match Floor::start(
+                    robot_ns,
+                    req["variant"].as_str().unwrap_or("bare"),
+                    &req["offer"],
+                    &work.join(format!("floor-{n}.log")),
+                ) {
                     Ok((f, answer)) => {
                         floor = Some(f);
                         serde_json::from_str(&answer).unwrap_or_else(|e| json!({ "error": e.to_string() }))
