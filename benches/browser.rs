@@ -594,6 +594,14 @@ fn main() {
     };
     let lan_load = loadavg();
     drop(robot);
+    // Printed now, so a failure in the TURN part keeps them.
+    g2g_report(&lan);
+    app_report(&lan);
+    println!("\n### Time to first frame: tap \"call\" -> first frame presented (ms)\n");
+    println!("| path | calls with a frame | calls without | p50 | max | min | tap -> connected p50 | goal |");
+    println!("|---|---|---|---|---|---|---|---|");
+    ttff_report("home LAN (direct)", &lan, 1000);
+    std::io::stdout().flush().unwrap();
 
     // The phone on a carrier network (symmetric NAT), the robot at home:
     // the call goes through the TURN relay (robotd has the credentials).
@@ -624,17 +632,11 @@ fn main() {
     let relayed = net.turn_log().contains("ALLOCATE processed, success");
     drop(robot);
 
-    g2g_report(&lan);
-    println!("\n### Time to first frame: tap \"call\" -> first frame presented (ms)\n");
-    println!("| path | calls with a frame | calls without | p50 | max | min | tap -> connected p50 | goal |");
-    println!("|---|---|---|---|---|---|---|---|");
-    ttff_report("home LAN (direct)", &lan, 1000);
     ttff_report(
         if relayed { "carrier NAT, through TURN" } else { "carrier NAT (no TURN allocation seen!)" },
         &turn,
         2000,
     );
-    app_report(&lan);
     println!(
         "\nloadavg after the LAN part: {lan_load}; at the end: {}; total {:.0} s",
         loadavg(),
