@@ -352,6 +352,13 @@ try {
 } catch (e) {
   failed = true;
   console.error('bench: FAILED:', e && e.stack ? e.stack : e);
+  try {
+    const p = browser.contexts()[0]?.pages()[0];
+    if (p) {
+      const text = async (sel) => ((await p.locator(sel).count()) ? (await p.locator(sel).first().textContent()) : null);
+      console.error(`bench: at failure: pair-status ${JSON.stringify(await p.locator('#pair-status').getAttribute('data-status').catch(() => null))} "${await text('#pair-status')}", banner "${await text('#banner')}"`);
+    }
+  } catch {}
 } finally {
   console.log(`RESULT ${JSON.stringify(result)}`);
   await browser.close();
