@@ -5,7 +5,7 @@
 //! online". docs/benchmarks.md ("In a real browser") explains the method
 //! and holds the results.
 //!
-//!     cargo bench --bench browser                 # ~7 min
+//!     cargo bench --bench browser                 # ~5 min
 //!     cargo bench --bench browser -- --quick      # ~2.5 min
 //!     cargo bench --bench browser -- --floors bare,chain,gcc,gcc2x
 //!
