@@ -144,10 +144,22 @@ fn the_phones_audio_reaches_the_robots_speaker_as_robotd_status_shows() {
 /// values is `invalid_request`.
 #[test]
 fn the_video_command_caps_the_adaptation_in_a_webrtc_call() {
+    video_command_call(TEST_VIDEO);
+}
+
+/// The same with the simulated camera, which has no videorate: the frame
+/// rate change reaches its renderer and its caps, and the call goes on.
+#[test]
+fn the_video_command_changes_the_sim_cameras_rate_too() {
+    video_command_call("[video]\ndevice = \"sim\"\nwidth = 320\nheight = 240\nfps = 30\nkbps = 600\n");
+}
+
+fn video_command_call(video: &str) {
     let Some(mut net) = Internet::new() else { return };
     net.start_mosquitto();
-    // TEST_VIDEO with SMALL_VIDEO: 320x240@10, 200 kbit/s.
-    let robot = robot_in(&net);
+    // With SMALL_VIDEO: 320x240@10, 200 kbit/s.
+    let mut robot = Robot::configure_url(&net.broker_url(), &merge_toml(video, SMALL_VIDEO));
+    robot.spawn_wrapped(net.robot.command("env"));
     let dir = tempfile::tempdir().unwrap();
     let keys = pair(&net.lan_phone, &robot, dir.path());
     let mut args = vec!["call", "--webrtc", "--frames", "10", "-x", "video 400", "-x", "video 120", "-x", "wait 6"];
@@ -180,6 +192,7 @@ fn the_video_command_caps_the_adaptation_in_a_webrtc_call() {
     assert!(answers[1].contains("\"ok\"") && answers[1].contains("\"kbps\":120"), "{text}");
     assert!(answers[2].contains("\"ok\"") && answers[2].contains("\"width\":160"), "{text}");
     assert!(decoded(&text) >= 10, "{text}");
+    assert!(!robot.log().contains("not-negotiated"), "{}", robot.log());
 }
 
 /// The media helper killed with SIGKILL mid-call: the phone hears `ended`

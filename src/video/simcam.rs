@@ -4,7 +4,7 @@
 //! camera's. Used by the media helper's WebRTC sender and by the version 1
 //! sender, for `video.device = "sim"`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use crate::hal::config::Obstacle;
 pub struct SimScene {
     world: Vec<Obstacle>,
     pose: Mutex<ViewPose>,
+    /// Frames per second from the `video` command (0: the call's).
+    fps: AtomicU32,
 }
 
 impl std::fmt::Debug for SimScene {
@@ -30,12 +32,18 @@ impl std::fmt::Debug for SimScene {
 impl SimScene {
     /// A scene of `world`, seen from the origin until the first pose.
     pub fn new(world: Vec<Obstacle>) -> Arc<SimScene> {
-        Arc::new(SimScene { world, pose: Mutex::new(ViewPose::default()) })
+        Arc::new(SimScene { world, pose: Mutex::new(ViewPose::default()), fps: AtomicU32::new(0) })
     }
 
     /// The robot moved.
     pub fn set_pose(&self, pose: ViewPose) {
         *self.pose.lock().unwrap_or_else(|p| p.into_inner()) = pose;
+    }
+
+    /// Render `fps` frames a second from now on (the `video` command; the
+    /// `appsrc` caps must say the same).
+    pub fn set_fps(&self, fps: u32) {
+        self.fps.store(fps.max(1), Ordering::Relaxed);
     }
 
     /// The latest pose.
@@ -65,11 +73,14 @@ pub fn spawn(
     fps: u32,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let period = Duration::from_secs(1) / fps.max(1);
+    if scene.fps.load(Ordering::Relaxed) == 0 {
+        scene.set_fps(fps);
+    }
     std::thread::Builder::new().name("sim-camera".into()).spawn(move || {
         let mut frame = Vec::new();
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            let period = Duration::from_secs(1) / scene.fps.load(Ordering::Relaxed).max(1);
             let time_ms =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             simview::render_i420(&scene.world, &scene.pose(), Some(&simview::Overlay { time_ms }), w, h, &mut frame);

@@ -8,7 +8,11 @@
 //! coloured wall (its own hue, darker with distance), so "wall pixels" can be
 //! told from the room by their chroma even after H.264. A small overlay in
 //! the top-left corner gives the capture time (ms, wrapping at 10^8) and the
-//! robot's state in a built-in 3x5 font.
+//! robot's state in a built-in 3x5 font, and a machine-readable time code
+//! along the bottom edge ([`TIMECODE_BITS`] large black/white blocks: the
+//! capture time's low 32 bits of ms and an 8-bit check, [`read_timecode`]),
+//! which a browser decodes from a canvas to measure glass-to-glass latency
+//! (benches/browser.rs, web/e2e/bench.mjs).
 //!
 //! Pure: no GStreamer, no I/O; `robotd media` feeds its frames to an `appsrc`.
 
@@ -75,6 +79,59 @@ pub fn cast(world: &[Obstacle], pose: &ViewPose, width: u32) -> Vec<Option<Hit>>
 pub struct Overlay {
     /// Capture time, ms (e.g. since the Unix epoch; shown modulo 10^8).
     pub time_ms: u64,
+}
+
+/// Blocks in the time code: 32 bits of the capture time (ms, modulo 2^32)
+/// and 8 check bits, most significant first.
+pub const TIMECODE_BITS: usize = 40;
+
+/// Side of one time-code block in pixels for a `width`-wide frame: the code
+/// spans half the width, so each block is a multiple of the 16x16
+/// macroblock at 1280 and several pixels even at 160.
+pub fn timecode_block(width: u32) -> usize {
+    (width as usize / (2 * TIMECODE_BITS)).max(2)
+}
+
+/// The 8 check bits of a 32-bit code: its bytes XORed with 0x5a, so an
+/// all-black or all-white strip is never a valid code.
+fn timecode_check(code: u32) -> u8 {
+    code.to_be_bytes().iter().fold(0x5a, |a, b| a ^ b)
+}
+
+fn timecode_word(time_ms: u64) -> u64 {
+    let code = time_ms as u32;
+    (u64::from(code) << 8) | u64::from(timecode_check(code))
+}
+
+/// Draw the time code of `time_ms` along the bottom-left edge of `luma`.
+fn draw_timecode(luma: &mut [u8], w: usize, h: usize, time_ms: u64) {
+    let b = timecode_block(w as u32);
+    if b * TIMECODE_BITS > w || b > h {
+        return;
+    }
+    let word = timecode_word(time_ms);
+    for row in h - b..h {
+        for (i, block) in luma[row * w..row * w + b * TIMECODE_BITS].chunks_exact_mut(b).enumerate() {
+            let bit = (word >> (TIMECODE_BITS - 1 - i)) & 1;
+            block.fill(if bit == 1 { 235 } else { 16 });
+        }
+    }
+}
+
+/// Read the time code from a frame's luma plane (`width` x `height`, e.g.
+/// decoded after H.264): the capture time's low 32 bits of ms, `None` when
+/// the check bits do not match. Samples the middle of each block and
+/// thresholds at mid-grey; web/e2e/bench.mjs does the same on RGB.
+pub fn read_timecode(luma: &[u8], width: u32, height: u32) -> Option<u32> {
+    let (w, h) = (width as usize, height as usize);
+    let b = timecode_block(width);
+    if b * TIMECODE_BITS > w || b > h || luma.len() < w * h {
+        return None;
+    }
+    let row = h - b + b / 2;
+    let word = (0..TIMECODE_BITS).fold(0u64, |acc, i| (acc << 1) | u64::from(luma[row * w + i * b + b / 2] >= 128));
+    let code = (word >> 8) as u32;
+    (timecode_check(code) == word as u8).then_some(code)
 }
 
 /// Bytes of an I420 frame of `width` x `height` (both even).
@@ -158,6 +215,7 @@ pub fn render_i420(
     }
     if let Some(o) = overlay {
         draw_overlay(luma, w, h, o, &pose.state);
+        draw_timecode(luma, w, h, o.time_ms);
     }
 }
 
@@ -297,6 +355,26 @@ mod tests {
             assert_eq!(f.len(), i420_len(w, h));
             assert_eq!(f.len(), (w * h * 3 / 2) as usize);
         }
+    }
+
+    #[test]
+    fn the_time_code_round_trips() {
+        let mut f = Vec::new();
+        for (w, h) in [(1280, 720), (640, 480), (320, 240), (160, 120)] {
+            for t in [0u64, 1, 1_764_650_000_123, u64::from(u32::MAX), 0xdead_beef_cafe] {
+                render_i420(&door(), &at(2.9), Some(&Overlay { time_ms: t }), w, h, &mut f);
+                assert_eq!(read_timecode(&f, w, h), Some(t as u32), "{w}x{h} at {t}");
+            }
+        }
+        // No overlay, no code: a plain picture does not read as one.
+        render_i420(&door(), &at(0.0), None, 320, 240, &mut f);
+        assert_eq!(read_timecode(&f, 320, 240), None);
+        // One block flipped (as a decoding error would): refused, not misread.
+        render_i420(&door(), &at(0.0), Some(&Overlay { time_ms: 77 }), 320, 240, &mut f);
+        let b = timecode_block(320);
+        let (x, y) = (5 * b + b / 2, 240 - b + b / 2);
+        f[y * 320 + x] = 255 - f[y * 320 + x];
+        assert_eq!(read_timecode(&f, 320, 240), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! videotestsrc|v4l2src|appsrc (device `sim`: [`SimScene`] rendered by
-//!   [`simview`]) → videoconvert → (call's size) → videoscale → capsfilter size
+//!   [`simview`]) → videoconvert → (call's size; videorate to its rate, not for `sim`)
+//!   → videoscale → capsfilter size
 //!   → v4l2h264enc | x264enc (zerolatency) | openh264enc (`video.encoder`,
 //!     [`Encoder::launch_description`]) → constrained baseline
 //!   → h264parse → rtph264pay (offer's PT, + transport-cc) → capssetter 42e01f
@@ -114,6 +115,8 @@ pub struct RobotPeer {
     readings: Option<Arc<Readings>>,
     /// The H.264 encoder in use (`video.encoder`).
     encoder: Encoder,
+    /// What device `sim` renders.
+    scene: Option<Arc<SimScene>>,
 }
 
 #[derive(Default)]
@@ -196,8 +199,13 @@ impl RobotPeer {
             (None, None, Some(mode)) => camera_description(mode.kind),
             (None, None, None) => "v4l2src name=src".into(),
         };
+        // videorate holds each frame until the next one arrives (to decide
+        // whether to duplicate it): a frame period of delay (benches/browser.rs,
+        // docs/benchmarks.md). The simulated camera pushes at the call's
+        // rate already, so it goes without.
+        let rate = if sim.is_some() { "" } else { "! videorate " };
         let desc = format!(
-            "{src} ! videoconvert ! videoscale ! videorate \
+            "{src} ! videoconvert ! videoscale {rate}\
              ! capsfilter name=rate caps=video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
              ! videoscale ! capsfilter name=size caps=video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 \
              ! {enc} ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
@@ -371,15 +379,15 @@ impl RobotPeer {
         };
         super::spawn_bus_watch(&pipeline, events, stop.clone(), "robot", on_element)
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
-        if let Some(scene) = sim {
+        if let Some(scene) = &sim {
             let appsrc = get("src")?
                 .downcast::<gst_app::AppSrc>()
                 .map_err(|_| WebrtcError::Pipeline("element src is not an appsrc".into()))?;
-            simcam::spawn(appsrc, scene, video.width, video.height, video.fps, stop.clone())
+            simcam::spawn(appsrc, scene.clone(), video.width, video.height, video.fps, stop.clone())
                 .map_err(|e| WebrtcError::Pipeline(format!("sim camera thread: {e}")))?;
         }
         tracing::info!(encoder = encoder.element_name(), "video encoder");
-        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings, encoder };
+        let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings, encoder, scene: sim };
         let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
         Ok((peer, answer))
     }
@@ -421,13 +429,23 @@ impl RobotPeer {
     /// bitrate through the bandwidth adaptation (directly without it).
     pub fn set_video(&self, limits: congestion::Limits) {
         let fps = limits.fps.max(1);
-        if let Some(rate) = self.pipeline.by_name("rate") {
-            let caps: gst::Caps = rate.property("caps");
+        let with_rate = |el: &gst::Element| {
+            let caps: gst::Caps = el.property("caps");
             let mut caps = caps.copy();
             if let Some(s) = caps.make_mut().structure_mut(0) {
                 s.set("framerate", gst::Fraction::new(fps as i32, 1));
             }
-            rate.set_property("caps", caps);
+            el.set_property("caps", caps);
+        };
+        // The simulated camera (no videorate): it renders at the new rate.
+        if let Some(scene) = &self.scene {
+            if let Some(src) = self.pipeline.by_name("src") {
+                with_rate(&src);
+            }
+            scene.set_fps(fps);
+        }
+        if let Some(rate) = self.pipeline.by_name("rate") {
+            with_rate(&rate);
         }
         if let Some(enc) = self.pipeline.by_name("enc") {
             self.encoder.set_keyframe_rate(&enc, limits.kbps, fps);
