@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::video::simview;
 use gstreamer as gst;
@@ -56,6 +56,32 @@ impl Default for PhoneOptions {
 /// size their own jitterbuffers; this is robotctl's.
 pub const RECEIVE_LATENCY_MS: u32 = 400;
 
+/// The gaps between decoded video frames, once asked for
+/// ([`PhonePeer::record_frame_gaps`]); at most [`MAX_GAPS`] kept between two
+/// [`PhonePeer::take_frame_gaps`].
+#[derive(Default)]
+struct FrameGaps {
+    on: bool,
+    last: Option<Instant>,
+    gaps: Vec<Duration>,
+}
+
+const MAX_GAPS: usize = 100_000;
+
+impl FrameGaps {
+    fn frame(&mut self) {
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            if self.gaps.len() < MAX_GAPS {
+                self.gaps.push(now - last);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Gate {
     /// What the answer names (known once `set_answer` ran).
@@ -79,6 +105,7 @@ pub struct PhonePeer {
     audio_buffers: Arc<AtomicU64>,
     /// The last decoded frame's [`simview::wall_fraction`] (f64 bits).
     walls: Arc<AtomicU64>,
+    gaps: Arc<Mutex<FrameGaps>>,
     /// The tone's source, when the phone offers audio.
     mic: Option<gst::Element>,
     stop: Arc<AtomicBool>,
@@ -126,20 +153,22 @@ impl PhonePeer {
         let frames = Arc::new(AtomicU64::new(0));
         let audio_buffers = Arc::new(AtomicU64::new(0));
         let walls = Arc::new(AtomicU64::new(0));
+        let gaps = Arc::new(Mutex::new(FrameGaps::default()));
         let stop = Arc::new(AtomicBool::new(false));
         // The microphone first: its pad makes transceiver 0 (m-line 0, as in Chromium's offers).
         let mic = if opts.audio { Some(add_tone(&pipeline, &webrtc)?) } else { None };
 
         {
             let (pipeline_weak, gate, frames) = (pipeline.downgrade(), gate.clone(), frames.clone());
-            let (audio_buffers, walls) = (audio_buffers.clone(), walls.clone());
+            let (audio_buffers, walls, gaps) = (audio_buffers.clone(), walls.clone(), gaps.clone());
             let tx = events.clone();
             webrtc.connect_pad_added(move |_, pad| {
                 if pad.direction() != gst::PadDirection::Src {
                     return;
                 }
                 let Some(pipeline) = pipeline_weak.upgrade() else { return };
-                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames, &audio_buffers, &walls) {
+                if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, &frames, &audio_buffers, (&walls, &gaps))
+                {
                     let _ = tx.send(PeerEvent::Failed(format!("receive path: {e}")));
                 }
             });
@@ -164,7 +193,7 @@ impl PhonePeer {
         super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone", |_| {})
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
         pipeline.set_state(gst::State::Playing).map_err(|e| WebrtcError::Pipeline(format!("to PLAYING: {e}")))?;
-        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, mic, stop, events };
+        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, gaps, mic, stop, events };
         let offer = peer.make_offer(opts.nack).inspect_err(|_| peer.shutdown())?;
         Ok((peer, offer))
     }
@@ -238,6 +267,18 @@ impl PhonePeer {
     /// ([`simview::wall_fraction`]: the walls of video device `sim`).
     pub fn wall_fraction(&self) -> f64 {
         f64::from_bits(self.walls.load(Ordering::Relaxed))
+    }
+
+    /// From now on, keep the time between consecutive decoded video frames
+    /// (what a viewer sees as a freeze; benches/webrtc.rs).
+    pub fn record_frame_gaps(&self) {
+        self.gaps.lock().unwrap_or_else(|p| p.into_inner()).on = true;
+    }
+
+    /// The gaps between decoded video frames since the last call (empty
+    /// unless [`PhonePeer::record_frame_gaps`] was called).
+    pub fn take_frame_gaps(&self) -> Vec<Duration> {
+        std::mem::take(&mut self.gaps.lock().unwrap_or_else(|p| p.into_inner()).gaps)
     }
 
     /// Opus buffers of the robot's decoded since its certificate was verified.
@@ -332,7 +373,7 @@ fn link_receiver(
     gate: &Arc<Mutex<Gate>>,
     frames: &Arc<AtomicU64>,
     audio_buffers: &Arc<AtomicU64>,
-    walls: &Arc<AtomicU64>,
+    (walls, gaps): (&Arc<AtomicU64>, &Arc<Mutex<FrameGaps>>),
 ) -> Result<(), String> {
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let s = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.to_owned()));
@@ -358,11 +399,12 @@ fn link_receiver(
         let valve = bin.by_name("gate").ok_or("valve missing")?;
         let sink = bin.by_name("frames").ok_or("fakesink missing")?;
         let (gate2, frames) = (gate.clone(), if is_video { frames.clone() } else { audio_buffers.clone() });
-        let walls = walls.clone();
+        let (walls, gaps) = (walls.clone(), gaps.clone());
         sink.connect("handoff", false, move |args| {
             if gate2.lock().map(|g| g.verified).unwrap_or(false) {
                 frames.fetch_add(1, Ordering::Relaxed);
                 if is_video {
+                    gaps.lock().unwrap_or_else(|p| p.into_inner()).frame();
                     if let Some(f) = frame_walls(args) {
                         walls.store(f.to_bits(), Ordering::Relaxed);
                     }
