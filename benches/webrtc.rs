@@ -212,6 +212,25 @@ fn start_call(net: &netns::Internet, ice: &(robotd::webrtc::IceConfig, robotd::w
     call
 }
 
+/// `ROBOTD_BENCH_TRACE=1`: the capped phase second by second on stderr.
+fn trace(call: &Call, s: &[Sample], capped: Instant) {
+    for i in (4..s.len()).step_by(4) {
+        let (from, to) = (s[i - 4].at, s[i].at);
+        let r = call.rates.iter().rfind(|r| r.at <= to);
+        let gap = call.gaps.iter().filter(|(at, _)| *at > from && *at <= to).map(|(_, g)| *g).max();
+        eprintln!(
+            "t={:5.1}s offered {:4.0} delivered {:4.0} kbit/s; estimate {:?} encoder {:?} size {:?}; max gap {:?} ms",
+            to.duration_since(capped).as_secs_f64(),
+            kbps(&s[i - 4], &s[i], |x| x.offered),
+            kbps(&s[i - 4], &s[i], |x| x.delivered),
+            r.map(|r| r.estimate_kbps),
+            r.map(|r| r.encoder_kbps),
+            r.map(|r| (r.width, r.height)),
+            gap.map(|g| g.as_millis()),
+        );
+    }
+}
+
 fn adapt_rep(plan: &Plan) -> Option<Rep> {
     let mut net = netns::Internet::new()?;
     let cap_floor = flood_floor(&mut net);
@@ -235,6 +254,9 @@ fn adapt_rep(plan: &Plan) -> Option<Rep> {
     } else {
         (f64::NAN, f64::NAN)
     };
+    if std::env::var_os("ROBOTD_BENCH_TRACE").is_some() {
+        trace(&call, s, capped);
+    }
     let r = call.last_rates().expect("Stats from the helper");
     drop(call);
     net.clear();
