@@ -245,8 +245,8 @@ fn adapt_rep(plan: &Plan) -> Option<Rep> {
     let cap = window(&mut call, &net, Duration::from_secs(plan.cap_s));
     let s = &cap.samples;
     // 1 s windows (4 samples apart): the end of the last one above the cap.
-    let over = (4..s.len()).filter(|&i| kbps(&s[i - 4], &s[i], |x| x.offered) > cap_floor).last();
-    let settle_i = over.map_or(0, |i| i);
+    let over = (4..s.len()).rev().find(|&i| kbps(&s[i - 4], &s[i], |x| x.offered) > cap_floor);
+    let settle_i = over.unwrap_or(0);
     let settle = (settle_i + 4 < s.len()).then(|| s[settle_i].at.duration_since(capped).as_secs_f64());
     let last = s.last().unwrap();
     let (after_delivered, after_offered) = if settle_i + 4 < s.len() {
