@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::video::simview;
 use gstreamer as gst;
@@ -136,6 +136,32 @@ fn save_png(path: &std::path::Path, args: &[gst::glib::Value]) -> Result<(), Str
 /// size their own jitterbuffers; this is robotctl's.
 pub const RECEIVE_LATENCY_MS: u32 = 400;
 
+/// The gaps between decoded video frames, once asked for
+/// ([`PhonePeer::record_frame_gaps`]); at most [`MAX_GAPS`] kept between two
+/// [`PhonePeer::take_frame_gaps`].
+#[derive(Default)]
+struct FrameGaps {
+    on: bool,
+    last: Option<Instant>,
+    gaps: Vec<Duration>,
+}
+
+const MAX_GAPS: usize = 100_000;
+
+impl FrameGaps {
+    fn frame(&mut self) {
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            if self.gaps.len() < MAX_GAPS {
+                self.gaps.push(now - last);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Gate {
     /// What the answer names (known once `set_answer` ran).
@@ -159,6 +185,7 @@ pub struct PhonePeer {
     audio_buffers: Arc<AtomicU64>,
     /// The last decoded frame's [`simview::wall_fraction`] (f64 bits).
     walls: Arc<AtomicU64>,
+    gaps: Arc<Mutex<FrameGaps>>,
     /// The tone's source, when the phone offers audio.
     mic: Option<gst::Element>,
     stop: Arc<AtomicBool>,
@@ -224,20 +251,27 @@ impl PhonePeer {
         let frames = Arc::new(AtomicU64::new(0));
         let audio_buffers = Arc::new(AtomicU64::new(0));
         let walls = Arc::new(AtomicU64::new(0));
+        let gaps = Arc::new(Mutex::new(FrameGaps::default()));
         let stop = Arc::new(AtomicBool::new(false));
         // The microphone first: its pad makes transceiver 0 (m-line 0, as in Chromium's offers).
         let mic = if opts.audio { Some(add_tone(&pipeline, &webrtc)?) } else { None };
 
         {
             let (pipeline_weak, gate, frames) = (pipeline.downgrade(), gate.clone(), frames.clone());
-            let (audio_buffers, walls, kept) = (audio_buffers.clone(), walls.clone(), kept.clone());
+            let (audio_buffers, walls, kept, gaps) = (audio_buffers.clone(), walls.clone(), kept.clone(), gaps.clone());
             let tx = events.clone();
             webrtc.connect_pad_added(move |_, pad| {
                 if pad.direction() != gst::PadDirection::Src {
                     return;
                 }
                 let Some(pipeline) = pipeline_weak.upgrade() else { return };
-                let counters = Counters { frames: &frames, audio_buffers: &audio_buffers, walls: &walls, kept: &kept };
+                let counters = Counters {
+                    frames: &frames,
+                    audio_buffers: &audio_buffers,
+                    walls: &walls,
+                    kept: &kept,
+                    gaps: &gaps,
+                };
                 if let Err(e) = link_receiver(&pipeline, pad, decoder, &gate, counters) {
                     let _ = tx.send(PeerEvent::Failed(format!("receive path: {e}")));
                 }
@@ -263,7 +297,7 @@ impl PhonePeer {
         super::spawn_bus_watch(&pipeline, events.clone(), stop.clone(), "phone", |_| {})
             .map_err(|e| WebrtcError::Pipeline(format!("bus thread: {e}")))?;
         pipeline.set_state(gst::State::Playing).map_err(|e| WebrtcError::Pipeline(format!("to PLAYING: {e}")))?;
-        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, mic, stop, events, kept };
+        let peer = PhonePeer { pipeline, webrtc, gate, frames, audio_buffers, walls, gaps, mic, stop, events, kept };
         let offer = peer.make_offer(opts.nack).inspect_err(|_| peer.shutdown())?;
         Ok((peer, offer))
     }
@@ -337,6 +371,18 @@ impl PhonePeer {
     /// ([`simview::wall_fraction`]: the walls of video device `sim`).
     pub fn wall_fraction(&self) -> f64 {
         f64::from_bits(self.walls.load(Ordering::Relaxed))
+    }
+
+    /// From now on, keep the time between consecutive decoded video frames
+    /// (what a viewer sees as a freeze; benches/webrtc.rs).
+    pub fn record_frame_gaps(&self) {
+        self.gaps.lock().unwrap_or_else(|p| p.into_inner()).on = true;
+    }
+
+    /// The gaps between decoded video frames since the last call (empty
+    /// unless [`PhonePeer::record_frame_gaps`] was called).
+    pub fn take_frame_gaps(&self) -> Vec<Duration> {
+        std::mem::take(&mut self.gaps.lock().unwrap_or_else(|p| p.into_inner()).gaps)
     }
 
     /// Opus buffers of the robot's decoded since its certificate was verified.
@@ -472,6 +518,7 @@ struct Counters<'a> {
     audio_buffers: &'a Arc<AtomicU64>,
     walls: &'a Arc<AtomicU64>,
     kept: &'a Arc<Kept>,
+    gaps: &'a Arc<Mutex<FrameGaps>>,
 }
 
 fn link_receiver(
@@ -516,11 +563,12 @@ fn link_receiver(
         let valve = bin.by_name("gate").ok_or("valve missing")?;
         let sink = bin.by_name("frames").ok_or("fakesink missing")?;
         let (gate2, frames) = (gate.clone(), if is_video { c.frames.clone() } else { c.audio_buffers.clone() });
-        let (walls, kept) = (c.walls.clone(), c.kept.clone());
+        let (walls, kept, gaps) = (c.walls.clone(), c.kept.clone(), c.gaps.clone());
         sink.connect("handoff", false, move |args| {
             if gate2.lock().map(|g| g.verified).unwrap_or(false) {
                 frames.fetch_add(1, Ordering::Relaxed);
                 if is_video {
+                    gaps.lock().unwrap_or_else(|p| p.into_inner()).frame();
                     if let Some(f) = frame_walls(args) {
                         walls.store(f.to_bits(), Ordering::Relaxed);
                     }

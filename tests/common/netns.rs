@@ -180,6 +180,19 @@ impl Ns {
         self.run(|| TcpStream::connect_timeout(&addr, timeout))
     }
 
+    /// Bytes received and sent so far by this namespace's interface `dev`
+    /// (`ip -s link`; benches read the carrier's to measure rates).
+    pub fn link_bytes(&self, dev: &str) -> (u64, u64) {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-s", "-j", "link", "show", "dev", dev])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("ip -s link in {}: {e}", self.name));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let st = &v[0]["stats64"];
+        (st["rx"]["bytes"].as_u64().unwrap_or(0), st["tx"]["bytes"].as_u64().unwrap_or(0))
+    }
+
     /// PIDs of the processes whose network namespace this is.
     pub fn pids(&self) -> Vec<i32> {
         let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).stderr(Stdio::null()).output() else {
