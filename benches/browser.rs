@@ -35,9 +35,12 @@ mod calls_kit;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 
+#[path = "../tests/common/webapp.rs"]
+mod webapp_kit;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -55,6 +58,7 @@ use netns::{Internet, Ns};
 use robotd::hal::config::Obstacle;
 use robotd::video::simview::{self, ViewPose};
 use serde_json::{Value, json};
+use webapp_kit::*;
 
 /// The picture both senders send: the web app asks for up to 1280x720@30
 /// and 2500 kbit/s (web/src/app/config.ts); robotd.toml's default is 2000.
@@ -66,91 +70,14 @@ const KBPS: u32 = 2000;
 /// One page-driver run may take this long before it is killed.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(420);
 
-fn manifest() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn web_dir() -> PathBuf {
-    manifest().join("web")
-}
-
 fn missing() -> Option<String> {
-    if !web_dir().join("node_modules/playwright-core").exists() {
-        return Some("web/node_modules is missing (scripts/setup.sh runs npm ci)".into());
-    }
-    if !Path::new("/usr/bin/chromium").exists() {
-        return Some("/usr/bin/chromium is missing (scripts/setup.sh installs it)".into());
+    if let Some(reason) = browser_missing() {
+        return Some(reason);
     }
     if let Some(reason) = netns::unavailable() {
         return Some(reason);
     }
     None
-}
-
-fn run(mut cmd: Command, what: &str) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The app built for this run's broker (and ICE servers), as tests/webapp.rs does.
-fn build_app(out: &Path, broker_ws: &str, ice_servers: Option<&str>) {
-    let mut cmd = Command::new("npm");
-    cmd.current_dir(web_dir()).args(["run", "--silent", "build"]);
-    cmd.env("ROBOTD_BROKER_WS", broker_ws).env("ROBOTD_WEB_OUTDIR", out);
-    if let Some(ice) = ice_servers {
-        cmd.env("ROBOTD_ICE_SERVERS", ice);
-    }
-    run(cmd, "npm run build");
-}
-
-/// A child process killed and reaped when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `dist` served on 127.0.0.1:8000 of `ns` (a secure context there).
-fn serve(ns: &Ns, dist: &Path, log: &Path) -> Killed {
-    let f = std::fs::File::create(log).unwrap();
-    let child = ns
-        .command("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "8000", "--directory"])
-        .arg(dist)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .expect("python3 -m http.server");
-    let server = Killed(child);
-    let up = wait_until(SOON, || ns.tcp_connect(([127, 0, 0, 1], 8000), Duration::from_secs(1)).is_ok());
-    assert!(up, "the app's static server did not start");
-    server
-}
-
-/// config/flat.toml without its broker, state and socket (the harness's).
-fn flat_toml() -> toml::Table {
-    let text = std::fs::read_to_string(manifest().join("config/flat.toml")).unwrap();
-    text.parse().unwrap()
-}
-
-fn flat() -> String {
-    let mut t = flat_toml();
-    t.remove("mqtt");
-    t.remove("control");
-    if let Some(robot) = t.get_mut("robot").and_then(|r| r.as_table_mut()) {
-        robot.remove("state_dir");
-    }
-    toml::to_string(&t).unwrap()
 }
 
 /// The flat's walls: what robotd's simulated camera renders.
@@ -378,7 +305,7 @@ fn drive(ns: &Ns, robot_ns: &Ns, robot: &Robot, env: &[(&str, String)], work: &P
             }
         });
     }
-    let child = Killed(child);
+    let child = Server(child);
     let end = Instant::now() + DRIVER_TIMEOUT;
     let mut floor: Option<Floor> = None;
     let mut result = None;

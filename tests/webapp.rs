@@ -17,6 +17,8 @@ mod calls_kit;
 mod common;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/webapp.rs"]
+mod webapp_kit;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use calls_kit::*;
 use common::*;
 use netns::{Internet, Ns};
+use webapp_kit::*;
 
 /// md5("+48555555555"): the phone ID of the number phone.mjs types.
 const ALICE_ID: &str = "36940d0ece18aebf69d0ef6825534e24";
@@ -35,26 +38,8 @@ const ALICE_BROKER_PASSWORD: &str = "al1ce-broker-pw";
 /// The whole browser scenario may take this long on a busy 2-core machine.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn web_dir() -> PathBuf {
-    // ROBOTD_WEB_DIR: another checkout's web/ (while working on the app).
-    std::env::var_os("ROBOTD_WEB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("web"))
-}
-
 fn e2e_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("web/e2e/phone.mjs")
-}
-
-/// `Some(reason)` when the browser tests cannot run here.
-fn browser_missing() -> Option<String> {
-    if !web_dir().join("node_modules/playwright-core").exists() {
-        return Some("web/node_modules is missing (run scripts/setup.sh, which runs npm ci)".into());
-    }
-    if !Path::new("/usr/bin/chromium").exists() {
-        return Some("/usr/bin/chromium is missing (scripts/setup.sh installs Debian's chromium)".into());
-    }
-    None
 }
 
 fn skip_without_browser() -> bool {
@@ -64,59 +49,6 @@ fn skip_without_browser() -> bool {
     }
     eprintln!("skipping: {reason}");
     true
-}
-
-fn run(mut cmd: Command, what: &str) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Build the app for this test's broker (and ICE servers) into `out`.
-fn build_app(out: &Path, broker_ws: &str, ice_servers: Option<&str>) {
-    let mut cmd = Command::new("npm");
-    cmd.current_dir(web_dir()).args(["run", "--silent", "build"]);
-    cmd.env("ROBOTD_BROKER_WS", broker_ws).env("ROBOTD_WEB_OUTDIR", out);
-    if let Some(ice) = ice_servers {
-        cmd.env("ROBOTD_ICE_SERVERS", ice);
-    }
-    run(cmd, "npm run build");
-    assert!(out.join("index.html").exists(), "the build made no index.html in {}", out.display());
-}
-
-/// The app's static server; killed and reaped when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Serve `dist` on port 8000 of `ns`: the page opens from 127.0.0.1 (the
-/// namespace's own loopback, a secure context), and from the namespace's
-/// network address (not one: the app must say so).
-fn serve(ns: &Ns, dist: &Path, log: &Path) -> Server {
-    let f = std::fs::File::create(log).unwrap();
-    let child = ns
-        .command("python3")
-        .args(["-m", "http.server", "--bind", "0.0.0.0", "8000", "--directory"])
-        .arg(dist)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .expect("python3 -m http.server");
-    let up = wait_until(SOON, || ns.tcp_connect(([127, 0, 0, 1], 8000), Duration::from_secs(1)).is_ok());
-    let server = Server(child);
-    assert!(up, "the app's static server did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-    server
 }
 
 /// The robot's pairing QR code (`pairing-qr.png`, written by `robotd pair`)
@@ -138,18 +70,6 @@ fn tone_wav(out: &Path) {
     c.args(["audio/x-raw,format=S16LE,rate=48000,channels=1", "!", "wavenc", "!", "filesink"]);
     c.arg(format!("location={}", out.display()));
     run(c, "gst-launch-1.0 (tone)");
-}
-
-/// config/flat.toml without its broker, state and socket (the harness's).
-fn flat() -> String {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flat.toml")).unwrap();
-    let mut t: toml::Table = text.parse().unwrap();
-    t.remove("mqtt");
-    t.remove("control");
-    if let Some(robot) = t.get_mut("robot").and_then(|r| r.as_table_mut()) {
-        robot.remove("state_dir");
-    }
-    toml::to_string(&t).unwrap()
 }
 
 /// Where the scenario's screenshots are kept after the test (next to the

@@ -13,7 +13,7 @@
 // SECONDS (glass-to-glass measuring time per sender and round), DIST (the
 // built app, to name the files not downloaded on opening), CHROMIUM.
 
-import { chromium } from 'playwright-core';
+import { launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
 import { createInterface } from 'node:readline';
 import { readdirSync } from 'node:fs';
 import { gzipSync, brotliCompressSync } from 'node:zlib';
@@ -158,26 +158,11 @@ function pageKit(contact) {
   };
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--use-fake-ui-for-media-stream',
-    '--use-fake-device-for-media-stream',
-    '--disable-background-timer-throttling',
-    '--disable-renderer-backgrounding',
-  ],
-});
+const browser = await launchPhoneBrowser();
 let failed = false;
 const result = { mode: MODE, ttff: [], connected: [], g2g: {}, open: {} };
 try {
-  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+  const context = await browser.newContext(PHONE_VIEWPORT);
   await context.grantPermissions(['camera', 'microphone'], { origin: new URL(APP_URL).origin });
   await context.addInitScript(pageKit, CONTACT);
   const page = await context.newPage();

@@ -26,7 +26,7 @@
 //   INSECURE_URL  the app from a plain http:// network address (no secure
 //              context), checked with the pair step
 
-import { chromium } from 'playwright-core';
+import { launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 
@@ -83,34 +83,14 @@ async function until(what, ms, f, every = 250) {
 const pose = (st) => st.sim;
 const dist = (a, b) => Math.hypot(a.x - b.x, a.y - b.y);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--use-fake-ui-for-media-stream',
-    '--use-fake-device-for-media-stream',
-    `--use-file-for-fake-video-capture=${env('QR_VIDEO')}`,
-    `--use-file-for-fake-audio-capture=${env('TONE_WAV')}`,
-    // Keep timers honest in a background tab (never --virtual-time-budget).
-    '--disable-background-timer-throttling',
-    '--disable-renderer-backgrounding',
-  ],
-});
+const browser = await launchPhoneBrowser([
+  `--use-file-for-fake-video-capture=${env('QR_VIDEO')}`,
+  `--use-file-for-fake-audio-capture=${env('TONE_WAV')}`,
+]);
 let failed = false;
 try {
   const origin = new URL(APP_URL).origin;
-  const context = await browser.newContext({
-    viewport: { width: 390, height: 844 },
-    deviceScaleFactor: 2,
-    isMobile: true,
-    hasTouch: true,
-  });
+  const context = await browser.newContext(PHONE_VIEWPORT);
   await context.grantPermissions(['camera', 'microphone'], { origin });
   const page = await context.newPage();
   page.on('console', (m) => {
