@@ -93,6 +93,13 @@ impl Media {
         self
     }
 
+    /// Whether [`Media::send_pose`] has anyone to send to now: the main loop
+    /// runs its [`POSE_PERIOD`] timer only then, so an idle robot does not
+    /// wake 20 times a second for nothing.
+    pub fn wants_pose(&self) -> bool {
+        self.sim.is_some() && self.helper.is_some() && self.video_cfg.device == SIM_DEVICE
+    }
+
     /// Called every [`POSE_PERIOD`]: a version 2 call with video device
     /// `sim` gets the robot's pose when it changed (at most one small
     /// message per period, so the helper's queue stays short).

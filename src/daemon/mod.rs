@@ -342,7 +342,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 Vec::new()
             }
-            _ = async { pose_tick.as_mut().unwrap().tick().await }, if pose_tick.is_some() => {
+            _ = async { pose_tick.as_mut().unwrap().tick().await }, if pose_tick.is_some() && shell.media.wants_pose() => {
                 shell.media.send_pose();
                 Vec::new()
             }
