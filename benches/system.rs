@@ -660,14 +660,16 @@ async fn idle_benches(plan: &Plan, out: &mut Vec<String>) {
         let (rw, fw) = ((switches(pid) - r0) as f64 / secs, (switches(floor.pid()) - f0) as f64 / secs);
         let cpu = (cpu_s(pid) - c0) / secs * 100.0;
         rows.push(format!(
-            "| {name} | {rw:.1} | {fw:.1} | goal 10/s: {:.2}x | {cpu:.2} % | {} | {} |",
+            "| {name} | {rw:.1} | {fw:.1} | {:.2}x the 10/s goal | {cpu:.2} % | {} | {} |",
             rw / 10.0,
             status_kb(pid, "VmRSS:"),
             rollup(pid)
         ));
     }
     out.push(format!(
-        "\n### Idle: wake-ups (context switches of all threads per second) and memory, paired, no call, {} s\n\n         | robotd | wake-ups/s | floor: idle MQTT client | ratio | CPU | VmRSS kB | smaps_rollup kB |\n         |---|---|---|---|---|---|---|\n{}",
+        "\n### Idle: wake-ups (context switches of all threads per second) and memory, paired, no call, {} s\n\n\
+         | robotd | wake-ups/s | floor: idle MQTT client | ratio | CPU | VmRSS kB | smaps_rollup kB |\n\
+         |---|---|---|---|---|---|---|\n{}",
         window.as_secs(),
         rows.join("\n")
     ));
