@@ -493,7 +493,8 @@ fn sum(v: &Value) -> u64 {
 async fn motion_benches(plan: &Plan, out: &mut Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let ev = Events::bind(dir.path());
-    let extra = format!("{TEST_VIDEO}[hardware.sim]\npin_events = \"{}\"\n", ev.path.display());
+    // A 720p30 x264 call is up while commands are timed (issue 17 item 4).
+    let extra = format!("{}[hardware.sim]\npin_events = \"{}\"\n", video_720p30(), ev.path.display());
     let mut r = rig(&extra).await;
     let sink = UdpSink::bind();
     let mut call = call(&mut r.phone, &r.paired, sink.port).await;
@@ -698,10 +699,15 @@ fn sender_description(ssrc: u32, key_hex: &str, port: u16, pay_extra: &str) -> S
     )
 }
 
-async fn video_benches(plan: &Plan, out: &mut Vec<String>) {
-    let video = format!(
+/// The test camera at 720p30 through x264enc, as the video benches run it.
+fn video_720p30() -> String {
+    format!(
         "[video]\ndevice = \"test\"\nwidth = {W}\nheight = {H}\nfps = {FPS}\nkbps = {KBPS}\nencoder = \"x264enc\"\n"
-    );
+    )
+}
+
+async fn video_benches(plan: &Plan, out: &mut Vec<String>) {
+    let video = video_720p30();
     let mut r = rig(&video).await;
     let pid = r.robotd.pid();
     tokio::time::sleep(Duration::from_secs(5)).await;
