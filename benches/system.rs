@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --bench system                       # full run (~10 min)
 //!     cargo bench --bench system -- --quick            # short run (~3 min)
-//!     cargo bench --bench system -- --only latency,stop,flood,memory,video,video-latency
+//!     cargo bench --bench system -- --only latency,stop,flood,memory,video,video-latency,idle
 //!
 //! `ROBOTD_BENCH_QUICK=1` is the same as `--quick`. Every figure is printed
 //! next to a floor measured in the same run (interleaved where possible).
@@ -284,6 +284,34 @@ fn cpu_s(pid: i32) -> f64 {
     ticks as f64 / hz
 }
 
+/// Voluntary + involuntary context switches of all of `pid`'s threads
+/// (each switch away from a thread is one wake-up ending, near enough).
+fn switches(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .map(|t| {
+            let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            s.lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// `/proc/<pid>/smaps_rollup` fields (kB) that say what the RSS is made of.
+fn rollup(pid: i32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    ["Rss:", "Private_Clean:", "Private_Dirty:", "Shared_Clean:", "Anonymous:"]
+        .iter()
+        .filter_map(|f| {
+            s.lines().find_map(|l| l.strip_prefix(f)).map(|v| format!("{} {}", f.trim_end_matches(':'), v.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 // ---------------------------------------------------------------- helper modes
 
 /// `floor-sub PORT TOPIC SOCK`: subscribe QoS 1; per message, a datagram.
@@ -465,7 +493,8 @@ fn sum(v: &Value) -> u64 {
 async fn motion_benches(plan: &Plan, out: &mut Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let ev = Events::bind(dir.path());
-    let extra = format!("{TEST_VIDEO}[hardware.sim]\npin_events = \"{}\"\n", ev.path.display());
+    // A 720p30 x264 call is up while commands are timed (issue 17 item 4).
+    let extra = format!("{}[hardware.sim]\npin_events = \"{}\"\n", video_720p30(), ev.path.display());
     let mut r = rig(&extra).await;
     let sink = UdpSink::bind();
     let mut call = call(&mut r.phone, &r.paired, sink.port).await;
@@ -603,6 +632,51 @@ async fn motion_benches(plan: &Plan, out: &mut Vec<String>) {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+// ---------------------------------------------------------------- idle
+
+/// Idle wake-ups and memory: robotd paired, no call, nothing moving, with
+/// the simulated backend; once plain and once with an e-stop and a pairing
+/// button configured (the core polls those every 20 and 50 ms, the same
+/// code path as on the rppal backend). The floor is a plain idle MQTT
+/// client (the floor subscriber, rumqttc, keep-alive 30 s) over the same window.
+async fn idle_benches(plan: &Plan, out: &mut Vec<String>) {
+    let window = Duration::from_secs(plan.latency_s);
+    let mut rows = Vec::new();
+    for (name, extra) in [
+        ("sim backend, no e-stop or button", ""),
+        (
+            "sim backend, e-stop and pairing button polled",
+            "[hardware.estop]\npin = 25\nactive = \"low\"\npull = \"up\"\n[pairing.button]\npin = 26\nactive = \"low\"\npull = \"up\"\n",
+        ),
+    ] {
+        let r = rig(extra).await;
+        let pid = r.robotd.pid();
+        let dir = tempfile::tempdir().unwrap();
+        let floor = spawn_floor_sub(r.broker.port, "floor/idle", &dir.path().join("nobody"));
+        // Settle: pairing, the first status, the simulator coming to rest.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (r0, f0, c0, t) = (switches(pid), switches(floor.pid()), cpu_s(pid), Instant::now());
+        tokio::time::sleep(window).await;
+        let secs = t.elapsed().as_secs_f64();
+        let (rw, fw) = ((switches(pid) - r0) as f64 / secs, (switches(floor.pid()) - f0) as f64 / secs);
+        let cpu = (cpu_s(pid) - c0) / secs * 100.0;
+        rows.push(format!(
+            "| {name} | {rw:.1} | {fw:.1} | {:.2}x the 10/s goal | {cpu:.2} % | {} | {} |",
+            rw / 10.0,
+            status_kb(pid, "VmRSS:"),
+            rollup(pid)
+        ));
+    }
+    out.push(format!(
+        "\n### Idle: wake-ups (context switches of all threads per second) and memory, paired, no call, {} s\n\n\
+         | robotd | wake-ups/s | floor: idle MQTT client | ratio | CPU | VmRSS kB | smaps_rollup kB |\n\
+         |---|---|---|---|---|---|---|\n{}",
+        window.as_secs(),
+        rows.join("\n")
+    ));
+    println!("{}", out.last().unwrap());
+}
+
 // ---------------------------------------------------------------- video
 
 const W: u32 = 1280;
@@ -625,10 +699,15 @@ fn sender_description(ssrc: u32, key_hex: &str, port: u16, pay_extra: &str) -> S
     )
 }
 
-async fn video_benches(plan: &Plan, out: &mut Vec<String>) {
-    let video = format!(
+/// The test camera at 720p30 through x264enc, as the video benches run it.
+fn video_720p30() -> String {
+    format!(
         "[video]\ndevice = \"test\"\nwidth = {W}\nheight = {H}\nfps = {FPS}\nkbps = {KBPS}\nencoder = \"x264enc\"\n"
-    );
+    )
+}
+
+async fn video_benches(plan: &Plan, out: &mut Vec<String>) {
+    let video = video_720p30();
     let mut r = rig(&video).await;
     let pid = r.robotd.pid();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -861,6 +940,9 @@ fn main() {
         }
         if plan.wants("memory") || plan.wants("video") {
             video_benches(&plan, &mut out).await;
+        }
+        if plan.wants("idle") {
+            idle_benches(&plan, &mut out).await;
         }
     });
     if plan.wants("video-latency") {

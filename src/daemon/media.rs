@@ -104,6 +104,13 @@ impl Media {
         self
     }
 
+    /// Whether [`Media::send_pose`] has anyone to send to now: the main loop
+    /// runs its [`POSE_PERIOD`] timer only then, so an idle robot does not
+    /// wake 20 times a second for nothing.
+    pub fn wants_pose(&self) -> bool {
+        self.sim.is_some() && (self.helper.is_some() || self.scene.is_some()) && self.video_cfg.device == SIM_DEVICE
+    }
+
     /// Called every [`POSE_PERIOD`]: a call with video device `sim` gets
     /// the robot's pose when it changed (version 2: at most one small
     /// message per period to the helper, so its queue stays short; version 1:
@@ -113,7 +120,7 @@ impl Media {
     /// moved since (the overlay says `blocked`).
     pub fn send_pose(&mut self, goto_blocked: bool) {
         let Some(sim) = &self.sim else { return };
-        if self.video_cfg.device != SIM_DEVICE || (self.helper.is_none() && self.scene.is_none()) {
+        if !self.wants_pose() {
             return;
         }
         let snap = sim.snapshot();

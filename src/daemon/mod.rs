@@ -342,7 +342,7 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 Vec::new()
             }
-            _ = async { pose_tick.as_mut().unwrap().tick().await }, if pose_tick.is_some() => {
+            _ = async { pose_tick.as_mut().unwrap().tick().await }, if pose_tick.is_some() && shell.media.wants_pose() => {
                 let blocked = core.body().nav.as_ref().is_some_and(crate::nav::Navigator::stopped_blocked);
                 shell.media.send_pose(blocked);
                 Vec::new()

@@ -11,11 +11,17 @@
 //! pose, wheel speeds and every pin; with `hardware.sim.state_file` set, the
 //! pin levels are also mirrored to a JSON file for tools outside the process
 //! (`robotd safe-stop` writes the safe levels there).
+//!
+//! The real-time runner sleeps while the world is at rest (both motors
+//! commanded to zero by their pins and the wheels stopped): no 5 ms step then,
+//! only a wake-up on the next pin write or world change (and once a second,
+//! so the simulated clock and the ultrasonic sensor's readings still age the
+//! way they would). While anything moves it steps exactly as before.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -124,6 +130,8 @@ struct World {
     /// Simulated time in microseconds, the clock of the simulated ultrasonic sensor.
     clock_us: Arc<AtomicU64>,
     sonar: Option<SimSonar>,
+    /// Physics steps taken (the real-time runner's tests count them).
+    steps: u64,
 }
 
 /// The simulated HC-SR04: measured every `period_ms` of simulated time.
@@ -141,6 +149,36 @@ pub struct Sim {
     world: Arc<Mutex<World>>,
     /// `hardware.sim.pin_events` (benchmark instrumentation, default off).
     pin_events: Option<Arc<PinEvents>>,
+    /// Wakes the real-time runner while it sleeps at rest.
+    wake: Arc<Wake>,
+}
+
+/// Below this wheel speed (m/s), with both motors commanded to zero, the
+/// world is at rest: the wheels are set to exactly zero and the runner sleeps.
+/// (A 1e-6 m/s residual would have covered under 1e-6 m before the lag decayed.)
+const REST_MPS: f64 = 1e-6;
+
+/// How long the runner sleeps at rest without a wake-up: the simulated clock
+/// (and with it the ultrasonic sensor's reading age) moves at least this often.
+const REST_TICK: Duration = Duration::from_secs(1);
+
+/// The runner's sleep at rest: a flag it sleeps on, and whether it is asleep
+/// (so that pin writes while it steps cost no system call).
+#[derive(Debug, Default)]
+struct Wake {
+    asleep: AtomicBool,
+    kicked: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    /// Called after every change a sleeping runner must see.
+    fn kick(&self) {
+        if self.asleep.load(Ordering::SeqCst) {
+            *self.kicked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.cv.notify_one();
+        }
+    }
 }
 
 /// Sends one datagram per output pin change to `hardware.sim.pin_events`:
@@ -344,6 +382,7 @@ impl World {
         if dt <= 0.0 {
             return;
         }
+        self.steps += 1;
         let tau = self.cfg.sim.time_constant_s;
         let vmax = self.cfg.max_speed_mps;
         for (i, m) in [self.cfg.left.clone(), self.cfg.right.clone()].iter().enumerate() {
@@ -410,6 +449,39 @@ impl World {
         self.ping();
     }
 
+    /// True when both motors are commanded to zero by their pins now and the
+    /// wheels have (all but) stopped; the wheels are then set to exactly zero.
+    fn settle(&mut self) -> bool {
+        let (l, r) = (self.cfg.left.clone(), self.cfg.right.clone());
+        let still = self.decode(&l).0 == 0.0 && self.decode(&r).0 == 0.0;
+        if still && self.wheel.iter().all(|v| v.abs() < REST_MPS) {
+            self.wheel = [0.0; 2];
+            self.command = [0.0; 2];
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Moves the clock by `dt` of rest (nothing moves, so no physics): what
+    /// steps of the motionless world would have done, at once. The
+    /// ultrasonic sensor measures once, in the last period that fell due.
+    fn rest(&mut self, dt: f64) {
+        if dt <= 0.0 {
+            return;
+        }
+        self.time_s += dt;
+        self.clock_us.store((self.time_s * 1e6).round() as u64, Ordering::Release);
+        let time_s = self.time_s;
+        if let Some(s) = &mut self.sonar {
+            let period = s.cfg.period_ms as f64 / 1000.0;
+            if period > 0.0 && time_s > s.next_at_s + period {
+                s.next_at_s += ((time_s - s.next_at_s) / period).floor() * period;
+            }
+        }
+        self.ping();
+    }
+
     fn claim(&mut self, pin: u8) -> Result<(), HalError> {
         if self.claimed.contains(&pin) {
             return Err(HalError::PinUsed { pin });
@@ -440,9 +512,10 @@ impl Sim {
             blocked: false,
             clock_us: Arc::new(AtomicU64::new(0)),
             sonar: None,
+            steps: 0,
         };
         let pin_events = config.sim.pin_events.as_deref().and_then(PinEvents::open);
-        Ok(Self { world: Arc::new(Mutex::new(world)), pin_events })
+        Ok(Self { world: Arc::new(Mutex::new(world)), pin_events, wake: Arc::default() })
     }
 
     fn lock(&self) -> MutexGuard<'_, World> {
@@ -490,6 +563,7 @@ impl Sim {
     /// Moves the robot (for test set-up); wheel speeds are kept.
     pub fn set_pose(&self, pose: Pose) {
         self.lock().pose = Pose { heading: wrap_angle(pose.heading), ..pose };
+        self.wake.kick();
     }
 
     /// The obstacles as they are now (what the simulated camera sees).
@@ -500,6 +574,7 @@ impl Sim {
     /// Replaces the obstacles, e.g. to shut a door in the robot's path.
     pub fn set_obstacles(&self, obstacles: Vec<Obstacle>) {
         self.lock().obstacles = obstacles;
+        self.wake.kick();
     }
 
     /// Forces an input's level (pressing the e-stop, a stuck sensor);
@@ -510,6 +585,8 @@ impl Sim {
             Some(h) => w.forced_inputs.insert(pin, h),
             None => w.forced_inputs.remove(&pin),
         };
+        drop(w);
+        self.wake.kick();
     }
 
     /// The ultrasonic sensor, measuring the world every `period_ms` of
@@ -537,6 +614,7 @@ impl Sim {
         if let Some(s) = &mut self.lock().sonar {
             s.silent = silent;
         }
+        self.wake.kick();
     }
 
     /// A simulated output, driven low.
@@ -589,6 +667,7 @@ impl Sim {
                 ev.send(pin, state.level());
             }
         }
+        self.wake.kick();
     }
 
     fn release(&self, pin: u8) {
@@ -612,6 +691,8 @@ impl Sim {
 
     /// Steps the world in real time on its own thread every
     /// `hardware.sim.step_ms`, mirroring pin changes to the state file.
+    /// At rest the thread sleeps until a pin write or a change to the world
+    /// (or [`REST_TICK`]), then moves the clock over the rest at once.
     /// The world runs until the returned runner is stopped or dropped.
     pub fn run_realtime(&self) -> SimRunner {
         let stop = Arc::new(AtomicBool::new(false));
@@ -630,11 +711,41 @@ impl Sim {
                     sim.step((now - last).min(Duration::from_millis(50)));
                     last = now;
                     sim.mirror(&mut written);
+                    while !flag.load(Ordering::Relaxed) && sim.sleep_at_rest(&flag) {
+                        let now = Instant::now();
+                        sim.lock().rest((now - last).as_secs_f64());
+                        last = now;
+                        sim.mirror(&mut written);
+                    }
                 }
                 sim.mirror(&mut written);
             })
             .expect("spawning the simulator thread");
-        SimRunner { stop, handle: Some(handle) }
+        SimRunner { stop, wake: self.wake.clone(), handle: Some(handle) }
+    }
+
+    /// When the world is at rest, sleeps until kicked, stopped or
+    /// [`REST_TICK`] has passed, and returns true; false (at once) otherwise.
+    fn sleep_at_rest(&self, stop: &AtomicBool) -> bool {
+        let mut kicked = self.wake.kicked.lock().unwrap_or_else(|e| e.into_inner());
+        *kicked = false;
+        // Asleep before looking at the pins: a write after the look kicks
+        // (it waits for `kicked`, which this thread holds until it waits).
+        self.wake.asleep.store(true, Ordering::SeqCst);
+        if !self.lock().settle() || stop.load(Ordering::SeqCst) {
+            self.wake.asleep.store(false, Ordering::SeqCst);
+            return false;
+        }
+        let deadline = Instant::now() + REST_TICK;
+        while !*kicked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            kicked = self.wake.cv.wait_timeout(kicked, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        self.wake.asleep.store(false, Ordering::SeqCst);
+        true
     }
 
     fn mirror(&self, written: &mut Option<BTreeMap<u8, PinState>>) {
@@ -653,6 +764,7 @@ impl Sim {
 #[derive(Debug)]
 pub struct SimRunner {
     stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -663,7 +775,8 @@ impl SimRunner {
     }
 
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.kick();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -1118,6 +1231,73 @@ mod tests {
         for pin in written {
             assert!(state.pins[&pin].is_safe(), "GPIO {pin}: {:?}", state.pins[&pin]);
         }
+    }
+
+    /// Waits (up to 20 s) until the runner has stopped stepping: no step in 300 ms.
+    fn wait_for_rest(sim: &Sim) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let before = sim.lock().steps;
+            std::thread::sleep(Duration::from_millis(300));
+            if sim.lock().steps == before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the runner never came to rest: {:?}", sim.snapshot());
+        }
+    }
+
+    #[test]
+    fn realtime_runner_sleeps_at_rest_and_wakes_on_a_pin_write() {
+        let mut cfg = config();
+        cfg.sim.step_ms = 1;
+        let sim = Sim::new(&cfg).unwrap();
+        let mut p = pins(&sim);
+        let runner = sim.run_realtime();
+        // Stopped motors: at most a step or two, not one a millisecond.
+        wait_for_rest(&sim);
+        let steps = sim.lock().steps;
+        let t0 = sim.snapshot().time_s;
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(sim.lock().steps, steps, "stepped at rest");
+        // The clock still moves (the ultrasonic sensor's readings age), a second at a time.
+        let dt = sim.snapshot().time_s - t0;
+        // (Each wake moves it by the rest since the last one, which may have begun before `t0`.)
+        assert!((1.0..=3.6).contains(&dt), "simulated time moved {dt} s in 2.5 s of rest");
+
+        // A pin write wakes it: the robot drives off.
+        wheel(&mut p, 0, 0.5);
+        wheel(&mut p, 1, 0.5);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sim.pose().x < 0.05 {
+            assert!(Instant::now() < deadline, "did not drive after a pin write: {:?}", sim.snapshot());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sim.lock().steps > steps + 10);
+
+        // Coasting to a stop, then asleep again with the wheels exactly still.
+        wheel(&mut p, 0, 0.0);
+        wheel(&mut p, 1, 0.0);
+        wait_for_rest(&sim);
+        let s = sim.snapshot();
+        assert_eq!(s.wheel_speed_mps, [0.0, 0.0]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(sim.pose(), s.pose);
+        runner.stop();
+    }
+
+    #[test]
+    fn rest_moves_the_clock_and_measures_once_in_the_last_period_due() {
+        let sim = Sim::new(&sonar_config(vec![])).unwrap();
+        let sensor = sim.ultrasonic(&UltrasonicConfig::new(20, 21)).unwrap();
+        sim.set_obstacles(vec![Obstacle::Box { min: [0.5, -0.5], max: [0.6, 0.5] }]);
+        // 1 s of rest in one go: the clock is at 1 s and the reading fresh (a period is 60 ms).
+        sim.lock().rest(1.0);
+        assert!((sim.snapshot().time_s - 1.0).abs() < 1e-9);
+        let d = sensor.distance_m().unwrap().expect("sees the box");
+        assert!((d - (0.5 - sim.lock().cfg.sim.robot_radius_m)).abs() < 1e-9, "{d}");
+        // The next measurement is the next period's, not a catch-up of the missed ones.
+        let next = sim.lock().sonar.as_ref().unwrap().next_at_s;
+        assert!(next > 1.0 && next <= 1.06 + 1e-9, "next ping at {next}");
     }
 
     fn sonar_config(obstacles: Vec<Obstacle>) -> HardwareConfig {
