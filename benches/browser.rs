@@ -481,7 +481,7 @@ fn main() {
         floor_sender();
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick") || std::env::var_os("ROBOTD_BENCH_QUICK").is_some();
+    let quick = common::bench_quick(&args);
     if let Some(reason) = missing() {
         println!("browser bench skipped: {reason}");
         return;

@@ -67,16 +67,7 @@ struct Plan {
 
 impl Plan {
     fn from_args(args: &[String]) -> Plan {
-        let quick = args.iter().any(|a| a == "--quick") || std::env::var_os("ROBOTD_BENCH_QUICK").is_some();
-        let only = args
-            .iter()
-            .find_map(|a| a.strip_prefix("--only=").or_else(|| a.strip_prefix("--only ")))
-            .map(|s| s.split(',').map(str::to_owned).collect())
-            .or_else(|| {
-                let i = args.iter().position(|a| a == "--only")?;
-                Some(args.get(i + 1)?.split(',').map(str::to_owned).collect())
-            })
-            .unwrap_or_default();
+        let (quick, only) = (common::bench_quick(args), common::bench_only(args));
         if quick {
             Plan {
                 quick,

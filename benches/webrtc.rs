@@ -54,14 +54,7 @@ struct Plan {
 
 impl Plan {
     fn from_args(args: &[String]) -> Plan {
-        let quick = args.iter().any(|a| a == "--quick") || std::env::var_os("ROBOTD_BENCH_QUICK").is_some();
-        let only = args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1))
-            .or_else(|| args.iter().find(|a| a.starts_with("--only=")))
-            .map(|s| s.trim_start_matches("--only=").split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
+        let (quick, only) = (common::bench_quick(args), common::bench_only(args));
         if quick {
             Plan { quick, reps: 2, base_s: 8, cap_s: 20, loss_s: 15, only }
         } else {

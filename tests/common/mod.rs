@@ -436,3 +436,17 @@ pub fn write_test_certs(dir: &Path, cert: &str, key: &str) {
     std::fs::write(dir.join(cert), server.pem()).unwrap();
     std::fs::write(dir.join(key), server_key.serialize_pem()).unwrap();
 }
+
+/// A harness=false bench's `--quick` (or `ROBOTD_BENCH_QUICK`).
+pub fn bench_quick(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--quick") || std::env::var_os("ROBOTD_BENCH_QUICK").is_some()
+}
+
+/// A harness=false bench's `--only a,b` or `--only=a,b` (empty: everything).
+pub fn bench_only(args: &[String]) -> Vec<String> {
+    args.iter()
+        .find_map(|a| a.strip_prefix("--only="))
+        .or_else(|| Some(args.get(args.iter().position(|a| a == "--only")? + 1)?.as_str()))
+        .map(|s| s.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}

@@ -14,7 +14,7 @@
 // built app, to name the files not downloaded on opening), CHROMIUM.
 
 import { launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
-import { createInterface } from 'node:readline';
+import { ask, closeInput, until as untilEvery } from './harness.mjs';
 import { readdirSync } from 'node:fs';
 import { gzipSync, brotliCompressSync } from 'node:zlib';
 
@@ -32,39 +32,9 @@ const SECONDS = Number(env('SECONDS', '10'));
 const FLOORS = env('FLOORS', 'bare').split(',').filter(Boolean);
 const LONG = 90_000;
 
-const lines = createInterface({ input: process.stdin });
-const answers = [];
-let waiting = null;
-lines.on('line', (l) => {
-  if (waiting) {
-    const w = waiting;
-    waiting = null;
-    w(l);
-  } else answers.push(l);
-});
-async function ask(op, extra = {}) {
-  process.stdout.write(`@@ ${JSON.stringify({ op, ...extra })}\n`);
-  const line = answers.length ? answers.shift() : await new Promise((r) => (waiting = r));
-  const v = JSON.parse(line);
-  if (v && v.error) throw new Error(`harness: ${op}: ${v.error}`);
-  return v;
-}
 const say = (...a) => console.log('bench:', ...a);
 
-async function until(what, ms, f, every = 100) {
-  const end = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await f();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${last})`);
-    await new Promise((r) => setTimeout(r, every));
-  }
-}
+const until = (what, ms, f, every = 100) => untilEvery(what, ms, f, every);
 
 // Installed in the page before its own scripts: keeps every
 // RTCPeerConnection (for getStats), notes when the robot is first shown
@@ -347,6 +317,6 @@ try {
 } finally {
   console.log(`RESULT ${JSON.stringify(result)}`);
   await browser.close();
-  lines.close();
+  closeInput();
 }
 process.exit(failed ? 1 : 0);

@@ -27,7 +27,7 @@
 //              context), checked with the pair step
 
 import { launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
-import { createInterface } from 'node:readline';
+import { ask, closeInput, sleep, until } from './harness.mjs';
 import { join } from 'node:path';
 
 const env = (k, d) => {
@@ -44,41 +44,7 @@ const STEPS = (process.env.STEPS || ALL.join(',')).split(',');
 // Generous: a busy 2-core machine builds, encodes and decodes at once.
 const LONG = 90_000;
 
-const lines = createInterface({ input: process.stdin });
-const answers = [];
-let waiting = null;
-lines.on('line', (l) => {
-  if (waiting) {
-    const w = waiting;
-    waiting = null;
-    w(l);
-  } else answers.push(l);
-});
-async function ask(op) {
-  process.stdout.write(`@@ ${JSON.stringify({ op })}\n`);
-  const line = answers.length ? answers.shift() : await new Promise((r) => (waiting = r));
-  const v = JSON.parse(line);
-  if (v && v.error) throw new Error(`harness: ${op}: ${v.error}`);
-  return v;
-}
 const say = (...a) => console.log('phone:', ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Poll `f` (async) until it returns a truthy value, for at most `ms`. */
-async function until(what, ms, f, every = 250) {
-  const end = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await f();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${last})`);
-    await sleep(every);
-  }
-}
 
 const pose = (st) => st.sim;
 const dist = (a, b) => Math.hypot(a.x - b.x, a.y - b.y);
@@ -410,6 +376,6 @@ try {
   } catch {}
 } finally {
   await browser.close();
-  lines.close();
+  closeInput();
 }
 process.exit(failed ? 1 : 0);
