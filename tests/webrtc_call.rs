@@ -269,6 +269,20 @@ fn robotds_turn_credentials_are_accepted_by_coturn() {
 
 /// robotd configured with the coturn on the public server (shared-secret
 /// scheme: robotd makes time-limited credentials per call).
+/// The namespace internet with the broker and coturn (shared-secret
+/// credentials, the secret [`TURN_SECRET`]), and robotd using them; `None`
+/// when namespaces are unavailable.
+fn relayed_world() -> Option<(Internet, Robot, tempfile::TempDir)> {
+    let mut net = Internet::new()?;
+    net.start_mosquitto();
+    net.start_turn(&netns::TurnAuth::shared_secret(TURN_SECRET));
+    let (robot, secrets) = robot_with_turn(&net, TURN_SECRET);
+    Some((net, robot, secrets))
+}
+
+/// The TURN secret of [`relayed_world`]: must never show in a log.
+const TURN_SECRET: &str = "n0t-in-any-log";
+
 fn robot_with_turn(net: &Internet, secret: &str) -> (Robot, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let file = secrets.path().join("turn-secret");
@@ -286,11 +300,7 @@ fn robot_with_turn(net: &Internet, secret: &str) -> (Robot, tempfile::TempDir) {
 /// robotd's log.
 #[test]
 fn robot_behind_home_nat_and_phone_behind_carrier_nat_connect_through_turn() {
-    let Some(mut net) = Internet::new() else { return };
-    net.start_mosquitto();
-    let secret = "n0t-in-any-log";
-    net.start_turn(&netns::TurnAuth::shared_secret(secret));
-    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let Some((net, robot, _secrets)) = relayed_world() else { return };
     let dir = tempfile::tempdir().unwrap();
     let keys = pair(&net.phone, &robot, dir.path());
     let stun = net.stun_url();
@@ -309,7 +319,7 @@ fn robot_behind_home_nat_and_phone_behind_carrier_nat_connect_through_turn() {
         "no permission for the phone:\n{turn}"
     );
     let log = robot.log();
-    assert!(!log.contains(secret) && !log.contains("turn://"), "TURN credentials in robotd's log:\n{log}");
+    assert!(!log.contains(TURN_SECRET) && !log.contains("turn://"), "TURN credentials in robotd's log:\n{log}");
 }
 
 /// The same two NATs without a TURN server: there is no path, and the call
@@ -392,11 +402,7 @@ fn line_until(
 /// benchmark's, not an assert's).
 #[test]
 fn a_3_s_cut_of_the_media_path_leaves_the_call_up_and_the_video_resumes() {
-    let Some(mut net) = Internet::new() else { return };
-    net.start_mosquitto();
-    let secret = "n0t-in-any-log";
-    net.start_turn(&netns::TurnAuth::shared_secret(secret));
-    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let Some((mut net, robot, _secrets)) = relayed_world() else { return };
     let dir = tempfile::tempdir().unwrap();
     let keys = pair(&net.phone, &robot, dir.path());
     let stun = net.stun_url();
@@ -451,11 +457,7 @@ fn same_phone_new_connection(keys: &Path, dir: &Path) -> PathBuf {
 /// owner's invite is still `busy`.
 #[test]
 fn a_phone_that_changes_network_calls_again_and_replaces_its_call() {
-    let Some(mut net) = Internet::new() else { return };
-    net.start_mosquitto();
-    let secret = "n0t-in-any-log";
-    net.start_turn(&netns::TurnAuth::shared_secret(secret));
-    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let Some((net, robot, _secrets)) = relayed_world() else { return };
     let dir = tempfile::tempdir().unwrap();
     let keys = pair(&net.lan_phone, &robot, dir.path());
     let other_dir = tempfile::tempdir().unwrap();
@@ -522,11 +524,7 @@ fn a_phone_that_changes_network_calls_again_and_replaces_its_call() {
 /// "ICE failed" and hangs up, which ends the call too.)
 #[test]
 fn a_media_path_that_stays_cut_ends_the_call_ice_failed_saying_it_was_lost() {
-    let Some(mut net) = Internet::new() else { return };
-    net.start_mosquitto();
-    let secret = "n0t-in-any-log";
-    net.start_turn(&netns::TurnAuth::shared_secret(secret));
-    let (robot, _secrets) = robot_with_turn(&net, secret);
+    let Some((mut net, robot, _secrets)) = relayed_world() else { return };
     let dir = tempfile::tempdir().unwrap();
     let keys = pair(&net.phone, &robot, dir.path());
     let stun = net.stun_url();
