@@ -56,7 +56,6 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use netns::{Internet, Ns};
 use robotd::hal::config::Obstacle;
-use robotd::video::simview::{self, ViewPose};
 use serde_json::{Value, json};
 use webapp_kit::*;
 
@@ -199,33 +198,12 @@ fn floor_sender() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let camera = {
-        let stop = stop.clone();
-        let world = flat_world();
-        std::thread::spawn(move || {
-            // As spawn_sim_camera in src/webrtc/robot.rs: render, stamp, push, every 1/fps.
-            let period = Duration::from_secs(1) / FPS;
-            let pose = ViewPose::default();
-            let mut frame = Vec::new();
-            let mut next = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let time_ms = robotd::wire::props::now_ms();
-                simview::render_i420(&world, &pose, Some(&simview::Overlay { time_ms }), WIDTH, HEIGHT, &mut frame);
-                let _ = appsrc.push_buffer(gst::Buffer::from_mut_slice(std::mem::take(&mut frame)));
-                next += period;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                } else {
-                    next = now;
-                }
-            }
-        })
-    };
+    // The same renderer and pacing as robotd's sim camera.
+    let scene = robotd::video::simcam::SimScene::new(flat_world());
+    robotd::video::simcam::spawn(appsrc, scene, WIDTH, HEIGHT, FPS, stop.clone()).expect("sim camera thread");
     // Until the harness closes stdin.
     for _ in lines.by_ref() {}
     stop.store(true, Ordering::Relaxed);
-    let _ = camera.join();
     let _ = pipeline.set_state(gst::State::Null);
 }
 
