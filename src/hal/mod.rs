@@ -567,8 +567,9 @@ pub struct Debounced {
 }
 
 impl Debounced {
-    /// How long the input must read active to count as a press.
-    pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(40);
+    /// How long the input must read active to count as a press (the core
+    /// polls the pairing button every second: two readings this far apart).
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
     /// Feed one reading; true exactly once per press.
     pub fn update(&mut self, active: bool, now: std::time::Instant) -> bool {
@@ -596,18 +597,18 @@ mod debounce_tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut b = Debounced::default();
-        // Bounce: active for less than SETTLE, then released.
+        // Bounce, or a brush: active for less than SETTLE, then released.
         assert!(!b.update(true, ms(0)));
-        assert!(!b.update(true, ms(20)));
-        assert!(!b.update(false, ms(30)));
+        assert!(!b.update(true, ms(999)));
+        assert!(!b.update(false, ms(1020)));
         // A real press: one event, however long it is held.
-        assert!(!b.update(true, ms(100)));
-        assert!(b.update(true, ms(150)));
-        assert!(!b.update(true, ms(500)));
-        assert!(!b.update(true, ms(5000)));
+        assert!(!b.update(true, ms(2000)));
+        assert!(b.update(true, ms(3000)));
+        assert!(!b.update(true, ms(4000)));
+        assert!(!b.update(true, ms(7000)));
         // Release and press again: a second event.
-        assert!(!b.update(false, ms(5100)));
-        assert!(!b.update(true, ms(5200)));
-        assert!(b.update(true, ms(5250)));
+        assert!(!b.update(false, ms(7500)));
+        assert!(!b.update(true, ms(8000)));
+        assert!(b.update(true, ms(9000)));
     }
 }
