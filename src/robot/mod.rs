@@ -146,6 +146,10 @@ pub struct Core {
     /// `re` and correlation data of the goto in progress (its statuses carry them).
     goto_re: Option<(u64, Option<Bytes>)>,
     next_nav_tick: Option<Instant>,
+    /// When [`Core::on_timer`] last read the e-stop and the pairing button:
+    /// their polls are due from here, not from the latest input, so a stream
+    /// of messages cannot push them back for ever.
+    polled_at: Instant,
     out: Vec<Effect>,
 }
 
@@ -191,6 +195,7 @@ impl Core {
             media_running: false,
             goto_re: None,
             next_nav_tick: None,
+            polled_at: now.mono,
             out: Vec::new(),
         };
         info!(owners = core.owners.list().len(), "owners loaded");

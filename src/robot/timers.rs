@@ -48,10 +48,10 @@ impl Core {
         }
         if self.body.hw.config().estop.is_some() {
             let moving = self.body.motors.deadline().is_some() || self.next_nav_tick.is_some();
-            min(now.mono + if moving { ESTOP_POLL } else { ESTOP_REST_POLL });
+            min(self.polled_at + if moving { ESTOP_POLL } else { ESTOP_REST_POLL });
         }
         if self.body.button.is_some() {
-            min(now.mono + BUTTON_POLL);
+            min(self.polled_at + BUTTON_POLL);
         }
         if let Some(t) = self.next_nav_tick {
             min(t);
@@ -72,6 +72,7 @@ impl Core {
         if self.next_nav_tick.is_some_and(|t| now.mono >= t) {
             self.nav_tick();
         }
+        self.polled_at = now.mono;
         match self.body.motors.poll(now.mono) {
             Ok(Some(StopReason::Deadman)) => info!("deadman: drive expired, motors stopped"),
             Ok(Some(StopReason::Estop)) => warn!("e-stop pressed: motors stopped and latched"),

@@ -174,3 +174,18 @@ fn the_pairing_button_opens_a_window_when_held_for_two_seconds_and_a_brush_does_
     run_as_the_shell(&mut r, 1_000);
     assert!(window_open(&r));
 }
+
+/// The polls are due from the last one, not from the latest input: a phone
+/// pinging every 500 ms (or a flood) cannot push the rest poll back for ever.
+#[test]
+fn messages_more_often_than_the_rest_poll_do_not_postpone_it() {
+    let mut r = Rig::with(flat_with_estop_and_button());
+    let (phone, mut c) = r.call();
+    run_as_the_shell(&mut r, 2_000);
+    press(&r, true);
+    for _ in 0..6 {
+        r.request(&mut c, &phone, "ping", "{}");
+        run_as_the_shell(&mut r, 500);
+    }
+    assert_eq!(estop_status(&mut r), Some(EstopStatus { configured: true, latched: true }));
+}
