@@ -58,6 +58,19 @@ try {
   const origin = new URL(APP_URL).origin;
   const context = await browser.newContext(PHONE_VIEWPORT);
   await context.grantPermissions(['camera', 'microphone'], { origin });
+  // Keeps the app's RTCPeerConnections, so a wait for frames that fails can
+  // say what the browser received (tests/webapp.rs prints it).
+  await context.addInitScript(() => {
+    window.__pcs = [];
+    const Native = window.RTCPeerConnection;
+    window.RTCPeerConnection = function (...a) {
+      const pc = new Native(...a);
+      window.__pcs.push(pc);
+      return pc;
+    };
+    window.RTCPeerConnection.prototype = Native.prototype;
+    Object.setPrototypeOf(window.RTCPeerConnection, Native);
+  });
   const page = await context.newPage();
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') say(`console.${m.type()}:`, m.text());
@@ -102,6 +115,31 @@ try {
     height: Number((await attr('#quality', 'data-height')) || 0),
   });
 
+  // The latest peer connection's video, transport and candidate pair, as the browser counts them.
+  const browserMedia = () =>
+    page.evaluate(async () => {
+      const pc = window.__pcs[window.__pcs.length - 1];
+      if (!pc) return 'no RTCPeerConnection';
+      const out = { pcs: window.__pcs.length, state: pc.connectionState, ice: pc.iceConnectionState };
+      const pick = (s, keys) => Object.fromEntries(keys.filter((k) => s[k] !== undefined).map((k) => [k, s[k]]));
+      const all = [...(await pc.getStats()).values()];
+      for (const s of all) {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') {
+          out.video = pick(s, ['packetsReceived', 'packetsLost', 'bytesReceived', 'framesReceived', 'framesDecoded',
+            'keyFramesDecoded', 'framesDropped', 'nackCount', 'pliCount', 'firCount', 'decoderImplementation', 'codecId']);
+        }
+        if (s.type === 'transport') out.transport = pick(s, ['dtlsState', 'iceState', 'bytesReceived', 'packetsReceived', 'srtpCipher', 'selectedCandidatePairChanges']);
+        if (s.type === 'candidate-pair' && s.nominated) out.pair = pick(s, ['state', 'bytesReceived', 'bytesSent']);
+      }
+      return out;
+    }).catch((e) => `getStats failed: ${e.message}`);
+  // Wait for frames; on a timeout, say what the robot sent and the browser received.
+  const untilFrames = (what, f) =>
+    until(what, LONG, f).catch(async (e) => {
+      const st = await ask('status').catch(() => ({}));
+      throw new Error(`${e.message}; robotd status media: ${JSON.stringify(st.media)}; phone: ${JSON.stringify(await quality())}; browser: ${JSON.stringify(await browserMedia())}`);
+    });
+
   // First run: phone number (shown back in E.164) and nickname.
   await page.locator('#first-run').waitFor({ timeout: LONG });
   await page.fill('#phone-number', '+48 555 555 555');
@@ -143,13 +181,9 @@ try {
   if (STEPS.includes('call')) {
     await page.click(`[data-testid=contact][data-robot-id="${ROBOT_ID}"] [data-testid=call]`);
     await until('connected', LONG, async () => (await attr('#call-screen', 'data-state')) === 'connected');
-    const q = await until('30 frames decoded', LONG, async () => {
+    const q = await untilFrames('30 frames decoded', async () => {
       const v = await quality();
       return v.frames >= 30 && v;
-    }).catch(async (e) => {
-      // What the robot says it sent, for the failure report.
-      const st = await ask('status').catch(() => ({}));
-      throw new Error(`${e.message}; robotd status media: ${JSON.stringify(st.media)}; phone: ${JSON.stringify(await quality())}`);
     });
     const video = await page.evaluate(() => {
       const v = document.querySelector('video#remote-video');
@@ -167,6 +201,7 @@ try {
       return v && v.frames_sent > 0 && v.sent_kbps > 0 && v;
     });
     say(`robotd status media.video: ${JSON.stringify(sent)}`);
+    say(`browser media: ${JSON.stringify(await browserMedia())}`);
     if (neg && (sent.width !== neg.width || sent.height !== neg.height)) throw new Error(`robotd says it sends ${sent.width}x${sent.height}`);
   }
 
@@ -183,7 +218,7 @@ try {
     const noticed = Date.now() - t0;
     await ask('restore');
     await until('connected again', LONG, async () => (await attr('#call-screen', 'data-state')) === 'connected');
-    await until('frames in the new call', LONG, async () => (await quality()).frames >= 10);
+    await untilFrames('frames in the new call', async () => (await quality()).frames >= 10);
     const st = await ask('status');
     if (!st.call || st.call.session === session) throw new Error(`the robot is not in a new call: ${JSON.stringify(st.call)}`);
     say(`network change: the app called again after ${noticed} ms; the new call replaced the old one and decodes`);
@@ -302,7 +337,7 @@ try {
     await until('the banner gone', LONG, async () => !(await page.locator('#banner').isVisible()));
     const state = await attr('#call-screen', 'data-state');
     if (state !== 'connected') throw new Error(`the call did not survive the broker restart: ${state}`);
-    const after = await until('frames still decoding', LONG, async () => {
+    const after = await untilFrames('frames still decoding', async () => {
       const f = (await quality()).frames;
       return f > before + 30 && f;
     });
@@ -343,7 +378,7 @@ try {
     await backToContacts();
     await page.click(`${contactSel} [data-testid=call]`);
     await until('connected again', LONG, async () => (await attr('#call-screen', 'data-state')) === 'connected');
-    await until('frames again', LONG, async () => (await quality()).frames >= 10);
+    await untilFrames('frames again', async () => (await quality()).frames >= 10);
     await ask('kill-helper');
     await until('the call ended', LONG, async () => (await attr('#call-screen', 'data-state')) === 'ended');
     const reason = await attr('#call-screen', 'data-end-reason');
