@@ -249,6 +249,10 @@ fn adapt_rep(plan: &Plan) -> Option<Rep> {
     };
     if std::env::var_os("ROBOTD_BENCH_TRACE").is_some() {
         trace(&call, s, capped);
+        // With ROBOTD_HELPER_LOG=robotd::webrtc::congestion=debug: the adapter's changes.
+        for line in call.robot.log().lines().filter(|l| l.contains("bandwidth")) {
+            eprintln!("helper: {line}");
+        }
     }
     let r = call.last_rates().expect("Stats from the helper");
     drop(call);

@@ -17,6 +17,12 @@
 //! - step back up when the mean over the last [`UP_WINDOW`] is at least
 //!   [`UP_FACTOR`] × the larger size's need.
 //!
+//! - a loss-based ceiling ([`Adapter::feedback`], from rtpsession's
+//!   `twcc-stats`): over [`LOSS_HIGH`] loss the encoder is cut to
+//!   [`CUT_FACTOR`] × what got through and the ceiling leads instead of
+//!   GCC until it has been probed back up to the call's rate; and a
+//!   retransmission budget ([`RTX_SHARE`] of the encoder's bitrate).
+//!
 //! Means, not every reading: GCC's estimate saws (on a link that drops
 //! rather than queues, it falls on loss and climbs back by up to 28 % a
 //! second), and the size follows the level, not the teeth. A window starts
@@ -67,6 +73,31 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// Bitrate changes smaller than this share of the current one are skipped
 /// (each change reconfigures x264).
 const MIN_CHANGE: f64 = 0.05;
+/// Loss in the transport-cc feedback (mean over [`LOSS_WINDOW`]) above
+/// this share: the path is over its capacity; the encoder is cut to what
+/// got through ([`CUT_FACTOR`] × the delivered rate) and the loss-based
+/// ceiling leads instead of GCC's estimate.
+pub const LOSS_HIGH: f64 = 0.10;
+/// Loss below this share: the ceiling may be probed upward; between the
+/// two it holds. (GCC's own loss thresholds, draft-ietf-rmcat-gcc 6.)
+pub const LOSS_LOW: f64 = 0.02;
+/// The window of the mean loss: a 5 % random loss averages under
+/// [`LOSS_HIGH`] even when one feedback reports more.
+pub const LOSS_WINDOW: Duration = Duration::from_secs(1);
+/// The cut: encoder bitrate = this × the delivered rate (RTP bytes the
+/// phone acknowledged while losing, retransmissions included).
+pub const CUT_FACTOR: f64 = 0.85;
+/// After a cut the ceiling comes back within a second to this share of
+/// the delivered rate (the knee) and holds there for [`KNEE_HOLD`].
+pub const KNEE_SHARE: f64 = 0.9;
+/// No probe for this long after a cut: the feedback still reports the
+/// losses of the rate before it.
+pub const CUT_HOLD: Duration = Duration::from_secs(1);
+/// How long the ceiling stays at the knee before it probes above it.
+pub const KNEE_HOLD: Duration = Duration::from_secs(20);
+/// Above the knee the ceiling grows by this share a second while the loss
+/// stays low (GCC's own increase is 5 % per 200 ms).
+pub const PROBE_PER_S: f64 = 0.03;
 
 /// What a frame size needs, kbit/s: 600 for 1280x720 at 30 fps, in
 /// proportion to pixels per second.
@@ -109,6 +140,25 @@ pub struct Adapter {
     /// `(when, estimate kbit/s, target kbit/s, sent kbit/s)`.
     window: std::collections::VecDeque<(Instant, u32, u32, u32)>,
     changed_at: Instant,
+    /// The loss-based ceiling on the encoder's bitrate, kbit/s: while it
+    /// holds it is the encoder's target (`None`: GCC leads).
+    ceiling: Option<f64>,
+    /// The last cut and its knee ([`KNEE_SHARE`] × delivered), kbit/s.
+    cut: Option<(Instant, f64)>,
+    /// The last feedback (the probe's clock).
+    feedback_at: Option<Instant>,
+    /// Feedback over the last [`LOSS_WINDOW`]: `(when, loss, delivered kbit/s)`.
+    losses: std::collections::VecDeque<(Instant, f64, u32)>,
+}
+
+/// What the phone's transport-cc feedback says about the last short
+/// window (rtpsession's `twcc-stats`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Feedback {
+    /// Share of the packets sent that were reported lost, 0..=1.
+    pub loss: f64,
+    /// Rate the phone received, kbit/s (RTP packets, retransmissions included).
+    pub delivered_kbps: u32,
 }
 
 impl Adapter {
@@ -124,7 +174,65 @@ impl Adapter {
             kbps: video.kbps,
             window: Default::default(),
             changed_at: now,
+            ceiling: None,
+            cut: None,
+            feedback_at: None,
+            losses: Default::default(),
         }
+    }
+
+    /// The loss-based ceiling, kbit/s, if one holds.
+    pub fn ceiling_kbps(&self) -> Option<u32> {
+        self.ceiling.map(|c| c as u32)
+    }
+
+    /// A transport-cc report. Mean loss over [`LOSS_WINDOW`] and this
+    /// report's above [`LOSS_HIGH`]: the ceiling is cut to [`CUT_FACTOR`] × what was
+    /// delivered (never raised by a cut). Under [`LOSS_LOW`], once
+    /// [`CUT_HOLD`] has passed: back to the knee at 5 % a tick, then held
+    /// until [`KNEE_HOLD`], then probed by [`PROBE_PER_S`], and lifted once
+    /// it reaches the call's rate. In between it holds. The next
+    /// [`Adapter::update`] applies it.
+    pub fn feedback(&mut self, fb: Feedback, now: Instant) {
+        let dt = self.feedback_at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.feedback_at = Some(now);
+        self.losses.push_back((now, fb.loss, fb.delivered_kbps));
+        while self.losses.front().is_some_and(|r| now.saturating_duration_since(r.0) > LOSS_WINDOW) {
+            self.losses.pop_front();
+        }
+        let loss = self.losses.iter().map(|r| r.1).sum::<f64>() / self.losses.len() as f64;
+        let floor = f64::from(self.floor_kbps);
+        // A cut needs this report lossy too: after a cut the window still
+        // holds the old losses, and what is delivered then is the lower
+        // rate sent, not the path's capacity.
+        if loss > LOSS_HIGH && fb.loss > LOSS_HIGH {
+            // The most delivered in the window: once the sender is cut,
+            // retransmissions still lose and the rate that gets through
+            // falls below the path's capacity.
+            let delivered = f64::from(self.losses.iter().map(|r| r.2).max().unwrap_or(fb.delivered_kbps));
+            let cut = (CUT_FACTOR * delivered).max(floor);
+            let current = self.ceiling.unwrap_or(f64::from(self.kbps));
+            if cut < current || self.ceiling.is_none() {
+                self.ceiling = Some(cut.min(current));
+                self.cut = Some((now, (KNEE_SHARE * delivered).max(floor)));
+            }
+        }
+        if loss > LOSS_HIGH {
+            return;
+        }
+        let (Some(c), Some((cut_at, knee))) = (self.ceiling, self.cut) else { return };
+        let since = now.saturating_duration_since(cut_at);
+        if loss >= LOSS_LOW || since < CUT_HOLD {
+            return;
+        }
+        let up = if c < knee {
+            (c * 1.05).min(knee)
+        } else if since >= KNEE_HOLD {
+            c * (1.0 + PROBE_PER_S).powf(dt.min(1.0))
+        } else {
+            c
+        };
+        self.ceiling = (up < f64::from(self.max_kbps)).then_some(up);
     }
 
     /// New limits (the `video` command): the size steps start again from
@@ -137,6 +245,9 @@ impl Adapter {
         self.max_kbps = limits.kbps;
         self.floor_kbps = FLOOR_KBPS.min(limits.kbps);
         self.kbps = self.kbps.clamp(self.floor_kbps, self.max_kbps);
+        if self.ceiling.is_some_and(|c| c >= f64::from(self.max_kbps)) {
+            self.ceiling = None;
+        }
         self.change(0, now);
     }
 
@@ -183,8 +294,15 @@ impl Adapter {
     /// A new reading: `estimate_bps` from the estimator, `sent_kbps` the
     /// encoder's measured output.
     pub fn update(&mut self, estimate_bps: u32, sent_kbps: u32, now: Instant) -> Target {
-        let estimate_kbps = estimate_bps / 1000;
-        let want = ((f64::from(estimate_bps) * HEADROOM / 1000.0) as u32).clamp(self.floor_kbps, self.max_kbps);
+        let mut estimate_kbps = estimate_bps / 1000;
+        let mut want = ((f64::from(estimate_bps) * HEADROOM / 1000.0) as u32).clamp(self.floor_kbps, self.max_kbps);
+        if let Some(c) = self.ceiling {
+            // Against a link that drops rather than queues GCC's estimate
+            // saws between its floor and twice the capacity: the ceiling
+            // (what got through) leads, for the size too.
+            want = (c as u32).clamp(self.floor_kbps, self.max_kbps);
+            estimate_kbps = (c / HEADROOM) as u32;
+        }
         if f64::from(want.abs_diff(self.kbps)) >= MIN_CHANGE * f64::from(self.kbps) || want == self.max_kbps {
             self.kbps = want;
         }
@@ -258,6 +376,7 @@ pub fn install(
         });
     }
     let readings = Arc::new(Readings::default());
+    budget_retransmissions(webrtc, readings.clone());
     let first = adapter.target();
     readings.encoder_kbps.store(first.kbps, Ordering::Relaxed);
     readings.width.store(first.width, Ordering::Relaxed);
@@ -272,14 +391,29 @@ pub fn install(
         });
     }
     let (encoder, size, r) = (encoder.clone(), size.clone(), readings.clone());
+    let webrtc = webrtc.clone();
     std::thread::Builder::new()
         .name("congestion".into())
         .spawn(move || {
             let mut window: std::collections::VecDeque<(Instant, u64)> = Default::default();
             let mut applied = first;
+            let mut session: Option<gst::Element> = None;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(TICK);
                 let now = Instant::now();
+                if session.is_none() {
+                    session = rtp_session(&webrtc);
+                }
+                let fb = session.as_ref().and_then(twcc_feedback);
+                if let Some(fb) = fb {
+                    let before = adapter.ceiling_kbps();
+                    adapter.feedback(fb, now);
+                    if let (Some(c), None) = (before, adapter.ceiling_kbps()) {
+                        // Lifted at the call's rate: GCC leads again from
+                        // there, not from where its loss rule left it.
+                        bwe.set_property("estimated-bitrate", (f64::from(c) * 1000.0 / HEADROOM) as u32);
+                    }
+                }
                 let bytes = r.bytes_encoded.load(Ordering::Relaxed);
                 window.push_back((now, bytes));
                 while window.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
@@ -324,13 +458,87 @@ pub fn install(
                     r.height.store(t.height, Ordering::Relaxed);
                 }
                 if t != applied {
-                    tracing::debug!(estimate_kbps = estimate / 1000, sent_kbps, encoder_kbps = t.kbps, "bandwidth");
+                    tracing::debug!(
+                        estimate_kbps = estimate / 1000,
+                        sent_kbps,
+                        encoder_kbps = t.kbps,
+                        ceiling_kbps = adapter.ceiling_kbps(),
+                        loss = fb.map(|f| f.loss),
+                        delivered_kbps = fb.map(|f| f.delivered_kbps),
+                        "bandwidth"
+                    );
                 }
                 applied = t;
             }
         })
         .map_err(|e| WebrtcError::Pipeline(format!("congestion thread: {e}")))?;
     Ok(readings)
+}
+
+/// Retransmissions get at most this share of the encoder's bitrate.
+pub const RTX_SHARE: f64 = 0.25;
+/// The retransmission budget's bucket holds this much of it.
+const RTX_BURST: Duration = Duration::from_millis(500);
+/// What a retransmission costs, bytes (the payloader's MTU).
+const RTX_PACKET_BYTES: f64 = 1200.0;
+
+/// A token bucket on the phone's retransmission requests at webrtcbin's
+/// `rtprtxsend` (each answered request is one packet): at most
+/// [`RTX_SHARE`] of the encoder's bitrate, the rest dropped. Against a
+/// link that drops, every request answered over the capacity is lost again
+/// and asked for again until the jitter buffer's deadline: an unbounded
+/// answer multiplies the overload (9-11 Mbit/s offered to a 0.6 Mbit/s
+/// policer while the encoder made 2).
+fn budget_retransmissions(webrtc: &gst::Element, readings: Arc<Readings>) {
+    webrtc.connect("deep-element-added", false, move |a| {
+        let el = a[2].get::<gst::Element>().ok()?;
+        if el.factory().is_none_or(|f| f.name() != "rtprtxsend") {
+            return None;
+        }
+        let pad = el.static_pad("src")?;
+        let readings = readings.clone();
+        let bucket = std::sync::Mutex::new((Instant::now(), 0.0f64));
+        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+            let Some(ev) = info.event() else { return gst::PadProbeReturn::Ok };
+            if ev.structure().is_none_or(|s| s.name() != "GstRTPRetransmissionRequest") {
+                return gst::PadProbeReturn::Ok;
+            }
+            let rate = RTX_SHARE * f64::from(readings.encoder_kbps.load(Ordering::Relaxed)) * 1000.0 / 8.0;
+            let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            b.1 = (b.1 + rate * now.duration_since(b.0).as_secs_f64()).min(rate * RTX_BURST.as_secs_f64());
+            b.0 = now;
+            if b.1 >= RTX_PACKET_BYTES {
+                b.1 -= RTX_PACKET_BYTES;
+                gst::PadProbeReturn::Ok
+            } else {
+                gst::PadProbeReturn::Drop
+            }
+        });
+        None
+    });
+}
+
+/// The RTP session of the (bundled) transport: webrtcbin's `rtpbin`,
+/// session 0; `None` before negotiation has made it.
+fn rtp_session(webrtc: &gst::Element) -> Option<gst::Element> {
+    let rtpbin = webrtc.downcast_ref::<gst::Bin>()?.by_name("rtpbin")?;
+    rtpbin.emit_by_name::<Option<gst::Element>>("get-session", &[&0u32])
+}
+
+/// The session's `twcc-stats` (rtpsession's window over the latest
+/// transport-cc feedback); `None` until feedback has arrived.
+fn twcc_feedback(session: &gst::Element) -> Option<Feedback> {
+    session.find_property("twcc-stats")?;
+    let s: Option<gst::Structure> = session.property("twcc-stats");
+    let s = s?;
+    let sent = s.get::<u32>("packets-sent").ok()?;
+    let loss = s.get::<f64>("packet-loss-pct").ok()?;
+    let recv = s.get::<u32>("bitrate-recv").ok()?;
+    if sent == 0 {
+        return None;
+    }
+    Some(Feedback { loss: (loss / 100.0).clamp(0.0, 1.0), delivered_kbps: recv / 1000 })
 }
 
 /// The caps of the size capsfilter before the encoder.
@@ -446,5 +654,105 @@ mod tests {
         }
         assert_eq!(a.target().width, 1280);
         assert_eq!(a.target().kbps, 202);
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn fb(loss: f64, delivered_kbps: u32) -> Feedback {
+        Feedback { loss, delivered_kbps }
+    }
+
+    /// Feedback every 250 ms over `from..to` ms.
+    fn reports(a: &mut Adapter, t0: Instant, (from, to): (u64, u64), loss: f64, delivered: u32) {
+        let mut t = from;
+        while t < to {
+            a.feedback(fb(loss, delivered), t0 + Duration::from_millis(t));
+            t += 250;
+        }
+    }
+
+    #[test]
+    fn heavy_loss_cuts_to_what_got_through_and_the_ceiling_leads_until_it_has_recovered() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(&hd(), t0);
+        assert_eq!(a.update(2_222_222, 2000, t0).kbps, 2000);
+        // A policer at about 560 kbit/s: 70 % lost.
+        a.feedback(fb(0.70, 560), t0 + 250 * MS);
+        assert_eq!(a.ceiling_kbps(), Some(476));
+        // GCC has not noticed yet, and then collapses: the ceiling leads both ways.
+        assert_eq!(a.update(2_222_222, 2000, t0 + 250 * MS).kbps, 476);
+        assert_eq!(a.update(200_000, 470, t0 + 500 * MS).kbps, 476);
+        // A cut never raises the ceiling, and it takes the most delivered
+        // in the last second (the rate falls once the sender is cut).
+        a.feedback(fb(0.30, 700), t0 + 500 * MS);
+        a.feedback(fb(0.50, 300), t0 + 750 * MS);
+        assert_eq!(a.ceiling_kbps(), Some(476));
+        reports(&mut a, t0, (1000, 2000), 0.5, 400);
+        assert_eq!(a.ceiling_kbps(), Some(340), "0.85 × 400 once 560 and 700 are over a second old");
+        // The loss of the old rate is still in the window, then CUT_HOLD;
+        // back to the knee (0.9 × 400) in two steps.
+        reports(&mut a, t0, (2000, 3250), 0.0, 340);
+        assert_eq!(a.ceiling_kbps(), Some(357));
+        a.feedback(fb(0.0, 340), t0 + 3250 * MS);
+        assert_eq!(a.ceiling_kbps(), Some(360));
+        // Held there until KNEE_HOLD after the cut (at 1.75 s).
+        reports(&mut a, t0, (3500, 21_750), 0.0, 360);
+        assert_eq!(a.ceiling_kbps(), Some(360));
+        assert_eq!(a.update(2_222_222, 350, t0 + 21_750 * MS).kbps, 360);
+        // Then 3 % a second.
+        reports(&mut a, t0, (21_750, 22_750), 0.0, 360);
+        assert_eq!(a.ceiling_kbps(), Some(370));
+        // Some loss (2-10 %): holds (after one more probe: the first report's
+        // window still averages 1 %).
+        reports(&mut a, t0, (22_750, 26_000), 0.05, 360);
+        assert_eq!(a.ceiling_kbps(), Some(373));
+        // Never below the floor.
+        reports(&mut a, t0, (26_000, 27_500), 0.9, 20);
+        assert_eq!(a.ceiling_kbps(), Some(FLOOR_KBPS));
+    }
+
+    #[test]
+    fn random_loss_under_ten_percent_on_average_leaves_gcc_leading() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(&hd(), t0);
+        // 5 % random loss: some reports show 15 %, the mean over a second does not.
+        for i in 0..200u64 {
+            let loss = [0.0, 0.15, 0.05, 0.0][i as usize % 4];
+            a.feedback(fb(loss, 1900), t0 + Duration::from_millis(i * 250));
+        }
+        assert_eq!(a.ceiling_kbps(), None);
+        assert_eq!(a.update(2_222_222, 2000, t0 + 50 * S).kbps, 2000);
+    }
+
+    #[test]
+    fn without_loss_the_ceiling_is_probed_up_and_lifted_at_the_call_rate() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(&hd(), t0);
+        a.feedback(fb(0.40, 1000), t0);
+        assert_eq!(a.ceiling_kbps(), Some(850));
+        reports(&mut a, t0, (250, 20_000), 0.0, 900);
+        assert_eq!(a.ceiling_kbps(), Some(900));
+        // 3 % a second from 20 s: 900 × 1.03^n reaches 2000 after 27 s.
+        let mut t = 20_000;
+        while a.ceiling_kbps().is_some() && t < 100_000 {
+            a.feedback(fb(0.01, 1500), t0 + Duration::from_millis(t));
+            t += 250;
+        }
+        assert!((45_000..50_000).contains(&t), "{t}");
+        assert_eq!(a.update(2_222_222, 2000, t0 + Duration::from_millis(t)).kbps, 2000);
+    }
+
+    #[test]
+    fn the_size_follows_the_ceiling_not_an_estimate_above_it() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(&hd(), t0);
+        // GCC says 1 Mbit/s (enough for 720p) but the path delivers 500.
+        let mut t = 0;
+        while t < 4000 {
+            a.feedback(fb(0.2, 500), t0 + t * MS);
+            a.update(1_000_000, 420, t0 + t * MS);
+            t += 250;
+        }
+        assert_eq!(a.target(), Target { kbps: 425, width: 640, height: 360 });
     }
 }

@@ -272,7 +272,10 @@ impl Drop for Proc {
 
 pub fn robot_helper(ns: &netns::Ns, dir: &std::path::Path, tx: Sender<Heard>) -> Proc {
     let mut cmd = ns.command(env!("CARGO_BIN_EXE_robotd"));
-    cmd.arg("media").env("RUST_LOG", "info");
+    // ROBOTD_HELPER_LOG: the helper's RUST_LOG (benches/webrtc.rs traces with
+    // `robotd::webrtc::congestion=debug`).
+    let filter = std::env::var("ROBOTD_HELPER_LOG").unwrap_or_else(|_| "info".into());
+    cmd.arg("media").env("RUST_LOG", filter);
     Proc::spawn::<FromHelper>(cmd, dir.join("robot-helper.log"), tx, Heard::Robot, Heard::RobotGone)
 }
 
