@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -422,10 +423,13 @@ pub async fn owner_series(phone: &mut Phone, call: &mut ActiveCall, n: usize, pe
     out
 }
 
-/// The pid of `robotd media`, robotd's child, once there is one.
+/// The pid of `robotd-media`, robotd's child, once there is one.
 pub fn helper_pid(robotd: i32) -> Option<i32> {
     let kids = std::fs::read_to_string(format!("/proc/{robotd}/task/{robotd}/children")).ok()?;
     kids.split_whitespace().filter_map(|p| p.parse().ok()).find(|p: &i32| {
-        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"media"))
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+            let arg0 = c.split(|&b| b == 0).next().unwrap_or_default();
+            std::path::Path::new(std::ffi::OsStr::from_bytes(arg0)).file_name() == Some("robotd-media".as_ref())
+        })
     })
 }

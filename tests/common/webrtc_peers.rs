@@ -1,6 +1,6 @@
 //! The two WebRTC peers of tests/webrtc.rs and benches/webrtc.rs, each in
 //! its own process inside a network namespace of the small internet
-//! (tests/common/netns.rs): the robot's media helper (`robotd media`, the
+//! (tests/common/netns.rs): the robot's media helper (`robotd-media`, the
 //! real binary) and a phone peer ([`robotd::webrtc::PhonePeer`]). The test
 //! (or bench) process only relays the signalling: the offer, the answer and
 //! the trickled candidates ([`Call`]).
@@ -271,8 +271,8 @@ impl Drop for Proc {
 }
 
 pub fn robot_helper(ns: &netns::Ns, dir: &std::path::Path, tx: Sender<Heard>) -> Proc {
-    let mut cmd = ns.command(env!("CARGO_BIN_EXE_robotd"));
-    cmd.arg("media").env("RUST_LOG", "info");
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_robotd-media"));
+    cmd.env("RUST_LOG", "info");
     Proc::spawn::<FromHelper>(cmd, dir.join("robot-helper.log"), tx, Heard::Robot, Heard::RobotGone)
 }
 
