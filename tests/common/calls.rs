@@ -240,9 +240,15 @@ pub async fn sleep_pinging(phone: &mut Phone, call: &mut ActiveCall, d: Duration
     }
 }
 
-/// Threads of process `pid`.
+/// Threads of robotd `pid` and of its media helper.
 pub fn thread_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+    robot_pids(pid).iter().map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map(|d| d.count()).unwrap_or(0)).sum()
+}
+
+/// robotd `pid` and its media helper (`robotd-media`, which runs a call's
+/// media), if one runs: "the robot" when counting threads and sockets.
+fn robot_pids(pid: i32) -> Vec<i32> {
+    std::iter::once(pid).chain(helper_pid(pid)).collect()
 }
 
 /// Socket inodes held open by process `pid`.
@@ -253,10 +259,10 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
         .collect()
 }
 
-/// UDP sockets held open by process `pid` (its fds matched against
+/// UDP sockets held open by robotd `pid` and its media helper (their fds matched against
 /// `/proc/net/udp{,6}` by inode).
 pub fn udp_socket_count(pid: i32) -> usize {
-    let mine = socket_inodes(pid);
+    let mine: Vec<u64> = robot_pids(pid).into_iter().flat_map(socket_inodes).collect();
     let mut n = 0;
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
