@@ -14,7 +14,7 @@
 //!   with bitrate and size/fps changes while running.
 //! - [`audio`]: [`AudioSender`], microphone -> Opus -> RTP -> SRTP -> UDP.
 //! - [`simview`]: the simulated robot's camera, a ray-cast first-person view of the
-//!   simulator's obstacles as I420 frames (pure; `robotd media` renders it for `video.device = "sim"`).
+//!   simulator's obstacles as I420 frames (pure; `robotd-media` renders it for `video.device = "sim"`).
 //! - [`simcam`]: [`simcam::SimScene`] and the thread that renders it into an `appsrc`
 //!   (both senders use it for `video.device = "sim"`).
 //! - [`receiver`]: [`Receiver`], UDP -> SRTP -> depay -> decode, counting frames,
