@@ -23,7 +23,7 @@
 //! from the frame's `expectedDisplayTime` (same machine clock). The floor
 //! is this binary re-executed as `floor-sender` in the robot's namespace:
 //! a bare webrtcbin with the same simview source and x264enc settings as
-//! `robotd media` (src/webrtc/robot.rs), no congestion control, to the same
+//! `robotd-media` (src/webrtc/robot.rs), no congestion control, to the same
 //! page, interleaved round by round with the app's calls.
 
 #[path = "../tests/common/mod.rs"]

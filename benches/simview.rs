@@ -1,6 +1,6 @@
 //! The simulated camera's cost per frame (criterion): `simview::render_i420`
 //! of a room (four walls, a shut door ahead, a bin) at 640x480 and 1280x720,
-//! overlay included: what `robotd media` spends per frame for
+//! overlay included: what `robotd-media` spends per frame for
 //! `video.device = "sim"` before the encoder. Floor, in the same run: writing
 //! the same I420 frame with a grey ramp per row (what any source spends just
 //! to fill the pixels). Run: `cargo bench --bench simview`.

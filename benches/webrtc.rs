@@ -5,7 +5,7 @@
 //! impairments are applied.
 //!
 //! - **adapt**: a 720p30 call starting at 2000 kbit/s (`test:snow`, a scene
-//!   that fills any bitrate) from robotd's media helper (`robotd media`) to
+//!   that fills any bitrate) from robotd's media helper (`robotd-media`) to
 //!   the GStreamer phone peer (`PhonePeer`, what robotctl uses), relayed by
 //!   tests/common/webrtc_peers.rs. Phases: unimpaired (the floor: frames
 //!   decoded / sent, inter-frame gaps), a 598 kbit/s policer (time until the
@@ -451,7 +451,7 @@ fn memory(plan: &Plan, out: &mut Vec<String>) {
          | robotd main, paired, idle 5 s | {} | {} | goal 10240 | {:.2}x the goal |\n\
          | robotd main, during the call | {} | {} | idle VmHWM {} | {:.2}x |\n\
          | robotd main, 3 s after the call (VmRSS now) | {} | {} | | |\n\
-         | media helper (`robotd media`), during the call | {} | {} | gst-launch-1.0 encoder chain {} | {:.2}x |\n\
+         | media helper (`robotd-media`), during the call | {} | {} | gst-launch-1.0 encoder chain {} | {:.2}x |\n\
          | phone peer (robotctl) | {} | {} | | |\n\
          | gst-launch-1.0, the helper's encoder chain to fakesink (floor) | {} | {} | | |",
         idle.hwm,

@@ -46,6 +46,7 @@ cat >"$work/expected" <<'EOF'
 -rw-r--r-- root/root ./etc/robotd/robotd.toml
 -rwxr-xr-x root/root ./usr/bin/robotctl
 -rwxr-xr-x root/root ./usr/bin/robotd
+-rwxr-xr-x root/root ./usr/bin/robotd-media
 -rw-r--r-- root/root ./usr/lib/systemd/system/robotd.service
 -rw-r--r-- root/root ./usr/lib/sysusers.d/robotd.conf
 -rw-r--r-- root/root ./usr/lib/tmpfiles.d/robotd.conf
@@ -74,13 +75,21 @@ cp "$work/root/usr/lib/systemd/system/robotd.service" "$work/unit.service"
 grep -qxF "ExecStart=/usr/bin/robotd run" "$work/unit.service" || err "packaged unit: ExecStart is not /usr/bin/robotd run"
 grep -qxF "ExecStopPost=/usr/bin/robotd safe-stop" "$work/unit.service" || err "packaged unit lacks ExecStopPost=/usr/bin/robotd safe-stop"
 
-for b in robotd robotctl; do
+for b in robotd robotd-media robotctl; do
   m="$(readelf -h "$work/root/usr/bin/$b" 2>/dev/null | sed -n 's/^ *Machine: *//p')"
   [[ "$m" == *"$machine"* ]] || err "/usr/bin/$b is for '$m', not $machine"
   readelf -S "$work/root/usr/bin/$b" | grep -q '\.debug_info' && err "/usr/bin/$b is not stripped"
 done
-# Every library robotd links must be covered by Depends (shlibs worked).
-needed="$(readelf -d "$work/root/usr/bin/robotd" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')"
+# robotd's main process must not map GStreamer (issue 17: idle memory):
+# all of it is in the media helper, robotd-media.
+main_needed="$(readelf -d "$work/root/usr/bin/robotd" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')"
+for lib in $main_needed; do
+  case "$lib" in
+    libgst*|libglib*|libgobject*|libgio*|libgmodule*) err "/usr/bin/robotd links $lib: GStreamer belongs in robotd-media only" ;;
+  esac
+done
+# Every library robotd or its helper links must be covered by Depends (shlibs worked).
+needed="$(for b in robotd robotd-media; do readelf -d "$work/root/usr/bin/$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; done | sort -u)"
 for lib in $needed; do
   case "$lib" in
     libc.so.6|libm.so.6|libdl.so.2|libpthread.so.0|librt.so.1|ld-linux*) pkg=libc6 ;;

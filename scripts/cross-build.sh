@@ -280,7 +280,7 @@ if [ "$do_build" = 1 ]; then
   cargo build --release --locked --target "$TARGET" --bins
   rel="$CARGO_TARGET_DIR/$TARGET/release"
   mkdir -p "$rel/stripped"
-  for b in robotd robotctl; do
+  for b in robotd robotd-media robotctl; do
     $GNU-strip -o "$rel/stripped/$b" "$rel/$b"
     printf 'cross-build: %s %s: %s bytes stripped (%s unstripped)\n' "$TARGET" "$b" \
       "$(stat -c %s "$rel/stripped/$b")" "$(stat -c %s "$rel/$b")"

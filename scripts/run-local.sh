@@ -17,7 +17,7 @@
 #   ROBOTD_WEB_PORT   the web app's port on 127.0.0.1 (default 18080)
 #   ROBOTD_DEMO_DIR   run directory: config, state, socket, logs, demo output
 #                     (default $XDG_RUNTIME_DIR/robotd-demo, else /tmp/robotd-demo)
-#   ROBOTD_BIN_DIR    use robotd and robotctl from this directory instead of
+#   ROBOTD_BIN_DIR    use robotd, robotd-media and robotctl from this directory instead of
 #                     building them (cargo build --release)
 # Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
@@ -48,7 +48,7 @@ else
   cargo build --release --locked --bins
   bin="$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release"
 fi
-for b in robotd robotctl; do
+for b in robotd robotd-media robotctl; do
   [ -x "$bin/$b" ] || { echo "run-local.sh: $bin/$b is missing" >&2; exit 1; }
 done
 

@@ -66,8 +66,9 @@ enum Command {
     },
     /// List the cameras (V4L2 devices) with their formats, sizes and rates.
     Cameras,
-    /// The media helper robotd spawns per call (internal): speaks the
-    /// length-prefixed JSON control protocol on fd 0, a Unix socket.
+    /// Gone: the media helper is its own binary, `robotd-media`, next to
+    /// robotd's (so robotd itself does not link GStreamer). Kept as an error
+    /// that says so.
     #[command(hide = true)]
     Media,
 }
@@ -97,10 +98,7 @@ fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     if matches!(command, Command::Media) {
-        // Before the configuration: the helper reads none, and gets all it
-        // needs from robotd over fd 0.
-        robotd::daemon::logging::init(false);
-        robotd::webrtc::helper::main();
+        return Err(media_gone());
     }
     robotd::daemon::logging::init(!matches!(command, Command::Run));
     let cfg = Config::load(&cli.config)?;
@@ -190,13 +188,23 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Media => robotd::webrtc::helper::main(),
+        Command::Media => Err(media_gone()),
         Command::Status => {
             let status: Status = admin(&cfg, Request::Status)?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
     }
+}
+
+/// `robotd media` (the helper before it was its own binary): what to run instead.
+fn media_gone() -> anyhow::Error {
+    let helper = std::env::current_exe()
+        .map(|e| e.with_file_name(robotd::daemon::HELPER_NAME).display().to_string())
+        .unwrap_or_else(|_| robotd::daemon::HELPER_NAME.into());
+    anyhow::anyhow!(
+        "`robotd media` is gone: the media helper is its own binary, {helper}, which robotd spawns per call"
+    )
 }
 
 /// Send a request to the running daemon; an error answer becomes an error.

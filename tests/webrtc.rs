@@ -316,8 +316,7 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
     let dir = tempfile::tempdir().unwrap();
     let offer = include_str!("../docs/design/webrtc-experiments/chrome_offer.sdp").replace("H264/90000", "H265/90000");
     let (tx, rx) = mpsc::channel();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
-    cmd.arg("media");
+    let cmd = Command::new(env!("CARGO_BIN_EXE_robotd-media"));
     let mut helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h1.log"), tx, Heard::Robot, Heard::RobotGone);
     helper.send(&ToHelper::Start {
         offer_sdp: offer,
@@ -335,8 +334,7 @@ fn the_helper_ends_with_a_reason_on_a_bad_offer_or_a_bad_message() {
     assert!(wait_for(&rx, Duration::from_secs(20), |h| matches!(h, Heard::RobotGone(_))), "helper did not exit");
 
     let (tx, rx) = mpsc::channel();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
-    cmd.arg("media");
+    let cmd = Command::new(env!("CARGO_BIN_EXE_robotd-media"));
     let mut helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h2.log"), tx, Heard::Robot, Heard::RobotGone);
     use std::io::Write;
     helper.sock.write_all(&[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']).unwrap();
@@ -376,8 +374,7 @@ fn chromiums_audio_is_answered_as_the_robots_devices_allow() {
     ];
     for (i, (offer, audio, want)) in cases.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
-        cmd.arg("media");
+        let cmd = Command::new(env!("CARGO_BIN_EXE_robotd-media"));
         let log = dir.path().join(format!("h{i}.log"));
         let mut helper = Proc::spawn::<FromHelper>(cmd, log, tx, Heard::Robot, Heard::RobotGone);
         let answer = answer_of(&mut helper, &rx, offer, audio.clone());
@@ -492,8 +489,7 @@ fn the_helper_runs_without_privileges_under_seccomp() {
     let _shared = shared();
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = mpsc::channel();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robotd"));
-    cmd.arg("media");
+    let cmd = Command::new(env!("CARGO_BIN_EXE_robotd-media"));
     let helper = Proc::spawn::<FromHelper>(cmd, dir.path().join("h.log"), tx, Heard::Robot, Heard::RobotGone);
     assert!(wait_for(&rx, CALL_TIMEOUT, |h| matches!(h, Heard::Robot(FromHelper::Heartbeat))), "{}", helper.log());
     let status_path = format!("/proc/{}/status", helper.child.id());

@@ -1,10 +1,12 @@
-//! Supervision of the media helper (`robotd media`, one per version 2
-//! call): robotd spawns it with one end of a Unix socket pair as its fd 0,
+//! Supervision of the media helper (`robotd-media`, installed next to
+//! robotd's binary; one per call, version 1 or 2): robotd spawns it with one
+//! end of a Unix socket pair as its fd 0,
 //! speaks [`crate::webrtc::ipc`] frames with it, and turns what it says into
 //! [`MediaEvent`]s tagged with the call's session.
 //!
 //! The helper parses the internet's input (STUN, DTLS, RTCP, SRTP) in
-//! GStreamer, so it runs in its own process, sandboxed by itself
+//! GStreamer, so it runs in its own process (and robotd's own process does
+//! not link GStreamer at all, which keeps it small), sandboxed by itself
 //! (`webrtc::helper::sandbox`), and this side trusts nothing it says beyond
 //! the frame limits: it dies, hangs (no heartbeat for
 //! [`HEARTBEAT_TIMEOUT`]) or talks nonsense, and the call ends
@@ -19,9 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::media::MediaEvent;
-use crate::hal::config::Obstacle;
 use crate::webrtc::ipc::{self, FromHelper, ToHelper};
-use crate::webrtc::{AudioSpec, IceConfig, VideoSpec};
 use crate::wire::identity::ClientId;
 
 /// A helper that sent nothing (its heartbeat is every second) for this long
@@ -38,7 +38,8 @@ pub struct Helper {
 }
 
 impl Helper {
-    /// Spawn `robotd media` for `session` and send it the offer. Events
+    /// Spawn `robotd-media` for `session` and send it `start` (a version 2
+    /// call's offer, or a version 1 call's destination and keys). Events
     /// (and the helper's end, whatever it is) arrive on `events`.
     ///
     /// Called from the main loop's thread: the helper's
@@ -46,28 +47,23 @@ impl Helper {
     /// must not be a short-lived blocking-pool thread.
     pub fn spawn(
         session: ClientId,
-        offer_sdp: String,
-        video: VideoSpec,
-        audio: AudioSpec,
-        ice: IceConfig,
-        sim_world: Option<Vec<Obstacle>>,
+        start: ToHelper,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Helper, String> {
+        let exe = helper_path()?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find robotd's own binary: {e}"))?;
-        let child = tokio::process::Command::new(exe)
-            .arg("media")
+        let child = tokio::process::Command::new(&exe)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start the media helper: {e}"))?;
+            .map_err(|e| format!("cannot start the media helper {}: {e}", exe.display()))?;
         ours.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket: {e}"))?;
         let (rd, wr) = stream.into_split();
         let (to_helper, rx) = mpsc::unbounded_channel();
-        let _ = to_helper.send(ToHelper::Start { offer_sdp, video, audio, ice, sim_world });
+        let _ = to_helper.send(start);
         info!(session = %session, pid = child.id(), "media helper started");
         tokio::spawn(write_loop(wr, rx));
         tokio::spawn(read_loop(session.clone(), rd, child, events));
@@ -83,6 +79,26 @@ impl Helper {
     /// [`STOP_GRACE`] (the read loop waits for it).
     pub fn stop(self) {
         let _ = self.to_helper.send(ToHelper::Stop);
+    }
+}
+
+/// The helper's file name, next to robotd's own binary.
+pub const HELPER_NAME: &str = "robotd-media";
+
+/// `robotd-media` next to robotd's own binary (`/usr/bin/robotd-media` as
+/// packaged, `target/<profile>/robotd-media` in a build); an error naming
+/// the path when it is not there.
+pub fn helper_path() -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find robotd's own binary: {e}"))?;
+    let helper = exe.with_file_name(HELPER_NAME);
+    match std::fs::metadata(&helper) {
+        Ok(m) if m.is_file() => Ok(helper),
+        Ok(_) => Err(format!("the media helper {} is not a file; reinstall robotd", helper.display())),
+        Err(e) => Err(format!(
+            "the media helper {} is missing ({e}): it is installed next to robotd (the package ships \
+             /usr/bin/robotd-media; from source, `cargo build` builds it into the same directory)",
+            helper.display()
+        )),
     }
 }
 

@@ -1,23 +1,21 @@
-//! Media of the call in progress: starts and stops the GStreamer senders
-//! off the main loop (pipeline start and stop block), and reports back
-//! through events tagged with the session, so a late event from an earlier
-//! call can never touch the current one.
-
-use std::sync::Arc;
+//! Media of the call in progress, in the media helper process
+//! (`robotd-media`, [`super::helper`]): a version 2 call's webrtcbin peer or
+//! a version 1 call's SRTP senders. robotd's own process runs no GStreamer
+//! (and does not link it). What the helper says comes back as events tagged
+//! with the session, so a late event from an earlier call can never touch
+//! the current one.
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::helper::Helper;
 use crate::config::{AudioConfig, VideoConfig};
 use crate::hal::sim::{Pose, Sim};
 use crate::robot::admin::{MediaStatus, VideoSendStatus};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
-use crate::video::simcam::SimScene;
-use crate::video::simview::ViewPose;
-use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
+use crate::video;
 use crate::webrtc::SIM_DEVICE;
-use crate::webrtc::ipc::{FromHelper, ToHelper};
+use crate::webrtc::ipc::{FromHelper, ToHelper, V1Audio};
 
 /// How often the simulated robot's pose goes to a `sim` camera's helper.
 pub const POSE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
@@ -28,31 +26,20 @@ use crate::wire::replies::EndReason;
 use crate::wire::webrtc::Candidate;
 
 /// What the media side reports to the main loop.
+#[derive(Debug)]
 pub enum MediaEvent {
-    /// The senders of `session` are running.
-    Started { session: ClientId, video: VideoSender, audio: Option<AudioSender> },
-    /// The media of `session` failed (start error, camera unplugged, EOS;
-    /// for version 2, the helper died or hung).
+    /// The media helper of `session` could not start, died or hung.
     Failed { session: ClientId, detail: String },
-    /// What the media helper of a version 2 call said.
+    /// What the media helper of `session` said.
     Helper { session: ClientId, msg: FromHelper },
 }
 
-impl std::fmt::Debug for MediaEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MediaEvent::Started { session, .. } => write!(f, "Started({session})"),
-            MediaEvent::Failed { session, detail } => write!(f, "Failed({session}: {detail})"),
-            MediaEvent::Helper { session, msg } => write!(f, "Helper({session}: {msg:?})"),
-        }
-    }
-}
-
-/// The running senders of the current call.
-struct Running {
+/// The version 1 call whose senders run in the helper, as robotd knows them.
+struct V1Call {
     session: ClientId,
-    video: VideoSender,
-    audio: Option<AudioSender>,
+    /// The settings in force, from the helper's `V1Sending` and the `video`
+    /// commands since; `None` until the senders run.
+    video: Option<video::VideoSettingsMirror>,
 }
 
 /// Owns the media of at most one call.
@@ -62,8 +49,9 @@ pub struct Media {
     events: mpsc::UnboundedSender<MediaEvent>,
     /// The call whose media was last started and not stopped since.
     current: Option<ClientId>,
-    running: Option<Running>,
-    /// The media helper of the current version 2 call.
+    /// The current version 1 call (its senders run in `helper`).
+    v1: Option<V1Call>,
+    /// The media helper of the current call.
     helper: Option<Helper>,
     /// What its speaker path measured last.
     speaker: Option<SpeakerLevel>,
@@ -73,8 +61,6 @@ pub struct Media {
     sim: Option<Sim>,
     /// The pose last sent to the helper (sent again only when it changed).
     sent_pose: Option<(Pose, &'static str)>,
-    /// What a version 1 call's simulated camera shows (posed in place).
-    scene: Option<Arc<SimScene>>,
     /// The version 2 call's video as accepted, and as the `video` command
     /// set it last.
     webrtc_video: Option<(VideoParams, VideoParams)>,
@@ -87,13 +73,12 @@ impl Media {
             audio_cfg,
             events,
             current: None,
-            running: None,
+            v1: None,
             helper: None,
             speaker: None,
             video_stats: None,
             sim: None,
             sent_pose: None,
-            scene: None,
             webrtc_video: None,
         }
     }
@@ -108,13 +93,12 @@ impl Media {
     /// runs its [`POSE_PERIOD`] timer only then, so an idle robot does not
     /// wake 20 times a second for nothing.
     pub fn wants_pose(&self) -> bool {
-        self.sim.is_some() && (self.helper.is_some() || self.scene.is_some()) && self.video_cfg.device == SIM_DEVICE
+        self.sim.is_some() && self.helper.is_some() && self.video_cfg.device == SIM_DEVICE
     }
 
     /// Called every [`POSE_PERIOD`]: a call with video device `sim` gets
-    /// the robot's pose when it changed (version 2: at most one small
-    /// message per period to the helper, so its queue stays short; version 1:
-    /// the sender's scene in place).
+    /// the robot's pose when it changed (at most one small message per
+    /// period to the helper, so its queue stays short).
     ///
     /// `goto_blocked`: the last goto ended blocked and the robot has not
     /// moved since (the overlay says `blocked`).
@@ -136,9 +120,6 @@ impl Media {
         }
         self.sent_pose = Some((snap.pose, state));
         let p = snap.pose;
-        if let Some(scene) = &self.scene {
-            scene.set_pose(ViewPose { x: p.x, y: p.y, heading: p.heading, state: state.into() });
-        }
         if let Some(h) = &self.helper {
             h.send(ToHelper::Pose { x: p.x, y: p.y, heading: p.heading, state: state.into() });
         }
@@ -162,7 +143,8 @@ impl Media {
         let audio = AudioSpec { mic: self.audio_cfg.device.clone(), speaker: self.audio_cfg.speaker.clone() };
         let sim_world = self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(Sim::obstacles);
         self.sent_pose = None;
-        match Helper::spawn(req.session.clone(), req.offer_sdp, video, audio, ice, sim_world, self.events.clone()) {
+        let start = ToHelper::Start { offer_sdp: req.offer_sdp, video, audio, ice, sim_world };
+        match Helper::spawn(req.session.clone(), start, self.events.clone()) {
             Ok(h) => self.helper = Some(h),
             Err(detail) => {
                 let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });
@@ -181,80 +163,56 @@ impl Media {
         }
     }
 
-    /// Start the senders in the background; a `Started` or `Failed` event follows.
+    /// Start a version 1 call's senders in a media helper; its `V1Sending`
+    /// (the call's `Started`) or its end (`Failed`) follows.
     pub fn start(&mut self, req: MediaRequest) {
+        self.stop();
         self.current = Some(req.session.clone());
-        self.sent_pose = None;
-        self.scene =
-            self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(|s| SimScene::new(s.obstacles()));
-        let scene = self.scene.clone();
-        let video_cfg = self.video_cfg.clone();
-        let audio_dev = self.audio_cfg.device.clone();
-        let events = self.events.clone();
-        tokio::task::spawn_blocking(move || {
-            let session = req.session.clone();
-            let source = match scene.map_or_else(|| resolve_source(&video_cfg.device), |s| Ok(VideoSource::Sim(s))) {
-                Ok(s) => s,
-                Err(detail) => {
-                    let _ = events.send(MediaEvent::Failed { session, detail });
-                    return;
-                }
-            };
-            let params = SenderParams {
-                host: req.host,
-                port: req.video_port,
-                ssrc: req.video_ssrc,
-                srtp_key: req.video_key,
-                video: req.video,
-                encoder: video_cfg.encoder_preference(),
-                source,
-            };
-            let video = match VideoSender::start(params) {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = events.send(MediaEvent::Failed { session, detail: e.to_string() });
-                    return;
-                }
-            };
-            let audio = match (req.audio, audio_dev) {
-                (Some((port, ssrc, key)), Some(dev)) => {
-                    let p = AudioParams {
-                        host: req.host,
-                        port,
-                        ssrc,
-                        srtp_key: key,
-                        bitrate: 32_000,
-                        source: AudioSource::from_config(&dev),
-                    };
-                    match AudioSender::start(p) {
-                        Ok(a) => Some(a),
-                        Err(e) => {
-                            // Audio is optional: the call goes on without it.
-                            warn!(error = %e, "audio could not start; the call continues without it");
-                            None
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let _ = events.send(MediaEvent::Started { session, video, audio });
-        });
+        self.v1 = Some(V1Call { session: req.session.clone(), video: None });
+        let audio = match (req.audio, &self.audio_cfg.device) {
+            (Some((port, ssrc, key)), Some(dev)) => {
+                Some(V1Audio { port, ssrc, key: hex::encode(key.0), device: dev.clone() })
+            }
+            _ => None,
+        };
+        let sim_world = self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(Sim::obstacles);
+        let start = ToHelper::StartV1 {
+            host: req.host,
+            video_port: req.video_port,
+            video_ssrc: req.video_ssrc,
+            video_key: hex::encode(req.video_key.0),
+            video: req.video,
+            device: self.video_cfg.device.clone(),
+            encoder: self.video_cfg.encoder.clone(),
+            audio,
+            sim_world,
+        };
+        match Helper::spawn(req.session.clone(), start, self.events.clone()) {
+            Ok(h) => self.helper = Some(h),
+            Err(detail) => {
+                let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });
+            }
+        }
     }
 
-    /// What a media event means to the core: a `Started` keeps the senders
-    /// if their call is still the current one (else they are stopped and the
-    /// core hears nothing), and watches them for failure.
+    /// What a media event means to the core: a version 1 helper's
+    /// `V1Sending` is the call's `Started`, its end a failure; a version 2
+    /// helper's messages are the call's answer, candidates and end.
     pub fn on_event(&mut self, ev: MediaEvent) -> Option<MediaReport> {
         match ev {
-            MediaEvent::Started { session, video, audio } => {
-                if self.current.as_ref() != Some(&session) {
-                    stop_in_background(video, audio);
-                    return None;
-                }
-                self.keep(session.clone(), video, audio);
+            MediaEvent::Failed { session, detail } => Some(MediaReport::Failed { session, detail }),
+            MediaEvent::Helper { session, msg: FromHelper::V1Sending { video, encoder, audio } } => {
+                let call = self.v1.as_mut().filter(|c| c.session == session)?;
+                info!(session = %session, ?video, encoder = encoder.as_deref().unwrap_or("passthrough"), audio,
+                    "video streaming");
+                call.video = Some(video::VideoSettingsMirror { video, reencodes: encoder.is_some() });
                 Some(MediaReport::Started { session })
             }
-            MediaEvent::Failed { session, detail } => Some(MediaReport::Failed { session, detail }),
+            MediaEvent::Helper { session, msg: FromHelper::Ended { reason, detail } }
+                if reason != "stopped" && self.v1.as_ref().is_some_and(|c| c.session == session) =>
+            {
+                Some(MediaReport::Failed { session, detail })
+            }
             MediaEvent::Helper { session, msg: FromHelper::Speaker { level } } => {
                 if self.current.as_ref() == Some(&session) {
                     self.speaker = Some(level);
@@ -283,40 +241,24 @@ impl Media {
         }
     }
 
-    fn keep(&mut self, session: ClientId, video: VideoSender, audio: Option<AudioSender>) {
-        let mut failed = video.failed();
-        let events = self.events.clone();
-        let s = session.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(detail) = failed.borrow_and_update().clone() {
-                    let _ = events.send(MediaEvent::Failed { session: s, detail });
-                    return;
-                }
-                if failed.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        info!(session = %session, settings = ?video.current(), "video streaming");
-        self.running = Some(Running { session, video, audio });
-    }
-
     /// Change the running video of `session` (bitrate at once; a new size or
     /// rate renegotiates the caps) and report what is now in force.
     pub fn adjust(&mut self, session: ClientId, change: VideoChange, answer: Answer) -> MediaReport {
-        if self.helper.as_ref().is_some_and(|h| h.session == session) {
+        let v1 = self.v1.as_mut().filter(|c| c.session == session);
+        if v1.is_none() && self.helper.as_ref().is_some_and(|h| h.session == session) {
             let result = self.adjust_webrtc(change);
             return MediaReport::VideoAdjusted { session, result, answer };
         }
-        let result = match self.running.as_ref().filter(|r| r.session == session) {
-            None => Err(VideoAdjustError::Unavailable),
-            Some(r) => match change {
-                VideoChange::Bitrate(k) => r.video.set_bitrate(k),
-                VideoChange::Format { width, height, fps } => r.video.set_format(width, height, fps),
+        let result = match (v1.and_then(|c| c.video.as_mut()), self.helper.as_ref()) {
+            (Some(mirror), Some(h)) => {
+                mirror.apply(change).map_err(|e| VideoAdjustError::Invalid(e.to_string())).inspect(|_| {
+                    h.send(match change {
+                        VideoChange::Bitrate(kbps) => ToHelper::SetBitrate { kbps },
+                        VideoChange::Format { width, height, fps } => ToHelper::SetFormat { width, height, fps },
+                    })
+                })
             }
-            .map(|s| s.video)
-            .map_err(|e| VideoAdjustError::Invalid(e.to_string())),
+            _ => Err(VideoAdjustError::Unavailable),
         };
         MediaReport::VideoAdjusted { session, result, answer }
     }
@@ -356,34 +298,22 @@ impl Media {
         }
     }
 
-    /// Stop whatever runs (in the background; returns at once).
+    /// Stop whatever runs (the helper stops its pipeline and exits;
+    /// returns at once).
     pub fn stop(&mut self) {
         self.current = None;
-        self.scene = None;
+        self.v1 = None;
         self.webrtc_video = None;
         self.speaker = None;
         self.video_stats = None;
         if let Some(h) = self.helper.take() {
             h.stop();
-        }
-        if let Some(r) = self.running.take() {
-            stop_in_background(r.video, r.audio);
         }
     }
 
-    /// Stop whatever runs and wait for it (shutdown).
+    /// Stop whatever runs (shutdown).
     pub async fn stop_and_wait(&mut self) {
-        self.current = None;
-        self.scene = None;
-        self.webrtc_video = None;
-        self.speaker = None;
-        self.video_stats = None;
-        if let Some(h) = self.helper.take() {
-            h.stop();
-        }
-        if let Some(r) = self.running.take() {
-            let _ = tokio::task::spawn_blocking(move || stop_all(r.video, r.audio)).await;
-        }
+        self.stop();
     }
 }
 
@@ -407,38 +337,12 @@ fn helper_report(session: ClientId, msg: FromHelper) -> Option<MediaReport> {
             };
             MediaReport::Ended { session, reason, detail }
         }
-        FromHelper::State { .. } | FromHelper::Heartbeat | FromHelper::Stats { .. } | FromHelper::Speaker { .. } => {
+        FromHelper::State { .. }
+        | FromHelper::Heartbeat
+        | FromHelper::Stats { .. }
+        | FromHelper::Speaker { .. }
+        | FromHelper::V1Sending { .. } => {
             return None;
         }
     })
-}
-
-fn stop_all(video: VideoSender, audio: Option<AudioSender>) {
-    if let Err(e) = video.stop() {
-        warn!(error = %e, "video sender did not stop cleanly");
-    }
-    if let Some(a) = audio {
-        if let Err(e) = a.stop() {
-            warn!(error = %e, "audio sender did not stop cleanly");
-        }
-    }
-}
-
-fn stop_in_background(video: VideoSender, audio: Option<AudioSender>) {
-    tokio::task::spawn_blocking(move || stop_all(video, audio));
-}
-
-/// `video.device` to a source: `test`, a path, or `auto` (first camera with
-/// a usable capture format).
-fn resolve_source(device: &str) -> Result<VideoSource, String> {
-    if device != "auto" {
-        return Ok(VideoSource::from_config(device));
-    }
-    video::camera::list_cameras()
-        .into_iter()
-        .find(|c| !c.formats.is_empty())
-        .map(|c| VideoSource::Device(c.path))
-        .ok_or_else(|| {
-            "no camera found (video.device = \"auto\"); connect one, check `robotd cameras`, or set video.device = \"test\" for a test pattern".into()
-        })
 }

@@ -7,6 +7,8 @@
 
 pub mod control;
 mod helper;
+/// The media helper binary's name (next to robotd's own).
+pub use helper::HELPER_NAME;
 pub mod instance;
 pub mod link;
 pub mod logging;

@@ -14,7 +14,7 @@
 //!   with bitrate and size/fps changes while running.
 //! - [`audio`]: [`AudioSender`], microphone -> Opus -> RTP -> SRTP -> UDP.
 //! - [`simview`]: the simulated robot's camera, a ray-cast first-person view of the
-//!   simulator's obstacles as I420 frames (pure; `robotd media` renders it for `video.device = "sim"`).
+//!   simulator's obstacles as I420 frames (pure; `robotd-media` renders it for `video.device = "sim"`).
 //! - [`simcam`]: [`simcam::SimScene`] and the thread that renders it into an `appsrc`
 //!   (both senders use it for `video.device = "sim"`).
 //! - [`receiver`]: [`Receiver`], UDP -> SRTP -> depay -> decode, counting frames,
@@ -248,6 +248,47 @@ pub(crate) fn validate_format(width: u32, height: u32, fps: u32) -> Result<(), V
         return Err(VideoError::InvalidParams(format!("fps {fps} must be within 1..=120")));
     }
     Ok(())
+}
+
+/// Why a native H.264 camera's size and frame rate cannot change.
+pub(crate) const PASSTHROUGH_FIXED: &str = "the camera sends H.264 itself: size and frame rate cannot change during a call; \
+     force re-encoding by choosing a camera format without H.264";
+
+/// A version 1 sender's settings as robotd keeps them (the sender runs in
+/// the media helper): the `video` command is checked and answered here, with
+/// the same rules and messages as [`VideoSender::set_bitrate`] and
+/// [`VideoSender::set_format`], and then sent to the helper. Pure: no
+/// GStreamer, so robotd's process does not link it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoSettingsMirror {
+    /// What the sender runs at.
+    pub video: crate::wire::payloads::VideoParams,
+    /// An encoder runs (false: a native H.264 camera is passed through).
+    pub reencodes: bool,
+}
+
+impl VideoSettingsMirror {
+    /// Apply a `video` command; the settings now in force.
+    pub fn apply(
+        &mut self,
+        change: crate::wire::payloads::VideoChange,
+    ) -> Result<crate::wire::payloads::VideoParams, VideoError> {
+        use crate::wire::payloads::VideoChange;
+        match change {
+            VideoChange::Bitrate(kbps) => {
+                validate_kbps(kbps)?;
+                self.video.kbps = kbps;
+            }
+            VideoChange::Format { width, height, fps } => {
+                validate_format(width, height, fps)?;
+                if !self.reencodes {
+                    return Err(VideoError::Unsupported(PASSTHROUGH_FIXED));
+                }
+                self.video = crate::wire::payloads::VideoParams { width, height, fps, ..self.video };
+            }
+        }
+        Ok(self.video)
+    }
 }
 
 /// Check a video bitrate in kbit/s.

@@ -291,10 +291,7 @@ impl VideoSender {
         super::validate_format(width, height, fps)?;
         let (Some(caps_el), Some(enc), Some(enc_el)) = (&self.out_caps, self.current().encoder, &self.encoder_element)
         else {
-            return Err(VideoError::Unsupported(
-                "the camera sends H.264 itself: size and frame rate cannot change during a call; \
-                 force re-encoding by choosing a camera format without H.264",
-            ));
+            return Err(VideoError::Unsupported(super::PASSTHROUGH_FIXED));
         };
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         enc.set_keyframe_rate(enc_el, s.video.kbps, fps);

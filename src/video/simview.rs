@@ -14,7 +14,7 @@
 //! which a browser decodes from a canvas to measure glass-to-glass latency
 //! (benches/browser.rs, web/e2e/bench.mjs).
 //!
-//! Pure: no GStreamer, no I/O; `robotd media` feeds its frames to an `appsrc`.
+//! Pure: no GStreamer, no I/O; `robotd-media` feeds its frames to an `appsrc`.
 
 use serde::{Deserialize, Serialize};
 

@@ -595,3 +595,26 @@ fn audio_is_sent_as_srtp_opus() {
     rx.stop().unwrap();
     wrong.stop().unwrap();
 }
+
+/// robotd answers a version 1 call's `video` command from its mirror of the
+/// helper's sender, with the sender's own rules and messages.
+#[test]
+fn the_settings_mirror_checks_video_commands_as_the_sender_does() {
+    use crate::wire::payloads::VideoChange;
+    let v = VideoParams { width: 640, height: 360, fps: 15, kbps: 500 };
+    let mut m = VideoSettingsMirror { video: v, reencodes: true };
+    assert_eq!(m.apply(VideoChange::Bitrate(300)).unwrap(), VideoParams { kbps: 300, ..v });
+    assert!(matches!(m.apply(VideoChange::Bitrate(10)), Err(VideoError::InvalidParams(_))));
+    let f = VideoChange::Format { width: 320, height: 240, fps: 10 };
+    assert_eq!(m.apply(f).unwrap(), VideoParams { width: 320, height: 240, fps: 10, kbps: 300 });
+    assert!(matches!(
+        m.apply(VideoChange::Format { width: 321, height: 240, fps: 10 }),
+        Err(VideoError::InvalidParams(_))
+    ));
+    // A native H.264 camera: the bitrate is recorded, the format cannot change.
+    let mut pass = VideoSettingsMirror { video: v, reencodes: false };
+    assert_eq!(pass.apply(VideoChange::Bitrate(400)).unwrap().kbps, 400);
+    let e = pass.apply(f).unwrap_err();
+    assert!(matches!(e, VideoError::Unsupported(_)) && e.to_string().contains("sends H.264 itself"), "{e}");
+    assert_eq!(pass.video, VideoParams { kbps: 400, ..v });
+}

@@ -1,6 +1,9 @@
-//! The media helper process, `robotd media`: one call's robot peer, driven
-//! by robotd over the control channel on fd 0 (one end of a Unix socket
-//! pair; see [`super::ipc`]).
+//! The media helper process, `robotd-media` (src/bin/robotd-media.rs, next
+//! to robotd's binary): one call's media, driven by robotd over the control
+//! channel on fd 0 (one end of a Unix socket pair; see [`super::ipc`]). A
+//! version 2 call's robot peer (webrtcbin), or a version 1 call's SRTP
+//! senders ([`crate::video::VideoSender`], [`crate::video::AudioSender`]):
+//! all GStreamer lives here, so robotd's own process never maps it.
 //!
 //! - It sandboxes itself first: `PR_SET_NO_NEW_PRIVS` (no setuid gains),
 //!   `PR_SET_PDEATHSIG(SIGKILL)` (it dies with robotd), and when it runs as
@@ -30,6 +33,7 @@ use super::congestion;
 use super::ipc::{self, FromHelper, ToHelper};
 use super::{PeerEvent, RobotPeer, SIM_DEVICE, SimScene};
 use crate::video::simview::ViewPose;
+use crate::video::{self, AudioParams, AudioSender, AudioSource, SenderParams, VideoSender, VideoSource};
 
 /// How long teardown may take before the helper exits anyway.
 const STOP_BOUND: Duration = Duration::from_secs(3);
@@ -232,16 +236,24 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// `robotd media`: never returns.
+/// The running senders of a version 1 call.
+struct V1 {
+    video: VideoSender,
+    audio: Option<AudioSender>,
+}
+
+type V1Slot = Arc<Mutex<Option<V1>>>;
+
+/// `robotd-media`: never returns.
 pub fn main() -> ! {
     if let Err(e) = sandbox() {
-        eprintln!("robotd media: sandbox: {e}");
+        eprintln!("robotd-media: sandbox: {e}");
         exit_now(2);
     }
     let fd = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!("robotd media: fd 0 (the control socket): {e}");
+            eprintln!("robotd-media: fd 0 (the control socket): {e}");
             exit_now(2);
         }
     };
@@ -249,7 +261,7 @@ pub fn main() -> ! {
     let out: Out = match input.try_clone() {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => {
-            eprintln!("robotd media: fd 0: {e}");
+            eprintln!("robotd-media: fd 0: {e}");
             exit_now(2);
         }
     };
@@ -272,11 +284,17 @@ pub fn main() -> ! {
         exit_now(2);
     }
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
+    let v1: V1Slot = Arc::new(Mutex::new(None));
     // Device `sim`'s world and pose (set by Start, moved by Pose).
     let mut scene: Option<Arc<SimScene>> = None;
     let end = |peer: &Arc<Mutex<Option<RobotPeer>>>, code: i32| -> ! {
         stop_bounded(peer);
+        stop_v1_bounded(&v1);
         exit_now(code)
+    };
+    let started = |peer: &Arc<Mutex<Option<RobotPeer>>>, v1: &V1Slot| {
+        peer.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+            || v1.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     };
     loop {
         let msg = match ipc::read_frame::<_, ToHelper>(&mut input) {
@@ -292,8 +310,51 @@ pub fn main() -> ! {
             }
         };
         match msg {
+            ToHelper::StartV1 { host, video_port, video_ssrc, video_key, video, device, encoder, audio, sim_world } => {
+                if started(&peer, &v1) {
+                    send(
+                        &out,
+                        &FromHelper::Ended { reason: "internal".into(), detail: "second Start in one helper".into() },
+                    );
+                    end(&peer, 2);
+                }
+                scene = (device == SIM_DEVICE).then(|| SimScene::new(sim_world.unwrap_or_default()));
+                let req = V1Request { host, video_port, video_ssrc, video_key, video, device, encoder, audio };
+                match start_v1(req, scene.clone()) {
+                    Ok(senders) => {
+                        let s = senders.video.current();
+                        let msg = FromHelper::V1Sending {
+                            video: s.video,
+                            encoder: s.encoder.map(|e| e.element_name().to_string()),
+                            audio: senders.audio.is_some(),
+                        };
+                        let failed = senders.video.failed();
+                        *v1.lock().unwrap_or_else(|p| p.into_inner()) = Some(senders);
+                        send(&out, &msg);
+                        spawn_v1_watch(failed, out.clone(), v1.clone());
+                    }
+                    Err(detail) => {
+                        send(&out, &FromHelper::Ended { reason: "video_failed".into(), detail });
+                        end(&peer, 0);
+                    }
+                }
+            }
+            ToHelper::SetBitrate { kbps } => {
+                if let Some(s) = v1.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    if let Err(e) = s.video.set_bitrate(kbps) {
+                        tracing::warn!(error = %e, "video bitrate not changed");
+                    }
+                }
+            }
+            ToHelper::SetFormat { width, height, fps } => {
+                if let Some(s) = v1.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    if let Err(e) = s.video.set_format(width, height, fps) {
+                        tracing::warn!(error = %e, "video format not changed");
+                    }
+                }
+            }
             ToHelper::Start { offer_sdp, video, audio, ice, sim_world } => {
-                if peer.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                if started(&peer, &v1) {
                     send(
                         &out,
                         &FromHelper::Ended { reason: "internal".into(), detail: "second Start in one helper".into() },
@@ -342,10 +403,141 @@ pub fn main() -> ! {
             }
             ToHelper::Stop => {
                 stop_bounded(&peer);
+                stop_v1_bounded(&v1);
                 send(&out, &FromHelper::Ended { reason: "stopped".into(), detail: String::new() });
                 exit_now(0);
             }
         }
+    }
+}
+
+/// [`ToHelper::StartV1`]'s fields.
+struct V1Request {
+    host: std::net::IpAddr,
+    video_port: u16,
+    video_ssrc: u32,
+    video_key: String,
+    video: crate::wire::payloads::VideoParams,
+    device: String,
+    encoder: String,
+    audio: Option<ipc::V1Audio>,
+}
+
+fn srtp_key(hex_key: &str) -> Result<video::SrtpKey, String> {
+    let bytes = hex::decode(hex_key).map_err(|e| format!("SRTP key: {e}"))?;
+    let key: [u8; 30] = bytes.try_into().map_err(|b: Vec<u8>| format!("SRTP key of {} bytes, not 30", b.len()))?;
+    Ok(video::SrtpKey(key))
+}
+
+/// Start a version 1 call's senders as robotd did in its own process
+/// before: the video sender, then the audio sender (optional: the call goes
+/// on without it). Blocking (camera probing, plugin loading).
+fn start_v1(req: V1Request, scene: Option<Arc<SimScene>>) -> Result<V1, String> {
+    let source = match scene {
+        Some(s) => VideoSource::Sim(s),
+        None => resolve_source(&req.device)?,
+    };
+    let encoder = req.encoder.parse().map_err(|e: video::VideoError| e.to_string())?;
+    let params = SenderParams {
+        host: req.host,
+        port: req.video_port,
+        ssrc: req.video_ssrc,
+        srtp_key: srtp_key(&req.video_key)?,
+        video: req.video,
+        encoder,
+        source,
+    };
+    let video = VideoSender::start(params).map_err(|e| e.to_string())?;
+    let audio = req.audio.and_then(|a| {
+        let p = AudioParams {
+            host: req.host,
+            port: a.port,
+            ssrc: a.ssrc,
+            srtp_key: match srtp_key(&a.key) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audio could not start; the call continues without it");
+                    return None;
+                }
+            },
+            bitrate: 32_000,
+            source: AudioSource::from_config(&a.device),
+        };
+        match AudioSender::start(p) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "audio could not start; the call continues without it");
+                None
+            }
+        }
+    });
+    tracing::info!(settings = ?video.current(), "video streaming");
+    Ok(V1 { video, audio })
+}
+
+/// `video.device` to a source: `test`, a path, or `auto` (first camera with
+/// a usable capture format).
+fn resolve_source(device: &str) -> Result<VideoSource, String> {
+    if device != "auto" {
+        return Ok(VideoSource::from_config(device));
+    }
+    video::camera::list_cameras()
+        .into_iter()
+        .find(|c| !c.formats.is_empty())
+        .map(|c| VideoSource::Device(c.path))
+        .ok_or_else(|| {
+            "no camera found (video.device = \"auto\"); connect one, check `robotd cameras`, or set video.device = \"test\" for a test pattern".into()
+        })
+}
+
+/// A version 1 video sender failing (camera unplugged, EOS) ends the helper
+/// with `video_failed` and what the pipeline said.
+fn spawn_v1_watch(mut failed: tokio::sync::watch::Receiver<Option<String>>, out: Out, v1: V1Slot) {
+    let _ = std::thread::Builder::new().name("v1-watch".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the video sender");
+                return;
+            }
+        };
+        let detail = rt.block_on(async move {
+            loop {
+                if let Some(detail) = failed.borrow_and_update().clone() {
+                    return Some(detail);
+                }
+                if failed.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+        if let Some(detail) = detail {
+            send(&out, &FromHelper::Ended { reason: "video_failed".into(), detail });
+            stop_v1_bounded(&v1);
+            exit_now(0);
+        }
+    });
+}
+
+/// Stop a version 1 call's senders on a thread; give up waiting after
+/// [`STOP_BOUND`].
+fn stop_v1_bounded(v1: &V1Slot) {
+    let taken = v1.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(V1 { video, audio }) = taken else { return };
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new().name("stop".into()).spawn(move || {
+        if let Err(e) = video.stop() {
+            tracing::warn!(error = %e, "video sender did not stop cleanly");
+        }
+        if let Some(a) = audio {
+            if let Err(e) = a.stop() {
+                tracing::warn!(error = %e, "audio sender did not stop cleanly");
+            }
+        }
+        let _ = tx.send(());
+    });
+    if spawned.is_ok() {
+        let _ = rx.recv_timeout(STOP_BOUND);
     }
 }
 

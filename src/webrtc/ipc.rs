@@ -1,4 +1,4 @@
-//! The control channel between robotd and its media helper (`robotd media`):
+//! The control channel between robotd and its media helper (`robotd-media`):
 //! length-prefixed JSON frames on a Unix socket (the helper's fd 0).
 //!
 //! A frame is a u32 big-endian length followed by that many bytes of JSON,
@@ -8,11 +8,13 @@
 //! calls [`decode`]; it writes [`encode`]'s bytes.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{AudioSpec, IceConfig, SpeakerLevel, VideoSpec};
 use crate::hal::config::Obstacle;
+use crate::wire::payloads::VideoParams;
 
 /// Largest frame body accepted or sent (an SDP offer is at most ~12 KB).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -34,6 +36,36 @@ pub enum ToHelper {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sim_world: Option<Vec<Obstacle>>,
     },
+    /// A version 1 call (protocol.md "Calls"): send H.264 in SRTP to the
+    /// caller's host and port (and Opus to its audio port). The helper
+    /// answers `V1Sending` once the senders run, or `Ended` (`video_failed`)
+    /// if they cannot start; a sender failing later ends it the same way.
+    StartV1 {
+        /// The caller's `media.host`.
+        host: IpAddr,
+        video_port: u16,
+        video_ssrc: u32,
+        /// SRTP master key || salt for video (30 bytes, hex).
+        video_key: String,
+        /// Size, frame rate and bitrate as accepted.
+        video: VideoParams,
+        /// `video.device`: `test`, `sim`, `auto` or a device path.
+        device: String,
+        /// `video.encoder`: `auto` or an element name.
+        encoder: String,
+        /// Audio, when negotiated and a microphone is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audio: Option<V1Audio>,
+        /// The simulated world, for device `sim`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sim_world: Option<Vec<Obstacle>>,
+    },
+    /// A version 1 call's `video` command: this bitrate from now on (robotd
+    /// checked it).
+    SetBitrate { kbps: u32 },
+    /// A version 1 call's `video` command: this size and frame rate (robotd
+    /// checked them, and that the sender re-encodes).
+    SetFormat { width: u32, height: u32, fps: u32 },
     /// The simulated robot's pose and state, for video device `sim`
     /// (robotd sends it while such a call runs, when the pose changed).
     Pose {
@@ -57,6 +89,18 @@ pub enum ToHelper {
     EndOfCandidates,
     /// Hang up: the helper stops the pipeline and exits.
     Stop,
+}
+
+/// The audio half of [`ToHelper::StartV1`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct V1Audio {
+    /// The caller's `media.audio_port`.
+    pub port: u16,
+    pub ssrc: u32,
+    /// SRTP master key || salt for audio (30 bytes, hex).
+    pub key: String,
+    /// `audio.device`: `test` or an ALSA device.
+    pub device: String,
 }
 
 /// helper → robotd.
@@ -84,6 +128,18 @@ pub enum FromHelper {
     Ended {
         reason: String,
         detail: String,
+    },
+    /// A version 1 call's senders run, with these settings (the camera may
+    /// lower the frame rate, a native H.264 camera sets size and rate).
+    /// `encoder`: the element re-encoding, absent when a native H.264 camera
+    /// is passed through (size and rate cannot change then).
+    V1Sending {
+        video: VideoParams,
+        #[serde(default)]
+        encoder: Option<String>,
+        /// Whether the audio sender runs too.
+        #[serde(default)]
+        audio: bool,
     },
     /// Sent every second, from the moment the helper runs.
     Heartbeat,
@@ -241,6 +297,36 @@ mod tests {
         assert!(
             matches!(decode::<ToHelper>(old).unwrap(), ToHelper::Start { audio, sim_world: None, .. } if audio == AudioSpec::default())
         );
+    }
+
+    #[test]
+    fn version_1_starts_and_settings_round_trip() {
+        let v1 = ToHelper::StartV1 {
+            host: "127.0.0.1".parse().unwrap(),
+            video_port: 5004,
+            video_ssrc: 0x1234_5678,
+            video_key: "ab".repeat(30),
+            video: VideoParams { width: 640, height: 360, fps: 15, kbps: 500 },
+            device: "sim".into(),
+            encoder: "auto".into(),
+            audio: Some(V1Audio { port: 5006, ssrc: 9, key: "cd".repeat(30), device: "test".into() }),
+            sim_world: Some(vec![Obstacle::Box { min: [3.0, -0.6], max: [3.05, 0.6] }]),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &v1).unwrap();
+        write_frame(&mut buf, &ToHelper::SetFormat { width: 320, height: 240, fps: 10 }).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_frame::<_, ToHelper>(&mut r).unwrap(), Some(v1));
+        assert_eq!(
+            read_frame::<_, ToHelper>(&mut r).unwrap(),
+            Some(ToHelper::SetFormat { width: 320, height: 240, fps: 10 })
+        );
+        let sending = FromHelper::V1Sending {
+            video: VideoParams { width: 640, height: 360, fps: 15, kbps: 500 },
+            encoder: None,
+            audio: true,
+        };
+        assert_eq!(decode::<FromHelper>(&encode(&sending).unwrap()[4..]).unwrap(), sending);
     }
 
     #[test]

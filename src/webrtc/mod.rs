@@ -1,5 +1,5 @@
 //! WebRTC media peers on GStreamer's `webrtcbin` (issue 13), and the
-//! sandboxed media helper process (`robotd media`) that runs the robot's.
+//! sandboxed media helper process (`robotd-media`) that runs the robot's.
 //!
 //! The design, and the five traps of webrtcbin 1.22 this code works around,
 //! are in docs/design/webrtc-research.md (§0 and §2):

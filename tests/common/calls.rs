@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,9 +240,15 @@ pub async fn sleep_pinging(phone: &mut Phone, call: &mut ActiveCall, d: Duration
     }
 }
 
-/// Threads of process `pid`.
+/// Threads of robotd `pid` and of its media helper.
 pub fn thread_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+    robot_pids(pid).iter().map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map(|d| d.count()).unwrap_or(0)).sum()
+}
+
+/// robotd `pid` and its media helper (`robotd-media`, which runs a call's
+/// media), if one runs: "the robot" when counting threads and sockets.
+fn robot_pids(pid: i32) -> Vec<i32> {
+    std::iter::once(pid).chain(helper_pid(pid)).collect()
 }
 
 /// Socket inodes held open by process `pid`.
@@ -252,10 +259,10 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
         .collect()
 }
 
-/// UDP sockets held open by process `pid` (its fds matched against
+/// UDP sockets held open by robotd `pid` and its media helper (their fds matched against
 /// `/proc/net/udp{,6}` by inode).
 pub fn udp_socket_count(pid: i32) -> usize {
-    let mine = socket_inodes(pid);
+    let mine: Vec<u64> = robot_pids(pid).into_iter().flat_map(socket_inodes).collect();
     let mut n = 0;
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
@@ -422,10 +429,13 @@ pub async fn owner_series(phone: &mut Phone, call: &mut ActiveCall, n: usize, pe
     out
 }
 
-/// The pid of `robotd media`, robotd's child, once there is one.
+/// The pid of `robotd-media`, robotd's child, once there is one.
 pub fn helper_pid(robotd: i32) -> Option<i32> {
     let kids = std::fs::read_to_string(format!("/proc/{robotd}/task/{robotd}/children")).ok()?;
     kids.split_whitespace().filter_map(|p| p.parse().ok()).find(|p: &i32| {
-        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"media"))
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+            let arg0 = c.split(|&b| b == 0).next().unwrap_or_default();
+            std::path::Path::new(std::ffi::OsStr::from_bytes(arg0)).file_name() == Some("robotd-media".as_ref())
+        })
     })
 }

@@ -1,6 +1,6 @@
 //! The two WebRTC peers of tests/webrtc.rs and benches/webrtc.rs, each in
 //! its own process inside a network namespace of the small internet
-//! (tests/common/netns.rs): the robot's media helper (`robotd media`, the
+//! (tests/common/netns.rs): the robot's media helper (`robotd-media`, the
 //! real binary) and a phone peer ([`robotd::webrtc::PhonePeer`]). The test
 //! (or bench) process only relays the signalling: the offer, the answer and
 //! the trickled candidates ([`Call`]).
@@ -271,11 +271,11 @@ impl Drop for Proc {
 }
 
 pub fn robot_helper(ns: &netns::Ns, dir: &std::path::Path, tx: Sender<Heard>) -> Proc {
-    let mut cmd = ns.command(env!("CARGO_BIN_EXE_robotd"));
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_robotd-media"));
     // ROBOTD_HELPER_LOG: the helper's RUST_LOG (benches/webrtc.rs traces with
     // `robotd::webrtc::congestion=debug`).
     let filter = std::env::var("ROBOTD_HELPER_LOG").unwrap_or_else(|_| "info".into());
-    cmd.arg("media").env("RUST_LOG", filter);
+    cmd.env("RUST_LOG", filter);
     Proc::spawn::<FromHelper>(cmd, dir.join("robot-helper.log"), tx, Heard::Robot, Heard::RobotGone)
 }
 
