@@ -13,7 +13,7 @@
 // SECONDS (glass-to-glass measuring time per sender and round), DIST (the
 // built app, to name the files not downloaded on opening), CHROMIUM.
 
-import { launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
+import { keepPeerConnections, launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
 import { ask, closeInput, until as untilEvery } from './harness.mjs';
 import { readdirSync } from 'node:fs';
 import { gzipSync, brotliCompressSync } from 'node:zlib';
@@ -36,20 +36,10 @@ const say = (...a) => console.log('bench:', ...a);
 
 const until = (what, ms, f, every = 100) => untilEvery(what, ms, f, every);
 
-// Installed in the page before its own scripts: keeps every
-// RTCPeerConnection (for getStats), notes when the robot is first shown
-// online, and the measuring functions.
+// Installed in the page before its own scripts (after keepPeerConnections):
+// notes when the robot is first shown online, and the measuring functions.
 const CONTACT = `[data-testid=contact][data-robot-id="${ROBOT_ID}"]`;
 function pageKit(contact) {
-  window.__pcs = [];
-  const Native = window.RTCPeerConnection;
-  window.RTCPeerConnection = function (...a) {
-    const pc = new Native(...a);
-    window.__pcs.push(pc);
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Native.prototype;
-  Object.setPrototypeOf(window.RTCPeerConnection, Native);
   window.__online = null;
   const seen = () => {
     if (window.__online !== null) return;
@@ -134,6 +124,7 @@ const result = { mode: MODE, ttff: [], connected: [], g2g: {}, open: {} };
 try {
   const context = await browser.newContext(PHONE_VIEWPORT);
   await context.grantPermissions(['camera', 'microphone'], { origin: new URL(APP_URL).origin });
+  await context.addInitScript(keepPeerConnections);
   await context.addInitScript(pageKit, CONTACT);
   const page = await context.newPage();
   page.on('pageerror', (e) => say('page error:', e.message));

@@ -25,3 +25,19 @@ export function launchPhoneBrowser(extra = []) {
     ],
   });
 }
+
+/**
+ * Installed in the page before its own scripts (`context.addInitScript(keepPeerConnections)`):
+ * keeps every RTCPeerConnection the app makes in `window.__pcs`, for getStats.
+ */
+export function keepPeerConnections() {
+  window.__pcs = [];
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = function (...a) {
+    const pc = new Native(...a);
+    window.__pcs.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+  Object.setPrototypeOf(window.RTCPeerConnection, Native);
+}

@@ -26,7 +26,7 @@
 //   INSECURE_URL  the app from a plain http:// network address (no secure
 //              context), checked with the pair step
 
-import { launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
+import { keepPeerConnections, launchPhoneBrowser, PHONE_VIEWPORT } from './chromium.mjs';
 import { ask, closeInput, sleep, until } from './harness.mjs';
 import { join } from 'node:path';
 
@@ -60,17 +60,7 @@ try {
   await context.grantPermissions(['camera', 'microphone'], { origin });
   // Keeps the app's RTCPeerConnections, so a wait for frames that fails can
   // say what the browser received (tests/webapp.rs prints it).
-  await context.addInitScript(() => {
-    window.__pcs = [];
-    const Native = window.RTCPeerConnection;
-    window.RTCPeerConnection = function (...a) {
-      const pc = new Native(...a);
-      window.__pcs.push(pc);
-      return pc;
-    };
-    window.RTCPeerConnection.prototype = Native.prototype;
-    Object.setPrototypeOf(window.RTCPeerConnection, Native);
-  });
+  await context.addInitScript(keepPeerConnections);
   const page = await context.newPage();
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') say(`console.${m.type()}:`, m.text());
