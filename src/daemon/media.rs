@@ -15,7 +15,7 @@ use crate::robot::admin::{MediaStatus, VideoSendStatus};
 use crate::robot::{Answer, MediaReport, MediaRequest, VideoAdjustError, WebRtcRequest};
 use crate::video;
 use crate::webrtc::SIM_DEVICE;
-use crate::webrtc::ipc::{FromHelper, ToHelper, V1Audio};
+use crate::webrtc::ipc::{FromHelper, HexSecret, ToHelper, V1Audio};
 
 /// How often the simulated robot's pose goes to a `sim` camera's helper.
 pub const POSE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
@@ -142,7 +142,6 @@ impl Media {
         };
         let audio = AudioSpec { mic: self.audio_cfg.device.clone(), speaker: self.audio_cfg.speaker.clone() };
         let sim_world = self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(Sim::obstacles);
-        self.sent_pose = None;
         let start = ToHelper::Start { offer_sdp: req.offer_sdp, video, audio, ice, sim_world };
         match Helper::spawn(req.session.clone(), start, self.events.clone()) {
             Ok(h) => self.helper = Some(h),
@@ -171,7 +170,7 @@ impl Media {
         self.v1 = Some(V1Call { session: req.session.clone(), video: None });
         let audio = match (req.audio, &self.audio_cfg.device) {
             (Some((port, ssrc, key)), Some(dev)) => {
-                Some(V1Audio { port, ssrc, key: hex::encode(key.0), device: dev.clone() })
+                Some(V1Audio { port, ssrc, key: HexSecret(hex::encode(key.0)), device: dev.clone() })
             }
             _ => None,
         };
@@ -180,7 +179,7 @@ impl Media {
             host: req.host,
             video_port: req.video_port,
             video_ssrc: req.video_ssrc,
-            video_key: hex::encode(req.video_key.0),
+            video_key: HexSecret(hex::encode(req.video_key.0)),
             video: req.video,
             device: self.video_cfg.device.clone(),
             encoder: self.video_cfg.encoder.clone(),
@@ -302,6 +301,9 @@ impl Media {
     /// returns at once).
     pub fn stop(&mut self) {
         self.current = None;
+        // The next call's helper knows no pose yet: it gets the current one
+        // at the next tick, moved or not.
+        self.sent_pose = None;
         self.v1 = None;
         self.webrtc_video = None;
         self.speaker = None;
