@@ -416,7 +416,7 @@ struct V1Request {
     host: std::net::IpAddr,
     video_port: u16,
     video_ssrc: u32,
-    video_key: String,
+    video_key: ipc::HexSecret,
     video: crate::wire::payloads::VideoParams,
     device: String,
     encoder: String,
@@ -442,7 +442,7 @@ fn start_v1(req: V1Request, scene: Option<Arc<SimScene>>) -> Result<V1, String> 
         host: req.host,
         port: req.video_port,
         ssrc: req.video_ssrc,
-        srtp_key: srtp_key(&req.video_key)?,
+        srtp_key: srtp_key(&req.video_key.0)?,
         video: req.video,
         encoder,
         source,
@@ -453,7 +453,7 @@ fn start_v1(req: V1Request, scene: Option<Arc<SimScene>>) -> Result<V1, String> 
             host: req.host,
             port: a.port,
             ssrc: a.ssrc,
-            srtp_key: match srtp_key(&a.key) {
+            srtp_key: match srtp_key(&a.key.0) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(error = %e, "audio could not start; the call continues without it");

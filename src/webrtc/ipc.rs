@@ -46,7 +46,7 @@ pub enum ToHelper {
         video_port: u16,
         video_ssrc: u32,
         /// SRTP master key || salt for video (30 bytes, hex).
-        video_key: String,
+        video_key: HexSecret,
         /// Size, frame rate and bitrate as accepted.
         video: VideoParams,
         /// `video.device`: `test`, `sim`, `auto` or a device path.
@@ -91,6 +91,19 @@ pub enum ToHelper {
     Stop,
 }
 
+/// A secret carried as hex (an SRTP master key || salt): on the wire the
+/// plain string, and `Debug` never shows it, so a message holding one can be
+/// logged safely (as [`crate::wire::keys`]' keys).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HexSecret(pub String);
+
+impl std::fmt::Debug for HexSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HexSecret(..)")
+    }
+}
+
 /// The audio half of [`ToHelper::StartV1`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct V1Audio {
@@ -98,7 +111,7 @@ pub struct V1Audio {
     pub port: u16,
     pub ssrc: u32,
     /// SRTP master key || salt for audio (30 bytes, hex).
-    pub key: String,
+    pub key: HexSecret,
     /// `audio.device`: `test` or an ALSA device.
     pub device: String,
 }
@@ -300,18 +313,34 @@ mod tests {
     }
 
     #[test]
+    fn turn_credentials_never_show_in_debug() {
+        let ice = IceConfig {
+            stun: None,
+            turn: vec!["turn://1700000000%3Arobot:s3cret%2Fpass@198.51.100.7:3478?transport=udp".into()],
+            relay_only: true,
+        };
+        let shown = format!("{ice:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("robot"), "{shown}");
+        assert!(shown.contains("198.51.100.7:3478?transport=udp") && shown.contains("relay_only: true"), "{shown}");
+    }
+
+    #[test]
     fn version_1_starts_and_settings_round_trip() {
         let v1 = ToHelper::StartV1 {
             host: "127.0.0.1".parse().unwrap(),
             video_port: 5004,
             video_ssrc: 0x1234_5678,
-            video_key: "ab".repeat(30),
+            video_key: HexSecret("ab".repeat(30)),
             video: VideoParams { width: 640, height: 360, fps: 15, kbps: 500 },
             device: "sim".into(),
             encoder: "auto".into(),
-            audio: Some(V1Audio { port: 5006, ssrc: 9, key: "cd".repeat(30), device: "test".into() }),
+            audio: Some(V1Audio { port: 5006, ssrc: 9, key: HexSecret("cd".repeat(30)), device: "test".into() }),
             sim_world: Some(vec![Obstacle::Box { min: [3.0, -0.6], max: [3.05, 0.6] }]),
         };
+        // The keys travel, but never show in a log line.
+        let shown = format!("{v1:?}");
+        assert!(shown.contains("HexSecret(..)") && !shown.contains("abab") && !shown.contains("cdcd"), "{shown}");
+        assert!(String::from_utf8_lossy(&encode(&v1).unwrap()).contains(&"ab".repeat(30)));
         let mut buf = Vec::new();
         write_frame(&mut buf, &v1).unwrap();
         write_frame(&mut buf, &ToHelper::SetFormat { width: 320, height: 240, fps: 10 }).unwrap();

@@ -67,8 +67,9 @@ pub enum PeerEvent {
     Failed(String),
 }
 
-/// ICE servers and policy. No server is ever added by default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// ICE servers and policy. No server is ever added by default. `Debug`
+/// shows the TURN servers' hosts, never their credentials.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceConfig {
     /// `stun://host:port`.
     #[serde(default)]
@@ -80,6 +81,18 @@ pub struct IceConfig {
     /// Use only relay candidates (`ice-transport-policy=relay`).
     #[serde(default)]
     pub relay_only: bool,
+}
+
+impl std::fmt::Debug for IceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `turn://user:pass@host:port?…`: only what follows the `@`.
+        let hosts: Vec<&str> = self.turn.iter().map(|u| u.rsplit_once('@').map_or("(no host)", |(_, h)| h)).collect();
+        f.debug_struct("IceConfig")
+            .field("stun", &self.stun)
+            .field("turn", &hosts)
+            .field("relay_only", &self.relay_only)
+            .finish()
+    }
 }
 
 /// What the robot sends.
