@@ -188,11 +188,12 @@ impl Adapter {
 
     /// A transport-cc report. Mean loss over [`LOSS_WINDOW`] and this
     /// report's above [`LOSS_HIGH`]: the ceiling is cut to [`CUT_FACTOR`] × what was
-    /// delivered (never raised by a cut). Under [`LOSS_LOW`], once
-    /// [`CUT_HOLD`] has passed: back to the knee at 5 % a tick, then held
-    /// until [`KNEE_HOLD`], then probed by [`PROBE_PER_S`], and lifted once
-    /// it reaches the call's rate. In between it holds. The next
-    /// [`Adapter::update`] applies it.
+    /// delivered (never raised by a cut). Once [`CUT_HOLD`] has passed
+    /// and the mean is under [`LOSS_HIGH`]: back to the knee at 5 % a tick,
+    /// then held until [`KNEE_HOLD`]; under [`LOSS_LOW`] probed by
+    /// [`PROBE_PER_S`] from then on, and lifted once it reaches the call's
+    /// rate (between the two it holds). The next [`Adapter::update`]
+    /// applies it.
     pub fn feedback(&mut self, fb: Feedback, now: Instant) {
         let dt = self.feedback_at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.feedback_at = Some(now);
@@ -222,11 +223,16 @@ impl Adapter {
         }
         let (Some(c), Some((cut_at, knee))) = (self.ceiling, self.cut) else { return };
         let since = now.saturating_duration_since(cut_at);
-        if loss >= LOSS_LOW || since < CUT_HOLD {
+        if since < CUT_HOLD {
             return;
         }
+        // Back to the knee under any loss below LOSS_HIGH: a path with a
+        // steady 2-10 % (Wi-Fi) after one burst is not pinned at the cut.
+        // Above the knee, probes only under LOSS_LOW.
         let up = if c < knee {
             (c * 1.05).min(knee)
+        } else if loss >= LOSS_LOW {
+            c
         } else if since >= KNEE_HOLD {
             c * (1.0 + PROBE_PER_S).powf(dt.min(1.0))
         } else {
@@ -398,13 +404,14 @@ pub fn install(
             let mut window: std::collections::VecDeque<(Instant, u64)> = Default::default();
             let mut applied = first;
             let mut session: Option<gst::Element> = None;
+            let mut last_stats: Option<gst::Structure> = None;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(TICK);
                 let now = Instant::now();
                 if session.is_none() {
                     session = rtp_session(&webrtc);
                 }
-                let fb = session.as_ref().and_then(twcc_feedback);
+                let fb = session.as_ref().and_then(|s| twcc_feedback(s, &mut last_stats));
                 if let Some(fb) = fb {
                     let before = adapter.ceiling_kbps();
                     adapter.feedback(fb, now);
@@ -527,15 +534,22 @@ fn rtp_session(webrtc: &gst::Element) -> Option<gst::Element> {
 }
 
 /// The session's `twcc-stats` (rtpsession's window over the latest
-/// transport-cc feedback); `None` until feedback has arrived.
-fn twcc_feedback(session: &gst::Element) -> Option<Feedback> {
+/// transport-cc feedback) when they changed since `last`: rtpsession
+/// replaces them only when feedback arrives, and a report read again is no
+/// new evidence (when the phone's feedback stops, the ceiling must hold,
+/// not climb on the last good report). `None` until feedback has arrived.
+fn twcc_feedback(session: &gst::Element, last: &mut Option<gst::Structure>) -> Option<Feedback> {
     session.find_property("twcc-stats")?;
     let s: Option<gst::Structure> = session.property("twcc-stats");
     let s = s?;
+    if last.as_ref() == Some(&s) {
+        return None;
+    }
     let sent = s.get::<u32>("packets-sent").ok()?;
     let loss = s.get::<f64>("packet-loss-pct").ok()?;
     let recv = s.get::<u32>("bitrate-recv").ok()?;
-    if sent == 0 {
+    *last = Some(s);
+    if sent == 0 || !loss.is_finite() {
         return None;
     }
     Some(Feedback { loss: (loss / 100.0).clamp(0.0, 1.0), delivered_kbps: recv / 1000 })
@@ -690,10 +704,11 @@ mod tests {
         reports(&mut a, t0, (1000, 2000), 0.5, 400);
         assert_eq!(a.ceiling_kbps(), Some(340), "0.85 × 400 once 560 and 700 are over a second old");
         // The loss of the old rate is still in the window, then CUT_HOLD;
-        // back to the knee (0.9 × 400) in two steps.
-        reports(&mut a, t0, (2000, 3250), 0.0, 340);
-        assert_eq!(a.ceiling_kbps(), Some(357));
-        a.feedback(fb(0.0, 340), t0 + 3250 * MS);
+        // back to the knee (0.9 × 400) in two steps once the mean is under
+        // LOSS_HIGH (not held while it is above).
+        reports(&mut a, t0, (2000, 2750), 0.0, 340);
+        assert_eq!(a.ceiling_kbps(), Some(340));
+        reports(&mut a, t0, (2750, 3250), 0.0, 340);
         assert_eq!(a.ceiling_kbps(), Some(360));
         // Held there until KNEE_HOLD after the cut (at 1.75 s).
         reports(&mut a, t0, (3500, 21_750), 0.0, 360);
@@ -709,6 +724,22 @@ mod tests {
         // Never below the floor.
         reports(&mut a, t0, (26_000, 27_500), 0.9, 20);
         assert_eq!(a.ceiling_kbps(), Some(FLOOR_KBPS));
+    }
+
+    #[test]
+    fn after_a_burst_a_steady_moderate_loss_still_lets_the_ceiling_back_to_the_knee() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(&hd(), t0);
+        // One second of 50 % loss at ~1000 kbit/s delivered, then a Wi-Fi's steady 5 %.
+        reports(&mut a, t0, (0, 1000), 0.5, 1000);
+        assert_eq!(a.ceiling_kbps(), Some(850));
+        reports(&mut a, t0, (1000, 2250), 0.5, 200);
+        assert_eq!(a.ceiling_kbps(), Some(170), "0.85 × 200 once the 1000s left the window");
+        reports(&mut a, t0, (2250, 12_000), 0.05, 180);
+        // The knee of the last cut (0.9 × 200), not stuck at 170; and no probe above it at 5 %.
+        assert_eq!(a.ceiling_kbps(), Some(180));
+        reports(&mut a, t0, (12_000, 40_000), 0.05, 180);
+        assert_eq!(a.ceiling_kbps(), Some(180));
     }
 
     #[test]
