@@ -449,27 +449,22 @@ fn start_v1(req: V1Request, scene: Option<Arc<SimScene>>) -> Result<V1, String> 
     };
     let video = VideoSender::start(params).map_err(|e| e.to_string())?;
     let audio = req.audio.and_then(|a| {
-        let p = AudioParams {
-            host: req.host,
-            port: a.port,
-            ssrc: a.ssrc,
-            srtp_key: match srtp_key(&a.key.0) {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::warn!(error = %e, "audio could not start; the call continues without it");
-                    return None;
-                }
-            },
-            bitrate: 32_000,
-            source: AudioSource::from_config(&a.device),
+        let start = |srtp_key| {
+            let p = AudioParams {
+                host: req.host,
+                port: a.port,
+                ssrc: a.ssrc,
+                srtp_key,
+                bitrate: 32_000,
+                source: AudioSource::from_config(&a.device),
+            };
+            AudioSender::start(p).map_err(|e| e.to_string())
         };
-        match AudioSender::start(p) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                tracing::warn!(error = %e, "audio could not start; the call continues without it");
-                None
-            }
-        }
+        // Audio is optional: the call goes on without it.
+        srtp_key(&a.key.0)
+            .and_then(start)
+            .inspect_err(|e| tracing::warn!(error = %e, "audio could not start; the call continues without it"))
+            .ok()
     });
     tracing::info!(settings = ?video.current(), "video streaming");
     Ok(V1 { video, audio })
