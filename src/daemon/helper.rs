@@ -14,10 +14,12 @@
 
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::media::MediaEvent;
@@ -35,6 +37,8 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 pub struct Helper {
     pub session: ClientId,
     to_helper: mpsc::UnboundedSender<ToHelper>,
+    /// Set by [`Helper::stop`]: the time by which the helper must be gone.
+    stop_by: Arc<OnceLock<Instant>>,
 }
 
 impl Helper {
@@ -50,9 +54,17 @@ impl Helper {
         start: ToHelper,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Helper, String> {
-        let exe = helper_path()?;
+        Self::spawn_exe(&helper_path()?, session, start, events)
+    }
+
+    fn spawn_exe(
+        exe: &std::path::Path,
+        session: ClientId,
+        start: ToHelper,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<Helper, String> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let child = tokio::process::Command::new(&exe)
+        let child = tokio::process::Command::new(exe)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -65,9 +77,10 @@ impl Helper {
         let (to_helper, rx) = mpsc::unbounded_channel();
         let _ = to_helper.send(start);
         info!(session = %session, pid = child.id(), "media helper started");
+        let stop_by = Arc::new(OnceLock::new());
         tokio::spawn(write_loop(wr, rx));
-        tokio::spawn(read_loop(session.clone(), rd, child, events));
-        Ok(Helper { session, to_helper })
+        tokio::spawn(read_loop(session.clone(), rd, child, events, stop_by.clone()));
+        Ok(Helper { session, to_helper, stop_by })
     }
 
     /// Pass a message on (candidates); a helper that is gone drops it.
@@ -76,8 +89,9 @@ impl Helper {
     }
 
     /// Ask the helper to stop; it is killed if it has not exited after
-    /// [`STOP_GRACE`] (the read loop waits for it).
+    /// [`STOP_GRACE`], even if it is still talking (heartbeats) then.
     pub fn stop(self) {
+        let _ = self.stop_by.set(Instant::now() + STOP_GRACE);
         let _ = self.to_helper.send(ToHelper::Stop);
     }
 }
@@ -125,10 +139,20 @@ async fn read_loop(
     mut rd: tokio::net::unix::OwnedReadHalf,
     mut child: tokio::process::Child,
     events: mpsc::UnboundedSender<MediaEvent>,
+    stop_by: Arc<OnceLock<Instant>>,
 ) {
     let mut ended = false;
+    let mut overdue = false;
     let why = loop {
-        match tokio::time::timeout(HEARTBEAT_TIMEOUT, read_frame(&mut rd)).await {
+        // Told to stop, the helper has until `stop_by` to exit; it is seen
+        // at the next frame at the latest (a heartbeat every second).
+        let heartbeat_by = Instant::now() + HEARTBEAT_TIMEOUT;
+        let by = stop_by.get().map_or(heartbeat_by, |&t| t.min(heartbeat_by));
+        match tokio::time::timeout_at(by, read_frame(&mut rd)).await {
+            Err(_) if stop_by.get().is_some_and(|&t| Instant::now() >= t) => {
+                overdue = true;
+                break Some(format!("media helper did not stop within {} s of being told to", STOP_GRACE.as_secs()));
+            }
             Err(_) => break Some(format!("media helper unresponsive (nothing for {} s)", HEARTBEAT_TIMEOUT.as_secs())),
             Ok(Ok(None)) => break None,
             Ok(Err(e)) => break Some(format!("media helper spoke nonsense: {e}")),
@@ -143,7 +167,9 @@ async fn read_loop(
             }
         }
     };
-    let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+    // Past its stop deadline: no second grace period.
+    let grace = if overdue { Duration::ZERO } else { STOP_GRACE };
+    let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => status,
         _ => {
             let _ = child.start_kill();
@@ -189,4 +215,41 @@ async fn read_frame(rd: &mut tokio::net::unix::OwnedReadHalf) -> Result<Option<F
     let mut body = vec![0u8; ipc::frame_len(header)?];
     rd.read_exact(&mut body).await?;
     ipc::decode(&body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A helper that keeps its heartbeat going but ignores `Stop` (and the
+    /// end of its input) is killed [`STOP_GRACE`] after being told to stop,
+    /// with a detail that says so; it is not left running.
+    #[tokio::test]
+    async fn a_helper_that_heartbeats_but_ignores_stop_is_killed_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hb"), ipc::encode(&FromHelper::Heartbeat).unwrap()).unwrap();
+        let exe = dir.path().join("stubborn-helper");
+        let script = format!("#!/bin/sh\nwhile :; do cat '{}' >&0; sleep 0.2; done\n", dir.path().join("hb").display());
+        std::fs::write(&exe, script).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let session = ClientId::from_bytes([7; 16]);
+        let helper = Helper::spawn_exe(&exe, session.clone(), ToHelper::Stop, tx).unwrap();
+        // Heartbeats only: nothing to report while it runs (well past the grace).
+        let quiet = tokio::time::timeout(STOP_GRACE * 2, rx.recv()).await;
+        assert!(quiet.is_err(), "a heartbeating helper was reported: {quiet:?}");
+
+        let told = Instant::now();
+        helper.stop();
+        let event = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+        let Ok(Some(MediaEvent::Failed { session: s, detail })) = event else {
+            panic!("no report of the stubborn helper's end: {event:?}")
+        };
+        assert_eq!(s, session);
+        assert!(detail.contains("did not stop within 2 s"), "{detail}");
+        assert!(told.elapsed() >= STOP_GRACE, "killed before its grace: {:?}", told.elapsed());
+    }
 }
