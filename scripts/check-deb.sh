@@ -80,17 +80,16 @@ for b in robotd robotd-media robotctl; do
   [[ "$m" == *"$machine"* ]] || err "/usr/bin/$b is for '$m', not $machine"
   readelf -S "$work/root/usr/bin/$b" | grep -q '\.debug_info' && err "/usr/bin/$b is not stripped"
 done
-# robotd's main process should not map GStreamer (issue 17: idle memory):
-# all of it is in the media helper, robotd-media. The native build links
-# none of it (--as-needed drops the libraries no symbol uses), but the
-# aarch64 cross build of scripts/cross-build.sh still records them as NEEDED
-# although robotd uses none of their symbols (found 2026-12-02, not fixed
-# yet: docs/benchmarks.md, "Idle"). Until it is, a warning that names them,
-# not a failure.
+# robotd's main process must not map GStreamer (issue 17: idle memory): all
+# of it is in the media helper, robotd-media, and robotd references none of
+# its symbols, so the linker's --as-needed leaves it out. Both builds link
+# with lld (rustc's default on x86_64; scripts/cross-build.sh asks for
+# rust-lld for aarch64): GNU ld counted references from code units it then
+# discarded and listed 12 GStreamer/GLib libraries.
 main_needed="$(readelf -d "$work/root/usr/bin/robotd" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')"
 for lib in $main_needed; do
   case "$lib" in
-    libgst*|libglib*|libgobject*|libgio*|libgmodule*) echo "check-deb: WARNING: /usr/bin/robotd links $lib (unused; GStreamer belongs in robotd-media only)" >&2 ;;
+    libgst*|libglib*|libgobject*|libgio*|libgmodule*) err "/usr/bin/robotd links $lib (GStreamer and GLib belong in robotd-media only; is the build linking with GNU ld instead of lld?)" ;;
   esac
 done
 # Every library robotd or its helper links must be covered by Depends (shlibs worked).

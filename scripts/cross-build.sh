@@ -237,6 +237,16 @@ export "CARGO_TARGET_${TARGET_ENV}_LINKER=$GNU-gcc"
 # -L: libraries named by -sys crates without pkg-config; -rpath-link: the
 # dependencies of those libraries (GLib's libffi, libpcre2, libmount...).
 rustflags="-C link-arg=-L$SYSROOT/usr/lib/$GNU -C link-arg=-Wl,-rpath-link,$SYSROOT/usr/lib/$GNU:$SYSROOT/lib/$GNU"
+# Link with the toolchain's own lld (rust-lld behind gcc's -fuse-ld), as rustc
+# already does for the x86_64 host: lld decides --as-needed after
+# --gc-sections, so robotd, which calls no GStreamer, gets no DT_NEEDED on it
+# (GNU ld counts references from the library's code units it pulled in and
+# then discards, and listed 12 GStreamer/GLib libraries; check-deb.sh fails on that).
+GCC_LD="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
+if [ ! -x "$GCC_LD/ld.lld" ]; then
+  echo "cross-build: $GCC_LD/ld.lld is missing (the Rust toolchain ships it; reinstall it with rustup)" >&2; exit 1
+fi
+rustflags="$rustflags -C link-arg=-B$GCC_LD -C link-arg=-fuse-ld=lld"
 export "CARGO_TARGET_${TARGET_ENV}_RUSTFLAGS=${CROSS_RUSTFLAGS:-} $rustflags"
 # bindgen (v4l2-sys-mit): clang must parse the target's kernel/libc headers.
 export "BINDGEN_EXTRA_CLANG_ARGS_$TARGET_US=--target=$TARGET -isystem /usr/$GNU/include -isystem $SYSROOT/usr/include/$GNU -isystem $SYSROOT/usr/include"
