@@ -8,6 +8,13 @@ use gstreamer::prelude::*;
 
 use super::VideoError;
 
+/// x264enc's rate-control buffer, ms (its default is 600). Any second of
+/// its output then holds at most 1.12 s of the bitrate, where 600 ms let a
+/// keyframe's second reach 1.3-1.4x (measured against a 600 kbit/s policer:
+/// docs/benchmarks.md, "Adaptation after the loss-based ceiling"); a frame
+/// waits less for its bits, too. webrtcsink (gst-plugins-rs) uses the same.
+pub const X264_VBV_MS: u32 = 120;
+
 /// An H.264 encoder robotd knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoder {
@@ -53,6 +60,7 @@ impl Encoder {
                 .property_from_str("tune", "zerolatency")
                 .property_from_str("speed-preset", "ultrafast")
                 .property("key-int-max", keyframe_interval(fps))
+                .property("vbv-buf-capacity", X264_VBV_MS)
                 .property("bitrate", kbps),
             Encoder::OpenH264 => b
                 .property_from_str("rate-control", "bitrate")
@@ -77,7 +85,8 @@ impl Encoder {
                 kbps.saturating_mul(1000).min(i32::MAX as u32)
             ),
             Encoder::X264 => format!(
-                "x264enc name={name} tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={k} bitrate={kbps}"
+                "x264enc name={name} tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={k} \
+                 vbv-buf-capacity={X264_VBV_MS} bitrate={kbps}"
             ),
             Encoder::OpenH264 => format!(
                 "openh264enc name={name} rate-control=bitrate usage-type=camera complexity=low gop-size={k} bitrate={}",
