@@ -205,17 +205,23 @@ fn start_call(net: &netns::Internet, ice: &(robotd::webrtc::IceConfig, robotd::w
     call
 }
 
-/// `ROBOTD_BENCH_TRACE=1`: the capped phase second by second on stderr.
-fn trace(call: &Call, s: &[Sample], capped: Instant) {
-    for i in (4..s.len()).step_by(4) {
+/// `ROBOTD_BENCH_TRACE=1`: the capped phase second by second on stderr, and
+/// every 1 s window (at each 250 ms sample) whose offered rate is over the cap.
+fn trace(call: &Call, s: &[Sample], capped: Instant, cap_floor: f64) {
+    for i in 4..s.len() {
+        let over = kbps(&s[i - 4], &s[i], |x| x.offered) > cap_floor;
+        if i % 4 != 0 && !over {
+            continue;
+        }
         let (from, to) = (s[i - 4].at, s[i].at);
         let r = call.rates.iter().rfind(|r| r.at <= to);
         let gap = call.gaps.iter().filter(|(at, _)| *at > from && *at <= to).map(|(_, g)| *g).max();
         eprintln!(
-            "t={:5.1}s offered {:4.0} delivered {:4.0} kbit/s; estimate {:?} encoder {:?} size {:?}; max gap {:?} ms",
+            "t={:5.1}s offered {:4.0} delivered {:4.0} kbit/s{}; estimate {:?} encoder {:?} size {:?}; max gap {:?} ms",
             to.duration_since(capped).as_secs_f64(),
             kbps(&s[i - 4], &s[i], |x| x.offered),
             kbps(&s[i - 4], &s[i], |x| x.delivered),
+            if over { " (over the cap)" } else { "" },
             r.map(|r| r.estimate_kbps),
             r.map(|r| r.encoder_kbps),
             r.map(|r| (r.width, r.height)),
@@ -248,7 +254,7 @@ fn adapt_rep(plan: &Plan) -> Option<Rep> {
         (f64::NAN, f64::NAN)
     };
     if std::env::var_os("ROBOTD_BENCH_TRACE").is_some() {
-        trace(&call, s, capped);
+        trace(&call, s, capped, cap_floor);
         // With ROBOTD_HELPER_LOG=robotd::webrtc::congestion=debug: the adapter's changes.
         for line in call.robot.log().lines().filter(|l| l.contains("bandwidth")) {
             eprintln!("helper: {line}");
@@ -426,7 +432,7 @@ fn memory(plan: &Plan, out: &mut Vec<String>) {
     // settings and payloader), into a fakesink.
     let desc = "videotestsrc is-live=true ! videoconvert ! videoscale ! videorate \
         ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 \
-        ! x264enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max=60 bitrate=2000 \
+        ! x264enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max=60 vbv-buf-capacity=120 bitrate=2000 \
         ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
         ! rtph264pay config-interval=-1 aggregate-mode=zero-latency mtu=1200 ! fakesink";
     let mut g = Command::new("gst-launch-1.0")
