@@ -258,6 +258,10 @@ fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
         assert!(sent >= 100, "the robot sent only {sent} frames in 20 s: {}", call.report());
         let ratio = decoded as f64 / sent as f64;
         eprintln!("nack={nack}: {decoded} of {sent} frames decoded under 5 % loss ({:.1} %)", ratio * 100.0);
+        // What the robot answered (a diagnosis for a low ratio, not a check).
+        if let Some(l) = call.robot.log().lines().rfind(|l| l.contains("retransmission requests")) {
+            eprintln!("nack={nack}: robot: {l}");
+        }
         ratios.push(ratio);
     }
     let (lost_nack, lost_without) = (1.0 - ratios[0], 1.0 - ratios[1]);

@@ -417,6 +417,10 @@ pub struct Readings {
     pub height: AtomicU32,
     /// New [`Limits`] for the adaptation thread to take at its next tick.
     pub limits: std::sync::Mutex<Option<Limits>>,
+    /// Retransmission requests answered, and dropped over the budget
+    /// ([`RTX_SHARE`]), since the call started.
+    pub rtx_answered: AtomicU64,
+    pub rtx_over_budget: AtomicU64,
 }
 
 /// Plug `rtpgccbwe` into `webrtc` (its `request-aux-sender`) and drive
@@ -472,6 +476,7 @@ pub fn install(
             let mut applied = first;
             let mut session: Option<gst::Element> = None;
             let mut last_stats: Option<gst::Structure> = None;
+            let (mut rtx_logged, mut rtx_logged_at) = ((0, 0), Instant::now());
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(TICK);
                 let now = Instant::now();
@@ -543,6 +548,16 @@ pub fn install(
                     );
                 }
                 applied = t;
+                let rtx = (r.rtx_answered.load(Ordering::Relaxed), r.rtx_over_budget.load(Ordering::Relaxed));
+                if rtx != rtx_logged && now.duration_since(rtx_logged_at) >= RTX_LOG_EVERY {
+                    tracing::info!(
+                        answered = rtx.0,
+                        over_budget = rtx.1,
+                        encoder_kbps = t.kbps,
+                        "retransmission requests since the call started"
+                    );
+                    (rtx_logged, rtx_logged_at) = (rtx, now);
+                }
             }
         })
         .map_err(|e| WebrtcError::Pipeline(format!("congestion thread: {e}")))?;
@@ -553,6 +568,8 @@ pub fn install(
 pub const RTX_SHARE: f64 = 0.25;
 /// The retransmission budget's bucket holds this much of it.
 const RTX_BURST: Duration = Duration::from_millis(500);
+/// The retransmission counts are logged at most this often, when they changed.
+const RTX_LOG_EVERY: Duration = Duration::from_secs(5);
 /// What a retransmission costs, bytes (the payloader's MTU).
 const RTX_PACKET_BYTES: f64 = 1200.0;
 
@@ -584,8 +601,10 @@ fn budget_retransmissions(webrtc: &gst::Element, readings: Arc<Readings>) {
             b.0 = now;
             if b.1 >= RTX_PACKET_BYTES {
                 b.1 -= RTX_PACKET_BYTES;
+                readings.rtx_answered.fetch_add(1, Ordering::Relaxed);
                 gst::PadProbeReturn::Ok
             } else {
+                readings.rtx_over_budget.fetch_add(1, Ordering::Relaxed);
                 // Handled, not Drop: the bindings take the event out of the
                 // probe's info and release it, and GStreamer before 1.24.8
                 // then unrefs the NULL left behind for a dropped upstream
