@@ -10,9 +10,9 @@ use super::VideoError;
 
 /// x264enc's rate-control buffer, ms (its default is 600). Any second of
 /// its output then holds at most 1.12 s of the bitrate, where 600 ms let a
-/// keyframe's second reach 1.3-1.4x (measured against a 600 kbit/s policer:
-/// docs/benchmarks.md, "Adaptation after the loss-based ceiling"); a frame
-/// waits less for its bits, too. webrtcsink (gst-plugins-rs) uses the same.
+/// keyframe's second reach 1.2-1.3x (measured against a 600 kbit/s policer:
+/// docs/benchmarks.md, "Adaptation: a knee under the cap"); a frame waits
+/// less for its bits, too. webrtcsink (gst-plugins-rs) uses the same.
 pub const X264_VBV_MS: u32 = 120;
 
 /// An H.264 encoder robotd knows how to drive.
