@@ -225,10 +225,13 @@ fn a_certificate_that_is_not_the_offers_gets_no_video() {
 
 /// 5 % random loss both ways on the phone's carrier, through the robot's
 /// relay, 20 s each with and without NACK (the phone asks for no
-/// retransmission): NACK/RTX keeps at least 85 % of the frames the robot sent
-/// and loses at most 60 % as many as without it. (Alone on a quiet machine it
-/// keeps 97-99 %, the issue's 95 %; under other load it dipped to 88-93 %
-/// while the no-NACK run lost 3-4 times as many, so the bound is relative.)
+/// retransmission): NACK/RTX keeps at least 88 % of the frames the robot sent
+/// and loses at most 60 % as many as without it. (Six runs alone on this
+/// 2-core machine: 90.7-97.7 % with NACK, 71-81 % without;
+/// the issue asks for 95 %, so this is still short of it. Before
+/// `congestion::LOSS_HEAVY`, 5 % random loss tripped the loss-based cut again
+/// and again, down to the 100 kbit/s floor, where the retransmission budget
+/// dropped requests: 89-91 %.)
 #[test]
 fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
@@ -265,7 +268,7 @@ fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
         ratios.push(ratio);
     }
     let (lost_nack, lost_without) = (1.0 - ratios[0], 1.0 - ratios[1]);
-    assert!(ratios[0] >= 0.85, "with NACK only {:.1} % of the frames were decoded", ratios[0] * 100.0);
+    assert!(ratios[0] >= 0.88, "with NACK only {:.1} % of the frames were decoded", ratios[0] * 100.0);
     assert!(
         lost_nack <= 0.6 * lost_without,
         "NACK did not clearly help: {:.1} % lost with it, {:.1} % without",
