@@ -123,12 +123,12 @@ fn floor_sender() {
         "appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream \
          caps=video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate={FPS}/1,pixel-aspect-ratio=1/1 \
          ! videoconvert {chain} \
-         ! x264enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max={kint} vbv-buf-capacity=120 bitrate={KBPS} \
+         ! {x264} \
          ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
          ! rtph264pay name=pay pt={pt} config-interval=-1 aggregate-mode=zero-latency mtu=1200 \
          ! capssetter caps=\"application/x-rtp,profile-level-id=(string)42e01f\" \
          ! webrtcbin name=webrtc bundle-policy=max-bundle",
-        kint = FPS * 2,
+        x264 = robotd::video::Encoder::X264.launch_description("x264", KBPS, FPS),
         pt = info.payload_type,
     );
     let pipeline = gst::parse::launch(&desc).expect("floor pipeline").downcast::<gst::Pipeline>().unwrap();

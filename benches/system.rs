@@ -682,11 +682,11 @@ fn sender_description(ssrc: u32, key_hex: &str, port: u16, pay_extra: &str) -> S
         "videotestsrc is-live=true pattern=smpte ! videoconvert ! videoscale ! videorate drop-only=true \
          ! video/x-raw,format=I420,width={W},height={H},framerate={FPS}/1,pixel-aspect-ratio=1/1 \
          ! queue leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={} vbv-buf-capacity=120 bitrate={KBPS} \
+         ! {} \
          ! h264parse config-interval=-1 ! rtph264pay name=pay pt=96 ssrc={ssrc} config-interval=-1 {pay_extra} \
          ! srtpenc key={key_hex} rtp-cipher=aes-128-icm rtp-auth=hmac-sha1-80 rtcp-cipher=aes-128-icm rtcp-auth=hmac-sha1-80 \
          ! udpsink name=usink host=127.0.0.1 port={port} sync=false async=false",
-        FPS * 2
+        robotd::video::Encoder::X264.launch_description("x264", KBPS, FPS)
     )
 }
 

@@ -430,11 +430,13 @@ fn memory(plan: &Plan, out: &mut Vec<String>) {
 
     // The floor: the helper's encoder chain alone (same source, size, x264
     // settings and payloader), into a fakesink.
-    let desc = "videotestsrc is-live=true ! videoconvert ! videoscale ! videorate \
-        ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 \
-        ! x264enc tune=zerolatency speed-preset=ultrafast b-adapt=false key-int-max=60 vbv-buf-capacity=120 bitrate=2000 \
-        ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
-        ! rtph264pay config-interval=-1 aggregate-mode=zero-latency mtu=1200 ! fakesink";
+    let desc = format!(
+        "videotestsrc is-live=true ! videoconvert ! videoscale ! videorate \
+         ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 ! {} \
+         ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 \
+         ! rtph264pay config-interval=-1 aggregate-mode=zero-latency mtu=1200 ! fakesink",
+        robotd::video::Encoder::X264.launch_description("x264", 2000, 30)
+    );
     let mut g = Command::new("gst-launch-1.0")
         .arg("-q")
         .args(desc.split_whitespace())
