@@ -825,6 +825,13 @@ mod tests {
         }
     }
 
+    /// Feedback every 250 ms from `t0`, `n` reports whose loss cycles through `pattern`.
+    fn cycle(a: &mut Adapter, t0: Instant, pattern: &[f64], n: u64, delivered: u32) {
+        for i in 0..n {
+            a.feedback(fb(pattern[i as usize % pattern.len()], delivered), t0 + Duration::from_millis(i * 250));
+        }
+    }
+
     #[test]
     fn heavy_loss_cuts_to_what_got_through_and_the_ceiling_leads_until_it_has_recovered() {
         let t0 = Instant::now();
@@ -918,10 +925,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Adapter::new(&hd(), t0);
         // 5 % random loss: some reports show 15 %, the mean over a second does not.
-        for i in 0..200u64 {
-            let loss = [0.0, 0.15, 0.05, 0.0][i as usize % 4];
-            a.feedback(fb(loss, 1900), t0 + Duration::from_millis(i * 250));
-        }
+        cycle(&mut a, t0, &[0.0, 0.15, 0.05, 0.0], 200, 1900);
         assert_eq!(a.ceiling_kbps(), None);
         assert_eq!(a.update(2_222_222, 2000, t0 + 50 * S).kbps, 2000);
     }
@@ -936,9 +940,7 @@ mod tests {
         // five seconds average 5 %.
         let second =
             [0.0, 0.40, 0.286, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        for i in 0..160u64 {
-            a.feedback(fb(second[i as usize % second.len()], 70), t0 + Duration::from_millis(i * 250));
-        }
+        cycle(&mut a, t0, &second, 160, 70);
         assert_eq!(a.ceiling_kbps(), None);
         assert_eq!(a.update(333_333, 280, t0 + 40 * S).kbps, 300);
     }
