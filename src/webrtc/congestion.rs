@@ -21,7 +21,8 @@
 //!   `twcc-stats`): over [`LOSS_HIGH`] loss the encoder is cut to
 //!   [`CUT_FACTOR`] × what got through and the ceiling leads instead of
 //!   GCC until it has been probed back up to the call's rate; and a
-//!   retransmission budget ([`RTX_SHARE`] of the encoder's bitrate).
+//!   retransmission budget ([`RTX_SHARE`] of the encoder's bitrate, at
+//!   least [`RTX_FLOOR_KBPS`]).
 //!
 //! Means, not every reading: GCC's estimate saws (on a link that drops
 //! rather than queues, it falls on loss and climbs back by up to 28 % a
@@ -455,7 +456,7 @@ pub struct Readings {
     /// New [`Limits`] for the adaptation thread to take at its next tick.
     pub limits: std::sync::Mutex<Option<Limits>>,
     /// Retransmission requests answered, and dropped over the budget
-    /// ([`RTX_SHARE`]), since the call started.
+    /// ([`RtxBudget`]), since the call started.
     pub rtx_answered: AtomicU64,
     pub rtx_over_budget: AtomicU64,
 }
@@ -603,8 +604,17 @@ pub fn install(
 
 /// Retransmissions get at most this share of the encoder's bitrate.
 pub const RTX_SHARE: f64 = 0.25;
-/// The retransmission budget's bucket holds this much of it.
+/// ...but never less than this, kbit/s: at the encoder's floor (100
+/// kbit/s) a quarter refills one 1200-byte packet every 0.38 s, while a
+/// phone asks again for a packet whose retransmission was lost within
+/// ~70 ms; measured (tests/webrtc.rs, 5 % loss, encoder at 100 kbit/s):
+/// 1-2 requests a call dropped over the budget, each a lost frame and a
+/// wait for the next keyframe.
+pub const RTX_FLOOR_KBPS: f64 = 48.0;
+/// The retransmission budget's bucket holds this much of it...
 const RTX_BURST: Duration = Duration::from_millis(500);
+/// ...and at least this many packets.
+const RTX_BURST_PACKETS: f64 = 3.0;
 /// The retransmission counts are logged at most this often, when they changed.
 const RTX_LOG_EVERY: Duration = Duration::from_secs(5);
 /// What a retransmission costs, bytes (the payloader's MTU).
@@ -625,19 +635,15 @@ fn budget_retransmissions(webrtc: &gst::Element, readings: Arc<Readings>) {
         }
         let pad = el.static_pad("src")?;
         let readings = readings.clone();
-        let bucket = std::sync::Mutex::new((Instant::now(), 0.0f64));
+        let bucket = std::sync::Mutex::new(RtxBudget::new(Instant::now()));
         pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
             let Some(ev) = info.event() else { return gst::PadProbeReturn::Ok };
             if ev.structure().is_none_or(|s| s.name() != "GstRTPRetransmissionRequest") {
                 return gst::PadProbeReturn::Ok;
             }
-            let rate = RTX_SHARE * f64::from(readings.encoder_kbps.load(Ordering::Relaxed)) * 1000.0 / 8.0;
-            let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            b.1 = (b.1 + rate * now.duration_since(b.0).as_secs_f64()).min(rate * RTX_BURST.as_secs_f64());
-            b.0 = now;
-            if b.1 >= RTX_PACKET_BYTES {
-                b.1 -= RTX_PACKET_BYTES;
+            let encoder_kbps = readings.encoder_kbps.load(Ordering::Relaxed);
+            let answer = bucket.lock().unwrap_or_else(|p| p.into_inner()).allow(Instant::now(), encoder_kbps);
+            if answer {
                 readings.rtx_answered.fetch_add(1, Ordering::Relaxed);
                 gst::PadProbeReturn::Ok
             } else {
@@ -652,6 +658,36 @@ fn budget_retransmissions(webrtc: &gst::Element, readings: Arc<Readings>) {
         });
         None
     });
+}
+
+/// The token bucket of [`budget_retransmissions`]: [`RTX_SHARE`] of the
+/// encoder's bitrate, at least [`RTX_FLOOR_KBPS`]; it holds [`RTX_BURST`]
+/// of that rate, at least [`RTX_BURST_PACKETS`]; it starts empty.
+#[derive(Debug)]
+struct RtxBudget {
+    at: Instant,
+    bytes: f64,
+}
+
+impl RtxBudget {
+    fn new(now: Instant) -> RtxBudget {
+        RtxBudget { at: now, bytes: 0.0 }
+    }
+
+    /// Whether one more retransmission fits, at `now` with the encoder at
+    /// `encoder_kbps` (and take its cost when it does).
+    fn allow(&mut self, now: Instant, encoder_kbps: u32) -> bool {
+        let rate = (RTX_SHARE * f64::from(encoder_kbps)).max(RTX_FLOOR_KBPS) * 1000.0 / 8.0;
+        let cap = (rate * RTX_BURST.as_secs_f64()).max(RTX_BURST_PACKETS * RTX_PACKET_BYTES);
+        self.bytes = (self.bytes + rate * now.saturating_duration_since(self.at).as_secs_f64()).min(cap);
+        self.at = now;
+        if self.bytes >= RTX_PACKET_BYTES {
+            self.bytes -= RTX_PACKET_BYTES;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The RTP session of the (bundled) transport: webrtcbin's `rtpbin`,
@@ -713,6 +749,33 @@ mod tests {
     }
 
     const S: Duration = Duration::from_secs(1);
+
+    /// Requests answered by a budget asked every `every` for `span`.
+    fn answered(encoder_kbps: u32, every: Duration, span: Duration) -> usize {
+        let t0 = Instant::now();
+        let mut b = RtxBudget::new(t0);
+        let n = (span.as_secs_f64() / every.as_secs_f64()) as u32;
+        (1..=n).filter(|i| b.allow(t0 + every * *i, encoder_kbps)).count()
+    }
+
+    #[test]
+    fn the_retransmission_budget_is_a_quarter_of_the_encoder_with_a_floor() {
+        // 2000 kbit/s: a quarter is 500 kbit/s, ~52 packets a second.
+        let hd = answered(2000, Duration::from_millis(5), 10 * S);
+        assert!((500..=540).contains(&hd), "{hd} answered in 10 s");
+        // 100 kbit/s (the encoder's floor): a quarter would be 25 kbit/s,
+        // one packet every 0.38 s (26 in 10 s); the floor answers 48 kbit/s.
+        let low = answered(100, Duration::from_millis(5), 10 * S);
+        assert!((48..=53).contains(&low), "{low} answered in 10 s");
+        // A burst after a quiet spell: three requests 70 ms apart are all
+        // answered at the floor (a bucket of 0.5 s at 25 kbit/s held one).
+        let t0 = Instant::now();
+        let mut b = RtxBudget::new(t0);
+        let burst = (0..3).filter(|i| b.allow(t0 + 2 * S + Duration::from_millis(70) * *i, 100)).count();
+        assert_eq!(burst, 3);
+        // An empty bucket answers nothing until it has refilled.
+        assert!(!RtxBudget::new(t0).allow(t0, 2000));
+    }
 
     #[test]
     fn the_video_commands_limits_cap_the_bitrate_and_set_the_size() {
