@@ -376,6 +376,14 @@ fn freeze_ms(line: &str) -> Option<u64> {
     line.strip_prefix("freeze: no new frame for ")?.split_whitespace().next()?.parse().ok()
 }
 
+/// The kbit/s and frames per second of a `--stats` line.
+fn stats_rates(line: &str) -> Option<(f64, f64)> {
+    let mut it = line.strip_prefix("stats: ")?.split(", ");
+    let kbps = it.next()?.strip_suffix(" kbit/s")?.parse().ok()?;
+    let fps = it.next()?.strip_suffix(" fps")?.parse().ok()?;
+    Some((kbps, fps))
+}
+
 /// Wait up to `limit` for a line that satisfies `f`, keeping every line read in `seen`.
 fn line_until(
     rx: &std::sync::mpsc::Receiver<(Instant, String)>,
@@ -436,6 +444,12 @@ fn a_3_s_cut_of_the_media_path_leaves_the_call_up_and_the_video_resumes() {
     let out = seen.join("\n");
     assert!(status_code.success(), "robotctl failed after the cut:\n{out}\nrobotd:\n{}", robot.log());
     assert!(out.contains("ping: {\"status\":\"ok\""), "{out}");
+    // `--stats`: a line a second, with video flowing before and after the
+    // cut, and at least one second of nothing within it.
+    let rates: Vec<(f64, f64)> = seen.iter().filter_map(|l| stats_rates(l)).collect();
+    assert!(rates.len() >= 10, "{} stats lines in a ~16 s call:\n{out}", rates.len());
+    assert!(rates.iter().filter(|(k, f)| *k > 10.0 && *f > 5.0).count() >= 5, "{out}");
+    assert!(rates.iter().any(|(k, f)| *k == 0.0 && *f == 0.0), "no stats line of the cut:\n{out}");
 }
 
 /// The same phone keys under another MQTT client identifier: the phone's

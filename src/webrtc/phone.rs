@@ -176,6 +176,63 @@ struct Gate {
     valves: Vec<gst::Element>,
 }
 
+/// What the phone has received of the robot's video since the call
+/// started ([`PhonePeer::receive_stats`]): webrtcbin's `get-stats` for the
+/// video stream (rtpsource's counters) and its jitter buffer's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReceiveStats {
+    pub frames_decoded: u64,
+    /// RTP payload bytes and packets of the video stream (retransmissions
+    /// not included).
+    pub bytes_received: u64,
+    pub packets_received: u64,
+    /// Packets the network lost (gaps in the sequence numbers)...
+    pub packets_lost: u64,
+    /// ...of which a retransmission repaired this many in time...
+    pub packets_repaired: u64,
+    /// ...and this many were given up on at the jitter buffer's deadline.
+    pub packets_unrecovered: u64,
+    /// Retransmission requests (RTCP NACK) and keyframe requests (PLI, FIR) sent.
+    pub nacks_sent: u64,
+    pub keyframe_requests: u64,
+    /// The round trip of a retransmission (request to repaired packet), the
+    /// jitter buffer's average; `None` until one was repaired (a receiver
+    /// has no other round trip: the robot sends it no report blocks).
+    pub rtt: Option<Duration>,
+    /// Interarrival jitter (RFC 3550).
+    pub jitter: Duration,
+}
+
+impl ReceiveStats {
+    /// One line of `robotctl call --webrtc --stats` for what changed since
+    /// `before`, `elapsed` ago: `stats: 1534 kbit/s, 29.8 fps, loss 4.8 %
+    /// (12 repaired, 1 unrecovered), rtt 23 ms, jitter 2 ms, 3 NACK, 1
+    /// keyframe requests` (rates and loss over the interval; `rtt -` when
+    /// none was measured).
+    pub fn line(&self, before: &ReceiveStats, elapsed: Duration) -> String {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        let kbps = d(self.bytes_received, before.bytes_received) as f64 * 8.0 / secs / 1000.0;
+        let fps = d(self.frames_decoded, before.frames_decoded) as f64 / secs;
+        let lost = d(self.packets_lost, before.packets_lost);
+        let got = d(self.packets_received, before.packets_received);
+        let loss = if lost + got == 0 { 0.0 } else { lost as f64 * 100.0 / (lost + got) as f64 };
+        let rtt = self.rtt.map_or("-".to_owned(), |r| format!("{} ms", r.as_millis()));
+        format!(
+            "stats: {kbps:.0} kbit/s, {fps:.1} fps, loss {loss:.1} % ({} repaired, {} unrecovered), rtt {rtt}, \
+             jitter {} ms, {} NACK, {} keyframe requests",
+            d(self.packets_repaired, before.packets_repaired),
+            d(self.packets_unrecovered, before.packets_unrecovered),
+            self.jitter.as_millis(),
+            d(self.nacks_sent, before.nacks_sent),
+            d(self.keyframe_requests, before.keyframe_requests),
+        )
+    }
+}
+
+/// How long [`PhonePeer::receive_stats`] waits for webrtcbin's answer.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A running offerer.
 pub struct PhonePeer {
     pipeline: gst::Pipeline,
@@ -360,6 +417,52 @@ impl PhonePeer {
     /// The robot has no more candidates.
     pub fn end_of_candidates(&self) {
         self.webrtc.emit_by_name::<()>("add-ice-candidate", &[&0u32, &""]);
+    }
+
+    /// What has been received of the video so far; `None` before the
+    /// video stream exists (or when webrtcbin did not answer within 2 s).
+    pub fn receive_stats(&self) -> Option<ReceiveStats> {
+        let all =
+            super::promise_call(&self.webrtc, "get-stats", &None::<gst::Pad>.to_value(), STATS_TIMEOUT).ok()??;
+        // The video stream's rtpsource counters; the retransmission stream
+        // (its own SSRC, also "video") carries far fewer packets.
+        let source = all
+            .iter()
+            .filter_map(|(_, v)| v.get::<gst::Structure>().ok())
+            .filter(|st| {
+                st.get::<gst_webrtc::WebRTCStatsType>("type").ok() == Some(gst_webrtc::WebRTCStatsType::InboundRtp)
+                    && st.get::<&str>("kind").ok() == Some("video")
+            })
+            .filter_map(|st| st.get::<gst::Structure>("gst-rtpsource-stats").ok())
+            .max_by_key(|src| src.get::<u64>("packets-received").unwrap_or(0))?;
+        let u = |k: &str| source.get::<u64>(k).ok().or_else(|| source.get::<u32>(k).ok().map(u64::from)).unwrap_or(0);
+        let clock = source.get::<i32>("clock-rate").ok().filter(|c| *c > 0).unwrap_or(90_000);
+        let jitter = Duration::from_secs_f64(u("jitter") as f64 / f64::from(clock));
+        let mut st = ReceiveStats {
+            frames_decoded: self.frames_decoded(),
+            bytes_received: u("octets-received"),
+            packets_received: u("packets-received"),
+            packets_lost: source.get::<i32>("packets-lost").ok().map_or(0, |l| l.max(0) as u64),
+            nacks_sent: u("sent-nack-count"),
+            keyframe_requests: u("sent-pli-count") + u("sent-fir-count"),
+            jitter,
+            ..ReceiveStats::default()
+        };
+        // The video's jitter buffer: the one that pushed the most.
+        let bin = self.webrtc.downcast_ref::<gst::Bin>()?;
+        let jb = bin
+            .iterate_recurse()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.factory().is_some_and(|f| f.name() == "rtpjitterbuffer"))
+            .map(|e| e.property::<gst::Structure>("stats"))
+            .max_by_key(|s| s.get::<u64>("num-pushed").unwrap_or(0));
+        if let Some(jb) = jb {
+            st.packets_repaired = jb.get::<u64>("rtx-success-count").unwrap_or(0);
+            st.packets_unrecovered = jb.get::<u64>("num-lost").unwrap_or(0);
+            st.rtt = jb.get::<u64>("rtx-rtt").ok().filter(|ns| *ns > 0).map(Duration::from_nanos);
+        }
+        Some(st)
     }
 
     /// Frames decoded since the robot's certificate was verified.
@@ -585,4 +688,49 @@ fn link_receiver(
     let sink = bin.static_pad("sink").ok_or("bin has no sink pad")?;
     pad.link(&sink).map_err(|e| format!("{e:?}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stats_line_gives_the_interval_s_rates_and_loss() {
+        let before = ReceiveStats {
+            frames_decoded: 100,
+            bytes_received: 1_000_000,
+            packets_received: 1000,
+            packets_lost: 10,
+            packets_repaired: 9,
+            packets_unrecovered: 1,
+            nacks_sent: 12,
+            keyframe_requests: 1,
+            rtt: None,
+            jitter: Duration::from_millis(1),
+        };
+        let now = ReceiveStats {
+            frames_decoded: 160,
+            bytes_received: 1_500_000,
+            packets_received: 1380,
+            packets_lost: 30,
+            packets_repaired: 27,
+            packets_unrecovered: 3,
+            nacks_sent: 40,
+            keyframe_requests: 3,
+            rtt: Some(Duration::from_millis(23)),
+            jitter: Duration::from_millis(4),
+        };
+        assert_eq!(
+            now.line(&before, Duration::from_secs(2)),
+            "stats: 2000 kbit/s, 30.0 fps, loss 5.0 % (18 repaired, 2 unrecovered), rtt 23 ms, jitter 4 ms, \
+             28 NACK, 2 keyframe requests"
+        );
+        // Nothing received (a cut): no division by zero, no RTT yet.
+        let idle = ReceiveStats { rtt: None, ..before };
+        assert_eq!(
+            idle.line(&before, Duration::ZERO),
+            "stats: 0 kbit/s, 0.0 fps, loss 0.0 % (0 repaired, 0 unrecovered), rtt -, jitter 1 ms, 0 NACK, \
+             0 keyframe requests"
+        );
+    }
 }

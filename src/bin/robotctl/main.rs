@@ -158,8 +158,10 @@ struct CallArgs {
     /// count the robot's audio ("decoded N audio buffers").
     #[arg(long)]
     audio: bool,
-    /// Version 2: print receive statistics as they happen; for now each
-    /// freeze, when the video resumes ("freeze: no new frame for N ms").
+    /// Version 2: print receive statistics every second ("stats: N kbit/s,
+    /// F fps, loss L % (R repaired, U unrecovered), rtt T ms, jitter J ms,
+    /// N NACK, K keyframe requests") and each freeze when the video resumes
+    /// ("freeze: no new frame for N ms, video resumed at frame M").
     #[arg(long)]
     stats: bool,
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use robotd::phone::{ActiveCall, InviteOutcome, PairedRobot, Phone};
-use robotd::webrtc::phone::{Keep, PhoneOptions, PhonePeer};
+use robotd::webrtc::phone::{Keep, PhoneOptions, PhonePeer, ReceiveStats};
 use robotd::webrtc::{IceConfig, PeerEvent};
 
 /// The phone side of a v2 call's media.
@@ -22,12 +22,18 @@ pub struct V2Media {
     pub failed: Option<String>,
     /// The robot ended the call (no `hangup` to send).
     pub robot_ended: bool,
-    /// `--stats`: report freezes (no new frame for [`FREEZE`] or more).
+    /// `--stats`: a line of receive statistics every [`STATS_EVERY`], and
+    /// each freeze (no new frame for [`FREEZE`] or more).
     pub stats: bool,
+    /// The statistics last printed, and when.
+    last_stats: Option<(std::time::Instant, ReceiveStats)>,
     /// Frames decoded when last looked at, and when that count last grew.
     last_frames: u64,
     last_growth: std::time::Instant,
 }
+
+/// `--stats` prints a line of receive statistics this often.
+pub const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// A gap between decoded frames this long or longer is a freeze.
 pub const FREEZE: Duration = Duration::from_millis(500);
@@ -77,6 +83,7 @@ pub async fn start(
         failed: None,
         robot_ended: false,
         stats: false,
+        last_stats: None,
         last_frames: 0,
         last_growth: std::time::Instant::now(),
     };
@@ -132,6 +139,7 @@ impl V2Media {
     /// peer's failures noted. Never waits for more than one request.
     pub async fn pump(&mut self, p: &mut Phone, c: &mut ActiveCall) -> anyhow::Result<()> {
         self.watch_freezes();
+        self.print_stats();
         while let Ok(e) = self.events.try_recv() {
             self.note(e);
         }
@@ -208,6 +216,22 @@ impl V2Media {
             println!("freeze: no new frame for {} ms, video resumed at frame {n}", gap.as_millis());
         }
         (self.last_frames, self.last_growth) = (n, now);
+    }
+
+    /// With `--stats`, a line of what was received over the last
+    /// [`STATS_EVERY`] ([`ReceiveStats::line`]); the first once the video
+    /// stream exists.
+    fn print_stats(&mut self) {
+        let Some(peer) = self.peer.as_ref().filter(|_| self.stats) else { return };
+        let now = std::time::Instant::now();
+        if self.last_stats.is_some_and(|(at, _)| now.duration_since(at) < STATS_EVERY) {
+            return;
+        }
+        let Some(st) = tokio::task::block_in_place(|| peer.receive_stats()) else { return };
+        if let Some((at, before)) = &self.last_stats {
+            println!("{}", st.line(before, now.duration_since(*at)));
+        }
+        self.last_stats = Some((now, st));
     }
 
     /// Wait for `--snapshot` (see [`PhonePeer::wait_snapshot`]).
