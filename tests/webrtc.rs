@@ -225,13 +225,15 @@ fn a_certificate_that_is_not_the_offers_gets_no_video() {
 
 /// 5 % random loss both ways on the phone's carrier, through the robot's
 /// relay, 20 s each with and without NACK (the phone asks for no
-/// retransmission): NACK/RTX keeps at least 88 % of the frames the robot sent
-/// and loses at most 60 % as many as without it. (Six runs alone on this
-/// 2-core machine: 90.7-97.7 % with NACK, 71-81 % without;
-/// the issue asks for 95 %, so this is still short of it. Before
-/// `congestion::LOSS_HEAVY`, 5 % random loss tripped the loss-based cut again
-/// and again, down to the 100 kbit/s floor, where the retransmission budget
-/// dropped requests: 89-91 %.)
+/// retransmission): NACK/RTX keeps at least 95 % of the frames the robot sent
+/// (the issue's figure) and loses at most 30 % as many as without it. Nine
+/// runs on this 2-core machine, three of them with a core kept busy: 97.7-100 %
+/// with NACK, 69-81 % without. Before the phone's rtpsession was given a
+/// session bandwidth (`phone::SESSION_BANDWIDTH_BPS`) it sent NACKs at most
+/// every ~0.25 s (RFC 4585's early-feedback spacing for the 64 kbit/s a
+/// silent receiver assumes), so a lost request or retransmission was a lost
+/// frame: 90.7-97.7 %. Before `congestion::LOSS_HEAVY`, 5 % random loss
+/// tripped the loss-based cut down to the 100 kbit/s floor: 89-91 %.
 #[test]
 fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
@@ -268,9 +270,9 @@ fn under_5_percent_loss_retransmission_recovers_most_lost_frames() {
         ratios.push(ratio);
     }
     let (lost_nack, lost_without) = (1.0 - ratios[0], 1.0 - ratios[1]);
-    assert!(ratios[0] >= 0.88, "with NACK only {:.1} % of the frames were decoded", ratios[0] * 100.0);
+    assert!(ratios[0] >= 0.95, "with NACK only {:.1} % of the frames were decoded", ratios[0] * 100.0);
     assert!(
-        lost_nack <= 0.6 * lost_without,
+        lost_nack <= 0.3 * lost_without,
         "NACK did not clearly help: {:.1} % lost with it, {:.1} % without",
         lost_nack * 100.0,
         lost_without * 100.0

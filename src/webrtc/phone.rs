@@ -34,6 +34,12 @@ const OFFER_PT: u32 = 102;
 const OFFER_TWCC_ID: u32 = 3;
 /// The Opus payload type the phone offers (Chromium's).
 const OFFER_OPUS_PT: u32 = 111;
+/// The session bandwidth (bit/s) the phone's rtpsession plans its RTCP
+/// with. A receiver that sends nothing estimates 64 kbit/s, which gives RTCP
+/// 2.4 kbit/s and, under RFC 4585's early-feedback rules, one early packet
+/// every ~0.25 s: retransmission requests past the first then wait for the
+/// next packet and miss their deadline.
+const SESSION_BANDWIDTH_BPS: f64 = 2_000_000.0;
 /// The tone's volume while unmuted (about -9 dBFS RMS).
 const TONE_VOLUME: f64 = 0.5;
 
@@ -304,6 +310,7 @@ impl PhonePeer {
             .map_err(|e| WebrtcError::Pipeline(e.to_string()))?;
         pipeline.add(&webrtc).map_err(|e| WebrtcError::Pipeline(e.to_string()))?;
         super::configure_ice(&webrtc, ice)?;
+        plan_rtcp_for(&webrtc, SESSION_BANDWIDTH_BPS);
         let gate = Arc::new(Mutex::new(Gate::default()));
         let frames = Arc::new(AtomicU64::new(0));
         let audio_buffers = Arc::new(AtomicU64::new(0));
@@ -557,6 +564,20 @@ fn evaluate(g: &mut Gate, tx: &Sender<PeerEvent>) {
         g.reported = true;
         let _ = tx.send(PeerEvent::Connected);
     }
+}
+
+/// Give the rtpsessions inside `webrtc` a session bandwidth of `bps`, so
+/// that RTCP feedback (NACKs, transport-cc) may go out as often as 5 % of it
+/// allows ([`SESSION_BANDWIDTH_BPS`]). Regular reports stay at
+/// `rtcp-min-interval` (RFC 4585's T_rr_interval, 5 s).
+fn plan_rtcp_for(webrtc: &gst::Element, bps: f64) {
+    webrtc.connect("deep-element-added", false, move |a| {
+        let Ok(el) = a[2].get::<gst::Element>() else { return None };
+        if el.factory().is_some_and(|f| f.name() == "rtpsession") {
+            el.set_property("bandwidth", bps);
+        }
+        None
+    });
 }
 
 /// The phone's microphone: a tone into a new webrtcbin sink pad; returns the
