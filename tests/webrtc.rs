@@ -228,7 +228,7 @@ fn a_certificate_that_is_not_the_offers_gets_no_video() {
 /// retransmission): NACK/RTX keeps at least 95 % of the frames the robot sent
 /// (the figure) and loses at most 30 % as many as without it. Nine
 /// runs on this 2-core machine, three of them with a core kept busy: 97.7-100 %
-/// with NACK, 69-81 % without. Before the phone's rtpsession was given a
+/// with NACK, 57-81 % without. Before the phone's rtpsession was given a
 /// session bandwidth (`phone::SESSION_BANDWIDTH_BPS`) it sent NACKs at most
 /// every ~0.25 s (RFC 4585's early-feedback spacing for the 64 kbit/s a
 /// silent receiver assumes), so a lost request or retransmission was a lost

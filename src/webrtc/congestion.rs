@@ -628,12 +628,8 @@ const RTX_PACKET_BYTES: f64 = 1200.0;
 /// answer multiplies the overload (9-11 Mbit/s offered to a 0.6 Mbit/s
 /// policer while the encoder made 2).
 fn budget_retransmissions(webrtc: &gst::Element, readings: Arc<Readings>) {
-    webrtc.connect("deep-element-added", false, move |a| {
-        let el = a[2].get::<gst::Element>().ok()?;
-        if el.factory().is_none_or(|f| f.name() != "rtprtxsend") {
-            return None;
-        }
-        let pad = el.static_pad("src")?;
+    super::on_element_added(webrtc, "rtprtxsend", move |el| {
+        let Some(pad) = el.static_pad("src") else { return };
         let readings = readings.clone();
         let bucket = std::sync::Mutex::new(RtxBudget::new(Instant::now()));
         pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
@@ -656,7 +652,6 @@ fn budget_retransmissions(webrtc: &gst::Element, readings: Arc<Readings>) {
                 gst::PadProbeReturn::Handled
             }
         });
-        None
     });
 }
 

@@ -330,14 +330,23 @@ fn reply_description(
 /// SRTP key exists.
 fn watch_peer_certificate(webrtc: &gst::Element, on_pem: impl Fn(Option<Fingerprint>) + Send + Sync + 'static) {
     let on_pem = std::sync::Arc::new(on_pem);
+    on_element_added(webrtc, "dtlssrtpdec", move |el| {
+        let on_pem = on_pem.clone();
+        el.connect_notify(Some("peer-pem"), move |el, _| {
+            let pem: Option<String> = el.property("peer-pem");
+            on_pem(pem.as_deref().and_then(sdp::pem_fingerprint));
+        });
+    });
+}
+
+/// Call `f` with every element of `factory` that webrtcbin adds inside
+/// itself (its rtpbin's sessions, the transports' DTLS and RTX elements),
+/// as it is added: the way to configure what webrtcbin 1.22 does not expose.
+fn on_element_added(webrtc: &gst::Element, factory: &'static str, f: impl Fn(&gst::Element) + Send + Sync + 'static) {
     webrtc.connect("deep-element-added", false, move |a| {
-        let Ok(el) = a[2].get::<gst::Element>() else { return None };
-        if el.factory().is_some_and(|f| f.name() == "dtlssrtpdec") {
-            let on_pem = on_pem.clone();
-            el.connect_notify(Some("peer-pem"), move |el, _| {
-                let pem: Option<String> = el.property("peer-pem");
-                on_pem(pem.as_deref().and_then(sdp::pem_fingerprint));
-            });
+        let el = a[2].get::<gst::Element>().ok()?;
+        if el.factory().is_some_and(|fa| fa.name() == factory) {
+            f(&el);
         }
         None
     });

@@ -571,13 +571,7 @@ fn evaluate(g: &mut Gate, tx: &Sender<PeerEvent>) {
 /// allows ([`SESSION_BANDWIDTH_BPS`]). Regular reports stay at
 /// `rtcp-min-interval` (RFC 4585's T_rr_interval, 5 s).
 fn plan_rtcp_for(webrtc: &gst::Element, bps: f64) {
-    webrtc.connect("deep-element-added", false, move |a| {
-        let Ok(el) = a[2].get::<gst::Element>() else { return None };
-        if el.factory().is_some_and(|f| f.name() == "rtpsession") {
-            el.set_property("bandwidth", bps);
-        }
-        None
-    });
+    super::on_element_added(webrtc, "rtpsession", move |el| el.set_property("bandwidth", bps));
 }
 
 /// The phone's microphone: a tone into a new webrtcbin sink pad; returns the
