@@ -113,6 +113,23 @@ export class Link {
     this.client.publish(profileTopic(this.phoneId), this.profile(), { qos: 1, retain: true });
   }
 
+  /** Resolves true once the link is up (at once if it is), false after `timeoutMs`. */
+  whenUp(timeoutMs: number): Promise<boolean> {
+    if (this.up) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.stateListeners.delete(listener);
+        resolve(ok);
+      };
+      const listener = (up: boolean) => {
+        if (up) done(true);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.stateListeners.add(listener);
+    });
+  }
+
   /** Listen on a filter; resolves once the broker granted it (at once while offline: it is
    * subscribed on the next CONNACK). */
   subscribe(filter: string, h: Handler): Promise<void> {
