@@ -17,8 +17,7 @@ const uri = () => ({ robot: ROBOT, secret: fromHex(S_HEX)!, broker: "mqtt://127.
 function fakeLink(answers: (req: { topic: string; payload: string; seq: number; mac: string; k: Uint8Array<ArrayBuffer> }) => Promise<Incoming[]>) {
   const handlers = new Map<string, (m: Incoming) => void>();
   const link = {
-    whenUp: async () => true,
-    subscribe: async (f: string, h: (m: Incoming) => void) => void handlers.set(f, h),
+    subscribe: async (f: string, h: (m: Incoming) => void) => (handlers.set(f, h), true),
     unsubscribe: (f: string) => void handlers.delete(f),
     publishSigned: async (key: CryptoKey, topic: string, payload: string, seq: number) => {
       const ts = String(Date.now());
@@ -95,27 +94,27 @@ describe("pairing", () => {
     }
   });
 
-  it("subscribes and sends only once the broker link is up", async () => {
+  it("sends the request only once the broker granted the response topic", async () => {
     const events: string[] = [];
-    let up: (ok: boolean) => void = () => {};
+    let grant: () => void = () => {};
     const { link } = fakeLink(async ({ k }) => [await robotMessage(k, PAIRED)]);
     const l = link as unknown as Record<string, unknown>;
-    const [subscribe, publish] = [l.subscribe as (...a: unknown[]) => Promise<void>, l.publishSigned as (...a: unknown[]) => Promise<boolean>];
-    l.whenUp = () => new Promise<boolean>((r) => (up = (ok) => (events.push("up"), r(ok))));
-    l.subscribe = (...a: unknown[]) => (events.push("subscribe"), subscribe(...a));
+    const [subscribe, publish] = [l.subscribe as (...a: unknown[]) => Promise<boolean>, l.publishSigned as (...a: unknown[]) => Promise<boolean>];
+    l.subscribe = (...a: unknown[]) =>
+      new Promise<boolean>((r) => (grant = () => (events.push("granted"), r(subscribe(...a)))));
     l.publishSigned = (...a: unknown[]) => (events.push("publish"), publish(...a));
     const p = pair(link, ME, uri(), new OutsideCounter(), () => {});
     await new Promise((r) => setTimeout(r, 20));
     expect(events).toEqual([]);
-    up(true);
+    grant();
     expect((await p).nickname).toBe("Rover");
-    expect(events).toEqual(["up", "subscribe", "publish"]);
+    expect(events).toEqual(["granted", "publish"]);
   });
 
-  it("says so when the broker link does not come up, and still zeroes the secret", async () => {
+  it("says so when the broker does not grant the response topic, and still zeroes the secret", async () => {
     const u = uri();
     const { link } = fakeLink(async () => []);
-    (link as unknown as Record<string, unknown>).whenUp = async () => false;
+    (link as unknown as Record<string, unknown>).subscribe = async () => false;
     await expect(pair(link, ME, u, new OutsideCounter(), () => {})).rejects.toThrow(/not connected to the broker/);
     expect(toHex(u.secret)).toBe("00".repeat(16));
   });

@@ -26,6 +26,8 @@ export class Link {
   private subs = new Map<string, Set<Handler>>();
   private delay = config.reconnectMinMs;
   private stateListeners = new Set<(up: boolean) => void>();
+  /** Subscribers (while the link was down) waiting for the next CONNACK's SUBACK. */
+  private awaitingGrant: (() => void)[] = [];
   up = false;
 
   constructor(
@@ -102,7 +104,8 @@ export class Link {
     this.delay = config.reconnectMinMs;
     this.client.options.reconnectPeriod = config.reconnectMinMs;
     const filters = [...this.subs.keys()];
-    if (filters.length) this.client.subscribe(filters, { qos: 1 });
+    const waiting = this.awaitingGrant.splice(0);
+    if (filters.length) this.client.subscribe(filters, { qos: 1 }, () => waiting.forEach((f) => f()));
     this.announce();
     this.setUp(true);
   }
@@ -113,39 +116,25 @@ export class Link {
     this.client.publish(profileTopic(this.phoneId), this.profile(), { qos: 1, retain: true });
   }
 
-  /** Resolves true once the link is up (at once if it is), false after `timeoutMs`. */
-  whenUp(timeoutMs: number): Promise<boolean> {
-    if (this.up) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const done = (ok: boolean) => {
-        clearTimeout(timer);
-        this.stateListeners.delete(listener);
-        resolve(ok);
-      };
-      const listener = (up: boolean) => {
-        if (up) done(true);
-      };
-      const timer = setTimeout(() => done(false), timeoutMs);
-      this.stateListeners.add(listener);
-    });
-  }
-
-  /** Listen on a filter; resolves once the broker granted it (at once while offline: it is
-   * subscribed on the next CONNACK). */
-  subscribe(filter: string, h: Handler): Promise<void> {
+  /** Listen on a filter; resolves true once the broker granted it (SUBACK), false after
+   * `waitMs` whatever happened, so no flow waits forever. While the link is down the grant is
+   * the SUBACK of the next CONNACK's subscriptions: a caller that publishes after it (a
+   * pairing or an invite, whose reply comes once) never has its PUBLISH, queued by MQTT.js
+   * while connecting and flushed on the CONNACK, reach the broker ahead of the SUBSCRIBE. */
+  subscribe(filter: string, h: Handler, waitMs = 5000): Promise<boolean> {
     let hs = this.subs.get(filter);
     const fresh = !hs;
     if (!hs) this.subs.set(filter, (hs = new Set()));
     hs.add(h);
-    if (!fresh || !this.client.connected) return Promise.resolve();
-    // resolve on the SUBACK, or after 5 s whatever happened (a connection lost meanwhile
-    // resubscribes on its next CONNACK), so no flow waits forever
+    if (!fresh && this.client.connected) return Promise.resolve(true);
     return new Promise((resolve) => {
-      const t = setTimeout(resolve, 5000);
-      this.client.subscribe(filter, { qos: 1 }, () => {
+      const t = setTimeout(() => resolve(false), waitMs);
+      const granted = () => {
         clearTimeout(t);
-        resolve();
-      });
+        resolve(true);
+      };
+      if (this.client.connected) this.client.subscribe(filter, { qos: 1 }, granted);
+      else this.awaitingGrant.push(granted);
     });
   }
 

@@ -49,13 +49,6 @@ export async function pair(
   let lastReject: string | null = null;
   let handler: (m: Incoming) => void = () => {};
   try {
-    // Subscribed (SUBACK) before the request goes out. While the link is still connecting,
-    // MQTT.js would send the queued request ahead of the subscription, and the robot's
-    // `paired` reply (never repeated) could reach the broker before it: paired on the
-    // robot, "did not answer" on the phone.
-    if (!(await link.whenUp(config.pairTimeoutMs))) {
-      throw new Error("The phone is not connected to the broker. Check the network and try again.");
-    }
     const paired = new Promise<string>((resolve, reject) => {
       const timer = setTimeout(
         () => reject(new Error(lastReject ? `The robot said: ${lastReject}.` : "The robot did not answer. Is it online, and is its pairing window open?")),
@@ -80,7 +73,10 @@ export async function pair(
         })();
       };
     });
-    await link.subscribe(respTopic, handler);
+    // Granted (SUBACK) before the request goes out: the robot's `paired` reply comes once.
+    if (!(await link.subscribe(respTopic, handler, config.pairTimeoutMs))) {
+      throw new Error("The phone is not connected to the broker. Check the network and try again.");
+    }
     const payload = JSON.stringify({ nickname: me.nickname, nonce: toHex(nonce) });
     const seq = counter.next(Date.now());
     await link.publishSigned(sKey, pairTopic(uri.robot, me.phoneId), payload, seq);
