@@ -255,10 +255,10 @@ pub(crate) const PASSTHROUGH_FIXED: &str = "the camera sends H.264 itself: size 
      force re-encoding by choosing a camera format without H.264";
 
 /// A version 1 sender's settings as robotd keeps them (the sender runs in
-/// the media helper): the `video` command is checked and answered here, with
-/// the same rules and messages as [`VideoSender::set_bitrate`] and
-/// [`VideoSender::set_format`], and then sent to the helper. Pure: no
-/// GStreamer, so robotd's process does not link it.
+/// the media helper): the `video` command is checked and answered here, then
+/// sent to the helper, whose [`VideoSender::adjust`] applies it by the same
+/// rules (it calls this). Pure: no GStreamer, so robotd's process does not
+/// link it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoSettingsMirror {
     /// What the sender runs at.

@@ -26,8 +26,8 @@ use super::camera::{self, CaptureKind, CaptureMode};
 use super::encoder::{self, Encoder, EncoderPreference};
 use super::simcam::{self, SimScene};
 use super::supervise::Supervised;
-use super::{SrtpKey, VideoError, build, element, link_chain};
-use crate::wire::payloads::VideoParams;
+use super::{SrtpKey, VideoError, VideoSettingsMirror, build, element, link_chain};
+use crate::wire::payloads::{VideoChange, VideoParams};
 
 /// Where the picture comes from.
 #[derive(Debug, Clone)]
@@ -269,36 +269,48 @@ impl VideoSender {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Change the bitrate of the running encoder, without restarting the stream.
-    ///
-    /// With a native H.264 camera the value is only recorded: the camera's own
-    /// encoder is not driven.
-    pub fn set_bitrate(&self, kbps: u32) -> Result<VideoSettings, VideoError> {
-        super::validate_kbps(kbps)?;
+    /// Apply a `video` command to the running stream and return the settings
+    /// now in force. The rules and messages are [`VideoSettingsMirror::apply`]'s
+    /// (robotd answers the command with them before the helper gets it), so
+    /// the two cannot drift apart:
+    /// - a bitrate changes the running encoder without restarting the stream;
+    ///   with a native H.264 camera it is only recorded (the camera's own
+    ///   encoder is not driven);
+    /// - a size or frame rate changes the output caps: the scaler and rate
+    ///   converter renegotiate and the encoder restarts with a keyframe
+    ///   carrying the new SPS. Not possible with a native H.264 camera.
+    pub fn adjust(&self, change: VideoChange) -> Result<VideoSettings, VideoError> {
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Some(enc), Some(el)) = (s.encoder, &self.encoder_element) {
-            enc.set_bitrate(el, kbps, s.video.fps);
+        let encoder = s.encoder.zip(self.encoder_element.as_ref());
+        let mut mirror = VideoSettingsMirror { video: s.video, reencodes: encoder.is_some() && self.out_caps.is_some() };
+        let now = mirror.apply(change)?;
+        match change {
+            VideoChange::Bitrate(kbps) => {
+                if let Some((enc, el)) = encoder {
+                    enc.set_bitrate(el, kbps, now.fps);
+                }
+            }
+            // The mirror has refused a new format unless both exist.
+            VideoChange::Format { width, height, fps } => {
+                if let (Some((enc, el)), Some(caps_el)) = (encoder, &self.out_caps) {
+                    enc.set_keyframe_rate(el, now.kbps, fps);
+                    caps_el.set_property("caps", raw_caps(width, height, fps));
+                }
+            }
         }
-        s.video.kbps = kbps;
-        tracing::info!(kbps, "video bitrate changed");
+        s.video = now;
+        tracing::info!(width = now.width, height = now.height, fps = now.fps, kbps = now.kbps, "video settings changed");
         Ok(*s)
     }
 
-    /// Change size and frame rate while running: the output caps change, the
-    /// scaler and rate converter renegotiate and the encoder restarts with a
-    /// keyframe carrying the new SPS. Not possible with a native H.264 camera.
+    /// [`VideoSender::adjust`] with a new bitrate.
+    pub fn set_bitrate(&self, kbps: u32) -> Result<VideoSettings, VideoError> {
+        self.adjust(VideoChange::Bitrate(kbps))
+    }
+
+    /// [`VideoSender::adjust`] with a new size and frame rate.
     pub fn set_format(&self, width: u32, height: u32, fps: u32) -> Result<VideoSettings, VideoError> {
-        super::validate_format(width, height, fps)?;
-        let (Some(caps_el), Some(enc), Some(enc_el)) = (&self.out_caps, self.current().encoder, &self.encoder_element)
-        else {
-            return Err(VideoError::Unsupported(super::PASSTHROUGH_FIXED));
-        };
-        let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        enc.set_keyframe_rate(enc_el, s.video.kbps, fps);
-        caps_el.set_property("caps", raw_caps(width, height, fps));
-        s.video = VideoParams { width, height, fps, ..s.video };
-        tracing::info!(width, height, fps, "video format changed");
-        Ok(*s)
+        self.adjust(VideoChange::Format { width, height, fps })
     }
 
     /// A receiver that turns `Some(reason)` when the pipeline fails (error or
