@@ -414,6 +414,26 @@ fn g2g_report(r: &Value) {
     println!("\n(goal: p50 <= 50 ms, p99 <= 100 ms)");
 }
 
+/// `ROBOTD_BENCH_TRACE=1`: where each call's set-up time went, from
+/// robotd's and its helpers' logs (helper start, its steps to the answer,
+/// robotd's receipt of the answer).
+fn setup_trace(label: &str, robot: &Robot) {
+    if std::env::var_os("ROBOTD_BENCH_TRACE").is_none() {
+        return;
+    }
+    let keys = [
+        "invite",
+        "media helper started",
+        "media helper ready",
+        "answer ready",
+        "answer sent",
+        "media helper answered",
+    ];
+    for line in robot.log().lines().filter(|l| keys.iter().any(|k| l.contains(k))) {
+        eprintln!("setup {label}: {line}");
+    }
+}
+
 fn ttff_report(label: &str, r: &Value, goal_ms: u32) {
     let t = nums(&r["ttff"]);
     let c = nums(&r["connected"]);
@@ -498,6 +518,7 @@ fn main() {
         drive(&net.lan_phone, &net.robot, &robot, &env, work.path())
     };
     let lan_load = loadavg();
+    setup_trace("home LAN", &robot);
     drop(robot);
     // Printed now, so a failure in the TURN part keeps them.
     g2g_report(&lan);
@@ -535,6 +556,7 @@ fn main() {
         drive(&net.phone, &net.robot, &robot, &env, work.path())
     };
     let relayed = net.turn_log().contains("ALLOCATE processed, success");
+    setup_trace("TURN", &robot);
     drop(robot);
 
     ttff_report(

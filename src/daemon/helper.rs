@@ -63,6 +63,7 @@ impl Helper {
         start: ToHelper,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Helper, String> {
+        let spawned = Instant::now();
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let child = tokio::process::Command::new(exe)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
@@ -79,7 +80,7 @@ impl Helper {
         info!(session = %session, pid = child.id(), "media helper started");
         let stop_by = Arc::new(OnceLock::new());
         tokio::spawn(write_loop(wr, rx));
-        tokio::spawn(read_loop(session.clone(), rd, child, events, stop_by.clone()));
+        tokio::spawn(read_loop(session.clone(), rd, child, events, stop_by.clone(), spawned));
         Ok(Helper { session, to_helper, stop_by })
     }
 
@@ -140,6 +141,7 @@ async fn read_loop(
     mut child: tokio::process::Child,
     events: mpsc::UnboundedSender<MediaEvent>,
     stop_by: Arc<OnceLock<Instant>>,
+    spawned: Instant,
 ) {
     let mut ended = false;
     let mut overdue = false;
@@ -159,8 +161,15 @@ async fn read_loop(
             // Liveness only.
             Ok(Ok(Some(FromHelper::Heartbeat))) => {}
             Ok(Ok(Some(msg))) => {
-                if let FromHelper::State { ice } = &msg {
-                    debug!(session = %session, %ice, "ICE state");
+                match &msg {
+                    FromHelper::State { ice } => debug!(session = %session, %ice, "ICE state"),
+                    // Where a call's set-up time goes (the helper logs its own steps).
+                    FromHelper::Answer { .. } => info!(
+                        session = %session,
+                        since_spawn_ms = format!("{:.1}", spawned.elapsed().as_secs_f64() * 1e3),
+                        "media helper answered"
+                    ),
+                    _ => {}
                 }
                 ended |= matches!(msg, FromHelper::Ended { .. });
                 let _ = events.send(MediaEvent::Helper { session: session.clone(), msg });

@@ -282,7 +282,8 @@ impl VideoSender {
     pub fn adjust(&self, change: VideoChange) -> Result<VideoSettings, VideoError> {
         let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let encoder = s.encoder.zip(self.encoder_element.as_ref());
-        let mut mirror = VideoSettingsMirror { video: s.video, reencodes: encoder.is_some() && self.out_caps.is_some() };
+        let mut mirror =
+            VideoSettingsMirror { video: s.video, reencodes: encoder.is_some() && self.out_caps.is_some() };
         let now = mirror.apply(change)?;
         match change {
             VideoChange::Bitrate(kbps) => {
@@ -299,7 +300,13 @@ impl VideoSender {
             }
         }
         s.video = now;
-        tracing::info!(width = now.width, height = now.height, fps = now.fps, kbps = now.kbps, "video settings changed");
+        tracing::info!(
+            width = now.width,
+            height = now.height,
+            fps = now.fps,
+            kbps = now.kbps,
+            "video settings changed"
+        );
         Ok(*s)
     }
 

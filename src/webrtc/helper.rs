@@ -246,6 +246,7 @@ type V1Slot = Arc<Mutex<Option<V1>>>;
 
 /// `robotd-media`: never returns.
 pub fn main() -> ! {
+    let born = std::time::Instant::now();
     if let Err(e) = sandbox() {
         eprintln!("robotd-media: sandbox: {e}");
         exit_now(2);
@@ -283,6 +284,10 @@ pub fn main() -> ! {
         send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
         exit_now(2);
     }
+    tracing::info!(
+        ms = format!("{:.1}", born.elapsed().as_secs_f64() * 1e3),
+        "media helper ready (sandbox, GStreamer, seccomp)"
+    );
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
     let v1: V1Slot = Arc::new(Mutex::new(None));
     // Device `sim`'s world and pose (set by Start, moved by Pose).
@@ -367,6 +372,10 @@ pub fn main() -> ! {
                     Ok((p, sdp)) => {
                         *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
                         send(&out, &FromHelper::Answer { sdp });
+                        tracing::info!(
+                            since_start_ms = format!("{:.1}", born.elapsed().as_secs_f64() * 1e3),
+                            "answer sent"
+                        );
                         spawn_stats(out.clone(), peer.clone());
                         spawn_forwarder(rx, out.clone(), peer.clone());
                     }

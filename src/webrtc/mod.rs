@@ -176,6 +176,38 @@ pub fn init() -> Result<(), WebrtcError> {
     .map_err(WebrtcError::Init)
 }
 
+/// The time each named step of a set-up took, for one log line
+/// (`answer ready`: where the helper's time to answer goes, issue 17).
+pub(crate) struct Steps {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    pub(crate) fn new() -> Steps {
+        let now = std::time::Instant::now();
+        Steps { start: now, last: now, marks: Vec::new() }
+    }
+
+    /// The step `name` ended now.
+    pub(crate) fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.marks.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    /// `check 0.4, build 31.2, ready 5.0 (ms), total 36.6`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, d) in &self.marks {
+            write!(f, "{name} {:.1}, ", d.as_secs_f64() * 1e3)?;
+        }
+        write!(f, "total {:.1} ms", (self.last - self.start).as_secs_f64() * 1e3)
+    }
+}
+
 /// Check that every element exists, naming the package of the first missing one.
 fn require_elements(names: &[&str]) -> Result<(), WebrtcError> {
     for name in names {

@@ -154,6 +154,7 @@ impl RobotPeer {
         events: Sender<PeerEvent>,
         scene: Option<Arc<SimScene>>,
     ) -> Result<(RobotPeer, String), WebrtcError> {
+        let mut steps = super::Steps::new();
         super::init()?;
         let info = sdp::check_offer(offer_sdp)?;
         check_video(video)?;
@@ -218,10 +219,12 @@ impl RobotPeer {
             enc = encoder.launch_description("enc", video.kbps, video.fps),
             pt = info.payload_type,
         );
+        steps.mark("check");
         let pipeline = gst::parse::launch(&desc)
             .map_err(|e| WebrtcError::Pipeline(e.to_string()))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| WebrtcError::Pipeline("not a pipeline".into()))?;
+        steps.mark("parse");
         let get =
             |name: &str| pipeline.by_name(name).ok_or_else(|| WebrtcError::Pipeline(format!("element {name} missing")));
         match (&sim, pattern) {
@@ -272,7 +275,9 @@ impl RobotPeer {
 
         // Trap (b): the transceiver of the sink pad parse_launch requested,
         // made sendonly and pinned to the offer's format before negotiation.
+        steps.mark("build");
         pipeline.set_state(gst::State::Ready).map_err(|e| WebrtcError::Pipeline(format!("to READY: {e}")))?;
+        steps.mark("ready");
         let tr: gst_webrtc::WebRTCRTPTransceiver = webrtc
             .emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&0i32])
             .ok_or_else(|| WebrtcError::Pipeline("webrtcbin has no transceiver for the video pad".into()))?;
@@ -388,19 +393,24 @@ impl RobotPeer {
         }
         tracing::info!(encoder = encoder.element_name(), "video encoder");
         let peer = RobotPeer { pipeline, webrtc, stop, frames_sent, level, readings, encoder, scene: sim };
-        let answer = peer.negotiate(offer_sdp).inspect_err(|_| peer.shutdown())?;
+        let answer = peer.negotiate(offer_sdp, &mut steps).inspect_err(|_| peer.shutdown())?;
+        tracing::info!(%steps, "answer ready");
         Ok((peer, answer))
     }
 
-    fn negotiate(&self, offer_sdp: &str) -> Result<String, WebrtcError> {
+    fn negotiate(&self, offer_sdp: &str, steps: &mut super::Steps) -> Result<String, WebrtcError> {
         self.pipeline.set_state(gst::State::Playing).map_err(|e| WebrtcError::Pipeline(format!("to PLAYING: {e}")))?;
+        steps.mark("playing");
         let msg = gst_sdp::SDPMessage::parse_buffer(offer_sdp.as_bytes()).map_err(|_| sdp::SdpError::Parse)?;
         let offer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, msg);
         super::promise_call(&self.webrtc, "set-remote-description", &offer.to_value(), STEP_TIMEOUT)?;
+        steps.mark("remote");
         let reply =
             super::promise_call(&self.webrtc, "create-answer", &None::<gst::Structure>.to_value(), STEP_TIMEOUT)?;
         let answer = super::reply_description(reply, "answer")?;
+        steps.mark("create_answer");
         super::promise_call(&self.webrtc, "set-local-description", &answer.to_value(), STEP_TIMEOUT)?;
+        steps.mark("local");
         let text = answer.sdp().as_text().map_err(|e| WebrtcError::Negotiation(format!("answer as text: {e}")))?;
         let video = text.split("m=").find(|m| m.starts_with("video"));
         if video.is_none_or(|v| v.starts_with("video 0 ") || v.contains("a=inactive")) {
