@@ -73,6 +73,9 @@ pub struct VideoConfig {
     /// Preferred size, frame rate and bitrate; each call gets these capped by
     /// what the phone's invite allows.
     pub preferred: VideoParams,
+    /// Keep one media helper started ahead of the next call (GStreamer loaded,
+    /// its DTLS certificate made): the call's answer does not wait for them.
+    pub prestart_helper: bool,
 }
 
 impl Default for VideoConfig {
@@ -81,6 +84,7 @@ impl Default for VideoConfig {
             device: "auto".into(),
             encoder: "auto".into(),
             preferred: VideoParams { width: 1280, height: 720, fps: 30, kbps: 2000 },
+            prestart_helper: true,
         }
     }
 }
@@ -96,6 +100,7 @@ struct VideoToml {
     height: u32,
     fps: u32,
     kbps: u32,
+    prestart_helper: bool,
 }
 
 impl Default for VideoToml {
@@ -107,14 +112,14 @@ impl Default for VideoToml {
 impl From<VideoToml> for VideoConfig {
     fn from(t: VideoToml) -> Self {
         let preferred = VideoParams { width: t.width, height: t.height, fps: t.fps, kbps: t.kbps };
-        VideoConfig { device: t.device, encoder: t.encoder, preferred }
+        VideoConfig { device: t.device, encoder: t.encoder, preferred, prestart_helper: t.prestart_helper }
     }
 }
 
 impl From<VideoConfig> for VideoToml {
     fn from(c: VideoConfig) -> Self {
         let VideoParams { width, height, fps, kbps } = c.preferred;
-        VideoToml { device: c.device, encoder: c.encoder, width, height, fps, kbps }
+        VideoToml { device: c.device, encoder: c.encoder, width, height, fps, kbps, prestart_helper: c.prestart_helper }
     }
 }
 
@@ -561,7 +566,13 @@ mod tests {
         assert_eq!(c.video.preferred, VideoParams { fps: 20, ..VideoConfig::default().preferred });
         let text = toml::to_string(&c.video).unwrap();
         // The default device "auto" means the simulated camera on the (default) sim backend.
-        assert_eq!(text, "device = \"sim\"\nencoder = \"auto\"\nwidth = 1280\nheight = 720\nfps = 20\nkbps = 2000\n");
+        assert_eq!(
+            text,
+            "device = \"sim\"\nencoder = \"auto\"\nwidth = 1280\nheight = 720\nfps = 20\nkbps = 2000\nprestart_helper = true\n"
+        );
+        assert!(!parse("[video]\nprestart_helper = false").unwrap().video.prestart_helper);
+        let e = parse("[video]\nprestart_helper = \"yes\"").unwrap_err().to_string();
+        assert!(e.contains("`video.prestart_helper`"), "{e}");
         let e = parse("[video]\npreferred = { width = 640 }").unwrap_err().to_string();
         assert!(e.contains("unknown field `preferred`"), "{e}");
         let e = parse("[video]\nwidth = \"wide\"").unwrap_err().to_string();

@@ -194,20 +194,6 @@ async fn watchdog_pings_stop_when_the_main_loop_stalls() {
     );
 }
 
-/// A log line without its colour codes (`ESC [ ... m`).
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Pin events from `[hardware.sim] pin_events`: (pin, CLOCK_MONOTONIC ns, level).
 fn pin_event(sock: &UnixDatagram, timeout: Option<Duration>) -> Option<(u8, u64, f64)> {
     let mut b = [0u8; 64];

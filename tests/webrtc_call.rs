@@ -236,6 +236,65 @@ fn a_killed_media_helper_ends_the_call_media_failed_and_the_next_call_works() {
     assert!(decoded(&said(&again)) >= 10);
 }
 
+/// `[video] prestart_helper` (the default): robotd keeps a spare media
+/// helper (`robotd-media --spare`) while idle; a call takes it (its answer
+/// does not wait for GStreamer and the DTLS certificate), the call's end
+/// starts the next one, and a spare that died while idle is replaced by a
+/// fresh helper at the next call, which works. With `prestart_helper =
+/// false` there is no helper while idle.
+#[test]
+fn a_spare_media_helper_takes_the_next_call_and_a_dead_one_is_replaced() {
+    let Some(mut net) = Internet::new() else { return };
+    net.start_mosquitto();
+    let robot = robot_in(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pair(&net.lan_phone, &robot, dir.path());
+    let cmdline = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_spare = |pid: i32| cmdline(pid).split(|&b| b == 0).nth(1) == Some(&b"--spare"[..]);
+    let spare = helper_pid(robot.pid()).expect("a spare media helper while idle");
+    assert!(is_spare(spare), "{:?}", String::from_utf8_lossy(&cmdline(spare)));
+
+    let call =
+        || robotctl(&net.lan_phone, &keys, &["call", "--webrtc", "--frames", "10", "-x", "ping"]).output().unwrap();
+    let first = call();
+    assert!(first.status.success(), "{}\nrobotd:\n{}", said(&first), robot.log());
+    assert!(decoded(&said(&first)) >= 10, "{}", said(&first));
+    let log = plain(&robot.log());
+    assert!(log.contains(&format!("pid={spare} spare=true")), "the call did not take the spare {spare}:\n{log}");
+
+    // The call's end starts the next spare (the old helper may still be stopping).
+    let mut next = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            next = helper_pid(robot.pid()).filter(|&p| p != spare && is_spare(p));
+            next.is_some()
+        }),
+        "no new spare after the call:\n{}",
+        robot.log()
+    );
+    let next = next.unwrap();
+    unsafe { libc::kill(next, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{next}/cmdline")).exists()
+        || cmdline(next).is_empty()));
+    let second = call();
+    assert!(second.status.success(), "after the spare died:\n{}\nrobotd:\n{}", said(&second), robot.log());
+    assert!(decoded(&said(&second)) >= 10, "{}", said(&second));
+    let log = plain(&robot.log());
+    assert!(log.contains("the spare media helper has gone; starting a fresh one"), "{log}");
+    assert!(log.contains("spare=false"), "the second call had a fresh helper:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    drop(robot);
+
+    let mut off = Robot::configure_url(
+        &net.broker_url(),
+        &merge_toml(&merge_toml(TEST_VIDEO, SMALL_VIDEO), "[video]\nprestart_helper = false\n"),
+    );
+    off.spawn_wrapped(net.robot.command("env"));
+    // Its admin socket answers: robotd is past start-up, where it would have made a spare.
+    assert!(wait_until(Duration::from_secs(20), || off.admin(&["status"]).status.success()), "{}", off.log());
+    assert_eq!(helper_pid(off.pid()), None, "a helper with prestart_helper = false");
+}
+
 /// The TURN credentials robotd makes from `[webrtc] turn_secret_file` (the
 /// coturn REST scheme) are accepted by coturn in `use-auth-secret` mode, from
 /// the robot's namespace behind its NAT; made from another secret they are

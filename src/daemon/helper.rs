@@ -57,27 +57,49 @@ impl Helper {
         Self::spawn_exe(&helper_path()?, session, start, events)
     }
 
+    /// [`Helper::spawn`], taking `spare`'s process when it is still there
+    /// (a spare that has exited is dropped and a fresh helper started).
+    pub fn spawn_or_take(
+        spare: Option<Spare>,
+        session: ClientId,
+        start: ToHelper,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<Helper, String> {
+        match spare.map(|mut s| (s.alive(), s)) {
+            Some((true, s)) => Self::run(s.child, s.ours, session, start, events, true),
+            Some((false, _)) => {
+                info!("the spare media helper has gone; starting a fresh one");
+                Self::spawn(session, start, events)
+            }
+            None => Self::spawn(session, start, events),
+        }
+    }
+
     fn spawn_exe(
         exe: &std::path::Path,
         session: ClientId,
         start: ToHelper,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Helper, String> {
+        let (child, ours) = start_process(exe, &[])?;
+        Self::run(child, ours, session, start, events, false)
+    }
+
+    /// Send `start` and supervise the helper from now on.
+    fn run(
+        child: tokio::process::Child,
+        ours: std::os::unix::net::UnixStream,
+        session: ClientId,
+        start: ToHelper,
+        events: mpsc::UnboundedSender<MediaEvent>,
+        spare: bool,
+    ) -> Result<Helper, String> {
         let spawned = Instant::now();
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let child = tokio::process::Command::new(exe)
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start the media helper {}: {e}", exe.display()))?;
-        ours.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket: {e}"))?;
         let (rd, wr) = stream.into_split();
         let (to_helper, rx) = mpsc::unbounded_channel();
         let _ = to_helper.send(start);
-        info!(session = %session, pid = child.id(), "media helper started");
+        info!(session = %session, pid = child.id(), spare, "media helper started");
         let stop_by = Arc::new(OnceLock::new());
         tokio::spawn(write_loop(wr, rx));
         tokio::spawn(read_loop(session.clone(), rd, child, events, stop_by.clone(), spawned));
@@ -95,6 +117,48 @@ impl Helper {
         let _ = self.stop_by.set(Instant::now() + STOP_GRACE);
         let _ = self.to_helper.send(ToHelper::Stop);
     }
+}
+
+/// A media helper started ahead of its call ([`crate::webrtc::helper::SPARE_ARG`]):
+/// GStreamer loaded and its DTLS certificate made, blocked on its control
+/// socket until [`Helper::spawn_or_take`] gives it a call. Nobody reads it
+/// until then (it sends nothing); dropping it kills it.
+pub struct Spare {
+    child: tokio::process::Child,
+    ours: std::os::unix::net::UnixStream,
+}
+
+impl Spare {
+    /// Start one. Called from the main loop's thread, as [`Helper::spawn`].
+    pub fn spawn() -> Result<Spare, String> {
+        let (child, ours) = start_process(&helper_path()?, &[crate::webrtc::helper::SPARE_ARG])?;
+        info!(pid = child.id(), "spare media helper started");
+        Ok(Spare { child, ours })
+    }
+
+    /// Whether it is still running (not exited, killed or crashed).
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Start `exe args` with one end of a new socket pair as its fd 0; the other
+/// end, blocking, is returned with the child.
+fn start_process(
+    exe: &std::path::Path,
+    args: &[&str],
+) -> Result<(tokio::process::Child, std::os::unix::net::UnixStream), String> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let child = tokio::process::Command::new(exe)
+        .args(args)
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the media helper {}: {e}", exe.display()))?;
+    ours.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
+    Ok((child, ours))
 }
 
 /// The helper's file name, next to robotd's own binary.

@@ -6,9 +6,9 @@
 //! the current one.
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::helper::Helper;
+use super::helper::{Helper, Spare};
 use crate::config::{AudioConfig, VideoConfig};
 use crate::hal::sim::{Pose, Sim};
 use crate::robot::admin::{MediaStatus, VideoSendStatus};
@@ -53,6 +53,8 @@ pub struct Media {
     v1: Option<V1Call>,
     /// The media helper of the current call.
     helper: Option<Helper>,
+    /// The helper started ahead of the next call (`[video] prestart_helper`).
+    spare: Option<Spare>,
     /// What its speaker path measured last.
     speaker: Option<SpeakerLevel>,
     /// Its latest video statistics, and when they came.
@@ -75,11 +77,26 @@ impl Media {
             current: None,
             v1: None,
             helper: None,
+            spare: None,
             speaker: None,
             video_stats: None,
             sim: None,
             sent_pose: None,
             webrtc_video: None,
+        }
+    }
+
+    /// With `[video] prestart_helper`, start a spare media helper if there is
+    /// neither a call's helper nor a spare. Called at start-up and when a
+    /// call's media stop; from the main loop's thread (see [`Helper::spawn`]).
+    pub fn prepare_spare(&mut self) {
+        if !self.video_cfg.prestart_helper || self.spare.is_some() || self.helper.is_some() {
+            return;
+        }
+        match Spare::spawn() {
+            Ok(s) => self.spare = Some(s),
+            // The next call starts its own, and says why if it cannot.
+            Err(e) => warn!(error = %e, "no spare media helper"),
         }
     }
 
@@ -128,7 +145,7 @@ impl Media {
     /// Start a version 2 call's media helper with the phone's offer; its
     /// answer, candidates and end arrive as [`MediaEvent::Helper`].
     pub fn start_webrtc(&mut self, req: WebRtcRequest, ice: IceConfig) {
-        self.stop();
+        self.stop_current();
         self.current = Some(req.session.clone());
         let v = req.video;
         self.webrtc_video = Some((v, v));
@@ -143,7 +160,7 @@ impl Media {
         let audio = AudioSpec { mic: self.audio_cfg.device.clone(), speaker: self.audio_cfg.speaker.clone() };
         let sim_world = self.sim.as_ref().filter(|_| self.video_cfg.device == SIM_DEVICE).map(Sim::obstacles);
         let start = ToHelper::Start { offer_sdp: req.offer_sdp, video, audio, ice, sim_world };
-        match Helper::spawn(req.session.clone(), start, self.events.clone()) {
+        match Helper::spawn_or_take(self.spare.take(), req.session.clone(), start, self.events.clone()) {
             Ok(h) => self.helper = Some(h),
             Err(detail) => {
                 let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });
@@ -165,7 +182,7 @@ impl Media {
     /// Start a version 1 call's senders in a media helper; its `V1Sending`
     /// (the call's `Started`) or its end (`Failed`) follows.
     pub fn start(&mut self, req: MediaRequest) {
-        self.stop();
+        self.stop_current();
         self.current = Some(req.session.clone());
         self.v1 = Some(V1Call { session: req.session.clone(), video: None });
         let audio = match (req.audio, &self.audio_cfg.device) {
@@ -186,7 +203,7 @@ impl Media {
             audio,
             sim_world,
         };
-        match Helper::spawn(req.session.clone(), start, self.events.clone()) {
+        match Helper::spawn_or_take(self.spare.take(), req.session.clone(), start, self.events.clone()) {
             Ok(h) => self.helper = Some(h),
             Err(detail) => {
                 let _ = self.events.send(MediaEvent::Failed { session: req.session, detail });
@@ -300,6 +317,12 @@ impl Media {
     /// Stop whatever runs (the helper stops its pipeline and exits;
     /// returns at once).
     pub fn stop(&mut self) {
+        self.stop_current();
+        self.prepare_spare();
+    }
+
+    /// [`Media::stop`] without starting a spare.
+    fn stop_current(&mut self) {
         self.current = None;
         // The next call's helper knows no pose yet: it gets the current one
         // at the next tick, moved or not.
@@ -315,7 +338,8 @@ impl Media {
 
     /// Stop whatever runs (shutdown).
     pub async fn stop_and_wait(&mut self) {
-        self.stop();
+        self.stop_current();
+        self.spare = None;
     }
 }
 

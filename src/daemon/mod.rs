@@ -286,6 +286,8 @@ pub async fn run(cfg: Config, mut shutdown: shutdown::Signal) -> Result<(), Daem
         broker_url: cfg.mqtt.url.clone(),
         webrtc: cfg.webrtc.clone(),
     };
+    // The first call's helper, started now (`[video] prestart_helper`).
+    shell.media.prepare_spare();
     let first = core.take_effects();
     shell.execute(&mut core, first);
 

@@ -15,7 +15,9 @@
 //!   personality, set*id/setgroups, and sockets other than AF_UNIX,
 //!   AF_INET, AF_INET6 and AF_NETLINK. Landlock file rules (best effort)
 //!   come before any thread starts; see [`apply_landlock`].
-//! - It sends a `Heartbeat` every second, so robotd can tell a hung helper.
+//! - It sends a `Heartbeat` every second, so robotd can tell a hung helper;
+//!   a spare ([`SPARE_ARG`]: started ahead of a call, with GStreamer loaded
+//!   and its DTLS certificate made) only from its first message on.
 //! - On end of stream (robotd gone or closed the socket), on `Stop`, or when
 //!   the call's media ends, it stops the pipeline (bounded) and `_exit`s: a
 //!   stuck driver cannot keep it alive.
@@ -45,6 +47,21 @@ fn send(out: &Out, msg: &FromHelper) {
     if let Err(e) = ipc::write_frame(&mut *w, msg) {
         tracing::debug!(error = %e, "media control channel write failed");
     }
+}
+
+/// The argument robotd starts a spare helper with ([`crate::daemon::helper::Spare`]):
+/// it loads its plugins and makes its DTLS certificate at once ([`super::warm_up`]), then waits for its call.
+pub const SPARE_ARG: &str = "--spare";
+
+/// A `Heartbeat` every second from now on, so robotd can tell a hung helper.
+fn start_heartbeat(out: &Out) {
+    let out = out.clone();
+    let _ = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+        loop {
+            send(&out, &FromHelper::Heartbeat);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }
 
 /// Apply the process-wide restrictions; the first thing the helper does.
@@ -266,14 +283,11 @@ pub fn main() -> ! {
             exit_now(2);
         }
     };
-    {
-        let out = out.clone();
-        let _ = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
-            loop {
-                send(&out, &FromHelper::Heartbeat);
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        });
+    // A spare waits, unwatched, for a call that may come hours later: its
+    // heartbeats start with its first message (robotd reads it from then on).
+    let spare = std::env::args().nth(1).as_deref() == Some(SPARE_ARG);
+    if !spare {
+        start_heartbeat(&out);
     }
     // GStreamer first (it may exec the plugin scanner), then seccomp.
     if let Err(e) = super::init() {
@@ -284,10 +298,16 @@ pub fn main() -> ! {
         send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
         exit_now(2);
     }
+    if spare {
+        super::warm_up();
+    }
     tracing::info!(
+        spare,
         ms = format!("{:.1}", born.elapsed().as_secs_f64() * 1e3),
-        "media helper ready (sandbox, GStreamer, seccomp)"
+        "media helper ready (sandbox, GStreamer, seccomp{})",
+        if spare { ", plugins, DTLS certificate" } else { "" }
     );
+    let mut watched = !spare;
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
     let v1: V1Slot = Arc::new(Mutex::new(None));
     // Device `sim`'s world and pose (set by Start, moved by Pose).
@@ -314,6 +334,9 @@ pub fn main() -> ! {
                 end(&peer, 2);
             }
         };
+        if !std::mem::replace(&mut watched, true) {
+            start_heartbeat(&out);
+        }
         match msg {
             ToHelper::StartV1 { host, video_port, video_ssrc, video_key, video, device, encoder, audio, sim_world } => {
                 if started(&peer, &v1) {

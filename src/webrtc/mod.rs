@@ -176,6 +176,47 @@ pub fn init() -> Result<(), WebrtcError> {
     .map_err(WebrtcError::Init)
 }
 
+/// What a spare helper does while it waits for its call: load the plugins
+/// a call's pipeline is made of (otherwise `parse::launch` and
+/// `set-remote-description` load them), and make this process's DTLS
+/// certificate: GStreamer 1.22's `dtlsdec` generates it (an RSA-2048 key,
+/// 0.1-0.4 s here, more on a Pi) when the first one is made. Elements this
+/// machine lacks are skipped: the call's own checks name their packages.
+pub fn warm_up() {
+    let t = std::time::Instant::now();
+    const ELEMENTS: &[&str] = &[
+        "dtlsdec",
+        "webrtcbin",
+        "rtpbin",
+        "nicesrc",
+        "nicesink",
+        "dtlssrtpenc",
+        "srtpenc",
+        "srtpdec",
+        "rtph264pay",
+        "h264parse",
+        "x264enc",
+        "v4l2h264enc",
+        "videoconvert",
+        "videoscale",
+        "videorate",
+        "capsfilter",
+        "capssetter",
+        "valve",
+        "appsrc",
+        "v4l2src",
+        "rtpgccbwe",
+        "rtprtxsend",
+    ];
+    let made = ELEMENTS.iter().filter(|name| gst::ElementFactory::make(name).build().is_ok()).count();
+    tracing::debug!(
+        made,
+        of = ELEMENTS.len(),
+        ms = t.elapsed().as_millis() as u64,
+        "plugins loaded, DTLS certificate made"
+    );
+}
+
 /// The time each named step of a set-up took, for one log line
 /// (`answer ready`: where the helper's time to answer goes, issue 17).
 pub(crate) struct Steps {
