@@ -298,15 +298,15 @@ pub fn main() -> ! {
         send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
         exit_now(2);
     }
-    if spare {
-        super::warm_up();
-    }
     tracing::info!(
         spare,
         ms = format!("{:.1}", born.elapsed().as_secs_f64() * 1e3),
-        "media helper ready (sandbox, GStreamer, seccomp{})",
-        if spare { ", plugins, DTLS certificate" } else { "" }
+        "media helper ready (sandbox, GStreamer, seccomp)"
     );
+    // A spare warms up beside the read below, so a call that comes while it
+    // does gets heartbeats at once (it waits for the warm-up, not robotd).
+    let mut warming =
+        if spare { std::thread::Builder::new().name("warm-up".into()).spawn(super::warm_up).ok() } else { None };
     let mut watched = !spare;
     let peer: Arc<Mutex<Option<RobotPeer>>> = Arc::new(Mutex::new(None));
     let v1: V1Slot = Arc::new(Mutex::new(None));
@@ -336,6 +336,9 @@ pub fn main() -> ! {
         };
         if !std::mem::replace(&mut watched, true) {
             start_heartbeat(&out);
+        }
+        if let Some(w) = warming.take() {
+            let _ = w.join();
         }
         match msg {
             ToHelper::StartV1 { host, video_port, video_ssrc, video_key, video, device, encoder, audio, sim_world } => {

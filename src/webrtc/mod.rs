@@ -209,11 +209,11 @@ pub fn warm_up() {
         "rtprtxsend",
     ];
     let made = ELEMENTS.iter().filter(|name| gst::ElementFactory::make(name).build().is_ok()).count();
-    tracing::debug!(
+    tracing::info!(
         made,
         of = ELEMENTS.len(),
         ms = t.elapsed().as_millis() as u64,
-        "plugins loaded, DTLS certificate made"
+        "spare media helper warmed up (plugins loaded, DTLS certificate made)"
     );
 }
 
