@@ -119,6 +119,54 @@ async fn wrong_key_receiver_decodes_nothing() {
     stop_receiver(right).await;
 }
 
+/// Version 1 with the robot's microphone (`[audio] device = "test"`, a test
+/// tone): an offer with an audio port is accepted with `audio` (Opus, 111,
+/// 48 kHz, an SSRC of its own), the helper sends SRTP Opus to that port
+/// under the call's audio key (docs/protocol.md 7.3), which a receiver
+/// decrypts (a second of sound and more) while the video decodes; the
+/// video key does not decrypt the audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_call_with_the_robots_microphone_sends_srtp_opus_under_the_audio_key() {
+    use robotd::video::{AudioReceiver, AudioReceiverParams};
+    let Owned { broker: _broker, robot, mut phone, paired } = robot_with_owner("[audio]\ndevice = \"test\"\n").await;
+    let (video_port, audio_port) = (free_udp_port(), free_udp_port());
+    let offer = Offer { audio_port: Some(audio_port), ..Offer::new(LOCALHOST, video_port) };
+    let mut c = call_with(&mut phone, &paired, &offer).await;
+    let a = &c.accept["audio"];
+    assert_eq!(
+        (a["codec"].as_str(), a["payload_type"].as_u64(), a["clock_rate"].as_u64()),
+        (Some("OPUS"), Some(111), Some(48000)),
+        "{}",
+        c.accept
+    );
+    let ssrc = a["ssrc"].as_u64().expect("an audio ssrc") as u32;
+    assert!(ssrc != 0 && ssrc != c.video_ssrc, "{}", c.accept);
+    let start = |key: robotd::video::SrtpKey| {
+        let params =
+            AudioReceiverParams { bind: std::net::SocketAddr::new(LOCALHOST, audio_port), ssrc, srtp_key: key };
+        tokio::task::spawn_blocking(move || AudioReceiver::start(params))
+    };
+    // The video key on the audio port first: nothing decrypts.
+    let wrong = start(c.srtp_video.clone()).await.unwrap().expect("receiver starts");
+    sleep_pinging(&mut phone, &mut c, Duration::from_secs(3)).await;
+    assert_eq!(wrong.packets(), 0, "the video key decrypted audio");
+    tokio::task::spawn_blocking(move || wrong.stop()).await.unwrap().unwrap();
+    let rx = start(c.srtp_audio.clone()).await.unwrap().expect("receiver starts");
+    let video = receiver(video_port, c.video_ssrc, c.srtp_video.clone()).await;
+    assert!(
+        frames_with_pings(&mut phone, &mut c, &video, 30, Duration::from_secs(40)).await,
+        "{} frames",
+        video.frames()
+    );
+    let rx = std::sync::Arc::new(rx);
+    let r = rx.clone();
+    let heard = tokio::task::spawn_blocking(move || r.wait_packets(60, Duration::from_secs(30))).await.unwrap();
+    assert!(heard, "only {} Opus packets decrypted (20 ms each)\n{}", rx.packets(), robot.log());
+    stop_receiver(video).await;
+    let rx = std::sync::Arc::try_unwrap(rx).unwrap_or_else(|_| panic!("shared"));
+    tokio::task::spawn_blocking(move || rx.stop()).await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_invite_gets_busy() {
     let Owned { broker, robot, mut phone, paired } = robot_with_owner("").await;

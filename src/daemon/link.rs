@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAck, PubAckReason, Publish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, MqttState};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -281,6 +281,29 @@ impl Link {
         }
     }
 
+    /// After a PUBACK (rumqttc has handled it). One with an error reason
+    /// (the broker refused the publish: an ACL, a quota) is logged. It frees
+    /// its packet id, but rumqttc 0.25 lets a publish waiting for that id (a
+    /// collision) go only on a successful PUBACK: that one would wait for
+    /// nothing until the collision times out (two keep-alives, robotd
+    /// publishing nothing meanwhile) and the connection is dropped with
+    /// everything queued. It is sent again here instead, with a new id.
+    fn after_puback(&mut self, ack: &PubAck) {
+        if !matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers) {
+            self.handle.stats.publish_failed.fetch_add(1, Ordering::Relaxed);
+            warn!(pkid = ack.pkid, reason = ?ack.reason, "the broker refused a publish (check its ACL for robotd)");
+        }
+        if let Some(p) = take_stuck_collision(&mut self.eventloop.state, ack.pkid) {
+            debug!(pkid = p.pkid, topic = %String::from_utf8_lossy(&p.topic), "publish waiting on a refused packet id sent again");
+            self.handle.publish(
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                p.payload.to_vec(),
+                p.retain,
+                p.properties,
+            );
+        }
+    }
+
     /// Run until `shutdown` turns true: poll, reconnect with capped
     /// exponential backoff (100 ms doubling to 2 s, with jitter, forever),
     /// route messages. After a session takeover (another client with our
@@ -409,6 +432,7 @@ impl Link {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.route(p, &events, &priority),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => self.after_puback(&ack),
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     // rumqttc also reports it as the error that ends the
                     // connection (logged there); this is the packet itself.
@@ -472,5 +496,71 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+/// The publish that `state` keeps waiting for packet id `pkid` although that
+/// id's PUBACK has come (see [`Link::after_puback`]); `None` when there is
+/// none (rumqttc released it itself on a successful PUBACK).
+fn take_stuck_collision(state: &mut MqttState, pkid: u16) -> Option<Publish> {
+    if state.collision.as_ref().is_some_and(|p| p.pkid == pkid) {
+        state.collision_ping_count = 0;
+        state.collision.take()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::v5::Request;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Subscribe};
+
+    use super::*;
+
+    /// rumqttc's own state machine: a window of 2, a publish (id 1), a
+    /// subscribe (id 2, no publish slot), a publish that gets id 1 again
+    /// and waits for it (a collision).
+    fn collided() -> MqttState {
+        let mut st = MqttState::new(2, false);
+        let publish = |t: &str| Request::Publish(Publish::new(t, QoS::AtLeastOnce, vec![1u8], None));
+        st.handle_outgoing_packet(publish("a")).unwrap();
+        let sub = Subscribe::new(Filter::new("f", QoS::AtLeastOnce), None);
+        st.handle_outgoing_packet(Request::Subscribe(sub)).unwrap();
+        st.handle_outgoing_packet(publish("b")).unwrap();
+        assert_eq!(st.collision.as_ref().map(|p| (p.pkid, p.topic.as_ref())), Some((1, &b"b"[..])));
+        st
+    }
+
+    fn ack(pkid: u16, reason: PubAckReason) -> Packet {
+        let mut a = PubAck::new(pkid, None);
+        a.reason = reason;
+        Packet::PubAck(a)
+    }
+
+    #[test]
+    fn a_refused_puback_releases_the_publish_waiting_for_its_packet_id() {
+        let mut st = collided();
+        st.handle_incoming_packet(ack(1, PubAckReason::NotAuthorized)).unwrap();
+        // rumqttc 0.25 keeps waiting (if it stops, this fix can go).
+        assert!(st.collision.is_some(), "rumqttc now releases it itself");
+        let p = take_stuck_collision(&mut st, 1).expect("released");
+        assert_eq!(&p.topic[..], b"b");
+        assert!(st.collision.is_none());
+        assert_eq!(st.collision_ping_count, 0);
+    }
+
+    #[test]
+    fn a_successful_puback_leaves_nothing_to_send_again() {
+        let mut st = collided();
+        // rumqttc sends the waiting publish itself.
+        let out = st.handle_incoming_packet(ack(1, PubAckReason::Success)).unwrap();
+        assert!(matches!(out, Some(Packet::Publish(p)) if &p.topic[..] == b"b"));
+        assert!(take_stuck_collision(&mut st, 1).is_none());
+        // Another id's refusal is not this collision's.
+        let mut st = collided();
+        st.handle_incoming_packet(ack(2, PubAckReason::NotAuthorized)).ok();
+        assert!(take_stuck_collision(&mut st, 2).is_none());
+        assert!(st.collision.is_some());
     }
 }
