@@ -183,10 +183,19 @@ fn drop_capabilities() -> Result<(), caps::errors::CapsError> {
     Ok(())
 }
 
-/// The seccomp denylist (see the module doc), on every thread of the process.
-pub fn apply_seccomp() -> Result<(), String> {
+/// The seccomp denylist (see the module doc), on every thread of the
+/// process. `Ok(false)`: seccompiler has no backend for this architecture
+/// (it has x86_64, aarch64 and riscv64; not 32-bit ARM, i.e. armv7 Raspberry
+/// Pi OS), so the helper runs without a filter of its own; the systemd
+/// unit's `SystemCallFilter`, which robotd's children inherit, still applies.
+// `c_long` (the type of `libc::SYS_*`) is i64 on 64-bit targets and i32 on
+// 32-bit ARM: `i64::from` is a no-op on the first and needed on the second.
+#[allow(clippy::useless_conversion)]
+pub fn apply_seccomp() -> Result<bool, String> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
-    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|e| format!("{e:?}"))?;
+    let Ok(arch) = seccompiler::TargetArch::try_from(std::env::consts::ARCH) else {
+        return Ok(false);
+    };
     let denied = [
         libc::SYS_execve,
         libc::SYS_execveat,
@@ -223,7 +232,7 @@ pub fn apply_seccomp() -> Result<(), String> {
         libc::SYS_setgroups,
     ];
     let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
-        denied.into_iter().map(|nr| (nr, Vec::new())).collect();
+        denied.into_iter().map(|nr| (i64::from(nr), Vec::new())).collect();
     // socket(domain, …): anything but AF_UNIX (1), AF_INET (2), AF_INET6 (10)
     // and AF_NETLINK (16, libnice lists the interfaces) is refused.
     let dom = |op, v: i32| SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, v as u64);
@@ -232,7 +241,7 @@ pub fn apply_seccomp() -> Result<(), String> {
         SeccompRule::new(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
     };
     rules.insert(
-        libc::SYS_socket,
+        i64::from(libc::SYS_socket),
         vec![
             rule(vec![dom(SeccompCmpOp::Eq, libc::AF_UNSPEC)])?,
             rule(vec![dom(SeccompCmpOp::Ge, 3), dom(SeccompCmpOp::Le, 9)])?,
@@ -243,7 +252,8 @@ pub fn apply_seccomp() -> Result<(), String> {
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
         .map_err(|e| e.to_string())?;
     let program: seccompiler::BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
-    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 fn exit_now(code: i32) -> ! {
@@ -294,9 +304,17 @@ pub fn main() -> ! {
         send(&out, &FromHelper::Ended { reason: "video_failed".into(), detail: e.to_string() });
         exit_now(2);
     }
-    if let Err(e) = apply_seccomp() {
-        send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
-        exit_now(2);
+    match apply_seccomp() {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            arch = std::env::consts::ARCH,
+            "no seccomp filter of the helper's own on this architecture (seccompiler has none for it); \
+             the systemd unit's SystemCallFilter still applies"
+        ),
+        Err(e) => {
+            send(&out, &FromHelper::Ended { reason: "internal".into(), detail: format!("seccomp: {e}") });
+            exit_now(2);
+        }
     }
     tracing::info!(
         spare,
