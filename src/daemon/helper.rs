@@ -120,9 +120,10 @@ impl Helper {
 }
 
 /// A media helper started ahead of its call ([`crate::webrtc::helper::SPARE_ARG`]):
-/// GStreamer loaded and its DTLS certificate made, blocked on its control
-/// socket until [`Helper::spawn_or_take`] gives it a call. Nobody reads it
-/// until then (it sends nothing); dropping it kills it.
+/// it loads GStreamer and its plugins and makes its DTLS certificate, and
+/// waits on its control socket until [`Helper::spawn_or_take`] gives it a
+/// call (which, if it comes during that warm-up, waits for the rest of it).
+/// Nobody reads it until then (it sends nothing); dropping it kills it.
 pub struct Spare {
     child: tokio::process::Child,
     ours: std::os::unix::net::UnixStream,
